@@ -1,0 +1,140 @@
+//! The JSON error shape `{"error": {"code", "message"}}` and the codes it uses.
+
+use serde::{Deserialize, Serialize};
+
+/// A machine-readable error code with the HTTP status it maps to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The body or frame is not valid JSON.
+    BadJson,
+    /// A well-formed request that breaks the API's rules.
+    InvalidRequest,
+    /// A channel name breaks the naming rules.
+    InvalidChannel,
+    /// A cursor this server did not produce.
+    InvalidCursor,
+    /// A query parameter or field has a bad value.
+    InvalidParameter,
+    /// A WebSocket frame's `op` is unknown.
+    UnknownOp,
+    /// The connection holds the most subscriptions allowed.
+    TooManySubscriptions,
+    /// The request names more channels than allowed, or the server holds the most channels.
+    TooManyChannels,
+    /// Missing or bad credentials.
+    Unauthorized,
+    /// Credentials that do not allow this.
+    Forbidden,
+    /// No such resource.
+    NotFound,
+    /// The path exists but not with this method.
+    MethodNotAllowed,
+    /// The request conflicts with the current state (e.g. a reused idempotency key).
+    Conflict,
+    /// The body is larger than allowed.
+    PayloadTooLarge,
+    /// The body's content type is not accepted.
+    UnsupportedMediaType,
+    /// Too many requests; retry after the `Retry-After` header.
+    RateLimited,
+    /// A dependency or resource is unavailable.
+    Unavailable,
+    /// The server is shutting down.
+    ShuttingDown,
+    /// The consumer could not keep up and was disconnected; resume from the last cursor.
+    SlowConsumer,
+    /// An unexpected server fault.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The snake_case code string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadJson => "bad_json",
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidChannel => "invalid_channel",
+            Self::InvalidCursor => "invalid_cursor",
+            Self::InvalidParameter => "invalid_parameter",
+            Self::UnknownOp => "unknown_op",
+            Self::TooManySubscriptions => "too_many_subscriptions",
+            Self::TooManyChannels => "too_many_channels",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Conflict => "conflict",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::RateLimited => "rate_limited",
+            Self::Unavailable => "unavailable",
+            Self::ShuttingDown => "shutting_down",
+            Self::SlowConsumer => "slow_consumer",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status for this code.
+    pub fn status(self) -> u16 {
+        match self {
+            Self::BadJson
+            | Self::InvalidRequest
+            | Self::InvalidChannel
+            | Self::InvalidCursor
+            | Self::InvalidParameter
+            | Self::UnknownOp
+            | Self::TooManySubscriptions
+            | Self::TooManyChannels => 400,
+            Self::Unauthorized => 401,
+            Self::Forbidden => 403,
+            Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::Conflict => 409,
+            Self::PayloadTooLarge => 413,
+            Self::UnsupportedMediaType => 415,
+            Self::RateLimited => 429,
+            Self::Internal => 500,
+            Self::Unavailable | Self::ShuttingDown | Self::SlowConsumer => 503,
+        }
+    }
+}
+
+/// The inner object of an error: `{"code", "message"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// snake_case machine-readable code (see [`ErrorCode`]); clients should accept unknown codes.
+    pub code: String,
+    /// A human sentence.
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// Builds an error body from a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code: code.as_str().to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole error document: `{"error": {...}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    /// The error.
+    pub error: ErrorBody,
+}
+
+impl ErrorResponse {
+    /// Builds the error document.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            error: ErrorBody::new(code, message),
+        }
+    }
+
+    /// Serializes the error document to JSON bytes.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("error serialization is infallible")
+    }
+}
