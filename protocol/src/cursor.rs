@@ -50,6 +50,11 @@ impl Cursor {
         self.positions.insert(channel, position);
     }
 
+    /// Forgets `channel`.
+    pub fn remove(&mut self, channel: &str) {
+        self.positions.remove(channel);
+    }
+
     /// The position recorded for `channel`, if any.
     pub fn get(&self, channel: &str) -> Option<Position> {
         self.positions.get(channel).copied()

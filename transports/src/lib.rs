@@ -1,1 +1,27 @@
-//! x
+//! switchyard's consumer transports. Each adapts the hub's subscription stream to one wire
+//! format and knows nothing of storage.
+//!
+//! # Layout
+//! - [`hub`]: the seam: [`hub::Hub`] (subscribe from a cursor), [`hub::Event`] (encoded once
+//!   per wire format, shared by every subscriber) and the bounded per-connection inbox.
+//! - [`websocket`], [`sse`], [`stream`], [`longpoll`]: the four consumer transports.
+//! - [`context`]: what every transport needs (hub, limits, metrics, shutdown, task tracker).
+//! - [`metrics`]: connection, delivery, slow-consumer and latency counters.
+//! - [`http`]: response helpers and the JSON error shape.
+//! - [`params`]: channels and cursors from a consumer request.
+#![warn(missing_docs)]
+
+pub mod context;
+pub mod http;
+pub mod hub;
+pub mod longpoll;
+pub mod metrics;
+pub mod params;
+mod push;
+pub mod sse;
+pub mod stream;
+pub mod websocket;
+
+mod session;
+
+pub use context::{Context, TransportConfig};

@@ -1,0 +1,371 @@
+//! The hub seam: transports subscribe to channels through [`Hub`] and receive shared
+//! [`Event`]s in a bounded [`Inbox`]; the engine behind it (memory, Redis) is not their concern.
+
+use std::{
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::future::BoxFuture;
+use serde_json::value::RawValue;
+use switchyard_protocol::{ChannelName, Cursor, Position, envelope};
+use tokio::sync::{Notify, mpsc};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+
+/// One published event, encoded once per wire format on first use and shared (by `Arc`)
+/// by every subscriber: fan-out costs a pointer copy and a socket write.
+#[derive(Debug)]
+pub struct Event {
+    channel: ChannelName,
+    position: Position,
+    cursor: String,
+    event_type: String,
+    published_at: Instant,
+    envelope: Bytes,
+    ws_text: OnceLock<Utf8Bytes>,
+    sse_frame: OnceLock<Bytes>,
+    ndjson_line: OnceLock<Bytes>,
+}
+
+impl Event {
+    /// Builds an event and serializes its envelope.
+    pub fn new(
+        channel: ChannelName,
+        position: Position,
+        event_type: &str,
+        time_rfc3339: &str,
+        data: &RawValue,
+    ) -> Self {
+        let cursor = Cursor::encode_single(&channel, position);
+        let envelope = envelope::encode(
+            channel.as_str(),
+            position.offset,
+            &cursor,
+            event_type,
+            time_rfc3339,
+            data,
+        );
+        Self {
+            channel,
+            position,
+            cursor,
+            event_type: event_type.to_owned(),
+            published_at: Instant::now(),
+            envelope: Bytes::from(envelope),
+            ws_text: OnceLock::new(),
+            sse_frame: OnceLock::new(),
+            ndjson_line: OnceLock::new(),
+        }
+    }
+
+    /// The channel it was published on.
+    pub fn channel(&self) -> &ChannelName {
+        &self.channel
+    }
+
+    /// Its position (epoch + offset).
+    pub fn position(&self) -> Position {
+        self.position
+    }
+
+    /// Its offset in the channel.
+    pub fn offset(&self) -> u64 {
+        self.position.offset
+    }
+
+    /// The one-channel cursor that resumes right after it.
+    pub fn cursor(&self) -> &str {
+        &self.cursor
+    }
+
+    /// The event type.
+    pub fn event_type(&self) -> &str {
+        &self.event_type
+    }
+
+    /// When this process built it (for publish → deliver latency).
+    pub fn published_at(&self) -> Instant {
+        self.published_at
+    }
+
+    /// The envelope JSON.
+    pub fn envelope(&self) -> &Bytes {
+        &self.envelope
+    }
+
+    /// The WebSocket text frame: `{"op":"event",` + the envelope's fields.
+    pub fn ws_text(&self) -> Utf8Bytes {
+        self.ws_text
+            .get_or_init(|| {
+                let env = std::str::from_utf8(&self.envelope).expect("envelope is JSON text");
+                let mut text = String::with_capacity(env.len() + 14);
+                text.push_str(r#"{"op":"event","#);
+                text.push_str(&env[1..]);
+                Utf8Bytes::from(text)
+            })
+            .clone()
+    }
+
+    /// The SSE frame: `id: <cursor>`, `event: <type>`, `data: <envelope>`, blank line.
+    pub fn sse_frame(&self) -> Bytes {
+        self.sse_frame
+            .get_or_init(|| {
+                let mut b = BytesMut::with_capacity(self.envelope.len() + self.cursor.len() + 40);
+                b.put_slice(b"id: ");
+                b.put_slice(self.cursor.as_bytes());
+                b.put_slice(b"\nevent: ");
+                b.put_slice(self.event_type.as_bytes());
+                b.put_slice(b"\ndata: ");
+                b.put_slice(&self.envelope);
+                b.put_slice(b"\n\n");
+                b.freeze()
+            })
+            .clone()
+    }
+
+    /// The SSE frame without its `id:` line, for streams whose id is a combined cursor.
+    pub fn sse_frame_without_id(&self) -> Bytes {
+        let id_line = 4 + self.cursor.len() + 1;
+        self.sse_frame().slice(id_line..)
+    }
+
+    /// The NDJSON line: the envelope and `\n`.
+    pub fn ndjson_line(&self) -> Bytes {
+        self.ndjson_line
+            .get_or_init(|| {
+                let mut b = BytesMut::with_capacity(self.envelope.len() + 1);
+                b.put_slice(&self.envelope);
+                b.put_u8(b'\n');
+                b.freeze()
+            })
+            .clone()
+    }
+}
+
+/// Where a subscription starts in a channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartFrom {
+    /// Live events only, from the channel's current position.
+    Now,
+    /// After this offset of the channel's current history (WebSocket `after`).
+    Offset(u64),
+    /// After this position (from a cursor); a different epoch means `reset`.
+    Position(Position),
+}
+
+/// The result of subscribing one channel.
+#[derive(Debug)]
+pub struct Opened {
+    /// The position delivery starts after: the requested one, or the reset point.
+    pub start: Position,
+    /// `Some(oldest kept offset)` when history no longer reached the requested position.
+    pub reset: Option<u64>,
+    /// Events after `start` that were already published, in order. Live events published
+    /// after these reach the inbox: no gap, no duplicate.
+    pub replay: Vec<Arc<Event>>,
+}
+
+impl Opened {
+    /// The channel's position once the replay is delivered.
+    pub fn current(&self) -> Position {
+        self.replay.last().map_or(self.start, |e| e.position())
+    }
+}
+
+/// Why a subscription could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// The server holds the most channels it may.
+    #[error("the server holds the most channels it may")]
+    TooManyChannels,
+    /// The engine cannot serve the request now.
+    #[error("event hub unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The seam between transports and the event engine.
+pub trait Hub: Send + Sync + 'static {
+    /// Registers `sink` on `channel` and returns what was published after `from`.
+    /// From the moment this returns, every new event of `channel` is offered to `sink`.
+    fn subscribe<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        from: StartFrom,
+        sink: &'a Sink,
+    ) -> BoxFuture<'a, Result<Opened, HubError>>;
+
+    /// Removes the sink with `sink_id` from `channel` (no-op when absent).
+    fn unsubscribe(&self, channel: &ChannelName, sink_id: u64);
+}
+
+static NEXT_SINK_ID: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Debug)]
+struct Overflow {
+    flagged: AtomicBool,
+    notify: Notify,
+    // Fired too, so the connection's owner can close a consumer whose session is not
+    // being polled (an HTTP body that hyper stopped pulling because the socket is full).
+    abort: Option<CancellationToken>,
+}
+
+impl Overflow {
+    fn trigger(&self) {
+        self.flagged.store(true, Ordering::Release);
+        self.notify.notify_one();
+        if let Some(abort) = &self.abort {
+            abort.cancel();
+        }
+    }
+}
+
+/// The hub's handle on one consumer connection's inbox.
+#[derive(Clone, Debug)]
+pub struct Sink {
+    id: u64,
+    tx: mpsc::Sender<Arc<Event>>,
+    overflow: Arc<Overflow>,
+}
+
+impl Sink {
+    /// Identifies the sink for [`Hub::unsubscribe`].
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Offers an event without waiting. Returns `false` when the hub should drop this sink:
+    /// the consumer is gone, or its inbox is full (it is then flagged as a slow consumer and
+    /// its connection is closed; it resumes from its cursor).
+    pub fn offer(&self, event: &Arc<Event>) -> bool {
+        match self.tx.try_send(Arc::clone(event)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.overflow.trigger();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Whether the consumer behind this sink has gone away.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// What [`Inbox::recv`] yields.
+#[derive(Debug)]
+pub enum Received {
+    /// The next live event.
+    Event(Arc<Event>),
+    /// The inbox overflowed: the consumer is too slow and must be disconnected.
+    Overflowed,
+}
+
+/// One consumer connection's bounded queue of live events, for all its channels.
+#[derive(Debug)]
+pub struct Inbox {
+    rx: mpsc::Receiver<Arc<Event>>,
+    overflow: Arc<Overflow>,
+    // Keeps `recv` pending (not `None`) while the connection has no subscription.
+    _keepalive: mpsc::Sender<Arc<Event>>,
+}
+
+/// Creates a sink and its inbox holding at most `capacity` events; on overflow, `abort`
+/// (when given) is cancelled as well.
+pub fn new_pair(capacity: usize, abort: Option<CancellationToken>) -> (Sink, Inbox) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let overflow = Arc::new(Overflow {
+        flagged: AtomicBool::new(false),
+        notify: Notify::new(),
+        abort,
+    });
+    let sink = Sink {
+        id: NEXT_SINK_ID.fetch_add(1, Ordering::Relaxed),
+        tx: tx.clone(),
+        overflow: Arc::clone(&overflow),
+    };
+    (
+        sink,
+        Inbox {
+            rx,
+            overflow,
+            _keepalive: tx,
+        },
+    )
+}
+
+impl Inbox {
+    /// Waits for the next event; an overflow takes precedence over queued events.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: no event is lost when the future is dropped before completion.
+    pub async fn recv(&mut self) -> Received {
+        if self.is_overflowed() {
+            return Received::Overflowed;
+        }
+        tokio::select! {
+            biased;
+            () = self.overflow.notify.notified() => Received::Overflowed,
+            ev = self.rx.recv() => match ev {
+                Some(ev) => Received::Event(ev),
+                // Unreachable while `_keepalive` lives; treat as overflow to end the session.
+                None => Received::Overflowed,
+            },
+        }
+    }
+
+    /// Takes an already queued event without waiting (for batching writes).
+    pub fn try_recv(&mut self) -> Option<Arc<Event>> {
+        if self.is_overflowed() {
+            return None;
+        }
+        self.rx.try_recv().ok()
+    }
+
+    fn is_overflowed(&self) -> bool {
+        self.overflow.flagged.load(Ordering::Acquire)
+    }
+}
+
+/// Unsubscribes a sink from its channels when a consumer connection ends.
+pub struct SubscriptionGuard {
+    hub: Arc<dyn Hub>,
+    sink_id: u64,
+    channels: Vec<ChannelName>,
+}
+
+impl SubscriptionGuard {
+    /// A guard with no channel yet.
+    pub fn new(hub: Arc<dyn Hub>, sink: &Sink) -> Self {
+        Self {
+            hub,
+            sink_id: sink.id(),
+            channels: Vec::new(),
+        }
+    }
+
+    /// Remembers a subscribed channel.
+    pub fn add(&mut self, channel: ChannelName) {
+        self.channels.push(channel);
+    }
+
+    /// Unsubscribes one channel now.
+    pub fn remove(&mut self, channel: &ChannelName) {
+        self.channels.retain(|c| c != channel);
+        self.hub.unsubscribe(channel, self.sink_id);
+    }
+}
+
+impl Drop for SubscriptionGuard {
+    fn drop(&mut self) {
+        for channel in &self.channels {
+            self.hub.unsubscribe(channel, self.sink_id);
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! HTTP long-poll, `GET /v1/poll?channel=..&cursor=..&timeout=S&limit=N`: answers at once
+//! when events exist after the cursor, otherwise holds up to `timeout` seconds and answers
+//! an empty list with the same cursor. Without a cursor it starts from now.
+//!
+//! Response: `{"events": [envelope, ...], "cursor": "<combined>", "reset": bool}`.
+
+use std::{fmt::Write, sync::Arc};
+
+use bytes::{BufMut, BytesMut};
+use http::{Response, StatusCode, request::Parts};
+use switchyard_protocol::ErrorCode;
+
+use crate::{
+    Context,
+    http::{Body, error, json_bytes},
+    hub::{Event, Received},
+    metrics::Transport,
+    params::ConsumerParams,
+    session::Session,
+};
+
+/// Serves a long-poll request.
+pub async fn respond(ctx: Arc<Context>, parts: &Parts) -> Response<Body> {
+    let cfg = &ctx.config;
+    let params = match ConsumerParams::parse(parts, cfg.max_channels_per_request, false) {
+        Ok(p) => p,
+        Err(e) => return error(e.code, e.message),
+    };
+    let (timeout, limit) = match (
+        params.seconds("timeout", cfg.poll_default_timeout, cfg.poll_max_timeout),
+        params.count("limit", cfg.poll_default_limit, cfg.poll_max_limit),
+    ) {
+        (Ok(t), Ok(l)) => (t, l),
+        (Err(e), _) | (_, Err(e)) => return error(e.code, e.message),
+    };
+    if ctx.shutdown.is_cancelled() {
+        return error(ErrorCode::ShuttingDown, "the server is shutting down");
+    }
+    let _connection = ctx.metrics.connection(Transport::LongPoll);
+    let mut session = Session::new(&ctx, None);
+    let mut events: Vec<Arc<Event>> = Vec::new();
+    let mut reset = false;
+    for channel in &params.channels {
+        let opened = match session.open(&ctx, channel, params.start_for(channel)).await {
+            Ok(o) => o,
+            Err(e) => return error(e.code, e.message),
+        };
+        reset |= opened.reset.is_some();
+        for event in &opened.replay {
+            if events.len() < limit && session.accept(event) {
+                events.push(Arc::clone(event));
+            }
+        }
+    }
+
+    if events.is_empty() && !reset {
+        tokio::select! {
+            biased;
+            () = ctx.shutdown.cancelled() => {}
+            () = tokio::time::sleep(timeout) => {}
+            received = session.inbox.recv() => {
+                let mut next = match received {
+                    Received::Event(e) => Some(e),
+                    Received::Overflowed => None,
+                };
+                while let Some(event) = next.take() {
+                    if session.accept(&event) {
+                        ctx.metrics.observe_latency(event.published_at().elapsed());
+                        events.push(event);
+                    }
+                    if events.len() < limit {
+                        next = session.inbox.try_recv();
+                    }
+                }
+            }
+        }
+    }
+    ctx.metrics
+        .delivered(Transport::LongPoll, events.len() as u64);
+
+    let cursor = session.cursor();
+    let size: usize = events.iter().map(|e| e.envelope().len() + 1).sum();
+    let mut body = BytesMut::with_capacity(size + cursor.len() + 48);
+    body.put_slice(b"{\"events\":[");
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            body.put_u8(b',');
+        }
+        body.put_slice(event.envelope());
+    }
+    let mut tail = String::with_capacity(cursor.len() + 32);
+    let _ = write!(tail, "],\"cursor\":\"{cursor}\",\"reset\":{reset}}}");
+    body.put_slice(tail.as_bytes());
+    let mut res = json_bytes(StatusCode::OK, body.freeze());
+    res.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    res
+}

@@ -1,0 +1,143 @@
+//! The streaming-response driver shared by SSE and NDJSON streaming: subscribe, replay,
+//! then live events with heartbeats, ending cleanly on shutdown or overflow.
+
+use std::{convert::Infallible, sync::Arc};
+
+use async_stream::stream;
+use bytes::Bytes;
+use http::{HeaderValue, Response, header, request::Parts};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use switchyard_protocol::{ChannelName, ErrorCode};
+use tokio::time::{MissedTickBehavior, interval_at};
+
+use crate::{
+    Context,
+    context::ConnectionHandle,
+    http::{Body, error},
+    hub::{Event, Received},
+    metrics::Transport,
+    params::ConsumerParams,
+    session::Session,
+};
+
+/// Most queued events written in one go before heartbeats and shutdown are looked at again.
+const BATCH: usize = 64;
+
+/// How one wire format frames what a push stream sends.
+pub(crate) trait Framing: Send + 'static {
+    const TRANSPORT: Transport;
+    const CONTENT_TYPE: &'static str;
+    /// Whether `Last-Event-ID` is read as a cursor.
+    const READS_LAST_EVENT_ID: bool;
+
+    /// Sent first, once every channel is subscribed.
+    fn head(&self, session: &Session, channels: &[(ChannelName, u64)]) -> Bytes;
+    /// History no longer reaches the requested position of `channel`.
+    fn reset(&self, session: &Session, channel: &ChannelName, oldest: u64) -> Bytes;
+    /// One event; `single` when the stream has one channel (its cursor is the event's).
+    fn event(&self, session: &Session, event: &Event, single: bool) -> Bytes;
+    fn heartbeat(&self) -> Bytes;
+    /// The last thing sent before the stream ends on purpose.
+    fn goodbye(&self, code: ErrorCode, message: &str) -> Bytes;
+}
+
+pub(crate) async fn respond<F: Framing>(
+    ctx: Arc<Context>,
+    parts: &Parts,
+    framing: F,
+) -> Response<Body> {
+    let params = match ConsumerParams::parse(
+        parts,
+        ctx.config.max_channels_per_request,
+        F::READS_LAST_EVENT_ID,
+    ) {
+        Ok(p) => p,
+        Err(e) => return error(e.code, e.message),
+    };
+    if ctx.shutdown.is_cancelled() {
+        return error(ErrorCode::ShuttingDown, "the server is shutting down");
+    }
+    let abort = parts
+        .extensions
+        .get::<ConnectionHandle>()
+        .map(|h| h.abort.clone());
+    let mut session = Session::new(&ctx, abort);
+    let mut opened = Vec::with_capacity(params.channels.len());
+    for channel in &params.channels {
+        match session.open(&ctx, channel, params.start_for(channel)).await {
+            Ok(o) => opened.push((channel.clone(), o)),
+            Err(e) => return error(e.code, e.message),
+        }
+    }
+    let single = opened.len() == 1;
+
+    let body = stream! {
+        let _connection = ctx.metrics.connection(F::TRANSPORT);
+        let currents: Vec<(ChannelName, u64)> =
+            opened.iter().map(|(c, o)| (c.clone(), o.current().offset)).collect();
+        yield Ok::<_, Infallible>(Frame::data(framing.head(&session, &currents)));
+        for (channel, opened) in &opened {
+            if let Some(oldest) = opened.reset {
+                yield Ok(Frame::data(framing.reset(&session, channel, oldest)));
+            }
+            let mut n = 0;
+            for event in &opened.replay {
+                if session.accept(event) {
+                    n += 1;
+                    yield Ok(Frame::data(framing.event(&session, event, single)));
+                }
+            }
+            ctx.metrics.delivered(F::TRANSPORT, n);
+        }
+        drop(opened);
+
+        let period = ctx.config.heartbeat_interval;
+        let mut heartbeat = interval_at(tokio::time::Instant::now() + period, period);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = ctx.shutdown.cancelled() => {
+                    yield Ok(Frame::data(framing.goodbye(ErrorCode::ShuttingDown, "the server is shutting down; reconnect with your cursor")));
+                    break;
+                }
+                received = session.inbox.recv() => {
+                    let Received::Event(first) = received else {
+                        ctx.metrics.slow_consumer(F::TRANSPORT);
+                        yield Ok(Frame::data(framing.goodbye(ErrorCode::SlowConsumer, "too slow to keep up; reconnect with your cursor")));
+                        break;
+                    };
+                    let mut next = Some(first);
+                    let mut n = 0;
+                    while let Some(event) = next.take() {
+                        if session.accept(&event) {
+                            ctx.metrics.observe_latency(event.published_at().elapsed());
+                            n += 1;
+                            yield Ok(Frame::data(framing.event(&session, &event, single)));
+                        }
+                        if n < BATCH {
+                            next = session.inbox.try_recv();
+                        }
+                    }
+                    ctx.metrics.delivered(F::TRANSPORT, n as u64);
+                }
+                _ = heartbeat.tick() => yield Ok(Frame::data(framing.heartbeat())),
+            }
+        }
+    };
+
+    let mut res = Response::new(BodyExt::boxed_unsync(StreamBody::new(body)));
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(F::CONTENT_TYPE),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store"),
+    );
+    // Tells nginx-style proxies not to buffer the stream.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    res
+}

@@ -1,0 +1,363 @@
+//! WebSocket, `GET /v1/ws`: JSON text frames; many channel subscriptions multiplexed on one
+//! connection (`subscribe` / `unsubscribe` / `ping`), protocol pings to find dead peers,
+//! close 4008 `slow_consumer` when the client cannot keep up, 1001 on shutdown.
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use switchyard_protocol::{ChannelName, ClientFrame, Cursor, ErrorBody, ErrorCode, ServerFrame};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{
+        Message,
+        handshake::derive_accept_key,
+        protocol::{CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode},
+    },
+};
+
+use crate::{
+    Context,
+    http::{Body, empty, error},
+    hub::{Received, StartFrom},
+    metrics::Transport,
+    session::Session,
+};
+
+/// Close code sent to a client whose queue overflowed.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+
+/// Most queued events written before the socket is flushed and other work looked at.
+const BATCH: usize = 64;
+
+/// Answers the upgrade request and runs the session on the upgraded connection, tracked by
+/// `ctx.tracker` so shutdown waits for its close frame.
+pub fn upgrade(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Body> {
+    let key = match check_handshake(req.headers()) {
+        Ok(key) => key,
+        Err(res) => return res,
+    };
+    if ctx.shutdown.is_cancelled() {
+        return error(ErrorCode::ShuttingDown, "the server is shutting down");
+    }
+    let accept = derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(req);
+    let tracker = ctx.tracker.clone();
+    tracker.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let config = WebSocketConfig::default()
+                    .read_buffer_size(ctx.config.ws_read_buffer_bytes)
+                    // Each event is written and flushed by us in batches; no extra buffering.
+                    .write_buffer_size(0)
+                    .max_write_buffer_size(ctx.config.ws_max_message_bytes.max(1 << 20) * 4)
+                    .max_message_size(Some(ctx.config.ws_max_message_bytes))
+                    .max_frame_size(Some(ctx.config.ws_max_message_bytes));
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                run(ctx, ws).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    let mut res = Response::new(empty());
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+    );
+    res
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+#[allow(clippy::result_large_err)]
+fn check_handshake(headers: &HeaderMap) -> Result<String, Response<Body>> {
+    if !header_has_token(headers, header::UPGRADE, "websocket")
+        || !header_has_token(headers, header::CONNECTION, "upgrade")
+    {
+        return Err(error(
+            ErrorCode::InvalidRequest,
+            "this endpoint speaks WebSocket: send `Connection: Upgrade` and `Upgrade: websocket`",
+        ));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .and_then(|v| v.to_str().ok())
+        != Some("13")
+    {
+        let mut res = error(
+            ErrorCode::InvalidRequest,
+            "only WebSocket version 13 is supported",
+        );
+        *res.status_mut() = StatusCode::UPGRADE_REQUIRED;
+        res.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return Err(res);
+    }
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| error(ErrorCode::InvalidRequest, "missing Sec-WebSocket-Key"))
+}
+
+/// Why a session ended.
+enum End {
+    /// The peer closed, vanished or broke the protocol: nothing more to say.
+    Gone,
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+}
+
+/// Runs one WebSocket session until the peer leaves, it is too slow, or the server stops.
+pub async fn run<S>(ctx: Arc<Context>, mut ws: WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let _connection = ctx.metrics.connection(Transport::WebSocket);
+    let mut session = Session::new(&ctx, None);
+    let send_timeout = ctx.config.send_timeout;
+    let period = ctx.config.ws_ping_interval;
+    let mut ping = interval_at(Instant::now() + period, period);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+
+    let end = loop {
+        tokio::select! {
+            biased;
+            () = ctx.shutdown.cancelled() => break End::Close(1001, "server shutting down"),
+            received = session.inbox.recv() => {
+                let Received::Event(first) = received else {
+                    ctx.metrics.slow_consumer(Transport::WebSocket);
+                    break End::Close(CLOSE_SLOW_CONSUMER, "slow_consumer");
+                };
+                let mut next = Some(first);
+                let mut n = 0u64;
+                let mut result = Ok(Ok(()));
+                while let Some(event) = next.take() {
+                    if session.accept(&event) {
+                        result = timeout(send_timeout, ws.feed(Message::Text(event.ws_text()))).await;
+                        if !matches!(result, Ok(Ok(()))) {
+                            break;
+                        }
+                        ctx.metrics.observe_latency(event.published_at().elapsed());
+                        n += 1;
+                    }
+                    if n < BATCH as u64 {
+                        next = session.inbox.try_recv();
+                    }
+                }
+                ctx.metrics.delivered(Transport::WebSocket, n);
+                match flatten(result, &ctx) {
+                    Ok(()) => {}
+                    Err(end) => break end,
+                }
+                if let Err(end) = flatten(timeout(send_timeout, ws.flush()).await, &ctx) {
+                    break end;
+                }
+            }
+            message = ws.next() => {
+                last_heard = Instant::now();
+                let reply = match message {
+                    None | Some(Err(_)) => break End::Gone,
+                    Some(Ok(Message::Text(text))) => handle_frame(&ctx, &mut session, &mut ws, text.as_str()).await,
+                    Some(Ok(Message::Binary(_))) => Err(frame_error(None, ErrorCode::InvalidRequest, "binary frames are not supported; send JSON text")),
+                    Some(Ok(Message::Close(_))) => break End::Gone,
+                    Some(Ok(_)) => Ok(()),
+                };
+                match reply {
+                    Ok(()) => {}
+                    Err(Reply::Frame(frame)) => {
+                        if let Err(end) = send(&ctx, &mut ws, frame, send_timeout).await {
+                            break end;
+                        }
+                    }
+                    Err(Reply::End(end)) => break end,
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > ctx.config.ws_idle_timeout {
+                    tracing::debug!("closing websocket: peer silent past the idle timeout");
+                    break End::Close(1001, "idle timeout");
+                }
+                if let Err(end) = flatten(timeout(send_timeout, ws.send(Message::Ping(Default::default()))).await, &ctx) {
+                    break end;
+                }
+            }
+        }
+    };
+
+    if let End::Close(code, reason) = end {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        // Best effort: a peer that stopped reading gets dropped after the send timeout.
+        let _ = timeout(
+            send_timeout.min(Duration::from_secs(5)),
+            ws.close(Some(frame)),
+        )
+        .await;
+    }
+}
+
+/// Outcome of handling a client frame that is not plain success.
+enum Reply {
+    Frame(ServerFrame),
+    End(End),
+}
+
+fn frame_error(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Reply {
+    Reply::Frame(ServerFrame::Error {
+        id,
+        error: ErrorBody::new(code, message),
+    })
+}
+
+fn flatten<E: std::fmt::Display>(
+    r: Result<Result<(), E>, tokio::time::error::Elapsed>,
+    ctx: &Context,
+) -> Result<(), End> {
+    match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "websocket write failed");
+            Err(End::Gone)
+        }
+        Err(_) => {
+            ctx.metrics.slow_consumer(Transport::WebSocket);
+            Err(End::Close(CLOSE_SLOW_CONSUMER, "slow_consumer"))
+        }
+    }
+}
+
+async fn send<S>(
+    ctx: &Context,
+    ws: &mut WebSocketStream<S>,
+    frame: ServerFrame,
+    send_timeout: Duration,
+) -> Result<(), End>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    flatten(
+        timeout(send_timeout, ws.send(Message::text(frame.to_json()))).await,
+        ctx,
+    )
+}
+
+async fn handle_frame<S>(
+    ctx: &Context,
+    session: &mut Session,
+    ws: &mut WebSocketStream<S>,
+    text: &str,
+) -> Result<(), Reply>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let frame = ClientFrame::parse(text).map_err(|e| frame_error(e.id, e.code, e.message))?;
+    let send_timeout = ctx.config.send_timeout;
+    match frame {
+        ClientFrame::Ping { id } => Err(Reply::Frame(ServerFrame::Pong { id })),
+        ClientFrame::Unsubscribe { id, channel } => {
+            if !session.is_subscribed(&channel) {
+                return Err(frame_error(
+                    id,
+                    ErrorCode::InvalidRequest,
+                    format!("not subscribed to {channel:?}"),
+                ));
+            }
+            let name = ChannelName::new(&channel).expect("subscribed names are valid");
+            session.close(&name);
+            Err(Reply::Frame(ServerFrame::Unsubscribed { id, channel }))
+        }
+        ClientFrame::Subscribe {
+            id,
+            channel,
+            after,
+            cursor,
+        } => {
+            let name = ChannelName::new(&channel)
+                .map_err(|e| frame_error(id, ErrorCode::InvalidChannel, e.to_string()))?;
+            if session.is_subscribed(&channel) {
+                return Err(frame_error(
+                    id,
+                    ErrorCode::InvalidRequest,
+                    format!("already subscribed to {channel:?}; unsubscribe first"),
+                ));
+            }
+            if session.len() >= ctx.config.ws_max_subscriptions {
+                return Err(frame_error(
+                    id,
+                    ErrorCode::TooManySubscriptions,
+                    format!(
+                        "at most {} subscriptions per connection",
+                        ctx.config.ws_max_subscriptions
+                    ),
+                ));
+            }
+            let from = match (cursor, after) {
+                (Some(c), _) => Cursor::decode(&c)
+                    .map_err(|e| frame_error(id, ErrorCode::InvalidCursor, e.to_string()))?
+                    .get(&channel)
+                    .map_or(StartFrom::Now, StartFrom::Position),
+                (None, Some(after)) => StartFrom::Offset(after),
+                (None, None) => StartFrom::Now,
+            };
+            let opened = session
+                .open(ctx, &name, from)
+                .await
+                .map_err(|e| frame_error(id, e.code, e.message))?;
+            let start = Cursor::encode_single(&name, opened.start);
+            let subscribed = ServerFrame::Subscribed {
+                id,
+                channel: channel.clone(),
+                offset: opened.current().offset,
+                cursor: start.clone(),
+            };
+            let sent = async {
+                ws.feed(Message::text(subscribed.to_json())).await?;
+                if let Some(oldest) = opened.reset {
+                    let reset = ServerFrame::Reset {
+                        channel,
+                        offset: oldest,
+                        cursor: start,
+                    };
+                    ws.feed(Message::text(reset.to_json())).await?;
+                }
+                let mut n = 0;
+                for event in &opened.replay {
+                    if session.accept(event) {
+                        ws.feed(Message::Text(event.ws_text())).await?;
+                        n += 1;
+                    }
+                }
+                ctx.metrics.delivered(Transport::WebSocket, n);
+                ws.flush().await
+            };
+            let sent = timeout(send_timeout * 4, sent).await;
+            flatten(sent, ctx).map_err(Reply::End)
+        }
+    }
+}
