@@ -1,1 +1,95 @@
-//! x
+//! switchyard: a self-hosted, multi-transport real-time gateway.
+//!
+//! # Layout
+//! - [`config`]: layered configuration (defaults, file, env, flags) and its validation.
+//! - [`hub`]: channels, offsets, bounded history and fan-out ([`hub::Bus`]), in memory.
+//! - [`api`]: the HTTP routes (publish, history, ops) and the consumer transports' entry.
+//! - [`server`]: the accept loop, connection limit and per-connection service.
+//! - [`shutdown`]: SIGINT / SIGTERM.
+//!
+//! [`run`] wires them together from a bound listener, so tests can bind port 0.
+
+pub mod api;
+pub mod config;
+pub mod hub;
+pub mod server;
+pub mod shutdown;
+
+use std::{
+    future::Future,
+    sync::{Arc, atomic::AtomicI64},
+    time::Duration,
+};
+
+use switchyard_transports::{Context, metrics::TransportMetrics};
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    api::AppState,
+    config::Config,
+    hub::{MemoryHub, memory::MemoryHubConfig},
+};
+
+/// How often expired history and idle channels are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Serves on `listener` until `shutdown` resolves, then stops accepting, tells every
+/// connected client (WebSocket close 1001, SSE/stream goodbye, held long-polls answered),
+/// and waits up to `shutdown_grace_secs` for them.
+///
+/// # Errors
+/// None yet at run time; the signature leaves room for engines that can fail to start.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let hub = Arc::new(MemoryHub::new(MemoryHubConfig {
+        history_size: config.history.size,
+        history_ttl: Duration::from_secs(config.history.ttl_secs),
+        max_channels: config.limits.max_channels,
+    }));
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let consumers = Arc::new(Context {
+        hub: Arc::clone(&hub) as _,
+        config: config.transport_config(),
+        metrics: Arc::new(TransportMetrics::default()),
+        shutdown: token.clone(),
+        tracker: tracker.clone(),
+    });
+    let state = Arc::new(AppState {
+        bus: Arc::clone(&hub) as _,
+        consumers,
+        config: Arc::clone(&config),
+        shutdown: token.clone(),
+        http_connections: AtomicI64::new(0),
+    });
+
+    let sweeper = {
+        let token = token.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    _ = tick.tick() => { hub.sweep(); }
+                }
+            }
+        })
+    };
+
+    tracing::info!(listen = %listener.local_addr()?, engine = %config.engine, "switchyard listening");
+    let accept = tokio::spawn(server::accept_loop(listener, Arc::clone(&state), tracker.clone()));
+
+    shutdown.await;
+    tracing::info!("shutting down: no new connections; telling clients");
+    token.cancel();
+    let _ = accept.await;
+    let _ = sweeper.await;
+    tracker.close();
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    match tokio::time::timeout(grace, tracker.wait()).await {
+        Ok(()) => tracing::info!("shutdown complete"),
+        Err(_) => tracing::warn!(?grace, open = tracker.len(), "graceful shutdown timed out; exiting"),
+    }
+    Ok(())
+}

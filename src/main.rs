@@ -1,1 +1,86 @@
-fn main() {}
+//! The `switchyard` binary: parses the command line and runs the server.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use switchyard::config::{Config, DEFAULT_TOML, Overrides};
+use tracing_subscriber::EnvFilter;
+
+/// A self-hosted real-time gateway: durable jobs, WebSocket, SSE, HTTP streaming,
+/// long-poll and webhooks behind one API.
+#[derive(Parser, Debug)]
+#[command(name = "switchyard", version, after_long_help = config_help())]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway (the default when no command is given).
+    Serve(ServeArgs),
+    /// Print the effective configuration (defaults, file, env and flags merged) as TOML.
+    Config(ServeArgs),
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+struct ServeArgs {
+    /// TOML configuration file (see the configuration keys below).
+    #[arg(short, long, value_name = "FILE", env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080] [env: SWITCHYARD_LISTEN]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Directory for durable data [default: ./switchyard-data] [env: SWITCHYARD_DATA_DIR]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+fn config_help() -> String {
+    format!(
+        "Configuration keys (`section.key` is also set by SWITCHYARD_SECTION__KEY; flags beat \
+         env, env beats the file). Logging: RUST_LOG (default `info`).\n\n{DEFAULT_TOML}"
+    )
+}
+
+fn load(args: &ServeArgs) -> anyhow::Result<Config> {
+    let overrides = Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir.clone(),
+    };
+    Config::load(args.config.as_deref(), std::env::vars(), &overrides)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    match cli.command {
+        Some(Command::Config(args)) => {
+            let config = load(&args)?;
+            print!("{}", toml_string(&config)?);
+            Ok(())
+        }
+        Some(Command::Serve(args)) => serve(args).await,
+        None => serve(cli.serve).await,
+    }
+}
+
+fn toml_string(config: &Config) -> anyhow::Result<String> {
+    let value = figment::Figment::from(figment::providers::Serialized::defaults(config))
+        .extract::<figment::value::Value>()?;
+    Ok(format!("{value:#?}"))
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = load(&args)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    switchyard::run(listener, config, switchyard::shutdown::signal()).await
+}

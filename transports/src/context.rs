@@ -78,8 +78,11 @@ pub struct Context {
 
 /// Put into each HTTP request's extensions by the server: cancelling `abort` asks the
 /// server to close that connection (a slow consumer whose body hyper no longer polls).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ConnectionHandle {
     /// Cancelled to close the connection after a short grace period.
     pub abort: CancellationToken,
+    /// What the connection holds while open (its connection-limit permit); an upgraded
+    /// WebSocket session keeps a clone so the limit still counts it.
+    pub hold: Arc<dyn std::any::Any + Send + Sync>,
 }

@@ -21,6 +21,7 @@ use tokio_tungstenite::{
 
 use crate::{
     Context,
+    context::ConnectionHandle,
     http::{Body, empty, error},
     hub::{Received, StartFrom},
     metrics::Transport,
@@ -44,9 +45,11 @@ pub fn upgrade(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Body> {
         return error(ErrorCode::ShuttingDown, "the server is shutting down");
     }
     let accept = derive_accept_key(key.as_bytes());
+    let held = req.extensions().get::<ConnectionHandle>().map(|h| Arc::clone(&h.hold));
     let on_upgrade = hyper::upgrade::on(req);
     let tracker = ctx.tracker.clone();
     tracker.spawn(async move {
+        let _held = held;
         match on_upgrade.await {
             Ok(upgraded) => {
                 let config = WebSocketConfig::default()

@@ -1,0 +1,27 @@
+//! The HTTP API: routing and one module per resource.
+
+pub mod body;
+pub mod channels;
+pub mod ops;
+pub mod router;
+
+use std::sync::{Arc, atomic::AtomicI64};
+
+use switchyard_transports::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::Config, hub::Bus};
+
+/// Everything a request handler may use; built once by [`crate::run`].
+pub struct AppState {
+    /// The event hub.
+    pub bus: Arc<dyn Bus>,
+    /// What the consumer transports share.
+    pub consumers: Arc<Context>,
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Fires at shutdown.
+    pub shutdown: CancellationToken,
+    /// Open HTTP connections (before any upgrade).
+    pub http_connections: AtomicI64,
+}

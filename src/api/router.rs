@@ -1,0 +1,74 @@
+//! Maps each request to its handler, with 404 and 405 (with `Allow`) for the rest.
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, Request, Response, header};
+use hyper::body::Incoming;
+use switchyard_protocol::{ChannelName, ErrorCode};
+use switchyard_transports::{http::Body, http::error, longpoll, sse, stream, websocket};
+
+use super::{AppState, channels, ops};
+
+/// What every handler returns.
+pub type Reply = Response<Body>;
+
+const CHANNELS_PREFIX: &str = "/v1/channels/";
+const EVENTS_SUFFIX: &str = "/events";
+
+/// Routes one request.
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Reply {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let get = method == Method::GET;
+    match path.as_str() {
+        "/healthz" if get => ops::healthz(),
+        "/readyz" if get => ops::readyz(&state),
+        "/metrics" if get => ops::metrics(&state),
+        "/v1/ws" if get => websocket::upgrade(Arc::clone(&state.consumers), req),
+        "/v1/sse" if get => sse::respond(Arc::clone(&state.consumers), &req.into_parts().0).await,
+        "/v1/stream" if get => stream::respond(Arc::clone(&state.consumers), &req.into_parts().0).await,
+        "/v1/poll" if get => longpoll::respond(Arc::clone(&state.consumers), &req.into_parts().0).await,
+        "/healthz" | "/readyz" | "/metrics" | "/v1/ws" | "/v1/sse" | "/v1/stream" | "/v1/poll" => {
+            method_not_allowed(&method, "GET")
+        }
+        p => match channel_events(p) {
+            Some(Err(reply)) => reply,
+            Some(Ok(channel)) => match method {
+                Method::POST => channels::publish(state, channel, req).await,
+                Method::GET => channels::history(state, channel, req.uri().query()).await,
+                _ => method_not_allowed(&method, "GET, POST"),
+            },
+            None => error(ErrorCode::NotFound, format!("no route for {method} {p}")),
+        },
+    }
+}
+
+/// Parses `/v1/channels/{channel}/events`; the name may be percent-encoded (`jobs%2F42`).
+fn channel_events(path: &str) -> Option<Result<ChannelName, Reply>> {
+    let raw = path.strip_prefix(CHANNELS_PREFIX)?.strip_suffix(EVENTS_SUFFIX)?;
+    let decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+    Some(ChannelName::new(&decoded).map_err(|e| error(ErrorCode::InvalidChannel, e.to_string())))
+}
+
+fn method_not_allowed(method: &Method, allow: &'static str) -> Reply {
+    let mut res = error(
+        ErrorCode::MethodNotAllowed,
+        format!("{method} is not allowed here; use {allow}"),
+    );
+    res.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_paths_decode() {
+        assert_eq!(channel_events("/v1/channels/a/b/events").unwrap().unwrap().as_str(), "a/b");
+        assert_eq!(channel_events("/v1/channels/jobs%2F42/events").unwrap().unwrap().as_str(), "jobs/42");
+        assert!(channel_events("/v1/channels//events").unwrap().is_err());
+        assert!(channel_events("/v1/channels/a%20b/events").unwrap().is_err());
+        assert!(channel_events("/v1/channels/a").is_none());
+    }
+}

@@ -1,0 +1,285 @@
+//! Configuration: built-in defaults, an optional TOML file, `SWITCHYARD_*` environment
+//! variables, then command-line flags; validated once, then turned into plain structs.
+
+use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use anyhow::{Context as _, bail};
+use figment::{
+    Figment,
+    providers::{Format, Serialized, Toml},
+    value::Value,
+};
+use serde::{Deserialize, Serialize};
+use switchyard_transports::TransportConfig;
+
+/// The documented defaults; also the text of `--help`'s configuration section.
+pub const DEFAULT_TOML: &str = include_str!("../config.default.toml");
+
+/// Prefix of configuration environment variables.
+pub const ENV_PREFIX: &str = "SWITCHYARD_";
+
+/// The whole configuration. See `config.default.toml` for each key's meaning and default.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where durable data lives.
+    pub data_dir: PathBuf,
+    /// `embedded` (the only engine so far).
+    pub engine: String,
+    /// Seconds allowed for a graceful shutdown.
+    pub shutdown_grace_secs: u64,
+    /// Per-channel history bounds.
+    pub history: HistoryConfig,
+    /// Server-wide limits.
+    pub limits: LimitsConfig,
+    /// Shared by SSE, stream and long-poll consumers (and WebSocket queues).
+    pub consumers: ConsumersConfig,
+    /// WebSocket limits and keep-alive.
+    pub websocket: WebSocketConfig,
+    /// Long-poll holds and page sizes.
+    pub poll: PollConfig,
+}
+
+/// `[history]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Events kept per channel.
+    pub size: usize,
+    /// Seconds an event is kept.
+    pub ttl_secs: u64,
+}
+
+/// `[limits]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Open client connections.
+    pub max_connections: usize,
+    /// Channels held in memory.
+    pub max_channels: usize,
+    /// Largest publish body, bytes.
+    pub max_event_bytes: usize,
+    /// Largest job body, bytes.
+    pub max_job_bytes: usize,
+    /// Seconds to send request headers.
+    pub header_read_timeout_secs: u64,
+}
+
+/// `[consumers]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumersConfig {
+    /// Live events queued per connection.
+    pub queue_capacity: usize,
+    /// Channels per SSE / stream / long-poll request.
+    pub max_channels_per_request: usize,
+    /// Seconds between heartbeats.
+    pub heartbeat_secs: u64,
+    /// SSE `retry:` hint, milliseconds.
+    pub sse_retry_ms: u64,
+    /// Seconds one write may block.
+    pub send_timeout_secs: u64,
+}
+
+/// `[websocket]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// Subscriptions per connection.
+    pub max_subscriptions: usize,
+    /// Largest client message, bytes.
+    pub max_message_bytes: usize,
+    /// Read buffer per connection, bytes.
+    pub read_buffer_bytes: usize,
+    /// Seconds between pings.
+    pub ping_interval_secs: u64,
+    /// Seconds of silence before a peer counts as dead.
+    pub idle_timeout_secs: u64,
+}
+
+/// `[poll]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollConfig {
+    /// Default hold, seconds.
+    pub default_timeout_secs: u64,
+    /// Longest hold, seconds.
+    pub max_timeout_secs: u64,
+    /// Default events per response.
+    pub default_limit: usize,
+    /// Most events per response.
+    pub max_limit: usize,
+}
+
+/// Values given on the command line (highest precedence).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--listen`
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::load(None, std::iter::empty(), &Overrides::default()).expect("the built-in defaults are valid")
+    }
+}
+
+impl Config {
+    /// Layers the defaults, `file`, the `SWITCHYARD_*` pairs of `env`, and `overrides`, then
+    /// validates. `env` is passed in (not read here) so tests never touch the process environment.
+    ///
+    /// # Errors
+    /// An unreadable file, an unknown key, a value of the wrong type, or a failed check.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(file) = file {
+            if !file.is_file() {
+                bail!("config file {} does not exist", file.display());
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let key = key.to_ascii_lowercase().replace("__", ".");
+            let value = Value::from_str(&value).expect("parsing a value is infallible");
+            figment = figment.merge(Serialized::global(&key, value));
+        }
+        if let Some(listen) = overrides.listen {
+            figment = figment.merge(Serialized::global("listen", listen.to_string()));
+        }
+        if let Some(dir) = &overrides.data_dir {
+            figment = figment.merge(Serialized::global("data_dir", dir));
+        }
+        let config: Config = figment.extract().context("invalid configuration")?;
+        config.validate().context("invalid configuration")?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        fn range<T: PartialOrd + std::fmt::Display>(key: &str, v: T, lo: T, hi: T) -> anyhow::Result<()> {
+            if v < lo || v > hi {
+                bail!("`{key}` must be from {lo} to {hi}, got {v}");
+            }
+            Ok(())
+        }
+        if self.engine != "embedded" {
+            bail!(
+                "`engine` = {:?} is not supported by this build; use \"embedded\" (Redis comes with the cluster release)",
+                self.engine
+            );
+        }
+        range("history.size", self.history.size, 1, 1_000_000)?;
+        range("history.ttl_secs", self.history.ttl_secs, 1, 365 * 86400)?;
+        range("limits.max_connections", self.limits.max_connections, 1, 10_000_000)?;
+        range("limits.max_channels", self.limits.max_channels, 1, 100_000_000)?;
+        range("limits.max_event_bytes", self.limits.max_event_bytes, 64, 64 << 20)?;
+        range("limits.max_job_bytes", self.limits.max_job_bytes, 64, 1 << 30)?;
+        range("limits.header_read_timeout_secs", self.limits.header_read_timeout_secs, 1, 3600)?;
+        range("consumers.queue_capacity", self.consumers.queue_capacity, 1, 1_000_000)?;
+        range("consumers.max_channels_per_request", self.consumers.max_channels_per_request, 1, 10_000)?;
+        range("consumers.heartbeat_secs", self.consumers.heartbeat_secs, 1, 3600)?;
+        range("consumers.sse_retry_ms", self.consumers.sse_retry_ms, 0, 3_600_000)?;
+        range("consumers.send_timeout_secs", self.consumers.send_timeout_secs, 1, 3600)?;
+        range("websocket.max_subscriptions", self.websocket.max_subscriptions, 1, 100_000)?;
+        range("websocket.max_message_bytes", self.websocket.max_message_bytes, 128, 64 << 20)?;
+        range("websocket.read_buffer_bytes", self.websocket.read_buffer_bytes, 64, 1 << 20)?;
+        range("websocket.ping_interval_secs", self.websocket.ping_interval_secs, 1, 3600)?;
+        range("websocket.idle_timeout_secs", self.websocket.idle_timeout_secs, 2, 7200)?;
+        range("poll.max_timeout_secs", self.poll.max_timeout_secs, 1, 60)?;
+        range("poll.default_timeout_secs", self.poll.default_timeout_secs, 0, self.poll.max_timeout_secs)?;
+        range("poll.max_limit", self.poll.max_limit, 1, 100_000)?;
+        range("poll.default_limit", self.poll.default_limit, 1, self.poll.max_limit)?;
+        if self.websocket.idle_timeout_secs <= self.websocket.ping_interval_secs {
+            bail!("`websocket.idle_timeout_secs` must exceed `websocket.ping_interval_secs`");
+        }
+        Ok(())
+    }
+
+    /// The transports' view of the configuration.
+    pub fn transport_config(&self) -> TransportConfig {
+        let secs = Duration::from_secs;
+        TransportConfig {
+            queue_capacity: self.consumers.queue_capacity,
+            max_channels_per_request: self.consumers.max_channels_per_request,
+            heartbeat_interval: secs(self.consumers.heartbeat_secs),
+            sse_retry: Duration::from_millis(self.consumers.sse_retry_ms),
+            ws_max_subscriptions: self.websocket.max_subscriptions,
+            ws_max_message_bytes: self.websocket.max_message_bytes,
+            ws_read_buffer_bytes: self.websocket.read_buffer_bytes,
+            ws_ping_interval: secs(self.websocket.ping_interval_secs),
+            ws_idle_timeout: secs(self.websocket.idle_timeout_secs),
+            send_timeout: secs(self.consumers.send_timeout_secs),
+            poll_default_timeout: secs(self.poll.default_timeout_secs),
+            poll_max_timeout: secs(self.poll.max_timeout_secs),
+            poll_default_limit: self.poll.default_limit,
+            poll_max_limit: self.poll.max_limit,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_match_the_api_contract() {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("./switchyard-data"));
+        assert_eq!(c.engine, "embedded");
+        assert_eq!(c.limits.max_job_bytes, 10 * 1024 * 1024);
+        assert_eq!(c.consumers.heartbeat_secs, 15);
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\n[history]\nsize = 5\nttl_secs = 7\n").unwrap();
+        let c = Config::load(
+            Some(&file),
+            env(&[
+                ("SWITCHYARD_HISTORY__SIZE", "9"),
+                ("SWITCHYARD_DATA_DIR", "/tmp/x"),
+                ("OTHER_THING", "1"),
+            ]),
+            &Overrides {
+                listen: Some("127.0.0.1:9100".parse().unwrap()),
+                data_dir: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9100, "flag beats file");
+        assert_eq!(c.history.size, 9, "env beats file");
+        assert_eq!(c.history.ttl_secs, 7, "file beats default");
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_key_named() {
+        let err = |pairs: &[(&str, &str)]| {
+            format!("{:#}", Config::load(None, env(pairs), &Overrides::default()).unwrap_err())
+        };
+        assert!(err(&[("SWITCHYARD_HISTORY__SIZE", "0")]).contains("history.size"));
+        assert!(err(&[("SWITCHYARD_HISTORY__SIZE", "lots")]).contains("size"));
+        assert!(err(&[("SWITCHYARD_POLL__MAX_TIMEOUT_SECS", "61")]).contains("poll.max_timeout_secs"));
+        assert!(err(&[("SWITCHYARD_NO_SUCH_KEY", "1")]).contains("no_such_key"));
+        assert!(err(&[("SWITCHYARD_ENGINE", "redis://127.0.0.1:6379/0")]).contains("engine"));
+        assert!(err(&[("SWITCHYARD_LISTEN", "nowhere")]).contains("listen"));
+        let missing = Config::load(Some(std::path::Path::new("/no/such.toml")), env(&[]), &Overrides::default());
+        assert!(format!("{:#}", missing.unwrap_err()).contains("does not exist"));
+    }
+}

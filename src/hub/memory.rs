@@ -1,0 +1,442 @@
+//! The in-process hub: each channel is a mutex-guarded log (bounded by count and age) plus
+//! its subscribers' sinks. Publishing appends and offers the shared event to every sink
+//! under the channel's lock, which is what makes "replay, then live" gap- and duplicate-free.
+
+use std::{
+    collections::VecDeque,
+    hash::{Hash, Hasher},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use dashmap::DashMap;
+use futures_util::future::{BoxFuture, FutureExt};
+use switchyard_protocol::{ChannelName, Cursor, Position};
+use switchyard_transports::hub::{Opened, Sink, StartFrom};
+
+use super::{
+    Bus, Event, HistoryPage, Hub, HubError, Publish, PublishError, Published,
+    idempotency::{IdempotencyKeys, Seen},
+    now_rfc3339,
+};
+
+/// Bounds of the memory hub.
+#[derive(Clone, Debug)]
+pub struct MemoryHubConfig {
+    /// Events kept per channel.
+    pub history_size: usize,
+    /// Age after which events leave the history.
+    pub history_ttl: Duration,
+    /// Most channels held at once.
+    pub max_channels: usize,
+}
+
+/// The embedded, single-node hub.
+#[derive(Debug)]
+pub struct MemoryHub {
+    channels: DashMap<ChannelName, Arc<Mutex<Channel>>>,
+    config: MemoryHubConfig,
+    published: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Channel {
+    /// Random per channel incarnation: a channel dropped and created again starts a new
+    /// history, and cursors into the old one get `reset` rather than wrong events.
+    epoch: u64,
+    last_offset: u64,
+    history: VecDeque<Arc<Event>>,
+    sinks: Vec<Sink>,
+    idempotency: IdempotencyKeys,
+    /// Set when the sweeper removed the channel from the map; whoever still holds the Arc
+    /// must look the channel up again.
+    removed: bool,
+}
+
+impl Channel {
+    fn new() -> Self {
+        Self {
+            epoch: random_epoch(),
+            last_offset: 0,
+            history: VecDeque::new(),
+            sinks: Vec::new(),
+            idempotency: IdempotencyKeys::default(),
+            removed: false,
+        }
+    }
+
+    fn oldest_kept(&self) -> u64 {
+        self.history.front().map_or(self.last_offset + 1, |e| e.offset())
+    }
+
+    fn expire(&mut self, ttl: Duration, now: Instant) {
+        while let Some(front) = self.history.front() {
+            if now.duration_since(front.published_at()) < ttl {
+                break;
+            }
+            self.history.pop_front();
+        }
+        self.idempotency.expire(now);
+    }
+
+    /// The position to start after, and `Some(oldest kept)` when `after` is out of reach.
+    fn resolve(&self, after: u64) -> (Position, Option<u64>) {
+        let oldest = self.oldest_kept();
+        if after > self.last_offset || after + 1 < oldest {
+            (self.position(oldest - 1), Some(oldest))
+        } else {
+            (self.position(after), None)
+        }
+    }
+
+    fn position(&self, offset: u64) -> Position {
+        Position {
+            epoch: self.epoch,
+            offset,
+        }
+    }
+
+    fn events_after(&self, after: u64, limit: usize) -> Vec<Arc<Event>> {
+        let skip = (after + 1).saturating_sub(self.oldest_kept()) as usize;
+        self.history.iter().skip(skip).take(limit).cloned().collect()
+    }
+}
+
+fn random_epoch() -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    // Keep cursors short: 53 bits are plenty to tell incarnations apart.
+    u64::from_le_bytes(bytes) >> 11
+}
+
+fn lock(channel: &Mutex<Channel>) -> MutexGuard<'_, Channel> {
+    // A panic while holding the lock cannot leave a channel half-updated in a way that
+    // matters more than losing the whole hub; keep serving.
+    channel.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl MemoryHub {
+    /// An empty hub.
+    pub fn new(config: MemoryHubConfig) -> Self {
+        Self {
+            channels: DashMap::new(),
+            config,
+            published: AtomicU64::new(0),
+        }
+    }
+
+    /// Runs `f` on the live channel named `name`, creating it when `create` allows.
+    fn with_channel<T>(
+        &self,
+        name: &ChannelName,
+        create: bool,
+        f: impl FnOnce(&mut Channel) -> T,
+    ) -> Result<Option<T>, HubError> {
+        loop {
+            let channel = match self.channels.get(name) {
+                Some(c) => Arc::clone(&c),
+                None if !create => return Ok(None),
+                None => {
+                    if self.channels.len() >= self.config.max_channels {
+                        return Err(HubError::TooManyChannels);
+                    }
+                    Arc::clone(
+                        &self
+                            .channels
+                            .entry(name.clone())
+                            .or_insert_with(|| Arc::new(Mutex::new(Channel::new()))),
+                    )
+                }
+            };
+            let mut guard = lock(&channel);
+            if guard.removed {
+                continue;
+            }
+            guard.expire(self.config.history_ttl, Instant::now());
+            return Ok(Some(f(&mut guard)));
+        }
+    }
+
+    /// Drops expired history, closed sinks and channels left with nothing; returns how many
+    /// channels were removed. Call it periodically.
+    pub fn sweep(&self) -> usize {
+        let now = Instant::now();
+        let before = self.channels.len();
+        self.channels.retain(|_, channel| {
+            let mut c = lock(channel);
+            c.expire(self.config.history_ttl, now);
+            c.sinks.retain(|s| !s.is_closed());
+            let idle = c.history.is_empty() && c.sinks.is_empty() && c.idempotency.is_empty();
+            if idle {
+                c.removed = true;
+            }
+            !idle
+        });
+        before - self.channels.len()
+    }
+}
+
+fn request_hash(req: &Publish<'_>) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    req.event_type.hash(&mut h);
+    req.data.get().hash(&mut h);
+    h.finish()
+}
+
+impl Hub for MemoryHub {
+    fn subscribe<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        from: StartFrom,
+        sink: &'a Sink,
+    ) -> BoxFuture<'a, Result<Opened, HubError>> {
+        let opened = self.with_channel(channel, true, |c| {
+            let (start, reset) = match from {
+                StartFrom::Now => (c.position(c.last_offset), None),
+                StartFrom::Offset(after) => c.resolve(after),
+                StartFrom::Position(p) if p.epoch == c.epoch => c.resolve(p.offset),
+                StartFrom::Position(_) => {
+                    let oldest = c.oldest_kept();
+                    (c.position(oldest - 1), Some(oldest))
+                }
+            };
+            let replay = c.events_after(start.offset, usize::MAX);
+            c.sinks.push(sink.clone());
+            Opened { start, reset, replay }
+        });
+        async move { opened.map(|o| o.expect("created on demand")) }.boxed()
+    }
+
+    fn unsubscribe(&self, channel: &ChannelName, sink_id: u64) {
+        let _ = self.with_channel(channel, false, |c| c.sinks.retain(|s| s.id() != sink_id));
+    }
+}
+
+impl Bus for MemoryHub {
+    fn publish<'a>(&'a self, req: Publish<'a>) -> BoxFuture<'a, Result<Published, PublishError>> {
+        let hash = req.idempotency_key.map(|_| request_hash(&req));
+        let result = self.with_channel(req.channel, true, |c| {
+            let now = Instant::now();
+            if let (Some(key), Some(hash)) = (req.idempotency_key, hash) {
+                match c.idempotency.check(key, hash) {
+                    Seen::New => {}
+                    Seen::Same(first) => return Ok(Published { replayed: true, ..first }),
+                    Seen::Different => return Err(PublishError::IdempotencyConflict),
+                }
+            }
+            c.last_offset += 1;
+            let position = c.position(c.last_offset);
+            let event = Arc::new(Event::new(
+                req.channel.clone(),
+                position,
+                req.event_type,
+                &now_rfc3339(),
+                req.data,
+            ));
+            c.sinks.retain(|sink| sink.offer(&event));
+            if c.history.len() >= self.config.history_size {
+                c.history.pop_front();
+            }
+            c.history.push_back(Arc::clone(&event));
+            let published = Published {
+                offset: position.offset,
+                id: format!("{}:{}", req.channel, position.offset),
+                cursor: Cursor::encode_single(req.channel, position),
+                replayed: false,
+            };
+            if let (Some(key), Some(hash)) = (req.idempotency_key, hash) {
+                c.idempotency.remember(key, hash, published.clone(), now);
+            }
+            self.published.fetch_add(1, Ordering::Relaxed);
+            Ok(published)
+        });
+        async move {
+            match result {
+                Ok(Some(r)) => r,
+                Ok(None) => unreachable!("created on demand"),
+                Err(e) => Err(e.into()),
+            }
+        }
+        .boxed()
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        after: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<HistoryPage, HubError>> {
+        let page = self.with_channel(channel, false, |c| {
+            let (start, reset) = match after {
+                None => (c.oldest_kept() - 1, false),
+                Some(after) => {
+                    let (start, reset) = c.resolve(after);
+                    (start.offset, reset.is_some())
+                }
+            };
+            let events = c.events_after(start, limit);
+            let next = events.last().map_or(start, |e| e.offset());
+            HistoryPage { events, next, reset }
+        });
+        let page = page.map(|p| {
+            p.unwrap_or_else(|| HistoryPage {
+                events: Vec::new(),
+                // An unknown channel has no events: any position past 0 is out of reach.
+                next: 0,
+                reset: after.is_some_and(|a| a > 0),
+            })
+        });
+        async move { page }.boxed()
+    }
+
+    fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    fn published_count(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::value::RawValue;
+    use switchyard_transports::hub::{Received, new_pair};
+
+    use super::*;
+
+    fn hub(size: usize) -> MemoryHub {
+        MemoryHub::new(MemoryHubConfig {
+            history_size: size,
+            history_ttl: Duration::from_secs(3600),
+            max_channels: 10,
+        })
+    }
+
+    fn ch(name: &str) -> ChannelName {
+        ChannelName::new(name).unwrap()
+    }
+
+    async fn publish(hub: &MemoryHub, channel: &ChannelName, n: u64) -> Published {
+        let data = RawValue::from_string(n.to_string()).unwrap();
+        hub.publish(Publish {
+            channel,
+            event_type: "t",
+            data: &data,
+            idempotency_key: None,
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn replay_then_live_has_no_gap_and_no_duplicate() {
+        let hub = hub(100);
+        let c = ch("a");
+        for i in 1..=5 {
+            publish(&hub, &c, i).await;
+        }
+        let (sink, mut inbox) = new_pair(16, None);
+        let opened = hub.subscribe(&c, StartFrom::Offset(2), &sink).await.unwrap();
+        assert_eq!(opened.reset, None);
+        let replayed: Vec<u64> = opened.replay.iter().map(|e| e.offset()).collect();
+        assert_eq!(replayed, [3, 4, 5]);
+        publish(&hub, &c, 6).await;
+        let Received::Event(e) = inbox.recv().await else { panic!("overflow") };
+        assert_eq!(e.offset(), 6);
+        assert!(inbox.try_recv().is_none());
+    }
+
+    #[tokio::test]
+    async fn positions_out_of_reach_reset_to_the_oldest_kept() {
+        let hub = hub(3);
+        let c = ch("a");
+        for i in 1..=5 {
+            publish(&hub, &c, i).await;
+        }
+        let (sink, _inbox) = new_pair(16, None);
+        let o = hub.subscribe(&c, StartFrom::Offset(1), &sink).await.unwrap();
+        assert_eq!(o.reset, Some(3));
+        assert_eq!(o.replay.iter().map(|e| e.offset()).collect::<Vec<_>>(), [3, 4, 5]);
+        // Offset 2 is just before the oldest kept: nothing was lost.
+        let o = hub.subscribe(&c, StartFrom::Offset(2), &sink).await.unwrap();
+        assert_eq!(o.reset, None);
+        // A future offset, or another epoch, cannot be trusted.
+        assert_eq!(hub.subscribe(&c, StartFrom::Offset(9), &sink).await.unwrap().reset, Some(3));
+        let other_epoch = Position { epoch: 1, offset: 4 };
+        assert_eq!(
+            hub.subscribe(&c, StartFrom::Position(other_epoch), &sink).await.unwrap().reset,
+            Some(3)
+        );
+    }
+
+    #[tokio::test]
+    async fn full_inbox_drops_the_sink_and_flags_overflow() {
+        let hub = hub(100);
+        let c = ch("a");
+        let (sink, mut inbox) = new_pair(2, None);
+        hub.subscribe(&c, StartFrom::Now, &sink).await.unwrap();
+        for i in 1..=3 {
+            publish(&hub, &c, i).await;
+        }
+        assert!(matches!(inbox.recv().await, Received::Overflowed));
+        let count = hub.with_channel(&c, false, |c| c.sinks.len()).unwrap().unwrap();
+        assert_eq!(count, 0, "the slow sink is dropped, so it cannot hold memory");
+    }
+
+    #[tokio::test]
+    async fn idempotency_returns_the_first_result_or_conflicts() {
+        let hub = hub(100);
+        let c = ch("a");
+        let data = RawValue::from_string("1".into()).unwrap();
+        let other = RawValue::from_string("2".into()).unwrap();
+        let req = |data| Publish { channel: &c, event_type: "t", data, idempotency_key: Some("k") };
+        let first = hub.publish(req(&data)).await.unwrap();
+        let again = hub.publish(req(&data)).await.unwrap();
+        assert_eq!((again.offset, again.replayed), (first.offset, true));
+        assert!(matches!(hub.publish(req(&other)).await, Err(PublishError::IdempotencyConflict)));
+        assert_eq!(hub.published_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn sweep_drops_idle_channels_and_a_new_incarnation_resets_old_cursors() {
+        let hub = MemoryHub::new(MemoryHubConfig {
+            history_size: 10,
+            history_ttl: Duration::from_millis(1),
+            max_channels: 1,
+        });
+        let c = ch("a");
+        let first = publish(&hub, &c, 1).await;
+        let old = Cursor::decode(&first.cursor).unwrap().get("a").unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(hub.sweep(), 1);
+        assert_eq!(hub.channel_count(), 0);
+        let (sink, _inbox) = new_pair(4, None);
+        let o = hub.subscribe(&c, StartFrom::Position(old), &sink).await.unwrap();
+        assert_eq!(o.reset, Some(1));
+        assert!(matches!(
+            hub.subscribe(&ch("b"), StartFrom::Now, &sink).await,
+            Err(HubError::TooManyChannels)
+        ));
+    }
+
+    #[tokio::test]
+    async fn history_pages_and_flags_reset() {
+        let hub = hub(3);
+        let c = ch("a");
+        for i in 1..=5 {
+            publish(&hub, &c, i).await;
+        }
+        let p = hub.history(&c, None, 2).await.unwrap();
+        assert_eq!((p.events.len(), p.next, p.reset), (2, 4, false));
+        let p = hub.history(&c, Some(p.next), 10).await.unwrap();
+        assert_eq!((p.events.len(), p.next, p.reset), (1, 5, false));
+        let p = hub.history(&c, Some(0), 10).await.unwrap();
+        assert_eq!((p.events[0].offset(), p.reset), (3, true));
+        let p = hub.history(&ch("never"), Some(3), 10).await.unwrap();
+        assert!(p.reset && p.events.is_empty());
+    }
+}
