@@ -125,7 +125,8 @@ pub struct Overrides {
 
 impl Default for Config {
     fn default() -> Self {
-        Self::load(None, std::iter::empty(), &Overrides::default()).expect("the built-in defaults are valid")
+        Self::load(None, std::iter::empty(), &Overrides::default())
+            .expect("the built-in defaults are valid")
     }
 }
 
@@ -148,7 +149,9 @@ impl Config {
             figment = figment.merge(Toml::file(file));
         }
         for (name, value) in env {
-            let Some(key) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
             let key = key.to_ascii_lowercase().replace("__", ".");
             let value = Value::from_str(&value).expect("parsing a value is infallible");
             figment = figment.merge(Serialized::global(&key, value));
@@ -165,7 +168,12 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        fn range<T: PartialOrd + std::fmt::Display>(key: &str, v: T, lo: T, hi: T) -> anyhow::Result<()> {
+        fn range<T: PartialOrd + std::fmt::Display>(
+            key: &str,
+            v: T,
+            lo: T,
+            hi: T,
+        ) -> anyhow::Result<()> {
             if v < lo || v > hi {
                 bail!("`{key}` must be from {lo} to {hi}, got {v}");
             }
@@ -179,25 +187,110 @@ impl Config {
         }
         range("history.size", self.history.size, 1, 1_000_000)?;
         range("history.ttl_secs", self.history.ttl_secs, 1, 365 * 86400)?;
-        range("limits.max_connections", self.limits.max_connections, 1, 10_000_000)?;
-        range("limits.max_channels", self.limits.max_channels, 1, 100_000_000)?;
-        range("limits.max_event_bytes", self.limits.max_event_bytes, 64, 64 << 20)?;
-        range("limits.max_job_bytes", self.limits.max_job_bytes, 64, 1 << 30)?;
-        range("limits.header_read_timeout_secs", self.limits.header_read_timeout_secs, 1, 3600)?;
-        range("consumers.queue_capacity", self.consumers.queue_capacity, 1, 1_000_000)?;
-        range("consumers.max_channels_per_request", self.consumers.max_channels_per_request, 1, 10_000)?;
-        range("consumers.heartbeat_secs", self.consumers.heartbeat_secs, 1, 3600)?;
-        range("consumers.sse_retry_ms", self.consumers.sse_retry_ms, 0, 3_600_000)?;
-        range("consumers.send_timeout_secs", self.consumers.send_timeout_secs, 1, 3600)?;
-        range("websocket.max_subscriptions", self.websocket.max_subscriptions, 1, 100_000)?;
-        range("websocket.max_message_bytes", self.websocket.max_message_bytes, 128, 64 << 20)?;
-        range("websocket.read_buffer_bytes", self.websocket.read_buffer_bytes, 64, 1 << 20)?;
-        range("websocket.ping_interval_secs", self.websocket.ping_interval_secs, 1, 3600)?;
-        range("websocket.idle_timeout_secs", self.websocket.idle_timeout_secs, 2, 7200)?;
+        range(
+            "limits.max_connections",
+            self.limits.max_connections,
+            1,
+            10_000_000,
+        )?;
+        range(
+            "limits.max_channels",
+            self.limits.max_channels,
+            1,
+            100_000_000,
+        )?;
+        range(
+            "limits.max_event_bytes",
+            self.limits.max_event_bytes,
+            64,
+            64 << 20,
+        )?;
+        range(
+            "limits.max_job_bytes",
+            self.limits.max_job_bytes,
+            64,
+            1 << 30,
+        )?;
+        range(
+            "limits.header_read_timeout_secs",
+            self.limits.header_read_timeout_secs,
+            1,
+            3600,
+        )?;
+        range(
+            "consumers.queue_capacity",
+            self.consumers.queue_capacity,
+            1,
+            1_000_000,
+        )?;
+        range(
+            "consumers.max_channels_per_request",
+            self.consumers.max_channels_per_request,
+            1,
+            10_000,
+        )?;
+        range(
+            "consumers.heartbeat_secs",
+            self.consumers.heartbeat_secs,
+            1,
+            3600,
+        )?;
+        range(
+            "consumers.sse_retry_ms",
+            self.consumers.sse_retry_ms,
+            0,
+            3_600_000,
+        )?;
+        range(
+            "consumers.send_timeout_secs",
+            self.consumers.send_timeout_secs,
+            1,
+            3600,
+        )?;
+        range(
+            "websocket.max_subscriptions",
+            self.websocket.max_subscriptions,
+            1,
+            100_000,
+        )?;
+        range(
+            "websocket.max_message_bytes",
+            self.websocket.max_message_bytes,
+            128,
+            64 << 20,
+        )?;
+        range(
+            "websocket.read_buffer_bytes",
+            self.websocket.read_buffer_bytes,
+            64,
+            1 << 20,
+        )?;
+        range(
+            "websocket.ping_interval_secs",
+            self.websocket.ping_interval_secs,
+            1,
+            3600,
+        )?;
+        range(
+            "websocket.idle_timeout_secs",
+            self.websocket.idle_timeout_secs,
+            2,
+            7200,
+        )?;
         range("poll.max_timeout_secs", self.poll.max_timeout_secs, 1, 60)?;
-        range("poll.default_timeout_secs", self.poll.default_timeout_secs, 0, self.poll.max_timeout_secs)?;
+        range(
+            "poll.default_timeout_secs",
+            self.poll.default_timeout_secs,
+            0,
+            self.poll.max_timeout_secs,
+        )?;
         range("poll.max_limit", self.poll.max_limit, 1, 100_000)?;
-        range("poll.default_limit", self.poll.default_limit, 1, self.poll.max_limit)?;
+        range(
+            "poll.default_limit",
+            self.poll.default_limit,
+            1,
+            self.poll.max_limit,
+        )?;
         if self.websocket.idle_timeout_secs <= self.websocket.ping_interval_secs {
             bail!("`websocket.idle_timeout_secs` must exceed `websocket.ping_interval_secs`");
         }
@@ -231,7 +324,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -248,7 +344,11 @@ mod tests {
     fn layers_apply_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
-        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\n[history]\nsize = 5\nttl_secs = 7\n").unwrap();
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\n[history]\nsize = 5\nttl_secs = 7\n",
+        )
+        .unwrap();
         let c = Config::load(
             Some(&file),
             env(&[
@@ -271,15 +371,24 @@ mod tests {
     #[test]
     fn bad_values_are_refused_with_the_key_named() {
         let err = |pairs: &[(&str, &str)]| {
-            format!("{:#}", Config::load(None, env(pairs), &Overrides::default()).unwrap_err())
+            format!(
+                "{:#}",
+                Config::load(None, env(pairs), &Overrides::default()).unwrap_err()
+            )
         };
         assert!(err(&[("SWITCHYARD_HISTORY__SIZE", "0")]).contains("history.size"));
         assert!(err(&[("SWITCHYARD_HISTORY__SIZE", "lots")]).contains("size"));
-        assert!(err(&[("SWITCHYARD_POLL__MAX_TIMEOUT_SECS", "61")]).contains("poll.max_timeout_secs"));
+        assert!(
+            err(&[("SWITCHYARD_POLL__MAX_TIMEOUT_SECS", "61")]).contains("poll.max_timeout_secs")
+        );
         assert!(err(&[("SWITCHYARD_NO_SUCH_KEY", "1")]).contains("no_such_key"));
         assert!(err(&[("SWITCHYARD_ENGINE", "redis://127.0.0.1:6379/0")]).contains("engine"));
         assert!(err(&[("SWITCHYARD_LISTEN", "nowhere")]).contains("listen"));
-        let missing = Config::load(Some(std::path::Path::new("/no/such.toml")), env(&[]), &Overrides::default());
+        let missing = Config::load(
+            Some(std::path::Path::new("/no/such.toml")),
+            env(&[]),
+            &Overrides::default(),
+        );
         assert!(format!("{:#}", missing.unwrap_err()).contains("does not exist"));
     }
 }

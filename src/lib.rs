@@ -40,7 +40,11 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 ///
 /// # Errors
 /// None yet at run time; the signature leaves room for engines that can fail to start.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let hub = Arc::new(MemoryHub::new(MemoryHubConfig {
         history_size: config.history.size,
@@ -78,7 +82,11 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     };
 
     tracing::info!(listen = %listener.local_addr()?, engine = %config.engine, "switchyard listening");
-    let accept = tokio::spawn(server::accept_loop(listener, Arc::clone(&state), tracker.clone()));
+    let accept = tokio::spawn(server::accept_loop(
+        listener,
+        Arc::clone(&state),
+        tracker.clone(),
+    ));
 
     shutdown.await;
     tracing::info!("shutting down: no new connections; telling clients");
@@ -89,7 +97,11 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     match tokio::time::timeout(grace, tracker.wait()).await {
         Ok(()) => tracing::info!("shutdown complete"),
-        Err(_) => tracing::warn!(?grace, open = tracker.len(), "graceful shutdown timed out; exiting"),
+        Err(_) => tracing::warn!(
+            ?grace,
+            open = tracker.len(),
+            "graceful shutdown timed out; exiting"
+        ),
     }
     Ok(())
 }

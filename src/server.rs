@@ -65,7 +65,9 @@ async fn serve_connection(stream: TcpStream, state: Arc<AppState>, permit: Owned
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(state.config.limits.header_read_timeout_secs))
+        .header_read_timeout(Duration::from_secs(
+            state.config.limits.header_read_timeout_secs,
+        ))
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);

@@ -15,7 +15,10 @@ use switchyard_transports::http::error;
 /// 415 for a content type that is not JSON (a missing one is accepted), 413 for a body over
 /// `max` (refused from `Content-Length` without reading, or as soon as it passes `max`),
 /// 400 when the body cannot be read.
-pub async fn read_json(req: Request<Incoming>, max: usize) -> Result<(http::request::Parts, Bytes), Reply> {
+pub async fn read_json(
+    req: Request<Incoming>,
+    max: usize,
+) -> Result<(http::request::Parts, Bytes), Reply> {
     let (parts, body) = req.into_parts();
     if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
         let essence = ct
@@ -33,7 +36,12 @@ pub async fn read_json(req: Request<Incoming>, max: usize) -> Result<(http::requ
             ));
         }
     }
-    let too_large = || error(ErrorCode::PayloadTooLarge, format!("body exceeds {max} bytes"));
+    let too_large = || {
+        error(
+            ErrorCode::PayloadTooLarge,
+            format!("body exceeds {max} bytes"),
+        )
+    };
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -45,7 +53,10 @@ pub async fn read_json(req: Request<Incoming>, max: usize) -> Result<(http::requ
     match Limited::new(body, max).collect().await {
         Ok(collected) => Ok((parts, collected.to_bytes())),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(error(ErrorCode::InvalidRequest, format!("could not read the body: {e}"))),
+        Err(e) => Err(error(
+            ErrorCode::InvalidRequest,
+            format!("could not read the body: {e}"),
+        )),
     }
 }
 

@@ -43,7 +43,9 @@ pub async fn publish(state: Arc<AppState>, channel: ChannelName, req: Request<In
         Some(_) => {
             return error(
                 ErrorCode::InvalidParameter,
-                format!("Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"),
+                format!(
+                    "Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
+                ),
             );
         }
     };
@@ -101,7 +103,12 @@ pub async fn history(state: Arc<AppState>, channel: ChannelName, query: Option<&
         match k.as_str() {
             "after" => match v.parse::<u64>() {
                 Ok(n) => after = Some(n),
-                Err(_) => return error(ErrorCode::InvalidParameter, "`after` must be an offset (a whole number)"),
+                Err(_) => {
+                    return error(
+                        ErrorCode::InvalidParameter,
+                        "`after` must be an offset (a whole number)",
+                    );
+                }
             },
             "limit" => match v.parse::<usize>() {
                 Ok(n) if (1..=MAX_PAGE).contains(&n) => limit = n,
@@ -119,7 +126,13 @@ pub async fn history(state: Arc<AppState>, channel: ChannelName, query: Option<&
         Ok(p) => p,
         Err(e) => return error(ErrorCode::Unavailable, e.to_string()),
     };
-    let mut out = BytesMut::with_capacity(64 + page.events.iter().map(|e| e.envelope().len() + 1).sum::<usize>());
+    let mut out = BytesMut::with_capacity(
+        64 + page
+            .events
+            .iter()
+            .map(|e| e.envelope().len() + 1)
+            .sum::<usize>(),
+    );
     out.put_slice(b"{\"events\":[");
     for (i, e) in page.events.iter().enumerate() {
         if i > 0 {

@@ -18,22 +18,39 @@ pub fn readyz(state: &AppState) -> Reply {
     if state.shutdown.is_cancelled() {
         return error(ErrorCode::ShuttingDown, "the server is shutting down");
     }
-    json(StatusCode::OK, &serde_json::json!({"status": "ready", "engine": state.config.engine}))
+    json(
+        StatusCode::OK,
+        &serde_json::json!({"status": "ready", "engine": state.config.engine}),
+    )
 }
 
 /// Prometheus text exposition.
 pub fn metrics(state: &AppState) -> Reply {
     let mut out = String::with_capacity(4096);
     let bus = &state.bus;
-    let _ = writeln!(out, "# HELP switchyard_events_published_total Events published.");
+    let _ = writeln!(
+        out,
+        "# HELP switchyard_events_published_total Events published."
+    );
     let _ = writeln!(out, "# TYPE switchyard_events_published_total counter");
-    let _ = writeln!(out, "switchyard_events_published_total {}", bus.published_count());
+    let _ = writeln!(
+        out,
+        "switchyard_events_published_total {}",
+        bus.published_count()
+    );
     let _ = writeln!(out, "# HELP switchyard_channels Channels held in memory.");
     let _ = writeln!(out, "# TYPE switchyard_channels gauge");
     let _ = writeln!(out, "switchyard_channels {}", bus.channel_count());
-    let _ = writeln!(out, "# HELP switchyard_http_connections Open HTTP connections (upgraded ones count as websocket).");
+    let _ = writeln!(
+        out,
+        "# HELP switchyard_http_connections Open HTTP connections (upgraded ones count as websocket)."
+    );
     let _ = writeln!(out, "# TYPE switchyard_http_connections gauge");
-    let _ = writeln!(out, "switchyard_http_connections {}", state.http_connections.load(Ordering::Relaxed));
+    let _ = writeln!(
+        out,
+        "switchyard_http_connections {}",
+        state.http_connections.load(Ordering::Relaxed)
+    );
     state.consumers.metrics.render(&mut out);
     let mut res = Response::new(full(out));
     res.headers_mut().insert(

@@ -26,8 +26,12 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Reply {
         "/metrics" if get => ops::metrics(&state),
         "/v1/ws" if get => websocket::upgrade(Arc::clone(&state.consumers), req),
         "/v1/sse" if get => sse::respond(Arc::clone(&state.consumers), &req.into_parts().0).await,
-        "/v1/stream" if get => stream::respond(Arc::clone(&state.consumers), &req.into_parts().0).await,
-        "/v1/poll" if get => longpoll::respond(Arc::clone(&state.consumers), &req.into_parts().0).await,
+        "/v1/stream" if get => {
+            stream::respond(Arc::clone(&state.consumers), &req.into_parts().0).await
+        }
+        "/v1/poll" if get => {
+            longpoll::respond(Arc::clone(&state.consumers), &req.into_parts().0).await
+        }
         "/healthz" | "/readyz" | "/metrics" | "/v1/ws" | "/v1/sse" | "/v1/stream" | "/v1/poll" => {
             method_not_allowed(&method, "GET")
         }
@@ -45,7 +49,9 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Reply {
 
 /// Parses `/v1/channels/{channel}/events`; the name may be percent-encoded (`jobs%2F42`).
 fn channel_events(path: &str) -> Option<Result<ChannelName, Reply>> {
-    let raw = path.strip_prefix(CHANNELS_PREFIX)?.strip_suffix(EVENTS_SUFFIX)?;
+    let raw = path
+        .strip_prefix(CHANNELS_PREFIX)?
+        .strip_suffix(EVENTS_SUFFIX)?;
     let decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
     Some(ChannelName::new(&decoded).map_err(|e| error(ErrorCode::InvalidChannel, e.to_string())))
 }
@@ -55,7 +61,8 @@ fn method_not_allowed(method: &Method, allow: &'static str) -> Reply {
         ErrorCode::MethodNotAllowed,
         format!("{method} is not allowed here; use {allow}"),
     );
-    res.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    res.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
     res
 }
 
@@ -65,10 +72,26 @@ mod tests {
 
     #[test]
     fn channel_paths_decode() {
-        assert_eq!(channel_events("/v1/channels/a/b/events").unwrap().unwrap().as_str(), "a/b");
-        assert_eq!(channel_events("/v1/channels/jobs%2F42/events").unwrap().unwrap().as_str(), "jobs/42");
+        assert_eq!(
+            channel_events("/v1/channels/a/b/events")
+                .unwrap()
+                .unwrap()
+                .as_str(),
+            "a/b"
+        );
+        assert_eq!(
+            channel_events("/v1/channels/jobs%2F42/events")
+                .unwrap()
+                .unwrap()
+                .as_str(),
+            "jobs/42"
+        );
         assert!(channel_events("/v1/channels//events").unwrap().is_err());
-        assert!(channel_events("/v1/channels/a%20b/events").unwrap().is_err());
+        assert!(
+            channel_events("/v1/channels/a%20b/events")
+                .unwrap()
+                .is_err()
+        );
         assert!(channel_events("/v1/channels/a").is_none());
     }
 }

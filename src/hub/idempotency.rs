@@ -37,11 +37,17 @@ impl IdempotencyKeys {
         }
     }
 
-    pub(super) fn remember(&mut self, key: &str, request_hash: u64, published: Published, now: Instant) {
-        if self.order.len() >= MAX_KEYS_PER_CHANNEL {
-            if let Some((_, old)) = self.order.pop_front() {
-                self.entries.remove(&old);
-            }
+    pub(super) fn remember(
+        &mut self,
+        key: &str,
+        request_hash: u64,
+        published: Published,
+        now: Instant,
+    ) {
+        if self.order.len() >= MAX_KEYS_PER_CHANNEL
+            && let Some((_, old)) = self.order.pop_front()
+        {
+            self.entries.remove(&old);
         }
         self.entries.insert(key.into(), (request_hash, published));
         self.order.push_back((now, key.into()));

@@ -69,7 +69,9 @@ impl Channel {
     }
 
     fn oldest_kept(&self) -> u64 {
-        self.history.front().map_or(self.last_offset + 1, |e| e.offset())
+        self.history
+            .front()
+            .map_or(self.last_offset + 1, |e| e.offset())
     }
 
     fn expire(&mut self, ttl: Duration, now: Instant) {
@@ -101,7 +103,12 @@ impl Channel {
 
     fn events_after(&self, after: u64, limit: usize) -> Vec<Arc<Event>> {
         let skip = (after + 1).saturating_sub(self.oldest_kept()) as usize;
-        self.history.iter().skip(skip).take(limit).cloned().collect()
+        self.history
+            .iter()
+            .skip(skip)
+            .take(limit)
+            .cloned()
+            .collect()
     }
 }
 
@@ -115,7 +122,9 @@ fn random_epoch() -> u64 {
 fn lock(channel: &Mutex<Channel>) -> MutexGuard<'_, Channel> {
     // A panic while holding the lock cannot leave a channel half-updated in a way that
     // matters more than losing the whole hub; keep serving.
-    channel.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    channel
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl MemoryHub {
@@ -205,7 +214,11 @@ impl Hub for MemoryHub {
             };
             let replay = c.events_after(start.offset, usize::MAX);
             c.sinks.push(sink.clone());
-            Opened { start, reset, replay }
+            Opened {
+                start,
+                reset,
+                replay,
+            }
         });
         async move { opened.map(|o| o.expect("created on demand")) }.boxed()
     }
@@ -223,7 +236,12 @@ impl Bus for MemoryHub {
             if let (Some(key), Some(hash)) = (req.idempotency_key, hash) {
                 match c.idempotency.check(key, hash) {
                     Seen::New => {}
-                    Seen::Same(first) => return Ok(Published { replayed: true, ..first }),
+                    Seen::Same(first) => {
+                        return Ok(Published {
+                            replayed: true,
+                            ..first
+                        });
+                    }
                     Seen::Different => return Err(PublishError::IdempotencyConflict),
                 }
             }
@@ -279,7 +297,11 @@ impl Bus for MemoryHub {
             };
             let events = c.events_after(start, limit);
             let next = events.last().map_or(start, |e| e.offset());
-            HistoryPage { events, next, reset }
+            HistoryPage {
+                events,
+                next,
+                reset,
+            }
         });
         let page = page.map(|p| {
             p.unwrap_or_else(|| HistoryPage {
@@ -340,12 +362,17 @@ mod tests {
             publish(&hub, &c, i).await;
         }
         let (sink, mut inbox) = new_pair(16, None);
-        let opened = hub.subscribe(&c, StartFrom::Offset(2), &sink).await.unwrap();
+        let opened = hub
+            .subscribe(&c, StartFrom::Offset(2), &sink)
+            .await
+            .unwrap();
         assert_eq!(opened.reset, None);
         let replayed: Vec<u64> = opened.replay.iter().map(|e| e.offset()).collect();
         assert_eq!(replayed, [3, 4, 5]);
         publish(&hub, &c, 6).await;
-        let Received::Event(e) = inbox.recv().await else { panic!("overflow") };
+        let Received::Event(e) = inbox.recv().await else {
+            panic!("overflow")
+        };
         assert_eq!(e.offset(), 6);
         assert!(inbox.try_recv().is_none());
     }
@@ -358,17 +385,38 @@ mod tests {
             publish(&hub, &c, i).await;
         }
         let (sink, _inbox) = new_pair(16, None);
-        let o = hub.subscribe(&c, StartFrom::Offset(1), &sink).await.unwrap();
+        let o = hub
+            .subscribe(&c, StartFrom::Offset(1), &sink)
+            .await
+            .unwrap();
         assert_eq!(o.reset, Some(3));
-        assert_eq!(o.replay.iter().map(|e| e.offset()).collect::<Vec<_>>(), [3, 4, 5]);
+        assert_eq!(
+            o.replay.iter().map(|e| e.offset()).collect::<Vec<_>>(),
+            [3, 4, 5]
+        );
         // Offset 2 is just before the oldest kept: nothing was lost.
-        let o = hub.subscribe(&c, StartFrom::Offset(2), &sink).await.unwrap();
+        let o = hub
+            .subscribe(&c, StartFrom::Offset(2), &sink)
+            .await
+            .unwrap();
         assert_eq!(o.reset, None);
         // A future offset, or another epoch, cannot be trusted.
-        assert_eq!(hub.subscribe(&c, StartFrom::Offset(9), &sink).await.unwrap().reset, Some(3));
-        let other_epoch = Position { epoch: 1, offset: 4 };
         assert_eq!(
-            hub.subscribe(&c, StartFrom::Position(other_epoch), &sink).await.unwrap().reset,
+            hub.subscribe(&c, StartFrom::Offset(9), &sink)
+                .await
+                .unwrap()
+                .reset,
+            Some(3)
+        );
+        let other_epoch = Position {
+            epoch: 1,
+            offset: 4,
+        };
+        assert_eq!(
+            hub.subscribe(&c, StartFrom::Position(other_epoch), &sink)
+                .await
+                .unwrap()
+                .reset,
             Some(3)
         );
     }
@@ -383,8 +431,14 @@ mod tests {
             publish(&hub, &c, i).await;
         }
         assert!(matches!(inbox.recv().await, Received::Overflowed));
-        let count = hub.with_channel(&c, false, |c| c.sinks.len()).unwrap().unwrap();
-        assert_eq!(count, 0, "the slow sink is dropped, so it cannot hold memory");
+        let count = hub
+            .with_channel(&c, false, |c| c.sinks.len())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            count, 0,
+            "the slow sink is dropped, so it cannot hold memory"
+        );
     }
 
     #[tokio::test]
@@ -393,11 +447,19 @@ mod tests {
         let c = ch("a");
         let data = RawValue::from_string("1".into()).unwrap();
         let other = RawValue::from_string("2".into()).unwrap();
-        let req = |data| Publish { channel: &c, event_type: "t", data, idempotency_key: Some("k") };
+        let req = |data| Publish {
+            channel: &c,
+            event_type: "t",
+            data,
+            idempotency_key: Some("k"),
+        };
         let first = hub.publish(req(&data)).await.unwrap();
         let again = hub.publish(req(&data)).await.unwrap();
         assert_eq!((again.offset, again.replayed), (first.offset, true));
-        assert!(matches!(hub.publish(req(&other)).await, Err(PublishError::IdempotencyConflict)));
+        assert!(matches!(
+            hub.publish(req(&other)).await,
+            Err(PublishError::IdempotencyConflict)
+        ));
         assert_eq!(hub.published_count(), 1);
     }
 
@@ -415,7 +477,10 @@ mod tests {
         assert_eq!(hub.sweep(), 1);
         assert_eq!(hub.channel_count(), 0);
         let (sink, _inbox) = new_pair(4, None);
-        let o = hub.subscribe(&c, StartFrom::Position(old), &sink).await.unwrap();
+        let o = hub
+            .subscribe(&c, StartFrom::Position(old), &sink)
+            .await
+            .unwrap();
         assert_eq!(o.reset, Some(1));
         assert!(matches!(
             hub.subscribe(&ch("b"), StartFrom::Now, &sink).await,

@@ -331,6 +331,32 @@ impl Inbox {
     fn is_overflowed(&self) -> bool {
         self.overflow.flagged.load(Ordering::Acquire)
     }
+
+    /// A handle that resolves once this inbox overflows, usable while the inbox itself is
+    /// borrowed (to abandon a write that a slow peer is blocking).
+    pub fn overflow_signal(&self) -> OverflowSignal {
+        OverflowSignal(Arc::clone(&self.overflow))
+    }
+}
+
+/// Resolves when an inbox overflows; see [`Inbox::overflow_signal`].
+#[derive(Clone, Debug)]
+pub struct OverflowSignal(Arc<Overflow>);
+
+impl OverflowSignal {
+    /// Waits for the overflow.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.0.notify.notified();
+            if self.0.flagged.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// Unsubscribes a sink from its channels when a consumer connection ends.

@@ -81,14 +81,12 @@ impl ConsumerParams {
                 _ => rest.push((key, value)),
             }
         }
-        if last_event_id {
-            if let Some(id) = parts.headers.get("last-event-id") {
-                let id = id.to_str().map_err(|_| {
-                    ParamError::new(ErrorCode::InvalidCursor, "Last-Event-ID is not text")
-                })?;
-                if !id.is_empty() {
-                    add_cursor(id)?;
-                }
+        if let Some(id) = parts.headers.get("last-event-id").filter(|_| last_event_id) {
+            let id = id.to_str().map_err(|_| {
+                ParamError::new(ErrorCode::InvalidCursor, "Last-Event-ID is not text")
+            })?;
+            if !id.is_empty() {
+                add_cursor(id)?;
             }
         }
         if channels.is_empty() {

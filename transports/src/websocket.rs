@@ -13,7 +13,7 @@ use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
-        Message,
+        Error as TungsteniteError, Message,
         handshake::derive_accept_key,
         protocol::{CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode},
     },
@@ -45,7 +45,10 @@ pub fn upgrade(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Body> {
         return error(ErrorCode::ShuttingDown, "the server is shutting down");
     }
     let accept = derive_accept_key(key.as_bytes());
-    let held = req.extensions().get::<ConnectionHandle>().map(|h| Arc::clone(&h.hold));
+    let held = req
+        .extensions()
+        .get::<ConnectionHandle>()
+        .map(|h| Arc::clone(&h.hold));
     let on_upgrade = hyper::upgrade::on(req);
     let tracker = ctx.tracker.clone();
     tracker.spawn(async move {
@@ -145,6 +148,7 @@ where
     let mut ping = interval_at(Instant::now() + period, period);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    let overflow = session.inbox.overflow_signal();
 
     let end = loop {
         tokio::select! {
@@ -155,34 +159,28 @@ where
                     ctx.metrics.slow_consumer(Transport::WebSocket);
                     break End::Close(CLOSE_SLOW_CONSUMER, "slow_consumer");
                 };
-                let mut next = Some(first);
-                let mut n = 0u64;
-                let mut result = Ok(Ok(()));
-                while let Some(event) = next.take() {
-                    if session.accept(&event) {
-                        result = timeout(send_timeout, ws.feed(Message::Text(event.ws_text()))).await;
-                        if !matches!(result, Ok(Ok(()))) {
-                            break;
-                        }
-                        ctx.metrics.observe_latency(event.published_at().elapsed());
-                        n += 1;
-                    }
-                    if n < BATCH as u64 {
-                        next = session.inbox.try_recv();
-                    }
-                }
-                ctx.metrics.delivered(Transport::WebSocket, n);
-                match flatten(result, &ctx) {
-                    Ok(()) => {}
-                    Err(end) => break end,
-                }
-                if let Err(end) = flatten(timeout(send_timeout, ws.flush()).await, &ctx) {
+                let written = tokio::select! {
+                    biased;
+                    // A peer that stopped reading blocks the write; its queue overflowing
+                    // meanwhile decides at once instead of after the send timeout.
+                    () = overflow.wait() => Err(slow_consumer(&ctx)),
+                    r = write_events(&ctx, &mut session, &mut ws, first) => r,
+                };
+                if let Err(end) = written {
                     break end;
                 }
             }
             message = ws.next() => {
                 last_heard = Instant::now();
                 let reply = match message {
+                    Some(Err(TungsteniteError::Capacity(e))) => {
+                        tracing::debug!(error = %e, "websocket message over the limit");
+                        break End::Close(1009, "message too big");
+                    }
+                    Some(Err(TungsteniteError::Protocol(e))) => {
+                        tracing::debug!(error = %e, "websocket protocol error");
+                        break End::Close(1002, "protocol error");
+                    }
                     None | Some(Err(_)) => break End::Gone,
                     Some(Ok(Message::Text(text))) => handle_frame(&ctx, &mut session, &mut ws, text.as_str()).await,
                     Some(Ok(Message::Binary(_))) => Err(frame_error(None, ErrorCode::InvalidRequest, "binary frames are not supported; send JSON text")),
@@ -225,6 +223,41 @@ where
     }
 }
 
+/// Writes `first` and whatever else is queued (up to a batch), then flushes once.
+async fn write_events<S>(
+    ctx: &Context,
+    session: &mut Session,
+    ws: &mut WebSocketStream<S>,
+    first: std::sync::Arc<crate::hub::Event>,
+) -> Result<(), End>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let send_timeout = ctx.config.send_timeout;
+    let mut next = Some(first);
+    let mut n = 0;
+    while let Some(event) = next.take() {
+        if session.accept(&event) {
+            flatten(
+                timeout(send_timeout, ws.feed(Message::Text(event.ws_text()))).await,
+                ctx,
+            )?;
+            ctx.metrics.observe_latency(event.published_at().elapsed());
+            n += 1;
+        }
+        if n < BATCH {
+            next = session.inbox.try_recv();
+        }
+    }
+    ctx.metrics.delivered(Transport::WebSocket, n as u64);
+    flatten(timeout(send_timeout, ws.flush()).await, ctx)
+}
+
+fn slow_consumer(ctx: &Context) -> End {
+    ctx.metrics.slow_consumer(Transport::WebSocket);
+    End::Close(CLOSE_SLOW_CONSUMER, "slow_consumer")
+}
+
 /// Outcome of handling a client frame that is not plain success.
 enum Reply {
     Frame(ServerFrame),
@@ -248,10 +281,7 @@ fn flatten<E: std::fmt::Display>(
             tracing::debug!(error = %e, "websocket write failed");
             Err(End::Gone)
         }
-        Err(_) => {
-            ctx.metrics.slow_consumer(Transport::WebSocket);
-            Err(End::Close(CLOSE_SLOW_CONSUMER, "slow_consumer"))
-        }
+        Err(_) => Err(slow_consumer(ctx)),
     }
 }
 

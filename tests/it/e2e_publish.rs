@@ -1,0 +1,253 @@
+//! The publish and history API, the ops endpoints, and the API's errors.
+
+use serde_json::{Value, json};
+
+use crate::support::{
+    channel, config,
+    http::{assert_error, get_json, post_json, request},
+    start,
+};
+
+#[tokio::test]
+async fn publish_returns_201_with_offset_id_and_cursor() {
+    let server = start(config()).await;
+    let ch = channel("pub");
+    let body = server.publish(&ch, "order.created", json!({"id": 1})).await;
+    assert_eq!(body["channel"], ch.as_str());
+    assert_eq!(body["offset"], 1);
+    assert_eq!(body["id"], format!("{ch}:1"));
+    assert!(body["cursor"].is_string());
+    // Percent-encoded channel names address the same channel.
+    let (status, _, body) = post_json(
+        server.addr,
+        "/v1/channels/test%2Fpub/events",
+        &[],
+        &json!({"data": null}),
+    )
+    .await;
+    assert_eq!((status.as_u16(), body["offset"].as_u64()), (201, Some(2)));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn idempotency_key_returns_the_first_result_and_refuses_a_different_body() {
+    let server = start(config()).await;
+    let path = format!("/v1/channels/{}/events", channel("idem"));
+    let key = [("idempotency-key", "order-42")];
+    let (s1, h1, first) = post_json(server.addr, &path, &key, &json!({"data": 1})).await;
+    let (s2, h2, again) = post_json(server.addr, &path, &key, &json!({"data": 1})).await;
+    assert_eq!((s1.as_u16(), s2.as_u16()), (201, 201));
+    assert_eq!(first, again);
+    assert!(h1.get("idempotency-replayed").is_none());
+    assert_eq!(h2["idempotency-replayed"], "true");
+    let (s3, _, conflict) = post_json(server.addr, &path, &key, &json!({"data": 2})).await;
+    assert_error(s3, &conflict, 409, "conflict");
+    let (_, history) = get_json(server.addr, &path).await;
+    assert_eq!(
+        history["events"].as_array().unwrap().len(),
+        1,
+        "published once"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn history_pages_with_after_and_limit_and_flags_reset() {
+    let mut cfg = config();
+    cfg.history.size = 4;
+    let server = start(cfg).await;
+    let ch = channel("hist");
+    server.publish_range(&ch, 1, 6).await;
+    let path = format!("/v1/channels/{ch}/events");
+    let (_, page) = get_json(server.addr, &format!("{path}?limit=3")).await;
+    let offsets = |p: &Value| {
+        p["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["offset"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        (
+            offsets(&page),
+            page["next"].as_u64(),
+            page["reset"].as_bool()
+        ),
+        (vec![3, 4, 5], Some(5), Some(false))
+    );
+    let (_, page) = get_json(server.addr, &format!("{path}?after=5")).await;
+    assert_eq!((offsets(&page), page["next"].as_u64()), (vec![6], Some(6)));
+    let (_, page) = get_json(server.addr, &format!("{path}?after=1")).await;
+    assert_eq!(
+        (offsets(&page), page["reset"].as_bool()),
+        (vec![3, 4, 5, 6], Some(true))
+    );
+    for bad in ["?after=x", "?limit=0", "?limit=1001"] {
+        let (status, body) = get_json(server.addr, &format!("{path}{bad}")).await;
+        assert_error(status, &body, 400, "invalid_parameter");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_publishes_get_clear_errors() {
+    let mut cfg = config();
+    cfg.limits.max_event_bytes = 1024;
+    let server = start(cfg).await;
+    let addr = server.addr;
+    let path = "/v1/channels/x/events";
+    let json_ct = [("content-type", "application/json")];
+    // (path, headers, body, status, code)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            path,
+            json_ct.to_vec(),
+            b"{not json".to_vec(),
+            400,
+            "bad_json",
+        ),
+        (path, json_ct.to_vec(), b"".to_vec(), 400, "bad_json"),
+        (
+            path,
+            json_ct.to_vec(),
+            br#"{"type":"t"}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            path,
+            json_ct.to_vec(),
+            br#"{"data":1,"extra":2}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            path,
+            json_ct.to_vec(),
+            br#"[1,2]"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            path,
+            json_ct.to_vec(),
+            br#"{"type":"has space","data":1}"#.to_vec(),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            path,
+            vec![("content-type", "text/plain")],
+            br#"{"data":1}"#.to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            path,
+            json_ct.to_vec(),
+            format!(r#"{{"data":"{}"}}"#, "x".repeat(2000)).into_bytes(),
+            413,
+            "payload_too_large",
+        ),
+        (
+            path,
+            vec![
+                ("content-type", "application/json"),
+                ("idempotency-key", ""),
+            ],
+            br#"{"data":1}"#.to_vec(),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "/v1/channels/bad%20name/events",
+            json_ct.to_vec(),
+            br#"{"data":1}"#.to_vec(),
+            400,
+            "invalid_channel",
+        ),
+        ("/v1/nothing", vec![], vec![], 404, "not_found"),
+    ];
+    for (path, headers, body, status, code) in cases {
+        let (s, h, b) = request(addr, "POST", path, &headers, body).await;
+        assert!(
+            h["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json")
+        );
+        assert_error(s, &serde_json::from_slice(&b).unwrap(), status, code);
+    }
+    let (s, h, b) = request(addr, "DELETE", path, &[], vec![]).await;
+    assert_error(
+        s,
+        &serde_json::from_slice(&b).unwrap(),
+        405,
+        "method_not_allowed",
+    );
+    assert_eq!(h["allow"], "GET, POST");
+    let (s, h, b) = request(addr, "POST", "/v1/sse", &[], vec![]).await;
+    assert_error(
+        s,
+        &serde_json::from_slice(&b).unwrap(),
+        405,
+        "method_not_allowed",
+    );
+    assert_eq!(h["allow"], "GET");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_chunked_body_over_the_limit_is_413() {
+    let mut cfg = config();
+    cfg.limits.max_event_bytes = 1024;
+    let server = start(cfg).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut raw = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let chunk = "x".repeat(800);
+    let req = format!(
+        "POST /v1/channels/x/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len(),
+        chunk.len()
+    );
+    raw.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = crate::support::within("a 413", raw.read(&mut buf))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("payload_too_large"), "{text}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let server = start(config()).await;
+    assert_eq!(
+        get_json(server.addr, "/healthz").await,
+        (http::StatusCode::OK, json!({"status": "ok"}))
+    );
+    let (status, ready) = get_json(server.addr, "/readyz").await;
+    assert_eq!(
+        (status.as_u16(), ready["status"].as_str()),
+        (200, Some("ready"))
+    );
+    server.publish(&channel("m"), "x", json!(1)).await;
+    assert_eq!(
+        server.metric("switchyard_events_published_total").await,
+        1.0
+    );
+    assert_eq!(server.metric("switchyard_channels").await, 1.0);
+    let (_, headers, _) = request(server.addr, "GET", "/metrics", &[], vec![]).await;
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    server.shutdown().await;
+}

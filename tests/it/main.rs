@@ -1,0 +1,15 @@
+//! Integration tests: the real server on an ephemeral port, real clients over loopback.
+
+// Test helpers are `pub` for readability; the binary has no public API.
+#![allow(unreachable_pub)]
+
+mod support;
+
+mod e2e_cross;
+mod e2e_longpoll;
+mod e2e_publish;
+mod e2e_shutdown;
+mod e2e_slow_consumer;
+mod e2e_sse;
+mod e2e_stream;
+mod e2e_ws;

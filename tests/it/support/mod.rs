@@ -1,0 +1,122 @@
+//! Test harness: start a server on port 0, publish, read metrics, and wait with timeouts.
+
+pub mod http;
+pub mod sse;
+pub mod ws;
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use serde_json::{Value, json};
+use switchyard::config::Config;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+/// Longest any single wait in a test may take before it fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Fails the test if `fut` does not finish within [`WAIT`].
+pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// The default configuration with test-friendly timings.
+pub fn config() -> Config {
+    Config {
+        shutdown_grace_secs: 5,
+        ..Config::default()
+    }
+}
+
+/// A running server.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts a server with `config` on an ephemeral loopback port.
+pub async fn start(config: Config) -> TestServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(switchyard::run(listener, config, async {
+        let _ = stop_rx.await;
+    }));
+    TestServer {
+        addr,
+        stop: Some(stop_tx),
+        task,
+    }
+}
+
+impl TestServer {
+    /// Publishes `data` with `event_type` on `channel`; returns the 201 body.
+    pub async fn publish(&self, channel: &str, event_type: &str, data: Value) -> Value {
+        let (status, _, body) = http::post_json(
+            self.addr,
+            &format!("/v1/channels/{channel}/events"),
+            &[],
+            &json!({"type": event_type, "data": data}),
+        )
+        .await;
+        assert_eq!(status, 201, "publish failed: {body}");
+        body
+    }
+
+    /// Publishes events `from..=to` with `{"n": i}` payloads; returns their cursors.
+    pub async fn publish_range(&self, channel: &str, from: u64, to: u64) -> Vec<String> {
+        let mut cursors = Vec::new();
+        for n in from..=to {
+            let body = self.publish(channel, "tick", json!({ "n": n })).await;
+            assert_eq!(body["offset"], n, "offsets are consecutive");
+            cursors.push(body["cursor"].as_str().unwrap().to_owned());
+        }
+        cursors
+    }
+
+    /// Reads one sample of `/metrics` (`name{labels}` exactly as written).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (status, _, body) = http::request(self.addr, "GET", "/metrics", &[], Vec::new()).await;
+        assert_eq!(status, 200);
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("metric {series} missing"))
+            .parse()
+            .unwrap()
+    }
+
+    /// Waits until `series` reaches `value`.
+    pub async fn wait_metric(&self, series: &str, value: f64) {
+        within(&format!("{series} == {value}"), async {
+            loop {
+                if self.metric(series).await == value {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+
+    /// Stops the server and waits for it, re-raising a panic from the server task.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        match within("server shutdown", &mut self.task).await {
+            Ok(result) => result.expect("server returned an error"),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// Starts the shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) -> &mut JoinHandle<anyhow::Result<()>> {
+        let _ = self.stop.take().unwrap().send(());
+        &mut self.task
+    }
+}
+
+/// A channel name unique to the calling test.
+pub fn channel(test: &str) -> String {
+    format!("test/{test}")
+}
