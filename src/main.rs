@@ -54,9 +54,26 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
     Config::load(args.config.as_deref(), std::env::vars(), &overrides)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable line with its causes; no backtrace for a configuration mistake.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -74,13 +91,26 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn toml_string(config: &Config) -> anyhow::Result<String> {
-    let value = figment::Figment::from(figment::providers::Serialized::defaults(config))
-        .extract::<figment::value::Value>()?;
-    Ok(format!("{value:#?}"))
+    toml::to_string_pretty(config).context("cannot print the configuration")
+}
+
+/// Raises the soft open-files limit to the hard one: every connection is a descriptor.
+fn raise_open_files_limit(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < max_connections as u64 + 256 => tracing::warn!(
+            limit,
+            max_connections,
+            "the open-files limit is below limits.max_connections; accepts will fail past it \
+             (raise `ulimit -n` / LimitNOFILE, or lower limits.max_connections)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = load(&args)?;
+    raise_open_files_limit(config.limits.max_connections);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
