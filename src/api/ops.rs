@@ -1,10 +1,13 @@
 //! `/healthz`, `/readyz` and `/metrics`.
 
-use std::{fmt::Write, sync::atomic::Ordering};
+use std::sync::atomic::Ordering;
 
 use http::{HeaderValue, Response, StatusCode, header};
 use switchyard_protocol::ErrorCode;
-use switchyard_transports::http::{error, full, json};
+use switchyard_transports::{
+    http::{error, full, json},
+    metrics::write_family,
+};
 
 use super::{AppState, router::Reply};
 
@@ -28,28 +31,30 @@ pub fn readyz(state: &AppState) -> Reply {
 pub fn metrics(state: &AppState) -> Reply {
     let mut out = String::with_capacity(4096);
     let bus = &state.bus;
-    let _ = writeln!(
-        out,
-        "# HELP switchyard_events_published_total Events published."
+    let one = |v: u64| [(String::new(), v)];
+    write_family(
+        &mut out,
+        "switchyard_events_published_total",
+        "Events published.",
+        "counter",
+        one(bus.published_count()),
     );
-    let _ = writeln!(out, "# TYPE switchyard_events_published_total counter");
-    let _ = writeln!(
-        out,
-        "switchyard_events_published_total {}",
-        bus.published_count()
+    write_family(
+        &mut out,
+        "switchyard_channels",
+        "Channels held in memory.",
+        "gauge",
+        one(bus.channel_count() as u64),
     );
-    let _ = writeln!(out, "# HELP switchyard_channels Channels held in memory.");
-    let _ = writeln!(out, "# TYPE switchyard_channels gauge");
-    let _ = writeln!(out, "switchyard_channels {}", bus.channel_count());
-    let _ = writeln!(
-        out,
-        "# HELP switchyard_http_connections Open HTTP connections (upgraded ones count as websocket)."
-    );
-    let _ = writeln!(out, "# TYPE switchyard_http_connections gauge");
-    let _ = writeln!(
-        out,
-        "switchyard_http_connections {}",
-        state.http_connections.load(Ordering::Relaxed)
+    write_family(
+        &mut out,
+        "switchyard_http_connections",
+        "Open HTTP connections (an upgraded one counts as websocket instead).",
+        "gauge",
+        [(
+            String::new(),
+            state.http_connections.load(Ordering::Relaxed),
+        )],
     );
     state.consumers.metrics.render(&mut out);
     let mut res = Response::new(full(out));

@@ -84,13 +84,12 @@ impl TransportMetrics {
         self.deliveries[transport as usize].fetch_add(n, Relaxed);
     }
 
-    /// Records the publish → deliver latency of one live event.
+    /// Records the publish → deliver latency of one live event: one bucket (they are made
+    /// cumulative when rendered), the count and the sum.
     pub fn observe_latency(&self, latency: Duration) {
         let secs = latency.as_secs_f64();
-        for (bucket, bound) in self.latency_buckets.iter().zip(LATENCY_BUCKETS) {
-            if secs <= bound {
-                bucket.fetch_add(1, Relaxed);
-            }
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|bound| secs <= *bound) {
+            self.latency_buckets[i].fetch_add(1, Relaxed);
         }
         self.latency_count.fetch_add(1, Relaxed);
         self.latency_sum_micros.fetch_add(
@@ -106,43 +105,45 @@ impl TransportMetrics {
 
     /// Appends these metrics in the Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        out.push_str("# HELP switchyard_connections Open consumer connections.\n");
-        out.push_str("# TYPE switchyard_connections gauge\n");
-        for t in Transport::ALL {
-            let _ = writeln!(
-                out,
-                "switchyard_connections{{transport=\"{}\"}} {}",
-                t.label(),
-                self.connections(t)
-            );
-        }
-        out.push_str("# HELP switchyard_deliveries_total Events written to consumers.\n");
-        out.push_str("# TYPE switchyard_deliveries_total counter\n");
-        for t in Transport::ALL {
-            let n = self.deliveries[t as usize].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "switchyard_deliveries_total{{transport=\"{}\"}} {n}",
-                t.label()
-            );
-        }
-        out.push_str("# HELP switchyard_slow_consumer_disconnects_total Consumers closed because their queue overflowed.\n");
-        out.push_str("# TYPE switchyard_slow_consumer_disconnects_total counter\n");
-        for t in Transport::ALL {
-            let n = self.slow_consumers[t as usize].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "switchyard_slow_consumer_disconnects_total{{transport=\"{}\"}} {n}",
-                t.label()
-            );
-        }
+        let per_transport = |values: &[AtomicU64; 4]| {
+            Transport::ALL.map(|t| {
+                (
+                    format!("transport=\"{}\"", t.label()),
+                    values[t as usize].load(Relaxed),
+                )
+            })
+        };
+        let connections =
+            Transport::ALL.map(|t| (format!("transport=\"{}\"", t.label()), self.connections(t)));
+        write_family(
+            out,
+            "switchyard_connections",
+            "Open consumer connections.",
+            "gauge",
+            connections,
+        );
+        write_family(
+            out,
+            "switchyard_deliveries_total",
+            "Events written to consumers.",
+            "counter",
+            per_transport(&self.deliveries),
+        );
+        write_family(
+            out,
+            "switchyard_slow_consumer_disconnects_total",
+            "Consumers closed because their queue overflowed.",
+            "counter",
+            per_transport(&self.slow_consumers),
+        );
         out.push_str("# HELP switchyard_delivery_latency_seconds Publish to deliver latency of live events.\n");
         out.push_str("# TYPE switchyard_delivery_latency_seconds histogram\n");
+        let mut cumulative = 0;
         for (bucket, bound) in self.latency_buckets.iter().zip(LATENCY_BUCKETS) {
+            cumulative += bucket.load(Relaxed);
             let _ = writeln!(
                 out,
-                "switchyard_delivery_latency_seconds_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Relaxed)
+                "switchyard_delivery_latency_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
             );
         }
         let count = self.latency_count.load(Relaxed);
@@ -153,5 +154,52 @@ impl TransportMetrics {
         let sum = self.latency_sum_micros.load(Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "switchyard_delivery_latency_seconds_sum {sum}");
         let _ = writeln!(out, "switchyard_delivery_latency_seconds_count {count}");
+    }
+}
+
+/// Writes one metric family: `# HELP`, `# TYPE`, then a sample per `(labels, value)`
+/// (labels as `k="v"` text, empty for none).
+pub fn write_family<V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    kind: &str,
+    samples: impl IntoIterator<Item = (String, V)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_renders_cumulative_buckets() {
+        let m = TransportMetrics::default();
+        m.observe_latency(Duration::from_micros(300));
+        m.observe_latency(Duration::from_millis(3));
+        m.observe_latency(Duration::from_secs(60));
+        let mut out = String::new();
+        m.render(&mut out);
+        let bucket = |le: &str| {
+            let prefix = format!("switchyard_delivery_latency_seconds_bucket{{le=\"{le}\"}} ");
+            out.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(bucket("0.0005"), "1");
+        assert_eq!(bucket("0.005"), "2");
+        assert_eq!(bucket("10"), "2");
+        assert_eq!(bucket("+Inf"), "3");
+        assert!(out.contains("switchyard_delivery_latency_seconds_count 3"));
     }
 }
