@@ -18,6 +18,9 @@ pub const DEFAULT_TOML: &str = include_str!("../config.default.toml");
 /// Prefix of configuration environment variables.
 pub const ENV_PREFIX: &str = "SWITCHYARD_";
 
+/// Variables with the prefix that are not configuration keys (`--config`'s own variable).
+const NOT_KEYS: [&str; 1] = ["SWITCHYARD_CONFIG"];
+
 /// The whole configuration. See `config.default.toml` for each key's meaning and default.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +43,22 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     /// Long-poll holds and page sizes.
     pub poll: PollConfig,
+    /// Job attempts and leases.
+    pub jobs: JobsConfig,
+}
+
+/// `[jobs]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Claims before a job fails for good.
+    pub max_attempts: u32,
+    /// Default lease, milliseconds.
+    pub default_lease_ms: u64,
+    /// Longest lease, milliseconds.
+    pub max_lease_ms: u64,
+    /// Payload bytes received at once across submits.
+    pub max_inflight_bytes: usize,
 }
 
 /// `[history]`
@@ -149,6 +168,9 @@ impl Config {
             figment = figment.merge(Toml::file(file));
         }
         for (name, value) in env {
+            if NOT_KEYS.contains(&name.as_str()) {
+                continue;
+            }
             let Some(key) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
@@ -291,6 +313,22 @@ impl Config {
             1,
             self.poll.max_limit,
         )?;
+        range("jobs.max_attempts", self.jobs.max_attempts, 1, 1000)?;
+        range(
+            "jobs.max_lease_ms",
+            self.jobs.max_lease_ms,
+            100,
+            7 * 86_400_000,
+        )?;
+        range(
+            "jobs.default_lease_ms",
+            self.jobs.default_lease_ms,
+            100,
+            self.jobs.max_lease_ms,
+        )?;
+        if self.jobs.max_inflight_bytes < self.limits.max_job_bytes {
+            bail!("`jobs.max_inflight_bytes` must be at least `limits.max_job_bytes`");
+        }
         if self.websocket.idle_timeout_secs <= self.websocket.ping_interval_secs {
             bail!("`websocket.idle_timeout_secs` must exceed `websocket.ping_interval_secs`");
         }
@@ -354,6 +392,7 @@ mod tests {
             env(&[
                 ("SWITCHYARD_HISTORY__SIZE", "9"),
                 ("SWITCHYARD_DATA_DIR", "/tmp/x"),
+                ("SWITCHYARD_CONFIG", "/ignored/here.toml"),
                 ("OTHER_THING", "1"),
             ]),
             &Overrides {

@@ -12,8 +12,10 @@
 pub mod api;
 pub mod config;
 pub mod hub;
+pub mod jobs;
 pub mod server;
 pub mod shutdown;
+pub mod store;
 
 use std::{
     future::Future,
@@ -46,11 +48,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let hub = Arc::new(MemoryHub::new(MemoryHubConfig {
-        history_size: config.history.size,
-        history_ttl: Duration::from_secs(config.history.ttl_secs),
-        max_channels: config.limits.max_channels,
-    }));
+    let hub = Arc::new(MemoryHub::new(
+        MemoryHubConfig {
+            history_size: config.history.size,
+            history_ttl: Duration::from_secs(config.history.ttl_secs),
+            max_channels: config.limits.max_channels,
+        },
+        None,
+    ));
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let consumers = Arc::new(Context {

@@ -21,21 +21,27 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the gateway (the default when no command is given).
-    Serve(ServeArgs),
+    Serve,
     /// Print the effective configuration (defaults, file, env and flags merged) as TOML.
-    Config(ServeArgs),
+    Config,
 }
 
 #[derive(clap::Args, Debug, Clone, Default)]
 struct ServeArgs {
     /// TOML configuration file (see the configuration keys below).
-    #[arg(short, long, value_name = "FILE", env = "SWITCHYARD_CONFIG")]
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        env = "SWITCHYARD_CONFIG",
+        global = true
+    )]
     config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:8080] [env: SWITCHYARD_LISTEN]
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", global = true)]
     listen: Option<SocketAddr>,
     /// Directory for durable data [default: ./switchyard-data] [env: SWITCHYARD_DATA_DIR]
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     data_dir: Option<PathBuf>,
 }
 
@@ -80,13 +86,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         )
         .init();
     match cli.command {
-        Some(Command::Config(args)) => {
-            let config = load(&args)?;
+        Some(Command::Config) => {
+            let config = load(&cli.serve)?;
             print!("{}", toml_string(&config)?);
             Ok(())
         }
-        Some(Command::Serve(args)) => serve(args).await,
-        None => serve(cli.serve).await,
+        Some(Command::Serve) | None => serve(cli.serve).await,
     }
 }
 
@@ -97,7 +102,7 @@ fn toml_string(config: &Config) -> anyhow::Result<String> {
 /// Raises the soft open-files limit to the hard one: every connection is a descriptor.
 fn raise_open_files_limit(max_connections: usize) {
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) if limit < max_connections as u64 + 256 => tracing::warn!(
+        Ok(limit) if limit < max_connections as u64 + 64 => tracing::warn!(
             limit,
             max_connections,
             "the open-files limit is below limits.max_connections; accepts will fail past it \

@@ -19,7 +19,7 @@ pub enum ErrorCode {
     UnknownOp,
     /// The connection holds the most subscriptions allowed.
     TooManySubscriptions,
-    /// The request names more channels than allowed, or the server holds the most channels.
+    /// The request names more channels than one request may.
     TooManyChannels,
     /// Missing or bad credentials.
     Unauthorized,

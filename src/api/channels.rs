@@ -91,6 +91,7 @@ pub async fn publish(state: Arc<AppState>, channel: ChannelName, req: Request<In
             res
         }
         Err(e @ PublishError::IdempotencyConflict) => error(ErrorCode::Conflict, e.to_string()),
+        Err(e @ PublishError::Reserved) => error(ErrorCode::Forbidden, e.to_string()),
         Err(PublishError::Hub(e)) => error(ErrorCode::Unavailable, e.to_string()),
     }
 }

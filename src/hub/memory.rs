@@ -14,6 +14,7 @@ use std::{
 
 use dashmap::DashMap;
 use futures_util::future::{BoxFuture, FutureExt};
+use serde_json::value::RawValue;
 use switchyard_protocol::{ChannelName, Cursor, Position};
 use switchyard_transports::hub::{Opened, Sink, StartFrom};
 
@@ -22,6 +23,42 @@ use super::{
     idempotency::{IdempotencyKeys, Seen},
     now_rfc3339,
 };
+
+/// An event already written to a durable log, with its offset assigned there.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// Offset in its channel.
+    pub offset: u64,
+    /// Event type.
+    pub event_type: String,
+    /// Publish time, RFC 3339.
+    pub time: String,
+    /// JSON payload.
+    pub data: Box<RawValue>,
+}
+
+/// A durable channel's state as its log holds it.
+#[derive(Debug)]
+pub struct LoadedChannel {
+    /// The log's epoch (stable across restarts of the same store).
+    pub epoch: u64,
+    /// The last offset written (0 when none).
+    pub last_offset: u64,
+    /// The latest events, oldest first, at most the history size.
+    pub events: Vec<StoredEvent>,
+}
+
+/// Channels whose log lives in a durable store (job channels): the hub loads them on first
+/// use and learns of new events through [`MemoryHub::append_stored`], never by `publish`.
+pub trait DurableChannels: Send + Sync + 'static {
+    /// Whether `channel` belongs to the durable store.
+    fn owns(&self, channel: &str) -> bool;
+    /// Reads the channel's epoch, last offset and latest `max_events` events.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    fn load(&self, channel: &ChannelName, max_events: usize) -> Result<LoadedChannel, HubError>;
+}
 
 /// Bounds of the memory hub.
 #[derive(Clone, Debug)]
@@ -35,12 +72,23 @@ pub struct MemoryHubConfig {
 }
 
 /// The embedded, single-node hub.
-#[derive(Debug)]
 pub struct MemoryHub {
     channels: DashMap<ChannelName, Arc<Mutex<Channel>>>,
     config: MemoryHubConfig,
     published: AtomicU64,
+    durable: Option<Arc<dyn DurableChannels>>,
 }
+
+impl std::fmt::Debug for MemoryHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryHub")
+            .field("channels", &self.channels.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a durable channel with no subscriber stays in memory; it reloads on demand.
+const DURABLE_IDLE: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 struct Channel {
@@ -54,10 +102,15 @@ struct Channel {
     /// Set when the sweeper removed the channel from the map; whoever still holds the Arc
     /// must look the channel up again.
     removed: bool,
+    /// Durable channels: whether the log has been read in yet (memory channels start true).
+    loaded: bool,
+    /// Durable channels: their history is the store's, not bounded by age in memory.
+    durable: bool,
+    last_used: Instant,
 }
 
 impl Channel {
-    fn new() -> Self {
+    fn new(durable: bool) -> Self {
         Self {
             epoch: random_epoch(),
             last_offset: 0,
@@ -65,7 +118,36 @@ impl Channel {
             sinks: Vec::new(),
             idempotency: IdempotencyKeys::default(),
             removed: false,
+            loaded: !durable,
+            durable,
+            last_used: Instant::now(),
         }
+    }
+
+    fn load(
+        &mut self,
+        channel: &ChannelName,
+        log: &dyn DurableChannels,
+        size: usize,
+    ) -> Result<(), HubError> {
+        let loaded = log.load(channel, size)?;
+        self.epoch = loaded.epoch;
+        self.last_offset = loaded.last_offset;
+        self.history = loaded
+            .events
+            .into_iter()
+            .map(|e| Arc::new(stored_to_event(channel, loaded.epoch, e)))
+            .collect();
+        self.loaded = true;
+        Ok(())
+    }
+
+    fn push(&mut self, event: Arc<Event>, size: usize) {
+        self.sinks.retain(|sink| sink.offer(&event));
+        if self.history.len() >= size {
+            self.history.pop_front();
+        }
+        self.history.push_back(event);
     }
 
     fn oldest_kept(&self) -> u64 {
@@ -75,7 +157,7 @@ impl Channel {
     }
 
     fn expire(&mut self, ttl: Duration, now: Instant) {
-        while let Some(front) = self.history.front() {
+        while let Some(front) = self.history.front().filter(|_| !self.durable) {
             if now.duration_since(front.published_at()) < ttl {
                 break;
             }
@@ -112,7 +194,16 @@ impl Channel {
     }
 }
 
-fn random_epoch() -> u64 {
+fn stored_to_event(channel: &ChannelName, epoch: u64, e: StoredEvent) -> Event {
+    let position = Position {
+        epoch,
+        offset: e.offset,
+    };
+    Event::new(channel.clone(), position, &e.event_type, &e.time, &e.data)
+}
+
+/// A random epoch for a history that starts now.
+pub fn random_epoch() -> u64 {
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes).expect("the OS random source works");
     // Keep cursors short: 53 bits are plenty to tell incarnations apart.
@@ -128,13 +219,41 @@ fn lock(channel: &Mutex<Channel>) -> MutexGuard<'_, Channel> {
 }
 
 impl MemoryHub {
-    /// An empty hub.
-    pub fn new(config: MemoryHubConfig) -> Self {
+    /// An empty hub; channels that `durable` owns are read from and written by it.
+    pub fn new(config: MemoryHubConfig, durable: Option<Arc<dyn DurableChannels>>) -> Self {
         Self {
             channels: DashMap::new(),
             config,
             published: AtomicU64::new(0),
+            durable,
         }
+    }
+
+    fn is_durable(&self, name: &str) -> bool {
+        self.durable.as_ref().is_some_and(|d| d.owns(name))
+    }
+
+    /// Takes in an event a durable store has committed (in commit order) and fans it out.
+    /// A channel not in memory is skipped: it is read from the store when next used.
+    pub fn append_stored(&self, name: &ChannelName, stored: StoredEvent) {
+        let Some(channel) = self.channels.get(name).map(|c| Arc::clone(&c)) else {
+            return;
+        };
+        let mut c = lock(&channel);
+        if c.removed || !c.loaded || stored.offset <= c.last_offset {
+            return;
+        }
+        if stored.offset != c.last_offset + 1 {
+            // Should not happen (the store commits in order); read the log again next time.
+            tracing::warn!(channel = %name, offset = stored.offset, last = c.last_offset, "gap in a durable channel; reloading");
+            c.loaded = false;
+            return;
+        }
+        c.last_offset = stored.offset;
+        c.last_used = Instant::now();
+        let event = Arc::new(stored_to_event(name, c.epoch, stored));
+        c.push(event, self.config.history_size);
+        self.published.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Runs `f` on the live channel named `name`, creating it when `create` allows.
@@ -152,11 +271,12 @@ impl MemoryHub {
                     if self.channels.len() >= self.config.max_channels {
                         return Err(HubError::TooManyChannels);
                     }
+                    let durable = self.is_durable(name.as_str());
                     Arc::clone(
                         &self
                             .channels
                             .entry(name.clone())
-                            .or_insert_with(|| Arc::new(Mutex::new(Channel::new()))),
+                            .or_insert_with(|| Arc::new(Mutex::new(Channel::new(durable)))),
                     )
                 }
             };
@@ -164,27 +284,82 @@ impl MemoryHub {
             if guard.removed {
                 continue;
             }
-            guard.expire(self.config.history_ttl, Instant::now());
+            if !guard.loaded
+                && let Some(log) = &self.durable
+            {
+                guard.load(name, log.as_ref(), self.config.history_size)?;
+            }
+            let now = Instant::now();
+            guard.expire(self.config.history_ttl, now);
+            guard.last_used = now;
             return Ok(Some(f(&mut guard)));
         }
     }
 
-    /// Drops expired history, closed sinks and channels left with nothing; returns how many
-    /// channels were removed. Call it periodically.
+    /// Drops expired history and closed sinks, and evicts idle channels; returns how many
+    /// channels were evicted. Call it periodically.
+    ///
+    /// An idle memory channel keeps its epoch and offsets while the table has room, since
+    /// evicting it restarts its offsets under a new epoch (old positions then get `reset`);
+    /// past 90% of `max_channels`, the least recently used idle ones go. Idle durable
+    /// channels go at once: they reload from their store.
     pub fn sweep(&self) -> usize {
         let now = Instant::now();
-        let before = self.channels.len();
-        self.channels.retain(|_, channel| {
-            let mut c = lock(channel);
+        let mut durable_idle = Vec::new();
+        let mut memory_idle = Vec::new();
+        for entry in &self.channels {
+            let mut c = lock(entry.value());
             c.expire(self.config.history_ttl, now);
             c.sinks.retain(|s| !s.is_closed());
-            let idle = c.history.is_empty() && c.sinks.is_empty() && c.idempotency.is_empty();
-            if idle {
-                c.removed = true;
+            match c.idleness(now) {
+                Idle::No => {}
+                Idle::Durable => durable_idle.push(entry.key().clone()),
+                Idle::Memory => memory_idle.push((c.last_used, entry.key().clone())),
             }
-            !idle
-        });
-        before - self.channels.len()
+        }
+        let room = self.config.max_channels * 9 / 10;
+        let excess = (self.channels.len() - durable_idle.len()).saturating_sub(room);
+        memory_idle.sort_unstable_by_key(|(last_used, _)| *last_used);
+        let victims = durable_idle
+            .into_iter()
+            .chain(memory_idle.into_iter().take(excess).map(|(_, name)| name));
+        let mut evicted = 0;
+        for name in victims {
+            // Checked again under the lock: it may have been used since.
+            let removed = self.channels.remove_if(&name, |_, channel| {
+                let mut c = lock(channel);
+                let still_idle = c.idleness(now) != Idle::No;
+                c.removed = still_idle;
+                still_idle
+            });
+            evicted += usize::from(removed.is_some());
+        }
+        evicted
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Idle {
+    No,
+    Memory,
+    Durable,
+}
+
+impl Channel {
+    fn idleness(&self, now: Instant) -> Idle {
+        if !self.sinks.is_empty() {
+            Idle::No
+        } else if self.durable {
+            if now.duration_since(self.last_used) > DURABLE_IDLE {
+                Idle::Durable
+            } else {
+                Idle::No
+            }
+        } else if self.history.is_empty() && self.idempotency.is_empty() {
+            Idle::Memory
+        } else {
+            Idle::No
+        }
     }
 }
 
@@ -230,6 +405,9 @@ impl Hub for MemoryHub {
 
 impl Bus for MemoryHub {
     fn publish<'a>(&'a self, req: Publish<'a>) -> BoxFuture<'a, Result<Published, PublishError>> {
+        if self.is_durable(req.channel.as_str()) {
+            return async { Err(PublishError::Reserved) }.boxed();
+        }
         let hash = req.idempotency_key.map(|_| request_hash(&req));
         let result = self.with_channel(req.channel, true, |c| {
             let now = Instant::now();
@@ -254,11 +432,7 @@ impl Bus for MemoryHub {
                 &now_rfc3339(),
                 req.data,
             ));
-            c.sinks.retain(|sink| sink.offer(&event));
-            if c.history.len() >= self.config.history_size {
-                c.history.pop_front();
-            }
-            c.history.push_back(Arc::clone(&event));
+            c.push(event, self.config.history_size);
             let published = Published {
                 offset: position.offset,
                 id: format!("{}:{}", req.channel, position.offset),
@@ -325,17 +499,19 @@ impl Bus for MemoryHub {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::value::RawValue;
     use switchyard_transports::hub::{Received, new_pair};
 
     use super::*;
 
     fn hub(size: usize) -> MemoryHub {
-        MemoryHub::new(MemoryHubConfig {
-            history_size: size,
-            history_ttl: Duration::from_secs(3600),
-            max_channels: 10,
-        })
+        MemoryHub::new(
+            MemoryHubConfig {
+                history_size: size,
+                history_ttl: Duration::from_secs(3600),
+                max_channels: 10,
+            },
+            None,
+        )
     }
 
     fn ch(name: &str) -> ChannelName {
@@ -465,11 +641,14 @@ mod tests {
 
     #[tokio::test]
     async fn sweep_drops_idle_channels_and_a_new_incarnation_resets_old_cursors() {
-        let hub = MemoryHub::new(MemoryHubConfig {
-            history_size: 10,
-            history_ttl: Duration::from_millis(1),
-            max_channels: 1,
-        });
+        let hub = MemoryHub::new(
+            MemoryHubConfig {
+                history_size: 10,
+                history_ttl: Duration::from_millis(1),
+                max_channels: 1,
+            },
+            None,
+        );
         let c = ch("a");
         let first = publish(&hub, &c, 1).await;
         let old = Cursor::decode(&first.cursor).unwrap().get("a").unwrap();
@@ -486,6 +665,37 @@ mod tests {
             hub.subscribe(&ch("b"), StartFrom::Now, &sink).await,
             Err(HubError::TooManyChannels)
         ));
+    }
+
+    #[tokio::test]
+    async fn idle_channels_keep_their_offsets_while_there_is_room() {
+        let hub = MemoryHub::new(
+            MemoryHubConfig {
+                history_size: 10,
+                history_ttl: Duration::from_millis(1),
+                max_channels: 100,
+            },
+            None,
+        );
+        let c = ch("a");
+        let first = publish(&hub, &c, 1).await;
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(hub.sweep(), 0);
+        let (sink, _inbox) = new_pair(4, None);
+        let old = Cursor::decode(&first.cursor).unwrap().get("a").unwrap();
+        let o = hub
+            .subscribe(&c, StartFrom::Position(old), &sink)
+            .await
+            .unwrap();
+        assert_eq!(
+            o.reset, None,
+            "nothing was lost: the position is still valid"
+        );
+        assert_eq!(
+            publish(&hub, &c, 2).await.offset,
+            2,
+            "offsets are never reused"
+        );
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use switchyard_protocol::ChannelName;
 pub use switchyard_transports::hub::{Event, Hub, HubError};
 
-pub use memory::MemoryHub;
+pub use memory::{DurableChannels, LoadedChannel, MemoryHub, StoredEvent};
 
 /// A publish request.
 #[derive(Debug)]
@@ -42,6 +42,9 @@ pub struct Published {
 /// Why a publish failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    /// The channel's log is written by the jobs API, not by publishers.
+    #[error("channels under jobs/ are written by the jobs API only")]
+    Reserved,
     /// The idempotency key was used before for a different request.
     #[error("Idempotency-Key was already used for a different event on this channel")]
     IdempotencyConflict,
@@ -82,6 +85,6 @@ pub trait Bus: Hub {
 }
 
 /// The RFC 3339 UTC time with milliseconds, as envelopes carry it.
-pub(crate) fn now_rfc3339() -> String {
+pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }

@@ -281,3 +281,19 @@ async fn a_silent_peer_is_closed_by_the_ping_deadline() {
         .await;
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_close_is_answered_with_a_close_frame() {
+    use futures_util::StreamExt;
+    let server = start(config()).await;
+    let mut client = WsClient::connect(server.addr).await;
+    client.subscribe(1, "c", json!({})).await;
+    client.ws.close(None).await.unwrap();
+    // A clean closing handshake: the server's close frame, not a reset (1006 in browsers).
+    let reply = within("the close reply", client.ws.next()).await;
+    assert!(matches!(reply, Some(Ok(Message::Close(_)))), "{reply:?}");
+    server
+        .wait_metric("switchyard_connections{transport=\"websocket\"}", 0.0)
+        .await;
+    server.shutdown().await;
+}

@@ -132,7 +132,7 @@ impl TransportMetrics {
         write_family(
             out,
             "switchyard_slow_consumer_disconnects_total",
-            "Consumers closed because their queue overflowed.",
+            "Consumers closed because they could not keep up (queue overflow or write timeout).",
             "counter",
             per_transport(&self.slow_consumers),
         );

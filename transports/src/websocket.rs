@@ -184,7 +184,11 @@ where
                     None | Some(Err(_)) => break End::Gone,
                     Some(Ok(Message::Text(text))) => handle_frame(&ctx, &mut session, &mut ws, text.as_str()).await,
                     Some(Ok(Message::Binary(_))) => Err(frame_error(None, ErrorCode::InvalidRequest, "binary frames are not supported; send JSON text")),
-                    Some(Ok(Message::Close(_))) => break End::Gone,
+                    Some(Ok(Message::Close(_))) => {
+                        // tungstenite queued the close reply; send it so the client sees a clean close.
+                        let _ = timeout(send_timeout, ws.flush()).await;
+                        break End::Gone;
+                    }
                     Some(Ok(_)) => Ok(()),
                 };
                 match reply {

@@ -1,0 +1,248 @@
+//! The jobs service: submit, claim (with a wait), report, cancel and read jobs over a
+//! [`Store`], plus the lease sweeper and waiting for a job's next status change.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use switchyard_transports::hub::{Hub, Received, StartFrom, new_pair};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::JobsConfig,
+    store::{
+        Claimed, JobRecord, JobStatus, NewJob, Report, Store, StoreError, Submitted, now_ms,
+        sqlite::job_channel,
+    },
+};
+
+/// How often expired leases are looked for.
+const LEASE_SWEEP_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Jobs over a store, with workers waiting for work.
+pub struct Jobs {
+    store: Arc<dyn Store>,
+    hub: Arc<dyn Hub>,
+    config: JobsConfig,
+    /// Woken when a job becomes claimable (submitted or requeued).
+    claimable: Notify,
+    /// Bounds payload bytes held in memory by submits in progress.
+    inflight: Arc<Semaphore>,
+}
+
+/// A new random job id: 128 bits, hex.
+fn new_id() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `id` looks like a job id (so paths with anything else are a plain 404).
+pub fn is_job_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// FNV-1a: a stable hash of a request (std's hasher may change between Rust versions, and
+/// this one is stored).
+fn request_hash(bytes: &[u8]) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h as i64
+}
+
+impl Jobs {
+    /// The service over `store`, publishing through the hub that `store` feeds.
+    pub fn new(store: Arc<dyn Store>, hub: Arc<dyn Hub>, config: JobsConfig) -> Self {
+        let inflight = Arc::new(Semaphore::new(config.max_inflight_bytes));
+        Self {
+            store,
+            hub,
+            config,
+            claimable: Notify::new(),
+            inflight,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &JobsConfig {
+        &self.config
+    }
+
+    /// Reserves room for `bytes` of payload; further submits wait while too much is held.
+    pub async fn reserve(&self, bytes: usize) -> OwnedSemaphorePermit {
+        let n = bytes.clamp(1, self.config.max_inflight_bytes) as u32;
+        Arc::clone(&self.inflight)
+            .acquire_many_owned(n)
+            .await
+            .expect("the semaphore is never closed")
+    }
+
+    /// Stores a job durably; resolves once it is fsync'd.
+    pub async fn submit(
+        &self,
+        payload: Bytes,
+        idempotency_key: Option<String>,
+    ) -> Result<Submitted, StoreError> {
+        let idempotency = idempotency_key.map(|k| (k, request_hash(&payload)));
+        let submitted = self
+            .store
+            .submit(NewJob {
+                id: new_id(),
+                payload,
+                idempotency,
+                max_attempts: self.config.max_attempts,
+                now_ms: now_ms(),
+            })
+            .await?;
+        if !submitted.replayed {
+            self.claimable.notify_waiters();
+        }
+        Ok(submitted)
+    }
+
+    /// Reads a job.
+    pub async fn get(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        self.store.get(id).await
+    }
+
+    /// Claims the oldest queued job, waiting up to `wait` for one to arrive.
+    pub async fn claim(
+        &self,
+        wait: Duration,
+        lease_ms: u64,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Claimed>, StoreError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before looking, so a job queued in between still wakes us.
+            let notified = self.claimable.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(claimed) = self.store.claim(lease_ms, now_ms()).await? {
+                return Ok(Some(claimed));
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep_until(deadline) => return Ok(None),
+                () = shutdown.cancelled() => return Ok(None),
+            }
+        }
+    }
+
+    /// Applies a worker's report.
+    pub async fn report(
+        &self,
+        id: String,
+        lease: String,
+        report: Report,
+    ) -> Result<JobRecord, StoreError> {
+        let job = self.store.report(id, lease, report, now_ms()).await?;
+        if job.status == JobStatus::Queued {
+            self.claimable.notify_waiters();
+        }
+        Ok(job)
+    }
+
+    /// Cancels a queued or running job.
+    pub async fn cancel(&self, id: String) -> Result<JobRecord, StoreError> {
+        self.store.cancel(id, now_ms()).await
+    }
+
+    /// Reads a job, first waiting up to `wait` for its status to change (progress reports
+    /// do not count). Returns `None` for an unknown job.
+    pub async fn get_after_change(
+        &self,
+        id: &str,
+        wait: Duration,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<JobRecord>, StoreError> {
+        if wait.is_zero() {
+            return self.get(id).await;
+        }
+        // Subscribe first, then read: a change in between is then in the inbox.
+        let (sink, mut inbox) = new_pair(64, None);
+        let channel = job_channel(id);
+        self.hub
+            .subscribe(&channel, StartFrom::Now, &sink)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let _unsubscribe = Unsubscribe {
+            hub: &*self.hub,
+            channel: &channel,
+            sink_id: sink.id(),
+        };
+        let Some(job) = self.get(id).await? else {
+            return Ok(None);
+        };
+        if job.status.is_terminal() {
+            return Ok(Some(job));
+        }
+        let changed = async {
+            loop {
+                match inbox.recv().await {
+                    Received::Event(e) if e.event_type() == "job.progress" => continue,
+                    _ => return,
+                }
+            }
+        };
+        tokio::select! {
+            () = changed => self.get(id).await,
+            () = tokio::time::sleep(wait) => Ok(Some(job)),
+            () = shutdown.cancelled() => Ok(Some(job)),
+        }
+    }
+
+    /// Requeues or fails jobs whose lease ran out, until `shutdown`.
+    pub async fn sweep_leases(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(LEASE_SWEEP_INTERVAL);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => match self.store.expire_leases(now_ms()).await {
+                    Ok(0) => {}
+                    Ok(_) => self.claimable.notify_waiters(),
+                    Err(e) => tracing::warn!(error = %e, "cannot expire job leases"),
+                },
+            }
+        }
+    }
+}
+
+struct Unsubscribe<'a> {
+    hub: &'a dyn Hub,
+    channel: &'a switchyard_protocol::ChannelName,
+    sink_id: u64,
+}
+
+impl Drop for Unsubscribe<'_> {
+    fn drop(&mut self) {
+        self.hub.unsubscribe(self.channel, self.sink_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_128_bit_hex() {
+        let id = new_id();
+        assert!(is_job_id(&id), "{id}");
+        assert_ne!(id, new_id());
+        assert!(!is_job_id("claim"));
+        assert!(!is_job_id(&id.to_uppercase()));
+    }
+
+    #[test]
+    fn request_hash_is_stable() {
+        assert_eq!(request_hash(b"{}"), request_hash(b"{}"));
+        assert_ne!(request_hash(b"{}"), request_hash(b"[]"));
+        assert_eq!(request_hash(b""), 0xcbf2_9ce4_8422_2325_u64 as i64);
+    }
+}

@@ -1,0 +1,189 @@
+//! Durable storage behind [`Store`]: jobs and their event logs. SQLite (embedded, the
+//! default) is the one engine so far; every acknowledgement it gives is fsync'd.
+
+pub mod sqlite;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use serde_json::value::RawValue;
+
+pub use sqlite::SqliteStore;
+
+/// A job's lifecycle state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobStatus {
+    /// Waiting for a worker.
+    Queued,
+    /// Claimed by a worker holding a lease.
+    Running,
+    /// Completed with a result.
+    Succeeded,
+    /// Failed for good.
+    Failed,
+    /// Canceled by a client.
+    Canceled,
+}
+
+impl JobStatus {
+    /// The API's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Canceled => "canceled",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => Self::Queued,
+            "running" => Self::Running,
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            "canceled" => Self::Canceled,
+            _ => return None,
+        })
+    }
+
+    /// No further change is possible.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Canceled)
+    }
+}
+
+/// A job as stored (without its payload).
+#[derive(Clone, Debug)]
+pub struct JobRecord {
+    /// Opaque, unguessable id.
+    pub id: String,
+    /// Current state.
+    pub status: JobStatus,
+    /// Unix milliseconds.
+    pub created_at_ms: i64,
+    /// Unix milliseconds of the last change.
+    pub updated_at_ms: i64,
+    /// Times a worker has claimed it.
+    pub attempts: u32,
+    /// Claims allowed before an expired lease or a retryable failure fails it for good.
+    pub max_attempts: u32,
+    /// The worker's result, once succeeded.
+    pub result: Option<Box<RawValue>>,
+    /// The failure, once failed.
+    pub error: Option<Box<RawValue>>,
+}
+
+/// A job to store.
+#[derive(Debug)]
+pub struct NewJob {
+    /// Its new id.
+    pub id: String,
+    /// The client's JSON payload (already validated).
+    pub payload: Bytes,
+    /// `Idempotency-Key` and a hash of the request, to return the first job on a retry.
+    pub idempotency: Option<(String, i64)>,
+    /// Claims allowed.
+    pub max_attempts: u32,
+    /// Unix milliseconds.
+    pub now_ms: i64,
+}
+
+/// What a submit produced.
+#[derive(Debug)]
+pub struct Submitted {
+    /// The stored job (the first one, on an idempotent retry).
+    pub job: JobRecord,
+    /// True when an earlier submit with the same key is returned.
+    pub replayed: bool,
+}
+
+/// A job handed to a worker.
+#[derive(Debug)]
+pub struct Claimed {
+    /// The job (now `running`).
+    pub job: JobRecord,
+    /// The client's payload.
+    pub payload: Bytes,
+    /// The lease token the worker must present.
+    pub lease: String,
+    /// When the lease runs out, unix milliseconds.
+    pub lease_expires_at_ms: i64,
+}
+
+/// How a worker reports on its job.
+#[derive(Debug)]
+pub enum Report {
+    /// `job.progress` with this data; extends the lease.
+    Progress(Box<RawValue>),
+    /// `job.completed` with this result.
+    Complete(Box<RawValue>),
+    /// `job.failed` with this error, requeued when `retry` and attempts remain.
+    Fail {
+        /// What went wrong.
+        error: Box<RawValue>,
+        /// Whether another attempt may be made.
+        retry: bool,
+    },
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No such job.
+    #[error("no such job")]
+    NotFound,
+    /// The lease is not the job's current one (expired, superseded, or the job ended).
+    #[error("the lease is not current: the job is {0}")]
+    StaleLease(&'static str),
+    /// The job already ended.
+    #[error("the job already ended ({0})")]
+    Finished(&'static str),
+    /// The idempotency key was used for a different request.
+    #[error("Idempotency-Key was already used for a different job")]
+    IdempotencyConflict,
+    /// The store cannot be written or read.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+/// Durable job storage.
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new job (and its `job.queued` event), durably, before resolving.
+    fn submit(&self, job: NewJob) -> BoxFuture<'_, Result<Submitted, StoreError>>;
+    /// Reads a job.
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<JobRecord>, StoreError>>;
+    /// Hands the oldest queued job to a worker with a new lease.
+    fn claim(
+        &self,
+        lease_ms: u64,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<Claimed>, StoreError>>;
+    /// Applies a worker's report under its lease.
+    fn report(
+        &self,
+        id: String,
+        lease: String,
+        report: Report,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<JobRecord, StoreError>>;
+    /// Cancels a queued or running job.
+    fn cancel(&self, id: String, now_ms: i64) -> BoxFuture<'_, Result<JobRecord, StoreError>>;
+    /// Requeues (or fails, past `max_attempts`) jobs whose lease ran out; returns how many
+    /// were requeued.
+    fn expire_leases(&self, now_ms: i64) -> BoxFuture<'_, Result<usize, StoreError>>;
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,69 @@
+//! The SQLite schema and connection settings (WAL, synchronous=FULL).
+
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::hub::memory::random_epoch;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id               TEXT PRIMARY KEY,
+    status           TEXT NOT NULL,
+    payload          BLOB NOT NULL,
+    result           TEXT,
+    error            TEXT,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    max_attempts     INTEGER NOT NULL,
+    lease            TEXT,
+    lease_ms         INTEGER,
+    lease_expires_at INTEGER,
+    queued_at        INTEGER NOT NULL,
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL,
+    idempotency_key  TEXT UNIQUE,
+    request_hash     INTEGER,
+    last_offset      INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (queued_at) WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_expires_at) WHERE status = 'running';
+CREATE TABLE IF NOT EXISTS job_events (
+    job_id TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    type   TEXT NOT NULL,
+    time   TEXT NOT NULL,
+    data   TEXT NOT NULL,
+    PRIMARY KEY (job_id, offset)
+) WITHOUT ROWID;
+";
+
+/// Settings for every connection: WAL so readers never block the writer, FULL so a commit
+/// is on disk (the WAL fsync'd) before it is acknowledged.
+pub(super) fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(())
+}
+
+/// Creates the tables when missing and returns the store's epoch (made once, at creation:
+/// cursors into job channels stay valid across restarts, and a wiped store gets a new one).
+pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.execute_batch(SCHEMA)?;
+    let epoch: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if let Some(epoch) = epoch.and_then(|e| e.parse().ok()) {
+        return Ok(epoch);
+    }
+    let epoch = random_epoch();
+    conn.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('epoch', ?1)",
+        [epoch.to_string()],
+    )?;
+    Ok(epoch)
+}

@@ -1,0 +1,134 @@
+//! The single writer: one thread owns the write connection and commits whatever is pending
+//! as one transaction with one fsync (group commit), each operation in its own savepoint so
+//! one failure does not undo the others. After the commit, events go to the hub in commit
+//! order, then each caller gets its answer.
+
+use std::thread;
+
+use rusqlite::Connection;
+use switchyard_protocol::ChannelName;
+use tokio::sync::{mpsc, oneshot};
+
+use super::super::StoreError;
+use crate::hub::StoredEvent;
+
+/// Operations waiting for the writer; past it, callers wait (backpressure).
+const QUEUE: usize = 4096;
+/// Most operations in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// An event appended by an operation, handed to the hub after the commit.
+pub(super) type Appended = (ChannelName, StoredEvent);
+
+/// Receives committed events, in commit order (the hub's `append_stored`).
+pub type EventSink = Box<dyn Fn(&ChannelName, StoredEvent) + Send>;
+
+struct Applied {
+    events: Vec<Appended>,
+    finish: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
+}
+
+type Op = Box<dyn FnOnce(&Connection) -> Result<Applied, Applied> + Send>;
+
+/// The writer's handle: send operations, await their durable result.
+#[derive(Clone)]
+pub(super) struct Writer {
+    tx: mpsc::Sender<Op>,
+}
+
+impl Writer {
+    /// Starts the writer thread on `conn`.
+    pub(super) fn start(conn: Connection, sink: EventSink) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        thread::Builder::new()
+            .name("switchyard-store-writer".into())
+            .spawn(move || run(conn, rx, sink))
+            .expect("can spawn the store writer thread");
+        Self { tx }
+    }
+
+    /// Runs `f` in the next transaction; resolves once it is committed (fsync'd) or failed.
+    pub(super) async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<(T, Vec<Appended>), StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let op: Op = Box::new(move |conn| match f(conn) {
+            Ok((value, events)) => Ok(Applied {
+                events,
+                finish: Box::new(move |committed| {
+                    let _ = reply_tx.send(committed.map(|()| value));
+                }),
+            }),
+            Err(e) => Err(Applied {
+                events: Vec::new(),
+                finish: Box::new(move |_| {
+                    let _ = reply_tx.send(Err(e));
+                }),
+            }),
+        });
+        self.tx
+            .send(op)
+            .await
+            .map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?;
+        reply_rx
+            .await
+            .map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?
+    }
+}
+
+fn run(conn: Connection, mut rx: mpsc::Receiver<Op>, sink: EventSink) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&conn, &mut batch, &sink);
+    }
+}
+
+fn commit_batch(conn: &Connection, batch: &mut Vec<Op>, sink: &EventSink) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        tracing::error!(error = %e, ops = batch.len(), "cannot begin a store transaction");
+        // Dropping an op drops its reply channel: each caller gets `Unavailable`.
+        batch.clear();
+        return;
+    }
+    let mut applied = Vec::with_capacity(batch.len());
+    for op in batch.drain(..) {
+        let _ = conn.execute_batch("SAVEPOINT op");
+        match op(conn) {
+            Ok(a) => {
+                let _ = conn.execute_batch("RELEASE op");
+                applied.push(Ok(a));
+            }
+            Err(a) => {
+                let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+                applied.push(Err(a));
+            }
+        }
+    }
+    let committed = conn.execute_batch("COMMIT").map_err(|e| {
+        tracing::error!(error = %e, "store commit failed");
+        let _ = conn.execute_batch("ROLLBACK");
+        e.to_string()
+    });
+    for result in applied {
+        match (result, &committed) {
+            (Ok(a), Ok(())) => {
+                for (channel, event) in a.events {
+                    sink(&channel, event);
+                }
+                (a.finish)(Ok(()));
+            }
+            (Ok(a), Err(e)) => {
+                (a.finish)(Err(StoreError::Unavailable(format!("commit failed: {e}"))))
+            }
+            (Err(a), _) => (a.finish)(Ok(())),
+        }
+    }
+}
