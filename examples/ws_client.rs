@@ -17,7 +17,11 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--url" => url = args.next().ok_or_else(|| anyhow::anyhow!("--url needs a value"))?,
+            "--url" => {
+                url = args
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("--url needs a value"))?
+            }
             "--cursor" => cursor = args.next(),
             _ => channels.push(arg),
         }
