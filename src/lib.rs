@@ -31,6 +31,8 @@ use crate::{
     api::AppState,
     config::Config,
     hub::{MemoryHub, memory::MemoryHubConfig},
+    jobs::Jobs,
+    store::SqliteStore,
 };
 
 /// How often expired history and idle channels are swept.
@@ -41,21 +43,28 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// and waits up to `shutdown_grace_secs` for them.
 ///
 /// # Errors
-/// None yet at run time; the signature leaves room for engines that can fail to start.
+/// When the store in `data_dir` cannot be opened.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    let store = SqliteStore::open(&config.data_dir)?;
     let hub = Arc::new(MemoryHub::new(
         MemoryHubConfig {
             history_size: config.history.size,
             history_ttl: Duration::from_secs(config.history.ttl_secs),
             max_channels: config.limits.max_channels,
         },
-        None,
+        Some(Arc::clone(&store) as _),
     ));
+    // Committed job events reach the hub in commit order, straight from the writer.
+    let hub_for_store = Arc::clone(&hub);
+    store.start(Box::new(move |channel, event| {
+        hub_for_store.append_stored(channel, event)
+    }));
+    let jobs = Arc::new(Jobs::new(store, Arc::clone(&hub) as _, config.jobs.clone()));
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let consumers = Arc::new(Context {
@@ -67,6 +76,7 @@ pub async fn run(
     });
     let state = Arc::new(AppState {
         bus: Arc::clone(&hub) as _,
+        jobs: Arc::clone(&jobs),
         consumers,
         config: Arc::clone(&config),
         shutdown: token.clone(),
@@ -86,7 +96,14 @@ pub async fn run(
         })
     };
 
-    tracing::info!(listen = %listener.local_addr()?, engine = %config.engine, "switchyard listening");
+    let lease_sweeper = tokio::spawn(Arc::clone(&jobs).sweep_leases(token.clone()));
+
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        engine = %config.engine,
+        data_dir = %config.data_dir.display(),
+        "switchyard listening"
+    );
     let accept = tokio::spawn(server::accept_loop(
         listener,
         Arc::clone(&state),
@@ -98,6 +115,7 @@ pub async fn run(
     token.cancel();
     let _ = accept.await;
     let _ = sweeper.await;
+    let _ = lease_sweeper.await;
     tracker.close();
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     match tokio::time::timeout(grace, tracker.wait()).await {

@@ -1,63 +1,134 @@
 //! Reads JSON request bodies within a size limit, with the API's errors for the rest.
+//!
+//! A refused body is drained (up to [`DRAIN_MAX`]) so the client's keep-alive connection
+//! stays usable for its next request; past that, the connection is closed instead of
+//! reading an unbounded body.
 
-use bytes::Bytes;
-use http::{Request, header};
-use http_body_util::{BodyExt, Limited};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Request, header, request::Parts};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use switchyard_protocol::ErrorCode;
+use switchyard_transports::http::error;
 
 use super::router::Reply;
-use switchyard_transports::http::error;
+
+/// Most bytes of a refused body read and discarded to keep the connection alive.
+pub const DRAIN_MAX: u64 = 32 * 1024 * 1024;
+/// Longest time spent draining a refused body.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The declared `Content-Length`, if any.
+pub fn content_length(parts: &Parts) -> Option<u64> {
+    parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Checks that the content type, when given, is JSON.
+///
+/// # Errors
+/// 415 for another content type.
+#[allow(clippy::result_large_err)]
+pub fn check_json_content_type(parts: &Parts) -> Result<(), Reply> {
+    let Some(ct) = parts.headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = ct
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json" || essence.ends_with("+json") {
+        Ok(())
+    } else {
+        Err(error(
+            ErrorCode::UnsupportedMediaType,
+            format!("expected Content-Type: application/json, got {essence:?}"),
+        ))
+    }
+}
 
 /// Reads the whole body of a JSON request of at most `max` bytes.
 ///
 /// # Errors
 /// 415 for a content type that is not JSON (a missing one is accepted), 413 for a body over
-/// `max` (refused from `Content-Length` without reading, or as soon as it passes `max`),
-/// 400 when the body cannot be read.
-pub async fn read_json(
-    req: Request<Incoming>,
-    max: usize,
-) -> Result<(http::request::Parts, Bytes), Reply> {
+/// `max`, 400 when the body cannot be read.
+pub async fn read_json(req: Request<Incoming>, max: usize) -> Result<(Parts, Bytes), Reply> {
     let (parts, body) = req.into_parts();
-    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
-        let essence = ct
-            .to_str()
-            .unwrap_or("")
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if essence != "application/json" && !essence.ends_with("+json") {
-            return Err(error(
-                ErrorCode::UnsupportedMediaType,
-                format!("expected Content-Type: application/json, got {essence:?}"),
-            ));
-        }
+    if let Err(reply) = check_json_content_type(&parts) {
+        return Err(refuse(body, content_length(&parts), reply).await);
     }
+    let body = read_limited(body, content_length(&parts), max).await?;
+    Ok((parts, body))
+}
+
+/// Reads at most `max` bytes of `body`.
+///
+/// # Errors
+/// 413 when it is larger (the rest drained when small enough), 400 when it cannot be read.
+pub async fn read_limited(
+    mut body: Incoming,
+    declared: Option<u64>,
+    max: usize,
+) -> Result<Bytes, Reply> {
     let too_large = || {
         error(
             ErrorCode::PayloadTooLarge,
             format!("body exceeds {max} bytes"),
         )
     };
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
-        return Err(too_large());
+        return Err(refuse(body, declared, too_large()).await);
     }
-    match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok((parts, collected.to_bytes())),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(error(
-            ErrorCode::InvalidRequest,
-            format!("could not read the body: {e}"),
-        )),
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(max as u64) as usize);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            error(
+                ErrorCode::InvalidRequest,
+                format!("could not read the body: {e}"),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > max {
+                return Err(refuse(body, None, too_large()).await);
+            }
+            buf.extend_from_slice(&data);
+        }
     }
+    Ok(buf.freeze())
+}
+
+/// Answers `reply` after draining what is left of `body`, when that is small enough;
+/// otherwise marks the response `Connection: close`.
+pub async fn refuse(mut body: Incoming, remaining: Option<u64>, mut reply: Reply) -> Reply {
+    let drained = remaining.is_none_or(|n| n <= DRAIN_MAX)
+        && tokio::time::timeout(DRAIN_TIME, async {
+            let mut read = 0u64;
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else { return false };
+                if let Some(data) = frame.data_ref() {
+                    read += data.len() as u64;
+                    if read > DRAIN_MAX {
+                        return false;
+                    }
+                }
+            }
+            true
+        })
+        .await
+        .unwrap_or(false);
+    if !drained {
+        reply
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    reply
 }
 
 /// Maps a `serde_json` error to `bad_json` (not JSON at all) or `invalid_request` (JSON of

@@ -2,6 +2,7 @@
 
 pub mod body;
 pub mod channels;
+pub mod jobs;
 pub mod ops;
 pub mod router;
 
@@ -16,6 +17,8 @@ use crate::{config::Config, hub::Bus};
 pub struct AppState {
     /// The event hub.
     pub bus: Arc<dyn Bus>,
+    /// The jobs service.
+    pub jobs: Arc<crate::jobs::Jobs>,
     /// What the consumer transports share.
     pub consumers: Arc<Context>,
     /// The validated configuration.

@@ -7,12 +7,18 @@ use hyper::body::Incoming;
 use switchyard_protocol::{ChannelName, ErrorCode};
 use switchyard_transports::{http::Body, http::error, longpoll, sse, stream, websocket};
 
-use super::{AppState, channels, ops};
+use super::{
+    AppState, channels,
+    jobs::{self, ReportKind},
+    ops,
+};
+use crate::jobs::is_job_id;
 
 /// What every handler returns.
 pub type Reply = Response<Body>;
 
 const CHANNELS_PREFIX: &str = "/v1/channels/";
+const JOBS_PREFIX: &str = "/v1/jobs/";
 const EVENTS_SUFFIX: &str = "/events";
 
 /// Routes one request.
@@ -35,6 +41,10 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Reply {
         "/healthz" | "/readyz" | "/metrics" | "/v1/ws" | "/v1/sse" | "/v1/stream" | "/v1/poll" => {
             method_not_allowed(&method, "GET")
         }
+        "/v1/jobs" if method == Method::POST => jobs::submit(state, req).await,
+        "/v1/jobs/claim" if method == Method::POST => jobs::claim(state, req).await,
+        "/v1/jobs" | "/v1/jobs/claim" => method_not_allowed(&method, "POST"),
+        p if p.starts_with(JOBS_PREFIX) => job_route(state, req, &method, p).await,
         p => match channel_events(p) {
             Some(Err(reply)) => reply,
             Some(Ok(channel)) => match method {
@@ -45,6 +55,37 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Reply {
             None => error(ErrorCode::NotFound, format!("no route for {method} {p}")),
         },
     }
+}
+
+/// Routes `/v1/jobs/{id}` and `/v1/jobs/{id}/{progress,complete,fail}`.
+async fn job_route(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    method: &Method,
+    path: &str,
+) -> Reply {
+    let rest = &path[JOBS_PREFIX.len()..];
+    let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
+    if !is_job_id(id) {
+        return error(ErrorCode::NotFound, format!("no job {id:?}"));
+    }
+    let kind = match action {
+        "" => {
+            return match *method {
+                Method::GET => jobs::get(state, id, req.uri().query()).await,
+                Method::DELETE => jobs::cancel(state, id).await,
+                _ => method_not_allowed(method, "GET, DELETE"),
+            };
+        }
+        "progress" => ReportKind::Progress,
+        "complete" => ReportKind::Complete,
+        "fail" => ReportKind::Fail,
+        _ => return error(ErrorCode::NotFound, format!("no route for {method} {path}")),
+    };
+    if *method != Method::POST {
+        return method_not_allowed(method, "POST");
+    }
+    jobs::report(state, id, kind, req).await
 }
 
 /// Parses `/v1/channels/{channel}/events`; the name may be percent-encoded (`jobs%2F42`).

@@ -32,6 +32,9 @@ pub struct ConsumerParams {
     pub channels: Vec<ChannelName>,
     /// The merged resume cursor (from `cursor=` and `Last-Event-ID`).
     pub cursor: Cursor,
+    /// `after=N`: start after offset N in channels the cursor does not cover (`after=0`
+    /// replays the whole retained history).
+    pub after: Option<u64>,
     /// Other query pairs (`timeout`, `limit`, ...).
     pub rest: Vec<(String, String)>,
 }
@@ -52,6 +55,7 @@ impl ConsumerParams {
         let mut channels: Vec<ChannelName> = Vec::new();
         let mut cursor = Cursor::new();
         let mut rest = Vec::new();
+        let mut after = None;
         let query = parts.uri.query().unwrap_or("");
         let mut add_cursor = |text: &str| -> Result<(), ParamError> {
             let c = Cursor::decode(text)
@@ -78,6 +82,14 @@ impl ConsumerParams {
                     }
                 }
                 "cursor" if !value.is_empty() => add_cursor(&value)?,
+                "after" => {
+                    after = Some(value.parse().map_err(|_| {
+                        ParamError::new(
+                            ErrorCode::InvalidParameter,
+                            "`after` must be an offset (a whole number)",
+                        )
+                    })?);
+                }
                 _ => rest.push((key, value)),
             }
         }
@@ -107,15 +119,18 @@ impl ConsumerParams {
         Ok(Self {
             channels,
             cursor,
+            after,
             rest,
         })
     }
 
-    /// Where to start in `channel`: after the cursor's position, or now.
+    /// Where to start in `channel`: after the cursor's position, else after `after`, else now.
     pub fn start_for(&self, channel: &ChannelName) -> StartFrom {
-        self.cursor
-            .get(channel.as_str())
-            .map_or(StartFrom::Now, StartFrom::Position)
+        match (self.cursor.get(channel.as_str()), self.after) {
+            (Some(position), _) => StartFrom::Position(position),
+            (None, Some(offset)) => StartFrom::Offset(offset),
+            (None, None) => StartFrom::Now,
+        }
     }
 
     /// The value of another query parameter.

@@ -33,10 +33,21 @@ pub struct TestServer {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
+    /// The server's own data directory, removed when the test ends.
+    pub data: Option<tempfile::TempDir>,
 }
 
-/// Starts a server with `config` on an ephemeral loopback port.
-pub async fn start(config: Config) -> TestServer {
+/// Starts a server with `config` on an ephemeral loopback port, in a fresh data directory.
+pub async fn start(mut config: Config) -> TestServer {
+    let data = tempfile::tempdir().unwrap();
+    config.data_dir = data.path().to_owned();
+    let mut server = start_in(config).await;
+    server.data = Some(data);
+    server
+}
+
+/// Starts a server with `config` as given (its `data_dir` included).
+pub async fn start_in(config: Config) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -47,6 +58,7 @@ pub async fn start(config: Config) -> TestServer {
         addr,
         stop: Some(stop_tx),
         task,
+        data: None,
     }
 }
 

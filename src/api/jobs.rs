@@ -1,0 +1,322 @@
+//! The jobs API: `POST /v1/jobs`, `GET`/`DELETE /v1/jobs/{id}`, and the worker API
+//! (`claim`, `progress`, `complete`, `fail`).
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use switchyard_protocol::ErrorCode;
+use switchyard_transports::{
+    http::{Body, empty, error, json_bytes},
+    params::form_urlencoded_pairs,
+};
+
+use super::{
+    AppState,
+    body::{check_json_content_type, content_length, json_error, read_json, read_limited, refuse},
+    router::Reply,
+};
+use crate::store::{Claimed, JobRecord, Report, StoreError};
+
+/// Longest `Idempotency-Key` accepted.
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+/// Longest `?wait=` on `GET /v1/jobs/{id}` and `wait_ms` on a claim.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Largest worker report body (progress data, result, error); results above this belong in
+/// your own storage, with a link in the result.
+const MAX_REPORT_BYTES: usize = 1024 * 1024;
+
+fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[derive(Serialize)]
+struct JobView<'a> {
+    id: &'a str,
+    status: &'static str,
+    channel: String,
+    created_at: String,
+    updated_at: String,
+    attempts: u32,
+    max_attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a RawValue>,
+}
+
+impl<'a> From<&'a JobRecord> for JobView<'a> {
+    fn from(job: &'a JobRecord) -> Self {
+        Self {
+            id: &job.id,
+            status: job.status.as_str(),
+            channel: format!("jobs/{}", job.id),
+            created_at: rfc3339(job.created_at_ms),
+            updated_at: rfc3339(job.updated_at_ms),
+            attempts: job.attempts,
+            max_attempts: job.max_attempts,
+            result: job.result.as_deref(),
+            error: job.error.as_deref(),
+        }
+    }
+}
+
+fn job_reply(status: StatusCode, job: &JobRecord) -> Reply {
+    json_bytes(
+        status,
+        serde_json::to_vec(&JobView::from(job)).expect("infallible"),
+    )
+}
+
+fn store_error(e: StoreError, id: &str) -> Reply {
+    match e {
+        StoreError::NotFound => error(ErrorCode::NotFound, format!("no job {id:?}")),
+        e @ (StoreError::StaleLease(_)
+        | StoreError::Finished(_)
+        | StoreError::IdempotencyConflict) => error(ErrorCode::Conflict, e.to_string()),
+        StoreError::Unavailable(why) => {
+            tracing::error!(error = %why, "job store unavailable");
+            error(
+                ErrorCode::Unavailable,
+                "the job store is unavailable; retry later",
+            )
+        }
+    }
+}
+
+/// `POST /v1/jobs`: stores the JSON body durably, then answers 202.
+pub async fn submit(state: Arc<AppState>, req: Request<Incoming>) -> Reply {
+    let (parts, body) = req.into_parts();
+    let declared = content_length(&parts);
+    let key = match parts.headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(k)) if !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY_LEN => Some(k.to_owned()),
+        Some(_) => {
+            let reply = error(
+                ErrorCode::InvalidParameter,
+                format!(
+                    "Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters"
+                ),
+            );
+            return refuse(body, declared, reply).await;
+        }
+    };
+    if let Err(reply) = check_json_content_type(&parts) {
+        return refuse(body, declared, reply).await;
+    }
+    let max = state.config.limits.max_job_bytes;
+    // Room for the payload is reserved before reading it, so concurrent large submits wait
+    // instead of holding unbounded memory.
+    let _room = state
+        .jobs
+        .reserve(declared.map_or(max, |n| n.min(max as u64) as usize))
+        .await;
+    let payload = match read_limited(body, declared, max).await {
+        Ok(p) => p,
+        Err(reply) => return reply,
+    };
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&payload) {
+        return json_error(&e);
+    }
+    match state.jobs.submit(payload, key).await {
+        Ok(submitted) => {
+            let job = &submitted.job;
+            let id = &job.id;
+            let channel = format!("jobs/{id}");
+            let body = serde_json::json!({
+                "id": id,
+                "status": job.status.as_str(),
+                "channel": channel,
+                "created_at": rfc3339(job.created_at_ms),
+                "links": {
+                    "self": format!("/v1/jobs/{id}"),
+                    "ws": "/v1/ws",
+                    "sse": format!("/v1/sse?channel={channel}&after=0"),
+                    "stream": format!("/v1/stream?channel={channel}&after=0"),
+                    "poll": format!("/v1/poll?channel={channel}&after=0"),
+                },
+            });
+            let mut res = json_bytes(
+                StatusCode::ACCEPTED,
+                serde_json::to_vec(&body).expect("infallible"),
+            );
+            let h = res.headers_mut();
+            if let Ok(location) = HeaderValue::from_str(&format!("/v1/jobs/{id}")) {
+                h.insert(header::LOCATION, location);
+            }
+            if submitted.replayed {
+                h.insert("idempotency-replayed", HeaderValue::from_static("true"));
+            }
+            res
+        }
+        Err(e) => store_error(e, ""),
+    }
+}
+
+/// `GET /v1/jobs/{id}?wait=S`.
+pub async fn get(state: Arc<AppState>, id: &str, query: Option<&str>) -> Reply {
+    let mut wait = Duration::ZERO;
+    for (k, v) in form_urlencoded_pairs(query.unwrap_or("")) {
+        if k == "wait" {
+            match v
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s >= 0.0 && *s <= MAX_WAIT.as_secs_f64())
+            {
+                Some(s) => wait = Duration::from_secs_f64(s),
+                None => {
+                    return error(
+                        ErrorCode::InvalidParameter,
+                        "`wait` must be a number of seconds from 0 to 60",
+                    );
+                }
+            }
+        }
+    }
+    match state.jobs.get_after_change(id, wait, &state.shutdown).await {
+        Ok(Some(job)) => job_reply(StatusCode::OK, &job),
+        Ok(None) => store_error(StoreError::NotFound, id),
+        Err(e) => store_error(e, id),
+    }
+}
+
+/// `DELETE /v1/jobs/{id}`: cancels a queued or running job.
+pub async fn cancel(state: Arc<AppState>, id: &str) -> Reply {
+    match state.jobs.cancel(id.to_owned()).await {
+        Ok(job) => job_reply(StatusCode::OK, &job),
+        Err(e) => store_error(e, id),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ClaimRequest {
+    #[serde(default)]
+    wait_ms: u64,
+    lease_ms: Option<u64>,
+}
+
+/// `POST /v1/jobs/claim`: 200 with a job, its payload and a lease; 204 when none came in time.
+pub async fn claim(state: Arc<AppState>, req: Request<Incoming>) -> Reply {
+    let body = match read_json(req, 64 * 1024).await {
+        Ok((_, body)) => body,
+        Err(reply) => return reply,
+    };
+    let request: ClaimRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ClaimRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return json_error(&e),
+        }
+    };
+    let cfg = state.jobs.config();
+    if request.wait_ms > MAX_WAIT.as_millis() as u64 {
+        return error(
+            ErrorCode::InvalidParameter,
+            "`wait_ms` must be at most 60000",
+        );
+    }
+    let lease_ms = request.lease_ms.unwrap_or(cfg.default_lease_ms);
+    if !(100..=cfg.max_lease_ms).contains(&lease_ms) {
+        return error(
+            ErrorCode::InvalidParameter,
+            format!("`lease_ms` must be from 100 to {}", cfg.max_lease_ms),
+        );
+    }
+    match state
+        .jobs
+        .claim(
+            Duration::from_millis(request.wait_ms),
+            lease_ms,
+            &state.shutdown,
+        )
+        .await
+    {
+        Ok(Some(claimed)) => claim_reply(&claimed),
+        Ok(None) => {
+            let mut res = Response::new(empty());
+            *res.status_mut() = StatusCode::NO_CONTENT;
+            res
+        }
+        Err(e) => store_error(e, ""),
+    }
+}
+
+/// `{"job": {..., "payload": <as submitted>}, "lease", "lease_expires_at"}`, with the
+/// payload's bytes spliced in rather than parsed and written again.
+fn claim_reply(claimed: &Claimed) -> Response<Body> {
+    let job = serde_json::to_vec(&JobView::from(&claimed.job)).expect("infallible");
+    let tail = serde_json::json!({
+        "lease": claimed.lease,
+        "lease_expires_at": rfc3339(claimed.lease_expires_at_ms),
+    })
+    .to_string();
+    let mut out = BytesMut::with_capacity(job.len() + claimed.payload.len() + tail.len() + 32);
+    out.put_slice(b"{\"job\":");
+    out.put_slice(&job[..job.len() - 1]);
+    out.put_slice(b",\"payload\":");
+    out.put_slice(&claimed.payload);
+    out.put_slice(b"},");
+    out.put_slice(&tail.as_bytes()[1..]);
+    json_bytes(StatusCode::OK, out.freeze())
+}
+
+/// Which worker report a path names.
+#[derive(Clone, Copy, Debug)]
+pub enum ReportKind {
+    /// `/progress`
+    Progress,
+    /// `/complete`
+    Complete,
+    /// `/fail`
+    Fail,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportBody {
+    lease: String,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    result: Option<Box<RawValue>>,
+    #[serde(default)]
+    error: Option<Box<RawValue>>,
+    #[serde(default)]
+    retry: bool,
+}
+
+/// `POST /v1/jobs/{id}/{progress,complete,fail}` under the worker's lease.
+pub async fn report(
+    state: Arc<AppState>,
+    id: &str,
+    kind: ReportKind,
+    req: Request<Incoming>,
+) -> Reply {
+    let body: Bytes = match read_json(req, MAX_REPORT_BYTES).await {
+        Ok((_, body)) => body,
+        Err(reply) => return reply,
+    };
+    let body: ReportBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return json_error(&e),
+    };
+    let null = || RawValue::from_string("null".into()).expect("valid JSON");
+    let report = match kind {
+        ReportKind::Progress => Report::Progress(body.data.unwrap_or_else(null)),
+        ReportKind::Complete => Report::Complete(body.result.unwrap_or_else(null)),
+        ReportKind::Fail => Report::Fail {
+            error: body.error.unwrap_or_else(null),
+            retry: body.retry,
+        },
+    };
+    match state.jobs.report(id.to_owned(), body.lease, report).await {
+        Ok(job) => job_reply(StatusCode::OK, &job),
+        Err(e) => store_error(e, id),
+    }
+}
