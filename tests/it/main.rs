@@ -5,7 +5,9 @@
 
 mod support;
 
+mod e2e_crash;
 mod e2e_cross;
+mod e2e_jobs;
 mod e2e_longpoll;
 mod e2e_publish;
 mod e2e_shutdown;

@@ -7,7 +7,7 @@ pub mod ws;
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use serde_json::{Value, json};
-use switchyard::config::Config;
+pub use switchyard::config::Config;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 /// Longest any single wait in a test may take before it fails.
