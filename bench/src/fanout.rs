@@ -1,0 +1,410 @@
+//! The `fanout` scenario: N subscribers on one fresh channel, one publisher sending E
+//! timestamped events at a rate; every subscriber checks it got offsets `1..=E` exactly once
+//! and in order, and samples publish → receive latency.
+
+use std::{
+    collections::{BTreeMap, hash_map::RandomState},
+    hash::BuildHasher,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use tokio::time::Instant;
+
+use crate::{
+    clients::{ClientConfig, Flow, Handler, Transport},
+    envelope, limits,
+    procstat::Proc,
+    publisher::{self, PublishOutcome, PublishPlan},
+    report::{FanoutReport, TransportShare},
+    scrape::{self, Metrics},
+    stats::Latency,
+    swarm::{Swarm, SwarmConfig},
+    target::{DEFAULT_PER_SOURCE_IP, Sources, Target},
+    tracker::{Tracker, unix_micros},
+};
+
+/// Publisher connections by default.
+pub const DEFAULT_PUBLISHERS: usize = 8;
+
+/// `--transport` of `fanout`: one transport for all, or `mix` (round-robin over all four).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FanoutTransport {
+    /// WebSocket.
+    Ws,
+    /// Server-Sent Events.
+    Sse,
+    /// NDJSON streaming.
+    Stream,
+    /// Long-poll.
+    Poll,
+    /// Subscriber i uses ws, sse, stream, poll for i % 4 = 0, 1, 2, 3.
+    Mix,
+}
+
+impl FanoutTransport {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Ws => "ws",
+            Self::Sse => "sse",
+            Self::Stream => "stream",
+            Self::Poll => "poll",
+            Self::Mix => "mix",
+        }
+    }
+
+    fn for_index(self, i: usize) -> Transport {
+        match self {
+            Self::Ws => Transport::Ws,
+            Self::Sse => Transport::Sse,
+            Self::Stream => Transport::Stream,
+            Self::Poll => Transport::Poll,
+            Self::Mix => Transport::ALL[i % Transport::ALL.len()],
+        }
+    }
+}
+
+/// Options of `fanout`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct FanoutOptions {
+    /// Server base URL, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    pub url: String,
+    /// Subscriber transport: ws, sse, stream, poll, or mix.
+    #[arg(long, value_enum, default_value_t = FanoutTransport::Ws)]
+    pub transport: FanoutTransport,
+    /// Subscribers on the channel.
+    #[arg(long, default_value_t = 100)]
+    pub subscribers: usize,
+    /// Events per second to publish; 0 = as fast as the server accepts.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Events to publish.
+    #[arg(long, default_value_t = 1000)]
+    pub events: u64,
+    /// Size of each event's data (JSON with a send timestamp and padding), bytes.
+    #[arg(long, default_value_t = 200)]
+    pub size: usize,
+    /// Server process id: its CPU time and peak RSS are read from /proc/PID.
+    #[arg(long)]
+    pub pid: u32,
+    /// Keep-alive connections the publisher uses (one request in flight on each). At
+    /// `--rate 0` fewer than ~8 leave the publisher waiting on round trips instead of
+    /// finding the server's limit; at a fixed rate any count that keeps up will do.
+    #[arg(long, default_value_t = DEFAULT_PUBLISHERS)]
+    pub publishers: usize,
+    /// Channel to use [default: a fresh `fanout/<random>`]. It must be new: offsets are
+    /// checked to be exactly 1..=events.
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// Connections being opened at once.
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    /// Client read buffer per connection, bytes.
+    #[arg(long, default_value_t = 16384)]
+    pub read_buffer: usize,
+    /// Long-poll hold asked of the server, seconds.
+    #[arg(long, default_value_t = 25)]
+    pub poll_timeout_secs: u64,
+    /// Source addresses: `auto` (rotate 127.0.0.2.. for a loopback server), `none`, or a
+    /// comma-separated list.
+    #[arg(long, default_value = "auto")]
+    pub source_ips: String,
+    /// Connections per source address before rotating to the next.
+    #[arg(long, default_value_t = DEFAULT_PER_SOURCE_IP)]
+    pub per_source_ip: usize,
+    /// Stop and report when nothing was published or delivered for this many seconds.
+    #[arg(long, default_value_t = 10)]
+    pub stall_secs: u64,
+}
+
+impl FanoutOptions {
+    /// Options with the command line's defaults.
+    pub fn new(
+        url: impl Into<String>,
+        transport: FanoutTransport,
+        subscribers: usize,
+        events: u64,
+        pid: u32,
+    ) -> Self {
+        Self {
+            url: url.into(),
+            transport,
+            subscribers,
+            rate: 0.0,
+            events,
+            size: 200,
+            pid,
+            publishers: DEFAULT_PUBLISHERS,
+            channel: None,
+            concurrency: 256,
+            read_buffer: 16384,
+            poll_timeout_secs: 25,
+            source_ips: "auto".into(),
+            per_source_ip: DEFAULT_PER_SOURCE_IP,
+            stall_secs: 10,
+        }
+    }
+}
+
+/// One subscriber's handler: parse, check, count.
+#[derive(Debug)]
+struct Subscriber {
+    tracker: Tracker,
+    progress: Arc<AtomicU64>,
+}
+
+impl Handler for Subscriber {
+    fn subscribed(&mut self) {}
+
+    fn event(&mut self, bytes: &[u8]) -> Flow {
+        self.progress.fetch_add(1, Ordering::Relaxed);
+        if self.tracker.record(envelope::parse(bytes), unix_micros()) {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    }
+
+    fn reset(&mut self) {
+        self.tracker.resets += 1;
+    }
+}
+
+/// Runs `fanout`.
+///
+/// # Errors
+/// Bad options, an unreachable server or process, or subscribers that could not subscribe.
+/// Loss, duplicates and stalls are not errors: they are in the report (`ok: false`).
+pub async fn run(opts: &FanoutOptions) -> anyhow::Result<FanoutReport> {
+    if opts.subscribers == 0 || opts.events == 0 {
+        bail!("--subscribers and --events must be at least 1");
+    }
+    if !(opts.rate >= 0.0 && opts.rate.is_finite()) {
+        bail!("--rate must be a number >= 0");
+    }
+    if let Some(limit) = limits::read()
+        && (opts.subscribers + opts.publishers) as u64 + limits::HEADROOM > limit.soft
+    {
+        bail!("{}", limits::too_many_message(opts.subscribers));
+    }
+    let target = Target::parse(&opts.url)?;
+    let sources = Sources::parse(&opts.source_ips, &target, opts.per_source_ip)?;
+    let server = Proc::pid(opts.pid);
+    server.check()?;
+    let me = Proc::this();
+    let channel = opts.channel.clone().unwrap_or_else(|| {
+        format!(
+            "fanout/{:016x}",
+            RandomState::new().hash_one(std::process::id())
+        )
+    });
+    let stall = Duration::from_secs(opts.stall_secs);
+    let n = opts.subscribers;
+
+    let metrics_before = scrape::fetch(&target).await.context("reading /metrics")?;
+    let progress = Arc::new(AtomicU64::new(0));
+    let stride = Tracker::stride_for(n as u64, opts.events);
+    let members = (0..n)
+        .map(|i| {
+            let handler = Subscriber {
+                tracker: Tracker::new(opts.events, stride),
+                progress: Arc::clone(&progress),
+            };
+            (opts.transport.for_index(i), channel.clone(), handler)
+        })
+        .collect();
+    let config = SwarmConfig {
+        target: target.clone(),
+        sources,
+        client: ClientConfig {
+            read_buffer: opts.read_buffer,
+            poll_timeout_secs: opts.poll_timeout_secs,
+        },
+        concurrency: opts.concurrency,
+    };
+    let started = Instant::now();
+    let mut swarm = Swarm::spawn(&config, members);
+    swarm.wait_subscribed(stall).await?;
+    let subscribe_secs = started.elapsed().as_secs_f64();
+
+    let server_cpu_before = server.cpu_secs()?;
+    let bench_cpu_before = me.cpu_secs()?;
+    let publish_start = Instant::now();
+    let published = Arc::new(AtomicU64::new(0));
+    let plan = PublishPlan {
+        channel: channel.clone(),
+        events: opts.events,
+        rate: opts.rate,
+        size: opts.size,
+        connections: opts.publishers,
+    };
+    let mut publishing = {
+        let (target, published) = (target.clone(), Arc::clone(&published));
+        tokio::spawn(async move { publisher::publish(&target, &plan, published).await })
+    };
+
+    // Wait for every subscriber to finish, or for nothing to move for `stall`.
+    let mut last = (0, 0);
+    let mut last_change = Instant::now();
+    let mut stalled = false;
+    while swarm.ended < n {
+        swarm.next_signal(Duration::from_millis(100)).await;
+        swarm.drain_signals();
+        let now = (
+            progress.load(Ordering::Relaxed),
+            published.load(Ordering::Relaxed),
+        );
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        } else if last_change.elapsed() >= stall {
+            stalled = true;
+            break;
+        }
+    }
+    let server_cpu = server.cpu_secs()? - server_cpu_before;
+    let bench_cpu = me.cpu_secs()? - bench_cpu_before;
+
+    let outcome = match tokio::time::timeout(Duration::from_secs(1), &mut publishing).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => PublishOutcome {
+            errors: vec![format!("publisher task failed: {e}")],
+            ..PublishOutcome::default()
+        },
+        Err(_) => {
+            publishing.abort();
+            PublishOutcome {
+                published: published.load(Ordering::Relaxed),
+                errors: vec!["publisher still running when the run was stopped".into()],
+                ..PublishOutcome::default()
+            }
+        }
+    };
+    let end_errors = swarm.end_errors.clone();
+    let members = swarm.stop(Duration::from_secs(5)).await;
+    let metrics_after = scrape::fetch(&target).await.ok();
+
+    let mut by_transport: BTreeMap<&'static str, (TransportShare, Vec<u32>)> = BTreeMap::new();
+    let mut all_samples = Vec::new();
+    let mut report = FanoutReport {
+        scenario: "fanout",
+        transport: opts.transport.name().to_owned(),
+        subscribers: n,
+        events: opts.events,
+        rate: opts.rate,
+        size: opts.size,
+        channel,
+        subscribe_secs,
+        published: outcome.published,
+        publish_secs: 0.0,
+        publish_rate: 0.0,
+        expected_deliveries: n as u64 * opts.events,
+        delivered: 0,
+        window_secs: 0.0,
+        deliveries_per_sec: 0.0,
+        latency: Latency::default(),
+        lost: 0,
+        duplicated: 0,
+        out_of_order: 0,
+        unexpected: 0,
+        resets: 0,
+        disconnected: 0,
+        missing: n - members.len(),
+        stalled,
+        server_cpu_secs: server_cpu,
+        deliveries_per_server_cpu_sec: 0.0,
+        server_rss_kib: server.rss_kib().unwrap_or(0),
+        server_peak_rss_kib: server.peak_rss_kib().unwrap_or(0),
+        bench_cpu_secs: bench_cpu,
+        bench_busy: 0.0,
+        server_deliveries: delta(
+            &metrics_before,
+            metrics_after.as_ref(),
+            "switchyard_deliveries_total",
+        ),
+        server_slow_consumer_disconnects: delta(
+            &metrics_before,
+            metrics_after.as_ref(),
+            "switchyard_slow_consumer_disconnects_total",
+        ),
+        by_transport: BTreeMap::new(),
+        errors: outcome.errors.clone(),
+        ok: false,
+    };
+    report.lost = report.missing as u64 * opts.events;
+    let mut last_delivery = None;
+    for mut m in members {
+        let t = &mut m.handler.tracker;
+        report.delivered += t.distinct;
+        report.lost += t.lost();
+        report.duplicated += t.duplicated;
+        report.out_of_order += t.out_of_order;
+        report.unexpected += t.unexpected + t.malformed;
+        report.resets += t.resets;
+        last_delivery = last_delivery.max(t.last_us);
+        if let Some(e) = m.error {
+            report.disconnected += 1;
+            if report.errors.len() < 5 && !end_errors.contains(&e) {
+                report.errors.push(e);
+            }
+        }
+        if opts.transport == FanoutTransport::Mix {
+            let (share, samples) = by_transport.entry(m.transport.name()).or_default();
+            share.subscribers += 1;
+            share.delivered += t.distinct;
+            share.lost += t.lost();
+            share.duplicated += t.duplicated;
+            samples.extend_from_slice(&t.samples);
+        }
+        all_samples.append(&mut t.samples);
+    }
+    report.errors.extend(end_errors);
+    report.errors.truncate(8);
+    report.latency = Latency::from_micros(&mut all_samples);
+    report.by_transport = by_transport
+        .into_iter()
+        .map(|(name, (mut share, mut samples))| {
+            share.latency = Latency::from_micros(&mut samples);
+            (name, share)
+        })
+        .collect();
+    let first_publish = outcome.first_at.unwrap_or(publish_start);
+    if let Some(last) = outcome.last_at {
+        report.publish_secs = last.duration_since(first_publish).as_secs_f64();
+        report.publish_rate = per_sec(report.published, report.publish_secs);
+    }
+    // Both ends on the unix clock: `ts_us` stamps and receive times come from it too.
+    if let (Some(last), Some(first)) = (last_delivery, outcome.first_us) {
+        report.window_secs = last.saturating_sub(first) as f64 / 1e6;
+        report.deliveries_per_sec = per_sec(report.delivered, report.window_secs);
+        let workers = tokio::runtime::Handle::current()
+            .metrics()
+            .num_workers()
+            .max(1);
+        report.bench_busy = bench_cpu / report.window_secs.max(1e-9) / workers as f64;
+    }
+    report.deliveries_per_server_cpu_sec = per_sec(report.delivered, report.server_cpu_secs);
+    report.ok = !stalled
+        && report.published == opts.events
+        && report.delivered == report.expected_deliveries
+        && report.lost == 0
+        && report.duplicated == 0
+        && report.unexpected == 0
+        && report.disconnected == 0
+        && report.missing == 0
+        && outcome.errors.is_empty();
+    Ok(report)
+}
+
+fn per_sec(count: u64, secs: f64) -> f64 {
+    if secs > 0.0 { count as f64 / secs } else { 0.0 }
+}
+
+fn delta(before: &Metrics, after: Option<&Metrics>, name: &str) -> Option<f64> {
+    after.map(|a| a.sum(name) - before.sum(name))
+}

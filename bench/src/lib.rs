@@ -1,0 +1,33 @@
+//! switchyard-bench: drives a running switchyard server and measures it.
+//!
+//! # Scenarios
+//! - [`idle`]: hold N subscribed, idle connections; report the server's RSS per connection.
+//! - [`fanout`]: N subscribers on one channel, one publisher; report deliveries per second,
+//!   latency percentiles, loss and duplicates, and the server's CPU per delivery.
+//!
+//! # Layout
+//! - [`clients`]: one subscriber client per transport (WebSocket, SSE, NDJSON, long-poll),
+//!   all reporting to a [`clients::Handler`].
+//! - [`swarm`]: many subscriber tasks: opening concurrency, readiness, stopping.
+//! - [`publisher`]: paced publishing over keep-alive HTTP/1.1 connections.
+//! - [`envelope`], [`scan`], [`tracker`], [`stats`]: reading events, checking offsets,
+//!   percentiles.
+//! - [`procstat`], [`scrape`], [`limits`]: `/proc`, `/metrics` and the open-files limit.
+//! - [`target`], [`http`]: addresses, source-address rotation, the HTTP/1.1 client.
+//! - [`report`]: the JSON result line and the human summary.
+
+pub mod clients;
+pub mod envelope;
+pub mod fanout;
+pub mod http;
+pub mod idle;
+pub mod limits;
+pub mod procstat;
+pub mod publisher;
+pub mod report;
+pub mod scan;
+pub mod scrape;
+pub mod stats;
+pub mod swarm;
+pub mod target;
+pub mod tracker;

@@ -1,0 +1,106 @@
+//! The `switchyard-bench` binary: parses the command line, runs one scenario, prints its
+//! report, and exits non-zero when the run found problems (1) or could not run (2).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use switchyard_bench::{
+    fanout::{self, FanoutOptions},
+    idle::{self, IdleOptions},
+    limits, report,
+};
+
+/// Load generator for switchyard. Prints one JSON object per result on stdout and a
+/// summary on stderr.
+#[derive(Parser, Debug)]
+#[command(name = "switchyard-bench", version)]
+struct Cli {
+    /// Worker threads of the bench's own runtime [default: 1 for idle (single-threaded,
+    /// the cheapest), 2 for fanout (one thread cannot parse SSE as fast as the server
+    /// writes it)].
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// Hold N idle, subscribed connections and report the server's RSS per connection.
+    ///
+    /// Connection i subscribes to `{prefix}/{i % channels}`. The bench waits until all are
+    /// subscribed (WebSocket: `subscribed` frame; SSE: the first `id:` block; NDJSON: the
+    /// `subscribed` line), lets the server settle, reads VmRSS from /proc/PID/status before
+    /// and after, and checks that /metrics `switchyard_connections` grew by N.
+    ///
+    /// Limits: each connection is one open file in this process. Under a hard open-files
+    /// limit of 20000 one bench process holds about 15k connections (the soft limit is
+    /// raised to the hard one at start when possible); past that it stops with an error
+    /// saying so. Run several processes for more. Beyond ~28k connections per source
+    /// address the ephemeral ports run out, so with `--source-ips auto` the bench binds
+    /// its sockets to 127.0.0.2, 127.0.0.3, ... rotating every `--per-source-ip`.
+    Idle(IdleOptions),
+    /// N subscribers on one fresh channel, one publisher; report deliveries/s, latency,
+    /// loss and duplicates, and the server's CPU per delivery.
+    ///
+    /// Each event's data is `{"ts_us": <send time>, "pad": "xx.."}` of `--size` bytes;
+    /// latency is receive time minus `ts_us`. Every subscriber checks it received offsets
+    /// 1..=events exactly once, in order. When neither publishing nor deliveries progress
+    /// for `--stall-secs`, the run stops, reports what arrived, and exits 1.
+    ///
+    /// At `--rate 0` the publisher outruns fan-out: start the server with a consumer queue
+    /// that holds every event (e.g. SWITCHYARD_CONSUMERS__QUEUE_CAPACITY=4096 for 2000
+    /// events), or subscribers are disconnected as slow consumers.
+    Fanout(FanoutOptions),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Without unsafe code, through prlimit(1); keeps the current limit when that fails.
+    limits::raise_to_hard();
+    let threads = cli.threads.unwrap_or(match cli.scenario {
+        Scenario::Idle(_) => 1,
+        Scenario::Fanout(_) => 2,
+    });
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchyard-bench: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.scenario {
+            Scenario::Idle(opts) => {
+                let r = idle::run(&opts).await?;
+                report::emit(&r, &r.summary())?;
+                anyhow::Ok(r.ok)
+            }
+            Scenario::Fanout(opts) => {
+                let r = fanout::run(&opts).await?;
+                report::emit(&r, &r.summary())?;
+                anyhow::Ok(r.ok)
+            }
+        }
+    });
+    // Idle connections are dropped with the runtime, not one by one.
+    runtime.shutdown_background();
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("switchyard-bench: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

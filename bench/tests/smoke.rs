@@ -1,0 +1,149 @@
+//! Smoke test: every scenario at tiny scale against an in-process switchyard server
+//! (`--pid` is this process, which hosts both the server and the bench).
+
+use switchyard_bench::{
+    clients::Transport,
+    fanout::{self, FanoutOptions, FanoutTransport},
+    idle::{self, IdleOptions},
+};
+
+/// A server on a free port with its own data directory (removed when the guard drops).
+async fn start_server() -> (String, tempfile::TempDir) {
+    start_server_with(|_| {}).await
+}
+
+async fn start_server_with(
+    tune: impl FnOnce(&mut switchyard::config::Config),
+) -> (String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = switchyard::config::Config::default();
+    config.data_dir = dir.path().to_path_buf();
+    tune(&mut config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(switchyard::run(listener, config, std::future::pending()));
+    (format!("http://{addr}"), dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_holds_subscribed_connections_on_each_push_transport() {
+    let (url, _data) = start_server().await;
+    for transport in [Transport::Ws, Transport::Sse, Transport::Stream] {
+        let mut opts = IdleOptions::new(&url, transport, 20, std::process::id());
+        opts.settle_secs = 0.2;
+        let r = idle::run(&opts).await.unwrap();
+        assert!(r.ok, "{}", r.summary());
+        assert_eq!(r.connections, 20);
+        assert_eq!(r.channels, 20);
+        assert!(r.metrics_match, "{}", r.summary());
+        assert_eq!((r.dropped, r.events_received), (0, 0));
+    }
+}
+
+#[tokio::test]
+async fn idle_refuses_long_poll() {
+    let opts = IdleOptions::new("http://127.0.0.1:9", Transport::Poll, 1, std::process::id());
+    assert!(idle::run(&opts).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_delivers_every_event_once_on_each_transport() {
+    let (url, _data) = start_server().await;
+    for (transport, rate) in [
+        (FanoutTransport::Ws, 0.0),
+        (FanoutTransport::Sse, 0.0),
+        (FanoutTransport::Stream, 0.0),
+        (FanoutTransport::Poll, 0.0),
+        (FanoutTransport::Mix, 0.0),
+        (FanoutTransport::Ws, 200.0),
+        (FanoutTransport::Poll, 200.0),
+    ] {
+        let subscribers = if transport == FanoutTransport::Mix {
+            8
+        } else {
+            5
+        };
+        let mut opts = FanoutOptions::new(&url, transport, subscribers, 20, std::process::id());
+        opts.rate = rate;
+        let r = fanout::run(&opts).await.unwrap();
+        let summary = r.summary();
+        assert!(r.ok, "{summary}");
+        assert_eq!(
+            (r.lost, r.duplicated, r.out_of_order, r.unexpected),
+            (0, 0, 0, 0),
+            "{summary}"
+        );
+        assert_eq!(r.published, 20, "{summary}");
+        assert_eq!(r.delivered, subscribers as u64 * 20, "{summary}");
+        assert_eq!(r.latency.samples, subscribers * 20, "{summary}");
+        assert!(!r.stalled && r.disconnected == 0, "{summary}");
+        // Only read, not compared: the server counts a batch after writing it, and this
+        // server's counters also carry the previous iterations' stragglers.
+        assert!(r.server_deliveries.is_some(), "{summary}");
+        if transport == FanoutTransport::Mix {
+            assert_eq!(r.by_transport.len(), 4, "{summary}");
+            assert!(
+                r.by_transport
+                    .values()
+                    .all(|t| t.subscribers == 2 && t.delivered == 40)
+            );
+        }
+        if rate > 0.0 {
+            assert!(r.publish_secs >= 19.0 / rate * 0.9, "paced: {summary}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_counts_loss_when_the_channel_was_not_fresh() {
+    let (url, _data) = start_server().await;
+    // Offset 1 was published before the run: the subscribers see 2..=5 of the expected
+    // 1..=5, stop at 5, and report offset 1 as lost.
+    let channel = "fanout/not-fresh";
+    let target = switchyard_bench::target::Target::parse(&url).unwrap();
+    let mut conn = switchyard_bench::http::HttpConn::connect(&target)
+        .await
+        .unwrap();
+    let req = conn.request(
+        hyper::Method::POST,
+        &switchyard_bench::publisher::publish_path(channel),
+        Some((
+            "application/json",
+            bytes::Bytes::from_static(br#"{"data":1}"#),
+        )),
+    );
+    assert_eq!(conn.fetch(req).await.unwrap().0, 201);
+    let mut opts = FanoutOptions::new(&url, FanoutTransport::Sse, 2, 5, std::process::id());
+    opts.channel = Some(channel.into());
+    let r = fanout::run(&opts).await.unwrap();
+    assert!(!r.ok && !r.stalled, "{}", r.summary());
+    assert_eq!(
+        (r.delivered, r.lost, r.duplicated),
+        (8, 2, 0),
+        "{}",
+        r.summary()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_reports_a_stall_instead_of_hanging() {
+    // The server refuses the 200-byte events (413), so nothing is ever delivered.
+    let (url, _data) = start_server_with(|c| c.limits.max_event_bytes = 64).await;
+    let mut opts = FanoutOptions::new(&url, FanoutTransport::Ws, 2, 5, std::process::id());
+    opts.stall_secs = 1;
+    let started = std::time::Instant::now();
+    let r = fanout::run(&opts).await.unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert!(r.stalled && !r.ok, "{}", r.summary());
+    assert_eq!(
+        (r.published, r.delivered, r.lost),
+        (0, 0, 10),
+        "{}",
+        r.summary()
+    );
+    assert!(
+        r.errors.iter().any(|e| e.contains("413")),
+        "{}",
+        r.summary()
+    );
+}
