@@ -64,6 +64,7 @@ pub async fn run(
     store.start(Box::new(move |channel, event| {
         hub_for_store.append_stored(channel, event)
     }));
+    let store_stats = Arc::clone(&store.stats);
     let jobs = Arc::new(Jobs::new(store, Arc::clone(&hub) as _, config.jobs.clone()));
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -77,6 +78,7 @@ pub async fn run(
     let state = Arc::new(AppState {
         bus: Arc::clone(&hub) as _,
         jobs: Arc::clone(&jobs),
+        store_stats,
         consumers,
         config: Arc::clone(&config),
         shutdown: token.clone(),

@@ -19,6 +19,8 @@ pub struct AppState {
     pub bus: Arc<dyn Bus>,
     /// The jobs service.
     pub jobs: Arc<crate::jobs::Jobs>,
+    /// The store's commit counters.
+    pub store_stats: Arc<crate::store::sqlite::WriterStats>,
     /// What the consumer transports share.
     pub consumers: Arc<Context>,
     /// The validated configuration.

@@ -56,6 +56,29 @@ pub fn metrics(state: &AppState) -> Reply {
             state.http_connections.load(Ordering::Relaxed),
         )],
     );
+    let stats = &state.store_stats;
+    let load = |v: &std::sync::atomic::AtomicU64| one(v.load(Ordering::Relaxed));
+    write_family(
+        &mut out,
+        "switchyard_store_commits_total",
+        "Store transactions committed (one fsync each).",
+        "counter",
+        load(&stats.commits),
+    );
+    write_family(
+        &mut out,
+        "switchyard_store_ops_total",
+        "Store write operations committed (group commit: several per transaction).",
+        "counter",
+        load(&stats.ops),
+    );
+    write_family(
+        &mut out,
+        "switchyard_store_max_batch",
+        "Most operations committed in one transaction.",
+        "gauge",
+        load(&stats.max_batch),
+    );
     state.consumers.metrics.render(&mut out);
     let mut res = Response::new(full(out));
     res.headers_mut().insert(

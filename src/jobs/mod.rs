@@ -231,10 +231,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_are_128_bit_hex() {
+    fn ids_are_unguessable_and_sort_by_time() {
         let id = new_id();
         assert!(is_job_id(&id), "{id}");
         assert_ne!(id, new_id());
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(new_id() > id, "later ids sort after earlier ones");
         assert!(!is_job_id("claim"));
         assert!(!is_job_id(&id.to_uppercase()));
     }

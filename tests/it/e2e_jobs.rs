@@ -286,7 +286,7 @@ async fn cancel_ends_a_job_and_its_worker_lease() {
     let (status, _, body) = request(
         server.addr,
         "DELETE",
-        &format!("/v1/jobs/{}", "0".repeat(32)),
+        &format!("/v1/jobs/{}", "0".repeat(36)),
         &[],
         vec![],
     )

@@ -16,8 +16,7 @@ pub fn job_channel(id: &str) -> ChannelName {
     ChannelName::new(&format!("jobs/{id}")).expect("job ids are valid channel segments")
 }
 
-const JOB_COLUMNS: &str =
-    "id, status, created_at, updated_at, attempts, max_attempts, result, error";
+const GET_JOB: &str = "SELECT id, status, created_at, updated_at, attempts, max_attempts, result, error FROM jobs WHERE id = ?1";
 
 fn raw(text: Option<String>) -> Option<Box<RawValue>> {
     text.and_then(|t| RawValue::from_string(t).ok())
@@ -38,8 +37,10 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
 }
 
 pub(super) fn get(conn: &Connection, id: &str) -> Result<Option<JobRecord>, StoreError> {
-    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1");
-    Ok(conn.query_row(&sql, [id], job_from_row).optional()?)
+    Ok(conn
+        .prepare_cached(GET_JOB)?
+        .query_row([id], job_from_row)
+        .optional()?)
 }
 
 fn must_get(conn: &Connection, id: &str) -> Result<JobRecord, StoreError> {
@@ -53,16 +54,16 @@ fn append(
     event_type: &str,
     data: String,
 ) -> Result<Appended, StoreError> {
-    let offset: i64 = conn.query_row(
-        "UPDATE jobs SET last_offset = last_offset + 1 WHERE id = ?1 RETURNING last_offset",
-        [id],
-        |r| r.get(0),
-    )?;
+    let offset: i64 = conn
+        .prepare_cached(
+            "UPDATE jobs SET last_offset = last_offset + 1 WHERE id = ?1 RETURNING last_offset",
+        )?
+        .query_row([id], |r| r.get(0))?;
     let time = now_rfc3339();
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO job_events (job_id, offset, type, time, data) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![id, offset, event_type, time, data],
-    )?;
+    )?
+    .execute(params![id, offset, event_type, time, data])?;
     let data = RawValue::from_string(data).map_err(|e| StoreError::Unavailable(e.to_string()))?;
     Ok((
         job_channel(id),
@@ -81,11 +82,8 @@ pub(super) fn submit(
 ) -> Result<(Submitted, Vec<Appended>), StoreError> {
     if let Some((key, hash)) = &job.idempotency {
         let existing: Option<(String, i64)> = conn
-            .query_row(
-                "SELECT id, request_hash FROM jobs WHERE idempotency_key = ?1",
-                [key],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .prepare_cached("SELECT id, request_hash FROM jobs WHERE idempotency_key = ?1")?
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         if let Some((id, stored_hash)) = existing {
             if stored_hash != *hash {
@@ -102,9 +100,11 @@ pub(super) fn submit(
         }
     }
     let (key, hash) = job.idempotency.clone().unzip();
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO jobs (id, status, payload, max_attempts, queued_at, created_at, updated_at, idempotency_key, request_hash)
          VALUES (?1, 'queued', ?2, ?3, ?4, ?4, ?4, ?5, ?6)",
+    )?
+    .execute(
         params![job.id, &job.payload[..], job.max_attempts, job.now_ms, key, hash],
     )?;
     let event = append(
@@ -129,20 +129,21 @@ pub(super) fn claim(
     now_ms: i64,
 ) -> Result<(Option<Claimed>, Vec<Appended>), StoreError> {
     let next: Option<String> = conn
-        .query_row(
+        .prepare_cached(
             "SELECT id FROM jobs WHERE status = 'queued' ORDER BY queued_at, rowid LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
+        )?
+        .query_row([], |r| r.get(0))
         .optional()?;
     let Some(id) = next else {
         return Ok((None, Vec::new()));
     };
     let expires = now_ms + lease_ms as i64;
-    let payload: Vec<u8> = conn.query_row(
+    let payload: Vec<u8> = conn.prepare_cached(
         "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease = ?2, lease_ms = ?3,
                 lease_expires_at = ?4, updated_at = ?5
          WHERE id = ?1 RETURNING payload",
+    )?
+    .query_row(
         params![id, lease, lease_ms as i64, expires, now_ms],
         |r| r.get(0),
     )?;
@@ -167,7 +168,8 @@ pub(super) fn claim(
 /// Checks the lease: the job must be running under exactly this lease.
 fn check_lease(conn: &Connection, id: &str, lease: &str) -> Result<JobRecord, StoreError> {
     let current: Option<Option<String>> = conn
-        .query_row("SELECT lease FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+        .prepare_cached("SELECT lease FROM jobs WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
         .optional()?;
     let job = must_get(conn, id)?;
     match current {
@@ -186,16 +188,18 @@ pub(super) fn report(
     let job = check_lease(conn, id, lease)?;
     let event = match report {
         Report::Progress(data) => {
-            conn.execute(
+            conn.prepare_cached(
                 "UPDATE jobs SET lease_expires_at = ?2 + lease_ms, updated_at = ?2 WHERE id = ?1",
-                params![id, now_ms],
-            )?;
+            )?
+            .execute(params![id, now_ms])?;
             append(conn, id, "job.progress", data.get().to_owned())?
         }
         Report::Complete(result) => {
-            conn.execute(
+            conn.prepare_cached(
                 "UPDATE jobs SET status = 'succeeded', result = ?2, lease = NULL, lease_expires_at = NULL,
                         updated_at = ?3 WHERE id = ?1",
+            )?
+            .execute(
                 params![id, result.get(), now_ms],
             )?;
             let data = format!(r#"{{"status":"succeeded","result":{}}}"#, result.get());
@@ -216,11 +220,11 @@ fn requeue(
     reason: &str,
     now_ms: i64,
 ) -> Result<Appended, StoreError> {
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE jobs SET status = 'queued', lease = NULL, lease_expires_at = NULL, queued_at = ?2,
                 updated_at = ?2 WHERE id = ?1",
-        params![id, now_ms],
-    )?;
+    )?
+    .execute(params![id, now_ms])?;
     let data = format!(r#"{{"status":"queued","attempts":{attempts},"reason":"{reason}"}}"#);
     append(conn, id, "job.queued", data)
 }
@@ -232,11 +236,11 @@ fn fail(
     error: &str,
     now_ms: i64,
 ) -> Result<Appended, StoreError> {
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE jobs SET status = 'failed', error = ?2, lease = NULL, lease_expires_at = NULL,
                 updated_at = ?3 WHERE id = ?1",
-        params![id, error, now_ms],
-    )?;
+    )?
+    .execute(params![id, error, now_ms])?;
     let data = format!(r#"{{"status":"failed","error":{error},"attempts":{attempts}}}"#);
     append(conn, id, "job.failed", data)
 }
@@ -250,9 +254,11 @@ pub(super) fn cancel(
     if job.status.is_terminal() {
         return Err(StoreError::Finished(job.status.as_str()));
     }
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE jobs SET status = 'canceled', lease = NULL, lease_expires_at = NULL, updated_at = ?2
          WHERE id = ?1",
+    )?
+    .execute(
         params![id, now_ms],
     )?;
     let event = append(
@@ -267,11 +273,10 @@ pub(super) fn cancel(
 /// Whether any running job's lease has run out (a cheap read before asking the writer).
 pub(super) fn has_expired_leases(conn: &Connection, now_ms: i64) -> Result<bool, StoreError> {
     Ok(conn
-        .query_row(
+        .prepare_cached(
             "SELECT 1 FROM jobs WHERE status = 'running' AND lease_expires_at <= ?1 LIMIT 1",
-            [now_ms],
-            |_| Ok(()),
-        )
+        )?
+        .query_row([now_ms], |_| Ok(()))
         .optional()?
         .is_some())
 }
@@ -308,9 +313,8 @@ pub(super) fn load_events(
     max: usize,
 ) -> Result<(u64, Vec<StoredEvent>), StoreError> {
     let last: Option<i64> = conn
-        .query_row("SELECT last_offset FROM jobs WHERE id = ?1", [id], |r| {
-            r.get(0)
-        })
+        .prepare_cached("SELECT last_offset FROM jobs WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
         .optional()?;
     let Some(last) = last.map(|l| l as u64) else {
         return Ok((0, Vec::new()));

@@ -16,7 +16,7 @@ use rusqlite::{Connection, OpenFlags};
 use switchyard_protocol::ChannelName;
 
 pub use jobs::job_channel;
-pub use writer::EventSink;
+pub use writer::{EventSink, WriterStats};
 
 use super::{Claimed, JobRecord, NewJob, Report, Store, StoreError, Submitted};
 use crate::hub::{DurableChannels, HubError, LoadedChannel};
@@ -32,6 +32,8 @@ pub struct SqliteStore {
     reader: Mutex<Connection>,
     writer: Mutex<Option<Writer>>,
     write_conn: Mutex<Option<Connection>>,
+    /// Commit counters, for `/metrics`.
+    pub stats: Arc<WriterStats>,
 }
 
 impl SqliteStore {
@@ -58,6 +60,7 @@ impl SqliteStore {
             reader: Mutex::new(reader),
             writer: Mutex::new(None),
             write_conn: Mutex::new(Some(write_conn)),
+            stats: Arc::default(),
         }))
     }
 
@@ -69,7 +72,8 @@ impl SqliteStore {
             .expect("not poisoned")
             .take()
             .expect("started once");
-        *self.writer.lock().expect("not poisoned") = Some(Writer::start(conn, sink));
+        *self.writer.lock().expect("not poisoned") =
+            Some(Writer::start(conn, sink, Arc::clone(&self.stats)));
     }
 
     fn writer(&self) -> Result<Writer, StoreError> {

@@ -45,6 +45,8 @@ pub(super) fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Every statement of the job operations stays prepared.
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(())
 }
 

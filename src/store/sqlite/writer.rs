@@ -3,7 +3,13 @@
 //! one failure does not undo the others. After the commit, events go to the hub in commit
 //! order, then each caller gets its answer.
 
-use std::thread;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    thread,
+};
 
 use rusqlite::Connection;
 use switchyard_protocol::ChannelName;
@@ -30,6 +36,17 @@ struct Applied {
 
 type Op = Box<dyn FnOnce(&Connection) -> Result<Applied, Applied> + Send>;
 
+/// Counters of the writer, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Transactions committed (each one fsync).
+    pub commits: AtomicU64,
+    /// Operations committed.
+    pub ops: AtomicU64,
+    /// Largest batch seen.
+    pub max_batch: AtomicU64,
+}
+
 /// The writer's handle: send operations, await their durable result.
 #[derive(Clone)]
 pub(super) struct Writer {
@@ -38,11 +55,11 @@ pub(super) struct Writer {
 
 impl Writer {
     /// Starts the writer thread on `conn`.
-    pub(super) fn start(conn: Connection, sink: EventSink) -> Self {
+    pub(super) fn start(conn: Connection, sink: EventSink, stats: Arc<WriterStats>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         thread::Builder::new()
             .name("switchyard-store-writer".into())
-            .spawn(move || run(conn, rx, sink))
+            .spawn(move || run(conn, rx, sink, &stats))
             .expect("can spawn the store writer thread");
         Self { tx }
     }
@@ -77,7 +94,7 @@ impl Writer {
     }
 }
 
-fn run(conn: Connection, mut rx: mpsc::Receiver<Op>, sink: EventSink) {
+fn run(conn: Connection, mut rx: mpsc::Receiver<Op>, sink: EventSink, stats: &WriterStats) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -87,27 +104,39 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Op>, sink: EventSink) {
                 Err(_) => break,
             }
         }
-        commit_batch(&conn, &mut batch, &sink);
+        let n = batch.len() as u64;
+        if commit_batch(&conn, &mut batch, &sink) {
+            stats.commits.fetch_add(1, Relaxed);
+            stats.ops.fetch_add(n, Relaxed);
+            stats.max_batch.fetch_max(n, Relaxed);
+        }
     }
 }
 
-fn commit_batch(conn: &Connection, batch: &mut Vec<Op>, sink: &EventSink) {
+/// Runs a cached statement (savepoints run once per operation: parse them once).
+fn statement(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
+/// Commits the batch; returns whether the commit succeeded.
+fn commit_batch(conn: &Connection, batch: &mut Vec<Op>, sink: &EventSink) -> bool {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         tracing::error!(error = %e, ops = batch.len(), "cannot begin a store transaction");
         // Dropping an op drops its reply channel: each caller gets `Unavailable`.
         batch.clear();
-        return;
+        return false;
     }
     let mut applied = Vec::with_capacity(batch.len());
     for op in batch.drain(..) {
-        let _ = conn.execute_batch("SAVEPOINT op");
+        let _ = statement(conn, "SAVEPOINT op");
         match op(conn) {
             Ok(a) => {
-                let _ = conn.execute_batch("RELEASE op");
+                let _ = statement(conn, "RELEASE op");
                 applied.push(Ok(a));
             }
             Err(a) => {
-                let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+                let _ =
+                    statement(conn, "ROLLBACK TO op").and_then(|()| statement(conn, "RELEASE op"));
                 applied.push(Err(a));
             }
         }
@@ -131,4 +160,5 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Op>, sink: &EventSink) {
             (Err(a), _) => (a.finish)(Ok(())),
         }
     }
+    committed.is_ok()
 }
