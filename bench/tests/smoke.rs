@@ -16,8 +16,10 @@ async fn start_server_with(
     tune: impl FnOnce(&mut switchyard::config::Config),
 ) -> (String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = switchyard::config::Config::default();
-    config.data_dir = dir.path().to_path_buf();
+    let mut config = switchyard::config::Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
     tune(&mut config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
