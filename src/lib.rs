@@ -121,12 +121,11 @@ pub async fn run(
     tracker.close();
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     match tokio::time::timeout(grace, tracker.wait()).await {
-        Ok(()) => tracing::info!("shutdown complete"),
-        Err(_) => tracing::warn!(
-            ?grace,
-            open = tracker.len(),
-            "graceful shutdown timed out; exiting"
-        ),
+        Ok(()) => tracing::info!("connections closed"),
+        Err(_) => tracing::warn!(?grace, open = tracker.len(), "graceful shutdown timed out"),
     }
+    // Last, flush storage: nothing can write any more.
+    jobs.store().close(grace).await;
+    tracing::info!("shutdown complete");
     Ok(())
 }

@@ -16,10 +16,16 @@ pub fn healthz() -> Reply {
     json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
 }
 
-/// Ready: the engine is reachable and the server is not shutting down.
-pub fn readyz(state: &AppState) -> Reply {
+/// Ready: the store answers and the server is not shutting down.
+pub async fn readyz(state: &AppState) -> Reply {
     if state.shutdown.is_cancelled() {
         return error(ErrorCode::ShuttingDown, "the server is shutting down");
+    }
+    if let Err(e) = state.jobs.store().ping().await {
+        return error(
+            ErrorCode::Unavailable,
+            format!("the store does not answer: {e}"),
+        );
     }
     json(
         StatusCode::OK,

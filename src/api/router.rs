@@ -28,7 +28,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Reply {
     let get = method == Method::GET;
     match path.as_str() {
         "/healthz" if get => ops::healthz(),
-        "/readyz" if get => ops::readyz(&state),
+        "/readyz" if get => ops::readyz(&state).await,
         "/metrics" if get => ops::metrics(&state),
         "/v1/ws" if get => websocket::upgrade(Arc::clone(&state.consumers), req),
         "/v1/sse" if get => sse::respond(Arc::clone(&state.consumers), &req.into_parts().0).await,

@@ -461,7 +461,10 @@ impl Bus for MemoryHub {
         after: Option<u64>,
         limit: usize,
     ) -> BoxFuture<'a, Result<HistoryPage, HubError>> {
-        let page = self.with_channel(channel, false, |c| {
+        // A durable channel not in memory is read in from its store; a memory one that does
+        // not exist has no events, and is not created by reading it.
+        let load = self.is_durable(channel.as_str());
+        let page = self.with_channel(channel, load, |c| {
             let (start, reset) = match after {
                 None => (c.oldest_kept() - 1, false),
                 Some(after) => {

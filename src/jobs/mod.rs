@@ -69,6 +69,11 @@ impl Jobs {
         }
     }
 
+    /// The store behind the jobs.
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
     /// The configuration.
     pub fn config(&self) -> &JobsConfig {
         &self.config

@@ -179,6 +179,10 @@ pub trait Store: Send + Sync + 'static {
     /// Requeues (or fails, past `max_attempts`) jobs whose lease ran out; returns how many
     /// were requeued.
     fn expire_leases(&self, now_ms: i64) -> BoxFuture<'_, Result<usize, StoreError>>;
+    /// Checks that the store answers (for `/readyz`).
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Finishes pending writes and closes, waiting up to `deadline`.
+    fn close(&self, deadline: std::time::Duration) -> BoxFuture<'_, ()>;
 }
 
 /// Unix milliseconds now.

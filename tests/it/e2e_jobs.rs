@@ -481,6 +481,19 @@ async fn jobs_and_their_events_survive_a_restart_with_valid_cursors() {
 
     let server = start_in(cfg).await;
     assert_eq!(job(&server, &id).await["status"], "running");
+    // History reads the job's log from the store, before anyone subscribes.
+    let (_, history) = get_json(
+        server.addr,
+        &format!("/v1/channels/jobs%2F{id}/events?after=0"),
+    )
+    .await;
+    assert_eq!(
+        (
+            history["events"].as_array().unwrap().len(),
+            history["reset"].as_bool()
+        ),
+        (3, Some(false))
+    );
     // A consumer resuming from the beginning gets every event; one resuming from its cursor
     // gets exactly what came after, with no reset.
     let mut from_start =

@@ -205,19 +205,21 @@ pub(super) fn report(
             let data = format!(r#"{{"status":"succeeded","result":{}}}"#, result.get());
             append(conn, id, "job.completed", data)?
         }
-        Report::Fail { retry: true, .. } if job.attempts < job.max_attempts => {
-            requeue(conn, id, job.attempts, "retry", now_ms)?
+        Report::Fail { error, retry: true } if job.attempts < job.max_attempts => {
+            requeue(conn, id, job.attempts, "retry", Some(error.get()), now_ms)?
         }
         Report::Fail { error, .. } => fail(conn, id, job.attempts, error.get(), now_ms)?,
     };
     Ok((must_get(conn, id)?, vec![event]))
 }
 
+/// Puts a running job back in the queue; the event says why (and the worker's error, if any).
 fn requeue(
     conn: &Connection,
     id: &str,
     attempts: u32,
     reason: &str,
+    error: Option<&str>,
     now_ms: i64,
 ) -> Result<Appended, StoreError> {
     conn.prepare_cached(
@@ -225,7 +227,12 @@ fn requeue(
                 updated_at = ?2 WHERE id = ?1",
     )?
     .execute(params![id, now_ms])?;
-    let data = format!(r#"{{"status":"queued","attempts":{attempts},"reason":"{reason}"}}"#);
+    let data = match error {
+        Some(error) => format!(
+            r#"{{"status":"queued","attempts":{attempts},"reason":"{reason}","error":{error}}}"#
+        ),
+        None => format!(r#"{{"status":"queued","attempts":{attempts},"reason":"{reason}"}}"#),
+    };
     append(conn, id, "job.queued", data)
 }
 
@@ -296,7 +303,7 @@ pub(super) fn expire_leases(
     let mut requeued = 0;
     for (id, attempts, max_attempts) in expired {
         if attempts < max_attempts {
-            events.push(requeue(conn, &id, attempts, "lease_expired", now_ms)?);
+            events.push(requeue(conn, &id, attempts, "lease_expired", None, now_ms)?);
             requeued += 1;
         } else {
             let error = r#"{"code":"lease_expired","message":"the worker's lease ran out on the last attempt"}"#;

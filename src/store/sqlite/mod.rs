@@ -31,6 +31,7 @@ pub struct SqliteStore {
     /// Reads go through their own connection so they never wait on a commit's fsync.
     reader: Mutex<Connection>,
     writer: Mutex<Option<Writer>>,
+    writer_thread: Mutex<Option<writer::WriterThread>>,
     write_conn: Mutex<Option<Connection>>,
     /// Commit counters, for `/metrics`.
     pub stats: Arc<WriterStats>,
@@ -59,6 +60,7 @@ impl SqliteStore {
             epoch,
             reader: Mutex::new(reader),
             writer: Mutex::new(None),
+            writer_thread: Mutex::new(None),
             write_conn: Mutex::new(Some(write_conn)),
             stats: Arc::default(),
         }))
@@ -72,8 +74,9 @@ impl SqliteStore {
             .expect("not poisoned")
             .take()
             .expect("started once");
-        *self.writer.lock().expect("not poisoned") =
-            Some(Writer::start(conn, sink, Arc::clone(&self.stats)));
+        let (writer, thread) = Writer::start(conn, sink, Arc::clone(&self.stats));
+        *self.writer.lock().expect("not poisoned") = Some(writer);
+        *self.writer_thread.lock().expect("not poisoned") = Some(thread);
     }
 
     fn writer(&self) -> Result<Writer, StoreError> {
@@ -141,6 +144,14 @@ impl Store for SqliteStore {
             .boxed()
     }
 
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        async move { self.ping_now() }.boxed()
+    }
+
+    fn close(&self, deadline: std::time::Duration) -> BoxFuture<'_, ()> {
+        self.close_now(deadline).boxed()
+    }
+
     fn expire_leases(&self, now_ms: i64) -> BoxFuture<'_, Result<usize, StoreError>> {
         async move {
             if !self.read(|conn| jobs::has_expired_leases(conn, now_ms))? {
@@ -150,6 +161,26 @@ impl Store for SqliteStore {
                 .await
         }
         .boxed()
+    }
+}
+
+impl SqliteStore {
+    fn ping_now(&self) -> Result<(), StoreError> {
+        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
+    }
+
+    async fn close_now(&self, deadline: std::time::Duration) {
+        // Dropping the last sender ends the writer after what is queued; closing its
+        // connection checkpoints the WAL into the database file.
+        self.writer.lock().expect("not poisoned").take();
+        let Some(thread) = self.writer_thread.lock().expect("not poisoned").take() else {
+            return;
+        };
+        let joined = tokio::task::spawn_blocking(move || thread.join());
+        match tokio::time::timeout(deadline, joined).await {
+            Ok(_) => tracing::info!("store closed"),
+            Err(_) => tracing::warn!(?deadline, "the store writer did not finish in time"),
+        }
     }
 }
 

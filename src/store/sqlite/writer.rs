@@ -53,15 +53,22 @@ pub(super) struct Writer {
     tx: mpsc::Sender<Op>,
 }
 
+/// The writer thread; it ends (closing its connection) once every [`Writer`] is dropped.
+pub(super) type WriterThread = thread::JoinHandle<()>;
+
 impl Writer {
     /// Starts the writer thread on `conn`.
-    pub(super) fn start(conn: Connection, sink: EventSink, stats: Arc<WriterStats>) -> Self {
+    pub(super) fn start(
+        conn: Connection,
+        sink: EventSink,
+        stats: Arc<WriterStats>,
+    ) -> (Self, WriterThread) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        thread::Builder::new()
+        let thread = thread::Builder::new()
             .name("switchyard-store-writer".into())
             .spawn(move || run(conn, rx, sink, &stats))
             .expect("can spawn the store writer thread");
-        Self { tx }
+        (Self { tx }, thread)
     }
 
     /// Runs `f` in the next transaction; resolves once it is committed (fsync'd) or failed.
