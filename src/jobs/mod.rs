@@ -30,16 +30,26 @@ pub struct Jobs {
     inflight: Arc<Semaphore>,
 }
 
-/// A new random job id: 128 bits, hex.
+/// Length of a job id: 12 hex digits of milliseconds, then 24 of randomness.
+const ID_LEN: usize = 36;
+
+/// A new job id: the time in milliseconds (48 bits) then 96 random bits, in hex. The random
+/// part makes it unguessable; the time prefix makes ids sort by creation, so the store's
+/// indexes grow at their end instead of touching a random page per insert.
 fn new_id() -> String {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).expect("the OS random source works");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut random = [0u8; 12];
+    getrandom::fill(&mut random).expect("the OS random source works");
+    let millis = now_ms().max(0) as u64 & 0xffff_ffff_ffff;
+    let mut id = format!("{millis:012x}");
+    for b in random {
+        id.push_str(&format!("{b:02x}"));
+    }
+    id
 }
 
 /// Whether `id` looks like a job id (so paths with anything else are a plain 404).
 pub fn is_job_id(id: &str) -> bool {
-    id.len() == 32
+    id.len() == ID_LEN
         && id
             .bytes()
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
@@ -241,7 +251,11 @@ mod tests {
         assert!(is_job_id(&id), "{id}");
         assert_ne!(id, new_id());
         std::thread::sleep(Duration::from_millis(2));
-        assert!(new_id() > id, "later ids sort after earlier ones");
+        let later = new_id();
+        assert!(
+            later > id,
+            "later ids sort after earlier ones: {id} then {later}"
+        );
         assert!(!is_job_id("claim"));
         assert!(!is_job_id(&id.to_uppercase()));
     }
