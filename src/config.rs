@@ -45,6 +45,50 @@ pub struct Config {
     pub poll: PollConfig,
     /// Job attempts and leases.
     pub jobs: JobsConfig,
+    /// Outbound webhook delivery.
+    pub webhooks: WebhooksConfig,
+}
+
+/// `[webhooks]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Delays between attempts, seconds.
+    #[serde(deserialize_with = "number_list")]
+    pub retry_schedule_secs: Vec<f64>,
+    /// Seconds per attempt.
+    pub attempt_timeout_secs: f64,
+    /// Seconds of failure before an endpoint is disabled.
+    pub disable_after_secs: u64,
+    /// Allow non-public destination addresses.
+    pub allow_private_networks: bool,
+    /// Deliveries in flight overall.
+    pub max_concurrency: usize,
+    /// Deliveries in flight per endpoint.
+    pub max_per_endpoint: usize,
+    /// Endpoints that may exist.
+    pub max_endpoints: usize,
+}
+
+/// A list of numbers from a TOML array, a comma-separated string (environment variables),
+/// or a single number.
+fn number_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<f64>),
+        One(f64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::List(v) => Ok(v),
+        Raw::One(n) => Ok(vec![n]),
+        Raw::Text(t) => t
+            .split(',')
+            .map(|p| p.trim().parse::<f64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| serde::de::Error::custom("expected comma-separated numbers of seconds")),
+    }
 }
 
 /// `[jobs]`
@@ -329,6 +373,35 @@ impl Config {
         if self.jobs.max_inflight_bytes < self.limits.max_job_bytes {
             bail!("`jobs.max_inflight_bytes` must be at least `limits.max_job_bytes`");
         }
+        let w = &self.webhooks;
+        if w.retry_schedule_secs.is_empty()
+            || w.retry_schedule_secs.len() > 50
+            || w.retry_schedule_secs
+                .iter()
+                .any(|s| !(0.0..=30.0 * 86400.0).contains(s))
+        {
+            bail!("`webhooks.retry_schedule_secs` must list 1-50 delays of 0 to 2592000 seconds");
+        }
+        if !(0.1..=300.0).contains(&w.attempt_timeout_secs) {
+            bail!(
+                "`webhooks.attempt_timeout_secs` must be from 0.1 to 300, got {}",
+                w.attempt_timeout_secs
+            );
+        }
+        range(
+            "webhooks.disable_after_secs",
+            w.disable_after_secs,
+            1,
+            365 * 86400,
+        )?;
+        range("webhooks.max_concurrency", w.max_concurrency, 1, 10_000)?;
+        range(
+            "webhooks.max_per_endpoint",
+            w.max_per_endpoint,
+            1,
+            w.max_concurrency,
+        )?;
+        range("webhooks.max_endpoints", w.max_endpoints, 1, 1_000_000)?;
         if self.websocket.idle_timeout_secs <= self.websocket.ping_interval_secs {
             bail!("`websocket.idle_timeout_secs` must exceed `websocket.ping_interval_secs`");
         }
@@ -405,6 +478,23 @@ mod tests {
         assert_eq!(c.history.size, 9, "env beats file");
         assert_eq!(c.history.ttl_secs, 7, "file beats default");
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn retry_schedules_come_as_lists_or_comma_separated_text() {
+        let load = |v: &str| {
+            Config::load(
+                None,
+                env(&[("SWITCHYARD_WEBHOOKS__RETRY_SCHEDULE_SECS", v)]),
+                &Overrides::default(),
+            )
+            .map(|c| c.webhooks.retry_schedule_secs)
+        };
+        assert_eq!(load("1,2.5, 30").unwrap(), [1.0, 2.5, 30.0]);
+        assert_eq!(load("7").unwrap(), [7.0]);
+        assert!(load("1,soon").is_err());
+        assert_eq!(Config::default().webhooks.retry_schedule_secs.len(), 7);
+        assert!(!Config::default().webhooks.allow_private_networks);
     }
 
     #[test]

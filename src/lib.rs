@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod webhooks;
 
 use std::{
     future::Future,

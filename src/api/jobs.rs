@@ -78,6 +78,7 @@ fn store_error(e: StoreError, id: &str) -> Reply {
         e @ (StoreError::StaleLease(_)
         | StoreError::Finished(_)
         | StoreError::IdempotencyConflict) => error(ErrorCode::Conflict, e.to_string()),
+        StoreError::Limit(why) => error(ErrorCode::Conflict, why),
         StoreError::Unavailable(why) => {
             tracing::error!(error = %why, "job store unavailable");
             error(

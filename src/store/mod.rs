@@ -143,6 +143,9 @@ pub enum StoreError {
     /// The idempotency key was used for a different request.
     #[error("Idempotency-Key was already used for a different job")]
     IdempotencyConflict,
+    /// A limit was reached.
+    #[error("{0}")]
+    Limit(String),
     /// The store cannot be written or read.
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -190,4 +193,164 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A registered webhook endpoint, as stored.
+#[derive(Clone, Debug)]
+pub struct EndpointRecord {
+    /// `ep_...`
+    pub id: String,
+    /// Where deliveries are POSTed.
+    pub url: String,
+    /// Channel patterns.
+    pub channels: Vec<String>,
+    /// Event types (empty: all).
+    pub types: Vec<String>,
+    /// `whsec_...`
+    pub secret: String,
+    /// The secret before the last rotation, still signed with until `previous_secret_until_ms`.
+    pub previous_secret: Option<String>,
+    /// Unix ms.
+    pub previous_secret_until_ms: Option<i64>,
+    /// Deliveries are only sent to enabled endpoints (others keep theirs pending).
+    pub enabled: bool,
+    /// Why it was disabled.
+    pub disabled_reason: Option<String>,
+    /// Unix ms of the first failure since the last success.
+    pub failing_since_ms: Option<i64>,
+    /// Unix ms.
+    pub created_at_ms: i64,
+    /// Unix ms.
+    pub updated_at_ms: i64,
+}
+
+/// A delivery ready to be attempted, with what is needed to send it.
+#[derive(Clone, Debug)]
+pub struct DueDelivery {
+    /// `msg_...`, the `webhook-id` header (stable across attempts).
+    pub id: String,
+    /// Its endpoint.
+    pub endpoint_id: String,
+    /// The event envelope, exactly the bytes signed and sent.
+    pub body: Bytes,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Endpoint URL.
+    pub url: String,
+    /// Endpoint secret.
+    pub secret: String,
+    /// Endpoint secret before rotation.
+    pub previous_secret: Option<String>,
+    /// Until when the previous secret signs too.
+    pub previous_secret_until_ms: Option<i64>,
+}
+
+/// The result of one attempt.
+#[derive(Clone, Debug)]
+pub struct AttemptOutcome {
+    /// The delivery.
+    pub delivery_id: String,
+    /// Its endpoint.
+    pub endpoint_id: String,
+    /// Unix ms the attempt started.
+    pub at_ms: i64,
+    /// HTTP status, when one came back.
+    pub status_code: Option<u16>,
+    /// Milliseconds the attempt took.
+    pub latency_ms: i64,
+    /// What went wrong, when it failed.
+    pub error: Option<String>,
+    /// 2xx within the timeout.
+    pub succeeded: bool,
+    /// When to try again (`None` after a success or the last attempt).
+    pub next_attempt_at_ms: Option<i64>,
+    /// Disable the endpoint, for this reason (410 Gone, or failing too long).
+    pub disable_endpoint: Option<String>,
+}
+
+/// A delivery with its attempt log, for the delivery log API.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// `msg_...`
+    pub id: String,
+    /// The event's channel.
+    pub channel: String,
+    /// The event's offset.
+    pub offset: u64,
+    /// The event's type.
+    pub event_type: String,
+    /// `pending`, `succeeded` or `failed`.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Unix ms of the next attempt, while pending.
+    pub next_attempt_at_ms: Option<i64>,
+    /// Unix ms.
+    pub created_at_ms: i64,
+    /// Unix ms.
+    pub updated_at_ms: i64,
+    /// Every attempt, oldest first.
+    pub log: Vec<DeliveryAttempt>,
+}
+
+/// One logged attempt.
+#[derive(Clone, Debug)]
+pub struct DeliveryAttempt {
+    /// 1-based attempt number.
+    pub n: u32,
+    /// Unix ms.
+    pub at_ms: i64,
+    /// HTTP status, when one came back.
+    pub status_code: Option<u16>,
+    /// Milliseconds.
+    pub latency_ms: i64,
+    /// What went wrong.
+    pub error: Option<String>,
+}
+
+/// Durable webhook endpoints and delivery outbox.
+pub trait WebhookStore: Send + Sync + 'static {
+    /// Every endpoint.
+    fn list_endpoints(&self) -> BoxFuture<'_, Result<Vec<EndpointRecord>, StoreError>>;
+    /// One endpoint.
+    fn get_endpoint<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<EndpointRecord>, StoreError>>;
+    /// Creates (refusing past `max` endpoints) or replaces an endpoint, durably.
+    fn put_endpoint(
+        &self,
+        endpoint: EndpointRecord,
+        max: Option<usize>,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Deletes an endpoint and its deliveries; false when it did not exist.
+    fn delete_endpoint(&self, id: String) -> BoxFuture<'_, Result<bool, StoreError>>;
+    /// Records deliveries of an event for the endpoints that want it, durably; returns how many.
+    fn enqueue(
+        &self,
+        channel: String,
+        offset: u64,
+        event_type: String,
+        body: Bytes,
+    ) -> BoxFuture<'_, Result<usize, StoreError>>;
+    /// Deliveries due now, oldest first.
+    fn due(&self, now_ms: i64, limit: usize)
+    -> BoxFuture<'_, Result<Vec<DueDelivery>, StoreError>>;
+    /// When the next pending delivery falls due.
+    fn next_due(&self) -> BoxFuture<'_, Result<Option<i64>, StoreError>>;
+    /// Logs an attempt's outcome.
+    fn record(&self, outcome: AttemptOutcome) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// An endpoint's newest deliveries with their attempts.
+    fn deliveries<'a>(
+        &'a self,
+        endpoint_id: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Delivery>, StoreError>>;
+    /// Makes a delivery due now.
+    fn retry_delivery(
+        &self,
+        endpoint_id: String,
+        delivery_id: String,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
 }

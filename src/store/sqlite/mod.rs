@@ -3,6 +3,7 @@
 
 mod jobs;
 mod schema;
+mod webhooks;
 mod writer;
 
 use std::{
@@ -11,15 +12,21 @@ use std::{
 };
 
 use anyhow::Context as _;
+use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use rusqlite::{Connection, OpenFlags};
-use switchyard_protocol::ChannelName;
+use switchyard_protocol::{ChannelName, ChannelPattern, Cursor, Position, envelope};
+use tokio::sync::Notify;
 
 pub use jobs::job_channel;
 pub use writer::{EventSink, WriterStats};
 
-use super::{Claimed, JobRecord, NewJob, Report, Store, StoreError, Submitted};
+use super::{
+    AttemptOutcome, Claimed, Delivery, DueDelivery, EndpointRecord, JobRecord, NewJob, Report,
+    Store, StoreError, Submitted, WebhookStore, now_ms,
+};
 use crate::hub::{DurableChannels, HubError, LoadedChannel};
+use crate::webhooks::filter::{Filter, Filters};
 use writer::Writer;
 
 /// The store's file inside `data_dir`.
@@ -35,6 +42,10 @@ pub struct SqliteStore {
     write_conn: Mutex<Option<Connection>>,
     /// Commit counters, for `/metrics`.
     pub stats: Arc<WriterStats>,
+    /// The enabled endpoints' filters, matched against every event.
+    pub webhook_filters: Arc<Filters>,
+    /// Woken when webhook deliveries were recorded.
+    pub outbox_ready: Arc<Notify>,
 }
 
 impl SqliteStore {
@@ -63,18 +74,65 @@ impl SqliteStore {
             writer_thread: Mutex::new(None),
             write_conn: Mutex::new(Some(write_conn)),
             stats: Arc::default(),
+            webhook_filters: Arc::default(),
+            outbox_ready: Arc::default(),
         }))
     }
 
     /// Starts the writer; committed events go to `sink` in commit order.
+    ///
+    /// # Panics
+    /// When called twice.
     pub fn start(&self, sink: EventSink) {
+        if let Err(e) = self.refresh_filters() {
+            tracing::error!(error = %e, "cannot load webhook endpoints");
+        }
         let conn = self
             .write_conn
             .lock()
             .expect("not poisoned")
             .take()
             .expect("started once");
-        let (writer, thread) = Writer::start(conn, sink, Arc::clone(&self.stats));
+        let filters = Arc::clone(&self.webhook_filters);
+        let epoch = self.epoch;
+        let outbox: writer::OutboxHook = Box::new(move |conn, channel, event| {
+            let endpoints = filters.matching(channel.as_str(), &event.event_type);
+            if endpoints.is_empty() {
+                return Ok(false);
+            }
+            let cursor = Cursor::encode_single(
+                channel,
+                Position {
+                    epoch,
+                    offset: event.offset,
+                },
+            );
+            let body = envelope::encode(
+                channel.as_str(),
+                event.offset,
+                &cursor,
+                &event.event_type,
+                &event.time,
+                &event.data,
+            );
+            webhooks::enqueue(
+                conn,
+                &endpoints,
+                channel.as_str(),
+                event.offset,
+                &event.event_type,
+                &body,
+                now_ms(),
+            )?;
+            Ok(true)
+        });
+        let parts = writer::WriterParts {
+            sink,
+            outbox,
+            outbox_ready: Arc::clone(&self.outbox_ready),
+            stats: Arc::clone(&self.stats),
+        };
+        let (writer, thread) = Writer::start(conn, parts);
         *self.writer.lock().expect("not poisoned") = Some(writer);
         *self.writer_thread.lock().expect("not poisoned") = Some(thread);
     }
@@ -199,5 +257,162 @@ impl DurableChannels for SqliteStore {
             last_offset,
             events,
         })
+    }
+}
+
+impl SqliteStore {
+    /// Reloads the enabled endpoints' filters (after any endpoint change, and at start).
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub fn refresh_filters(&self) -> Result<(), StoreError> {
+        let endpoints = self.read(webhooks::list_endpoints)?;
+        let filters = endpoints
+            .into_iter()
+            .filter(|e| e.enabled)
+            .map(|e| Filter {
+                endpoint_id: e.id,
+                channels: e
+                    .channels
+                    .iter()
+                    .filter_map(|p| ChannelPattern::new(p).ok())
+                    .collect(),
+                types: e.types,
+            })
+            .collect();
+        self.webhook_filters.replace(filters);
+        Ok(())
+    }
+}
+
+impl WebhookStore for SqliteStore {
+    fn list_endpoints(&self) -> BoxFuture<'_, Result<Vec<EndpointRecord>, StoreError>> {
+        async move { self.read(webhooks::list_endpoints) }.boxed()
+    }
+
+    fn get_endpoint<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<EndpointRecord>, StoreError>> {
+        async move { self.read(|conn| webhooks::get_endpoint(conn, id)) }.boxed()
+    }
+
+    fn put_endpoint(
+        &self,
+        endpoint: EndpointRecord,
+        max: Option<usize>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        async move {
+            self.write(move |conn| {
+                if let Some(max) = max
+                    && webhooks::count_endpoints(conn)? >= max
+                {
+                    return Err(StoreError::Limit(format!(
+                        "at most {max} webhook endpoints"
+                    )));
+                }
+                webhooks::put_endpoint(conn, &endpoint)?;
+                Ok(((), Vec::new()))
+            })
+            .await?;
+            self.refresh_filters()
+        }
+        .boxed()
+    }
+
+    fn delete_endpoint(&self, id: String) -> BoxFuture<'_, Result<bool, StoreError>> {
+        async move {
+            let deleted = self
+                .write(move |conn| Ok((webhooks::delete_endpoint(conn, &id)?, Vec::new())))
+                .await?;
+            self.refresh_filters()?;
+            Ok(deleted)
+        }
+        .boxed()
+    }
+
+    fn enqueue(
+        &self,
+        channel: String,
+        offset: u64,
+        event_type: String,
+        body: Bytes,
+    ) -> BoxFuture<'_, Result<usize, StoreError>> {
+        async move {
+            let endpoints = self.webhook_filters.matching(&channel, &event_type);
+            if endpoints.is_empty() {
+                return Ok(0);
+            }
+            let n = endpoints.len();
+            self.write(move |conn| {
+                webhooks::enqueue(
+                    conn,
+                    &endpoints,
+                    &channel,
+                    offset,
+                    &event_type,
+                    &body,
+                    now_ms(),
+                )?;
+                Ok(((), Vec::new()))
+            })
+            .await?;
+            self.outbox_ready.notify_one();
+            Ok(n)
+        }
+        .boxed()
+    }
+
+    fn due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<DueDelivery>, StoreError>> {
+        async move { self.read(|conn| webhooks::due(conn, now_ms, limit)) }.boxed()
+    }
+
+    fn next_due(&self) -> BoxFuture<'_, Result<Option<i64>, StoreError>> {
+        async move { self.read(webhooks::next_due) }.boxed()
+    }
+
+    fn record(&self, outcome: AttemptOutcome) -> BoxFuture<'_, Result<(), StoreError>> {
+        async move {
+            let disables = outcome.disable_endpoint.is_some();
+            self.write(move |conn| Ok((webhooks::record(conn, &outcome)?, Vec::new())))
+                .await?;
+            if disables {
+                self.refresh_filters()?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn deliveries<'a>(
+        &'a self,
+        endpoint_id: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Delivery>, StoreError>> {
+        async move { self.read(|conn| webhooks::deliveries(conn, endpoint_id, limit)) }.boxed()
+    }
+
+    fn retry_delivery(
+        &self,
+        endpoint_id: String,
+        delivery_id: String,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        async move {
+            self.write(move |conn| {
+                Ok((
+                    webhooks::retry(conn, &endpoint_id, &delivery_id, now_ms)?,
+                    Vec::new(),
+                ))
+            })
+            .await?;
+            self.outbox_ready.notify_one();
+            Ok(())
+        }
+        .boxed()
     }
 }

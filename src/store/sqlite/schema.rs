@@ -37,6 +37,44 @@ CREATE TABLE IF NOT EXISTS job_events (
     data   TEXT NOT NULL,
     PRIMARY KEY (job_id, offset)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS webhook_endpoints (
+    id                    TEXT PRIMARY KEY,
+    url                   TEXT NOT NULL,
+    channels              TEXT NOT NULL,
+    types                 TEXT NOT NULL,
+    secret                TEXT NOT NULL,
+    previous_secret       TEXT,
+    previous_secret_until INTEGER,
+    enabled               INTEGER NOT NULL,
+    disabled_reason       TEXT,
+    failing_since         INTEGER,
+    created_at            INTEGER NOT NULL,
+    updated_at            INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    id              TEXT PRIMARY KEY,
+    endpoint_id     TEXT NOT NULL,
+    channel         TEXT NOT NULL,
+    event_offset    INTEGER NOT NULL,
+    event_type      TEXT NOT NULL,
+    body            BLOB NOT NULL,
+    status          TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhook_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS webhook_by_endpoint ON webhook_deliveries (endpoint_id, created_at);
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+    delivery_id TEXT NOT NULL,
+    n           INTEGER NOT NULL,
+    at          INTEGER NOT NULL,
+    status_code INTEGER,
+    latency_ms  INTEGER NOT NULL,
+    error       TEXT,
+    PRIMARY KEY (delivery_id, n)
+) WITHOUT ROWID;
 ";
 
 /// Settings for every connection: WAL so readers never block the writer, FULL so a commit

@@ -29,6 +29,21 @@ pub(super) type Appended = (ChannelName, StoredEvent);
 /// Receives committed events, in commit order (the hub's `append_stored`).
 pub type EventSink = Box<dyn Fn(&ChannelName, StoredEvent) + Send>;
 
+/// Runs inside an operation's transaction for each event it appends: records the webhook
+/// deliveries the event calls for, so they commit (or roll back) with it. Returns whether
+/// it recorded any.
+pub(super) type OutboxHook =
+    Box<dyn Fn(&Connection, &ChannelName, &StoredEvent) -> Result<bool, StoreError> + Send>;
+
+/// What the writer thread runs with.
+pub(super) struct WriterParts {
+    pub(super) sink: EventSink,
+    pub(super) outbox: OutboxHook,
+    /// Woken after a commit that recorded webhook deliveries.
+    pub(super) outbox_ready: Arc<tokio::sync::Notify>,
+    pub(super) stats: Arc<WriterStats>,
+}
+
 struct Applied {
     events: Vec<Appended>,
     finish: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
@@ -58,15 +73,11 @@ pub(super) type WriterThread = thread::JoinHandle<()>;
 
 impl Writer {
     /// Starts the writer thread on `conn`.
-    pub(super) fn start(
-        conn: Connection,
-        sink: EventSink,
-        stats: Arc<WriterStats>,
-    ) -> (Self, WriterThread) {
+    pub(super) fn start(conn: Connection, parts: WriterParts) -> (Self, WriterThread) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let thread = thread::Builder::new()
             .name("switchyard-store-writer".into())
-            .spawn(move || run(conn, rx, sink, &stats))
+            .spawn(move || run(conn, rx, &parts))
             .expect("can spawn the store writer thread");
         (Self { tx }, thread)
     }
@@ -101,7 +112,7 @@ impl Writer {
     }
 }
 
-fn run(conn: Connection, mut rx: mpsc::Receiver<Op>, sink: EventSink, stats: &WriterStats) {
+fn run(conn: Connection, mut rx: mpsc::Receiver<Op>, parts: &WriterParts) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -112,7 +123,8 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Op>, sink: EventSink, stats: &Wr
             }
         }
         let n = batch.len() as u64;
-        if commit_batch(&conn, &mut batch, &sink) {
+        let stats = &parts.stats;
+        if commit_batch(&conn, &mut batch, parts) {
             stats.commits.fetch_add(1, Relaxed);
             stats.ops.fetch_add(n, Relaxed);
             stats.max_batch.fetch_max(n, Relaxed);
@@ -126,7 +138,7 @@ fn statement(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 }
 
 /// Commits the batch; returns whether the commit succeeded.
-fn commit_batch(conn: &Connection, batch: &mut Vec<Op>, sink: &EventSink) -> bool {
+fn commit_batch(conn: &Connection, batch: &mut Vec<Op>, parts: &WriterParts) -> bool {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         tracing::error!(error = %e, ops = batch.len(), "cannot begin a store transaction");
         // Dropping an op drops its reply channel: each caller gets `Unavailable`.
@@ -134,9 +146,26 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Op>, sink: &EventSink) -> boo
         return false;
     }
     let mut applied = Vec::with_capacity(batch.len());
+    let mut enqueued = false;
     for op in batch.drain(..) {
         let _ = statement(conn, "SAVEPOINT op");
-        match op(conn) {
+        let result = op(conn).and_then(|a| {
+            for (channel, event) in &a.events {
+                match (parts.outbox)(conn, channel, event) {
+                    Ok(any) => enqueued |= any,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot record webhook deliveries");
+                        (a.finish)(Err(e));
+                        return Err(Applied {
+                            events: Vec::new(),
+                            finish: Box::new(|_| {}),
+                        });
+                    }
+                }
+            }
+            Ok(a)
+        });
+        match result {
             Ok(a) => {
                 let _ = statement(conn, "RELEASE op");
                 applied.push(Ok(a));
@@ -153,11 +182,14 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Op>, sink: &EventSink) -> boo
         let _ = conn.execute_batch("ROLLBACK");
         e.to_string()
     });
+    if enqueued && committed.is_ok() {
+        parts.outbox_ready.notify_one();
+    }
     for result in applied {
         match (result, &committed) {
             (Ok(a), Ok(())) => {
                 for (channel, event) in a.events {
-                    sink(&channel, event);
+                    (parts.sink)(&channel, event);
                 }
                 (a.finish)(Ok(()));
             }

@@ -1,0 +1,4 @@
+//! Outbound webhooks: endpoint management, the durable outbox, and the dispatcher that
+//! signs and delivers with retries.
+
+pub mod filter;
