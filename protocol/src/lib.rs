@@ -6,6 +6,7 @@
 //! - [`envelope`]: the event envelope every transport delivers.
 //! - [`frame`]: WebSocket client and server frames.
 //! - [`error`]: the JSON error shape and its codes.
+//! - [`webhook`]: Standard Webhooks signing and verification of webhook deliveries.
 #![warn(missing_docs)]
 
 pub mod channel;
@@ -13,6 +14,7 @@ pub mod cursor;
 pub mod envelope;
 pub mod error;
 pub mod frame;
+pub mod webhook;
 
 pub use channel::{ChannelName, ChannelPattern};
 pub use cursor::{Cursor, Position};

@@ -103,3 +103,38 @@ fn fixture_cursors_are_real_cursors() {
         9
     );
 }
+
+#[test]
+fn webhook_signature_of_the_envelope() {
+    use switchyard_protocol::webhook::{self, WebhookSecret};
+
+    // What the server does per delivery: encode the envelope once, sign those exact bytes
+    // with `webhook-id` = envelope id and `webhook-timestamp` = the attempt's Unix seconds.
+    // Same inputs, same header, byte for byte (values cross-checked with Python's `hmac`).
+    let env: Envelope = round_trip("envelope.json");
+    let data = RawValue::from_string(env.data.to_string()).unwrap();
+    let body = envelope::encode(
+        &env.channel,
+        env.offset,
+        &env.cursor,
+        &env.event_type,
+        &env.time,
+        &data,
+    );
+    let new = WebhookSecret::from_bytes((0u8..32).collect()).unwrap();
+    let old = WebhookSecret::parse("whsec_ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=").unwrap();
+    let ts = 1_795_300_435; // 2026-11-21T22:33:55Z
+    let header = webhook::signature_header(&[&new, &old], &env.id, ts, &body);
+    assert_eq!(
+        header,
+        "v1,7qx4G7ogYT3biFJ8Jfuy92tLayG8zfzUKiMizcHhu5s= \
+         v1,KdurJ54Img3EQHZsTzoR5lr3H9cs40TW4nUNyb7Yg4M="
+    );
+    assert_eq!(
+        webhook::signature_header(&[&new, &old], &env.id, ts, &body),
+        header
+    );
+    for secret in [&new, &old] {
+        webhook::verify(secret, "news:5", "1795300435", &header, &body, ts + 60, 300).unwrap();
+    }
+}
