@@ -34,6 +34,7 @@ use crate::{
     hub::{MemoryHub, memory::MemoryHubConfig},
     jobs::Jobs,
     store::SqliteStore,
+    webhooks::{Webhooks, dispatcher::Dispatcher},
 };
 
 /// How often expired history and idle channels are swept.
@@ -66,6 +67,16 @@ pub async fn run(
         hub_for_store.append_stored(channel, event)
     }));
     let store_stats = Arc::clone(&store.stats);
+    let outbox_ready = Arc::clone(&store.outbox_ready);
+    let webhooks = Arc::new(Webhooks::new(
+        Arc::clone(&store) as _,
+        config.webhooks.clone(),
+    ));
+    let dispatcher = Arc::new(Dispatcher::new(
+        Arc::clone(&store) as _,
+        config.webhooks.clone(),
+        outbox_ready,
+    )?);
     let jobs = Arc::new(Jobs::new(store, Arc::clone(&hub) as _, config.jobs.clone()));
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -79,6 +90,7 @@ pub async fn run(
     let state = Arc::new(AppState {
         bus: Arc::clone(&hub) as _,
         jobs: Arc::clone(&jobs),
+        webhooks,
         store_stats,
         consumers,
         config: Arc::clone(&config),
@@ -100,6 +112,8 @@ pub async fn run(
     };
 
     let lease_sweeper = tokio::spawn(Arc::clone(&jobs).sweep_leases(token.clone()));
+    // Attempts in flight at shutdown finish (within the grace period) on the tracker.
+    let dispatch = tokio::spawn(dispatcher.run(token.clone(), tracker.clone()));
 
     tracing::info!(
         listen = %listener.local_addr()?,
@@ -119,6 +133,7 @@ pub async fn run(
     let _ = accept.await;
     let _ = sweeper.await;
     let _ = lease_sweeper.await;
+    let _ = dispatch.await;
     tracker.close();
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     match tokio::time::timeout(grace, tracker.wait()).await {

@@ -75,6 +75,19 @@ pub async fn publish(state: Arc<AppState>, channel: ChannelName, req: Request<In
         .await;
     match published {
         Ok(p) => {
+            // Webhook deliveries are recorded durably before the publish is acknowledged.
+            if !p.replayed
+                && let Err(e) = state
+                    .webhooks
+                    .enqueue(channel.as_str(), p.offset, event_type, p.envelope.clone())
+                    .await
+            {
+                tracing::error!(error = %e, "cannot record webhook deliveries");
+                return error(
+                    ErrorCode::Unavailable,
+                    "published, but its webhook deliveries could not be recorded; retry with the same Idempotency-Key",
+                );
+            }
             let mut res = json(
                 StatusCode::CREATED,
                 &serde_json::json!({

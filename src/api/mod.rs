@@ -5,6 +5,7 @@ pub mod channels;
 pub mod jobs;
 pub mod ops;
 pub mod router;
+pub mod webhooks;
 
 use std::sync::{Arc, atomic::AtomicI64};
 
@@ -19,6 +20,8 @@ pub struct AppState {
     pub bus: Arc<dyn Bus>,
     /// The jobs service.
     pub jobs: Arc<crate::jobs::Jobs>,
+    /// Webhook endpoints and the outbox.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// The store's commit counters.
     pub store_stats: Arc<crate::store::sqlite::WriterStats>,
     /// What the consumer transports share.

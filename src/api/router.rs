@@ -10,7 +10,7 @@ use switchyard_transports::{http::Body, http::error, longpoll, sse, stream, webs
 use super::{
     AppState, channels,
     jobs::{self, ReportKind},
-    ops,
+    ops, webhooks,
 };
 use crate::jobs::is_job_id;
 
@@ -19,6 +19,7 @@ pub type Reply = Response<Body>;
 
 const CHANNELS_PREFIX: &str = "/v1/channels/";
 const JOBS_PREFIX: &str = "/v1/jobs/";
+const WEBHOOKS_PREFIX: &str = "/v1/webhooks/";
 const EVENTS_SUFFIX: &str = "/events";
 
 /// Routes one request.
@@ -45,6 +46,12 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Reply {
         "/v1/jobs/claim" if method == Method::POST => jobs::claim(state, req).await,
         "/v1/jobs" | "/v1/jobs/claim" => method_not_allowed(&method, "POST"),
         p if p.starts_with(JOBS_PREFIX) => job_route(state, req, &method, p).await,
+        "/v1/webhooks" => match method {
+            Method::GET => webhooks::list(state).await,
+            Method::POST => webhooks::create(state, req).await,
+            _ => method_not_allowed(&method, "GET, POST"),
+        },
+        p if p.starts_with(WEBHOOKS_PREFIX) => webhook_route(state, req, &method, p).await,
         p => match channel_events(p) {
             Some(Err(reply)) => reply,
             Some(Ok(channel)) => match method {
@@ -86,6 +93,31 @@ async fn job_route(
         return method_not_allowed(method, "POST");
     }
     jobs::report(state, id, kind, req).await
+}
+
+/// Routes `/v1/webhooks/{id}`, `.../deliveries` and `.../deliveries/{delivery}/retry`.
+async fn webhook_route(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    method: &Method,
+    path: &str,
+) -> Reply {
+    let parts: Vec<&str> = path[WEBHOOKS_PREFIX.len()..].split('/').collect();
+    match (parts.as_slice(), method) {
+        ([id], &Method::GET) => webhooks::get(state, id).await,
+        ([id], &Method::PATCH) => webhooks::update(state, id, req).await,
+        ([id], &Method::DELETE) => webhooks::delete(state, id).await,
+        ([_], _) => method_not_allowed(method, "GET, PATCH, DELETE"),
+        ([id, "deliveries"], &Method::GET) => {
+            webhooks::deliveries(state, id, req.uri().query()).await
+        }
+        ([_, "deliveries"], _) => method_not_allowed(method, "GET"),
+        ([id, "deliveries", delivery, "retry"], &Method::POST) => {
+            webhooks::retry(state, id, delivery).await
+        }
+        ([_, "deliveries", _, "retry"], _) => method_not_allowed(method, "POST"),
+        _ => error(ErrorCode::NotFound, format!("no route for {method} {path}")),
+    }
 }
 
 /// Parses `/v1/channels/{channel}/events`; the name may be percent-encoded (`jobs%2F42`).

@@ -432,15 +432,22 @@ impl Bus for MemoryHub {
                 &now_rfc3339(),
                 req.data,
             ));
-            c.push(event, self.config.history_size);
             let published = Published {
                 offset: position.offset,
                 id: format!("{}:{}", req.channel, position.offset),
                 cursor: Cursor::encode_single(req.channel, position),
                 replayed: false,
+                envelope: event.envelope().clone(),
             };
+            c.push(event, self.config.history_size);
             if let (Some(key), Some(hash)) = (req.idempotency_key, hash) {
-                c.idempotency.remember(key, hash, published.clone(), now);
+                // Remembered without the envelope: a replay re-sends nothing, and 10,000 keys must
+                // not pin 10,000 event bodies.
+                let remembered = Published {
+                    envelope: bytes::Bytes::new(),
+                    ..published.clone()
+                };
+                c.idempotency.remember(key, hash, remembered, now);
             }
             self.published.fetch_add(1, Ordering::Relaxed);
             Ok(published)

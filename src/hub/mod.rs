@@ -37,6 +37,8 @@ pub struct Published {
     pub cursor: String,
     /// True when an earlier publish with the same idempotency key is being returned.
     pub replayed: bool,
+    /// The event's envelope (shared, not copied), for the webhook outbox.
+    pub envelope: bytes::Bytes,
 }
 
 /// Why a publish failed.

@@ -1,0 +1,288 @@
+//! The dispatcher: picks due deliveries from the outbox, signs and POSTs them with bounded
+//! concurrency (overall and per endpoint, so a slow or dead endpoint never holds up the
+//! others), and records each attempt with its next retry.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use reqwest::{StatusCode, redirect::Policy};
+use switchyard_protocol::webhook::{self, WebhookSecret};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use super::{schedule, ssrf};
+use crate::{
+    config::WebhooksConfig,
+    store::{AttemptOutcome, DueDelivery, WebhookStore, now_ms},
+};
+
+/// Deliveries read from the outbox per pass.
+const BATCH: usize = 256;
+/// Longest sleep between passes when nothing wakes the dispatcher.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// Sends webhook deliveries.
+pub struct Dispatcher {
+    store: Arc<dyn WebhookStore>,
+    config: WebhooksConfig,
+    client: reqwest::Client,
+    /// Woken when deliveries are recorded and when an attempt ends (a slot freed up).
+    ready: Arc<Notify>,
+    /// Bounds deliveries in flight overall.
+    slots: Arc<Semaphore>,
+    in_flight: Mutex<InFlight>,
+}
+
+#[derive(Default)]
+struct InFlight {
+    deliveries: HashSet<String>,
+    per_endpoint: HashMap<String, usize>,
+}
+
+impl Dispatcher {
+    /// A dispatcher over `store`, woken by `ready`.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn new(
+        store: Arc<dyn WebhookStore>,
+        config: WebhooksConfig,
+        ready: Arc<Notify>,
+    ) -> anyhow::Result<Self> {
+        // rustls needs its crypto provider once per process; a second install is a no-op error.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let timeout = Duration::from_secs_f64(config.attempt_timeout_secs);
+        let client = reqwest::Client::builder()
+            .redirect(Policy::none())
+            .dns_resolver(ssrf::resolver(config.allow_private_networks))
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .timeout(timeout)
+            .pool_max_idle_per_host(config.max_per_endpoint)
+            .user_agent(concat!("switchyard-webhooks/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let slots = Arc::new(Semaphore::new(config.max_concurrency));
+        Ok(Self {
+            store,
+            config,
+            client,
+            ready,
+            slots,
+            in_flight: Mutex::default(),
+        })
+    }
+
+    /// Delivers until `shutdown`; attempts run on `tracker` so shutdown waits for them.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, tracker: TaskTracker) {
+        loop {
+            if let Err(e) = self.pass(&tracker).await {
+                tracing::warn!(error = %e, "webhook dispatch pass failed");
+            }
+            let wait = match self.store.next_due().await {
+                Ok(Some(at)) => Duration::from_millis(
+                    (at - now_ms()).clamp(0, IDLE_POLL.as_millis() as i64) as u64,
+                ),
+                _ => IDLE_POLL,
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.ready.notified() => {}
+                () = tokio::time::sleep(wait.max(Duration::from_millis(20))) => {}
+            }
+        }
+    }
+
+    /// Starts an attempt for each due delivery that has a free slot.
+    async fn pass(self: &Arc<Self>, tracker: &TaskTracker) -> Result<(), crate::store::StoreError> {
+        let busy: Vec<String> = {
+            let f = self.in_flight.lock().expect("not poisoned");
+            f.per_endpoint
+                .iter()
+                .filter(|(_, n)| **n >= self.config.max_per_endpoint)
+                .map(|(e, _)| e.clone())
+                .collect()
+        };
+        let due = self.store.due(now_ms(), BATCH).await?;
+        for delivery in due {
+            if busy.contains(&delivery.endpoint_id) {
+                continue;
+            }
+            let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+                break;
+            };
+            if !self.claim(&delivery) {
+                continue;
+            }
+            let this = Arc::clone(self);
+            tracker.spawn(async move { this.attempt(delivery, slot).await });
+        }
+        Ok(())
+    }
+
+    /// Marks a delivery in flight, unless it already is or its endpoint is at its limit.
+    fn claim(&self, d: &DueDelivery) -> bool {
+        let mut f = self.in_flight.lock().expect("not poisoned");
+        let n = f.per_endpoint.get(&d.endpoint_id).copied().unwrap_or(0);
+        if n >= self.config.max_per_endpoint || f.deliveries.contains(&d.id) {
+            return false;
+        }
+        f.deliveries.insert(d.id.clone());
+        f.per_endpoint.insert(d.endpoint_id.clone(), n + 1);
+        true
+    }
+
+    fn release(&self, d: &DueDelivery) {
+        let mut f = self.in_flight.lock().expect("not poisoned");
+        f.deliveries.remove(&d.id);
+        if let Some(n) = f.per_endpoint.get_mut(&d.endpoint_id) {
+            *n -= 1;
+            if *n == 0 {
+                f.per_endpoint.remove(&d.endpoint_id);
+            }
+        }
+    }
+
+    async fn attempt(self: Arc<Self>, d: DueDelivery, _slot: OwnedSemaphorePermit) {
+        let at_ms = now_ms();
+        let started = Instant::now();
+        let result = self.send(&d, at_ms).await;
+        let latency_ms = started.elapsed().as_millis() as i64;
+        let attempts = d.attempts + 1;
+        let (status_code, error, retry_after) = match &result {
+            Ok((status, retry_after)) => (
+                Some(status.as_u16()),
+                (!status.is_success()).then(|| format!("HTTP {status}")),
+                *retry_after,
+            ),
+            Err(e) => (None, Some(e.clone()), None),
+        };
+        let succeeded = matches!(&result, Ok((s, _)) if s.is_success());
+        let gone = matches!(&result, Ok((s, _)) if *s == StatusCode::GONE);
+        let next_attempt_at_ms = if succeeded || gone {
+            None
+        } else {
+            schedule::next_delay(
+                &self.config.retry_schedule_secs,
+                attempts,
+                retry_after,
+                schedule::unit_random(),
+            )
+            .map(|delay| at_ms + delay.as_millis() as i64)
+        };
+        let failing_too_long = !succeeded
+            && self
+                .failing_since(&d.endpoint_id)
+                .await
+                .is_some_and(|since| {
+                    at_ms - since > (self.config.disable_after_secs as i64) * 1000
+                });
+        let disable_endpoint = if gone {
+            Some("the endpoint answered 410 Gone".to_owned())
+        } else if failing_too_long {
+            Some(format!(
+                "failing for more than {} s",
+                self.config.disable_after_secs
+            ))
+        } else {
+            None
+        };
+        let outcome = AttemptOutcome {
+            delivery_id: d.id.clone(),
+            endpoint_id: d.endpoint_id.clone(),
+            at_ms,
+            status_code,
+            latency_ms,
+            error,
+            succeeded,
+            next_attempt_at_ms,
+            disable_endpoint,
+        };
+        if let Err(e) = self.store.record(outcome).await {
+            tracing::error!(error = %e, delivery = %d.id, "cannot record a webhook attempt");
+        }
+        self.release(&d);
+        self.ready.notify_one();
+    }
+
+    async fn failing_since(&self, endpoint_id: &str) -> Option<i64> {
+        self.store
+            .get_endpoint(endpoint_id)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|e| e.failing_since_ms)
+    }
+
+    /// One signed POST: the status and any `Retry-After` (on 429/503), or why it failed.
+    async fn send(
+        &self,
+        d: &DueDelivery,
+        at_ms: i64,
+    ) -> Result<(StatusCode, Option<Duration>), String> {
+        ssrf::check_url(&d.url, self.config.allow_private_networks)?;
+        let secret =
+            WebhookSecret::parse(&d.secret).map_err(|e| format!("bad endpoint secret: {e}"))?;
+        let previous = d
+            .previous_secret
+            .as_deref()
+            .filter(|_| {
+                d.previous_secret_until_ms
+                    .is_some_and(|until| until > at_ms)
+            })
+            .and_then(|s| WebhookSecret::parse(s).ok());
+        let mut secrets = vec![&secret];
+        secrets.extend(previous.as_ref());
+        let timestamp = at_ms / 1000;
+        let signature = webhook::signature_header(&secrets, &d.id, timestamp, &d.body);
+        let response = self
+            .client
+            .post(&d.url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &d.id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(d.body.clone())
+            .send()
+            .await
+            .map_err(describe)?;
+        let status = response.status();
+        let retry_after = matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        )
+        .then(|| {
+            response
+                .headers()
+                .get("retry-after")?
+                .to_str()
+                .ok()
+                .and_then(schedule::parse_retry_after)
+        })
+        .flatten();
+        Ok((status, retry_after))
+    }
+}
+
+/// A readable reason for a failed request, including the SSRF guard's refusal.
+fn describe(e: reqwest::Error) -> String {
+    let mut text = if e.is_timeout() {
+        "timed out".to_owned()
+    } else if e.is_connect() {
+        "cannot connect".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if s_text.contains(ssrf::REFUSED) {
+            return ssrf::REFUSED.to_owned();
+        }
+        text.push_str(": ");
+        text.push_str(&s_text);
+        source = s.source();
+    }
+    text
+}
