@@ -14,4 +14,5 @@ mod e2e_shutdown;
 mod e2e_slow_consumer;
 mod e2e_sse;
 mod e2e_stream;
+mod e2e_webhooks;
 mod e2e_ws;
