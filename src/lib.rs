@@ -91,6 +91,7 @@ pub async fn run(
         bus: Arc::clone(&hub) as _,
         jobs: Arc::clone(&jobs),
         webhooks,
+        dispatch_stats: Arc::clone(&dispatcher.stats),
         store_stats,
         consumers,
         config: Arc::clone(&config),

@@ -22,6 +22,8 @@ pub struct AppState {
     pub jobs: Arc<crate::jobs::Jobs>,
     /// Webhook endpoints and the outbox.
     pub webhooks: Arc<crate::webhooks::Webhooks>,
+    /// Webhook attempt counters.
+    pub dispatch_stats: Arc<crate::webhooks::dispatcher::DispatchStats>,
     /// The store's commit counters.
     pub store_stats: Arc<crate::store::sqlite::WriterStats>,
     /// What the consumer transports share.

@@ -85,6 +85,30 @@ pub fn metrics(state: &AppState) -> Reply {
         "gauge",
         load(&stats.max_batch),
     );
+    let d = &state.dispatch_stats;
+    write_family(
+        &mut out,
+        "switchyard_webhook_attempts_total",
+        "Webhook delivery attempts by result.",
+        "counter",
+        [
+            (
+                "result=\"success\"".to_owned(),
+                d.succeeded.load(Ordering::Relaxed),
+            ),
+            (
+                "result=\"failure\"".to_owned(),
+                d.failed.load(Ordering::Relaxed),
+            ),
+        ],
+    );
+    write_family(
+        &mut out,
+        "switchyard_webhook_attempts_in_flight",
+        "Webhook delivery attempts in flight.",
+        "gauge",
+        [(String::new(), d.in_flight.load(Ordering::Relaxed))],
+    );
     state.consumers.metrics.render(&mut out);
     let mut res = Response::new(full(out));
     res.headers_mut().insert(

@@ -24,8 +24,21 @@ const BATCH: usize = 256;
 /// Longest sleep between passes when nothing wakes the dispatcher.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
+/// Counters of the dispatcher, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct DispatchStats {
+    /// Attempts answered 2xx.
+    pub succeeded: std::sync::atomic::AtomicU64,
+    /// Attempts that failed (any other status, timeout, connection error, refusal).
+    pub failed: std::sync::atomic::AtomicU64,
+    /// Attempts in flight now.
+    pub in_flight: std::sync::atomic::AtomicI64,
+}
+
 /// Sends webhook deliveries.
 pub struct Dispatcher {
+    /// Attempt counters.
+    pub stats: Arc<DispatchStats>,
     store: Arc<dyn WebhookStore>,
     config: WebhooksConfig,
     client: reqwest::Client,
@@ -65,6 +78,7 @@ impl Dispatcher {
             .build()?;
         let slots = Arc::new(Semaphore::new(config.max_concurrency));
         Ok(Self {
+            stats: Arc::default(),
             store,
             config,
             client,
@@ -145,6 +159,8 @@ impl Dispatcher {
     }
 
     async fn attempt(self: Arc<Self>, d: DueDelivery, _slot: OwnedSemaphorePermit) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stats.in_flight.fetch_add(1, Relaxed);
         let at_ms = now_ms();
         let started = Instant::now();
         let result = self.send(&d, at_ms).await;
@@ -159,6 +175,13 @@ impl Dispatcher {
             Err(e) => (None, Some(e.clone()), None),
         };
         let succeeded = matches!(&result, Ok((s, _)) if s.is_success());
+        let counter = if succeeded {
+            &self.stats.succeeded
+        } else {
+            &self.stats.failed
+        };
+        counter.fetch_add(1, Relaxed);
+        self.stats.in_flight.fetch_sub(1, Relaxed);
         let gone = matches!(&result, Ok((s, _)) if *s == StatusCode::GONE);
         let next_attempt_at_ms = if succeeded || gone {
             None

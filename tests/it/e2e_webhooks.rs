@@ -477,3 +477,51 @@ async fn management_input_is_checked() {
     assert_eq!(status, 204);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_endpoint_failing_too_long_is_disabled() {
+    let mut cfg = hooks_config();
+    cfg.webhooks.retry_schedule_secs = vec![0.6, 0.6, 0.6, 0.6];
+    cfg.webhooks.disable_after_secs = 1;
+    let server = start(cfg).await;
+    let mut receiver = Receiver::start(Mode::Answer).await;
+    receiver.script(&[500, 500, 500, 500, 500]);
+    let endpoint = register(
+        &server,
+        json!({"url": receiver.url("/"), "channels": ["c"]}),
+    )
+    .await;
+    let id = endpoint["id"].as_str().unwrap();
+    server.publish("c", "t", json!(1)).await;
+    receiver.next().await;
+    within("the endpoint to be disabled", async {
+        loop {
+            let (_, ep) = get_json(server.addr, &format!("/v1/webhooks/{id}")).await;
+            if ep["enabled"] == false {
+                assert!(
+                    ep["disabled_reason"]
+                        .as_str()
+                        .unwrap()
+                        .contains("failing for more than 1 s"),
+                    "{ep}"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        server
+            .metric("switchyard_webhook_attempts_total{result=\"success\"}")
+            .await,
+        0.0
+    );
+    assert!(
+        server
+            .metric("switchyard_webhook_attempts_total{result=\"failure\"}")
+            .await
+            >= 2.0
+    );
+    server.shutdown().await;
+}
