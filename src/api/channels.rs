@@ -85,7 +85,7 @@ pub async fn publish(state: Arc<AppState>, channel: ChannelName, req: Request<In
                 tracing::error!(error = %e, "cannot record webhook deliveries");
                 return error(
                     ErrorCode::Unavailable,
-                    "published, but its webhook deliveries could not be recorded; retry with the same Idempotency-Key",
+                    "the event reached live consumers, but its webhook deliveries could not be recorded (store unavailable)",
                 );
             }
             let mut res = json(

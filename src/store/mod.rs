@@ -333,9 +333,14 @@ pub trait WebhookStore: Send + Sync + 'static {
         event_type: String,
         body: Bytes,
     ) -> BoxFuture<'_, Result<usize, StoreError>>;
-    /// Deliveries due now, oldest first.
-    fn due(&self, now_ms: i64, limit: usize)
-    -> BoxFuture<'_, Result<Vec<DueDelivery>, StoreError>>;
+    /// Deliveries due now, oldest first, except those of `busy_endpoints` and those `in_flight`.
+    fn due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        busy_endpoints: Vec<String>,
+        in_flight: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<DueDelivery>, StoreError>>;
     /// When the next pending delivery falls due.
     fn next_due(&self) -> BoxFuture<'_, Result<Option<i64>, StoreError>>;
     /// Logs an attempt's outcome.

@@ -70,6 +70,8 @@ impl Dispatcher {
         let timeout = Duration::from_secs_f64(config.attempt_timeout_secs);
         let client = reqwest::Client::builder()
             .redirect(Policy::none())
+            // A proxy from the environment would resolve names itself, past the SSRF guard.
+            .no_proxy()
             .dns_resolver(ssrf::resolver(config.allow_private_networks))
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .timeout(timeout)
@@ -110,19 +112,22 @@ impl Dispatcher {
 
     /// Starts an attempt for each due delivery that has a free slot.
     async fn pass(self: &Arc<Self>, tracker: &TaskTracker) -> Result<(), crate::store::StoreError> {
-        let busy: Vec<String> = {
+        let free = self.slots.available_permits().min(BATCH);
+        if free == 0 {
+            return Ok(());
+        }
+        let (busy, flying): (Vec<String>, Vec<String>) = {
             let f = self.in_flight.lock().expect("not poisoned");
-            f.per_endpoint
+            let busy = f
+                .per_endpoint
                 .iter()
                 .filter(|(_, n)| **n >= self.config.max_per_endpoint)
                 .map(|(e, _)| e.clone())
-                .collect()
+                .collect();
+            (busy, f.deliveries.iter().cloned().collect())
         };
-        let due = self.store.due(now_ms(), BATCH).await?;
+        let due = self.store.due(now_ms(), free, busy, flying).await?;
         for delivery in due {
-            if busy.contains(&delivery.endpoint_id) {
-                continue;
-            }
             let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
                 break;
             };

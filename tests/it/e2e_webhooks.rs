@@ -269,6 +269,11 @@ async fn a_dead_endpoint_does_not_delay_a_healthy_one() {
     let mut dead = Receiver::start(Mode::Hang).await;
     let mut healthy = Receiver::start(Mode::Answer).await;
     register(&server, json!({"url": dead.url("/"), "channels": ["c"]})).await;
+    // A backlog for the dead endpoint, older than anything the healthy one will get, and
+    // larger than one dispatch pass reads (256): it must not fill the passes.
+    for n in 0..300 {
+        server.publish("c", "t", json!(n)).await;
+    }
     register(&server, json!({"url": healthy.url("/"), "channels": ["c"]})).await;
     let started = Instant::now();
     for n in 0..20 {

@@ -367,8 +367,10 @@ impl WebhookStore for SqliteStore {
         &self,
         now_ms: i64,
         limit: usize,
+        busy_endpoints: Vec<String>,
+        in_flight: Vec<String>,
     ) -> BoxFuture<'_, Result<Vec<DueDelivery>, StoreError>> {
-        async move { self.read(|conn| webhooks::due(conn, now_ms, limit)) }.boxed()
+        async move { self.read(|conn| webhooks::due(conn, now_ms, limit, &busy_endpoints, &in_flight)) }.boxed()
     }
 
     fn next_due(&self) -> BoxFuture<'_, Result<Option<i64>, StoreError>> {

@@ -138,19 +138,28 @@ fn new_delivery_id(now_ms: i64) -> String {
     id
 }
 
+/// Deliveries due now, oldest first, leaving out endpoints that are at their in-flight
+/// limit and deliveries already in flight: a dead endpoint's backlog must not fill the
+/// batch and starve the others.
 pub(super) fn due(
     conn: &Connection,
     now_ms: i64,
     limit: usize,
+    busy_endpoints: &[String],
+    in_flight: &[String],
 ) -> Result<Vec<DueDelivery>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT d.id, d.endpoint_id, d.body, d.attempts, e.url, e.secret, e.previous_secret, e.previous_secret_until
          FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
          WHERE d.status = 'pending' AND d.next_attempt_at <= ?1 AND e.enabled = 1
+           AND d.endpoint_id NOT IN (SELECT value FROM json_each(?3))
+           AND d.id NOT IN (SELECT value FROM json_each(?4))
          ORDER BY d.next_attempt_at LIMIT ?2",
     )?;
+    let busy = serde_json::to_string(busy_endpoints).expect("infallible");
+    let flying = serde_json::to_string(in_flight).expect("infallible");
     let rows = stmt
-        .query_map(params![now_ms, limit as i64], |r| {
+        .query_map(params![now_ms, limit as i64, busy, flying], |r| {
             Ok(DueDelivery {
                 id: r.get(0)?,
                 endpoint_id: r.get(1)?,
