@@ -21,6 +21,8 @@ use crate::{
 
 /// Deliveries read from the outbox per pass.
 const BATCH: usize = 256;
+/// Shortest time between outbox reads while the ready queue holds only blocked deliveries.
+const TOP_UP_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest sleep between passes when nothing wakes the dispatcher.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
@@ -47,6 +49,11 @@ pub struct Dispatcher {
     /// Bounds deliveries in flight overall.
     slots: Arc<Semaphore>,
     in_flight: Mutex<InFlight>,
+    /// Due deliveries read in one query and handed out as slots free up: reading the
+    /// outbox once per attempt cost more than the attempts themselves.
+    ready_queue: Mutex<std::collections::VecDeque<DueDelivery>>,
+    /// When the ready queue was last topped up while it still held blocked deliveries.
+    last_top_up: Mutex<Instant>,
 }
 
 #[derive(Default)]
@@ -87,6 +94,8 @@ impl Dispatcher {
             ready,
             slots,
             in_flight: Mutex::default(),
+            ready_queue: Mutex::default(),
+            last_top_up: Mutex::new(Instant::now()),
         })
     }
 
@@ -110,34 +119,69 @@ impl Dispatcher {
         }
     }
 
-    /// Starts an attempt for each due delivery that has a free slot.
+    /// Starts an attempt for each due delivery that has a free slot, from the ready queue,
+    /// refilled from the outbox when it runs dry (or holds only blocked deliveries).
     async fn pass(self: &Arc<Self>, tracker: &TaskTracker) -> Result<(), crate::store::StoreError> {
-        let free = self.slots.available_permits().min(BATCH);
-        if free == 0 {
-            return Ok(());
-        }
-        let (busy, flying): (Vec<String>, Vec<String>) = {
-            let f = self.in_flight.lock().expect("not poisoned");
-            let busy = f
-                .per_endpoint
-                .iter()
-                .filter(|(_, n)| **n >= self.config.max_per_endpoint)
-                .map(|(e, _)| e.clone())
-                .collect();
-            (busy, f.deliveries.iter().cloned().collect())
-        };
-        let due = self.store.due(now_ms(), free, busy, flying).await?;
-        for delivery in due {
-            let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
-                break;
-            };
-            if !self.claim(&delivery) {
+        let mut refilled = false;
+        loop {
+            if self.slots.available_permits() == 0 {
+                return Ok(());
+            }
+            if let Some(delivery) = self.next_ready() {
+                let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+                    self.ready_queue
+                        .lock()
+                        .expect("not poisoned")
+                        .push_front(delivery);
+                    return Ok(());
+                };
+                let this = Arc::clone(self);
+                tracker.spawn(async move { this.attempt(delivery, slot).await });
                 continue;
             }
-            let this = Arc::clone(self);
-            tracker.spawn(async move { this.attempt(delivery, slot).await });
+            if refilled {
+                return Ok(());
+            }
+            refilled = true;
+            // What is queued is blocked (its endpoints are at their limit) or nothing is.
+            // Look for other endpoints' deliveries: always when the queue is empty, and at
+            // most every TOP_UP_INTERVAL otherwise, so a busy endpoint does not cost a
+            // query per finished attempt, nor can its backlog starve the others.
+            let queued: Vec<String> = {
+                let queue = self.ready_queue.lock().expect("not poisoned");
+                queue.iter().map(|d| d.id.clone()).collect()
+            };
+            if !queued.is_empty() {
+                let mut last = self.last_top_up.lock().expect("not poisoned");
+                if last.elapsed() < TOP_UP_INTERVAL {
+                    return Ok(());
+                }
+                *last = Instant::now();
+            }
+            let (busy, mut skip) = self.exclusions();
+            skip.extend(queued);
+            let due = self.store.due(now_ms(), BATCH, busy, skip).await?;
+            self.ready_queue.lock().expect("not poisoned").extend(due);
         }
-        Ok(())
+    }
+
+    /// The first queued delivery that may start now (claimed in flight), if any.
+    fn next_ready(&self) -> Option<DueDelivery> {
+        let mut queue = self.ready_queue.lock().expect("not poisoned");
+        let i = queue.iter().position(|d| self.claim(d))?;
+        queue.remove(i)
+    }
+
+    /// Endpoints at their in-flight limit, and deliveries in flight.
+    fn exclusions(&self) -> (Vec<String>, Vec<String>) {
+        let f = self.in_flight.lock().expect("not poisoned");
+        let busy = f
+            .per_endpoint
+            .iter()
+            .filter(|(_, n)| **n >= self.config.max_per_endpoint)
+            .map(|(e, _)| e.clone())
+            .collect();
+        (busy, f.deliveries.iter().cloned().collect())
     }
 
     /// Marks a delivery in flight, unless it already is or its endpoint is at its limit.
@@ -152,9 +196,9 @@ impl Dispatcher {
         true
     }
 
-    fn release(&self, d: &DueDelivery) {
+    /// The endpoint's slot is free once the HTTP exchange is over.
+    fn release_endpoint(&self, d: &DueDelivery) {
         let mut f = self.in_flight.lock().expect("not poisoned");
-        f.deliveries.remove(&d.id);
         if let Some(n) = f.per_endpoint.get_mut(&d.endpoint_id) {
             *n -= 1;
             if *n == 0 {
@@ -163,13 +207,28 @@ impl Dispatcher {
         }
     }
 
-    async fn attempt(self: Arc<Self>, d: DueDelivery, _slot: OwnedSemaphorePermit) {
+    /// The delivery itself stays in flight until its outcome is committed, so it is never
+    /// picked again while the store still says `pending`.
+    fn release_delivery(&self, d: &DueDelivery) {
+        self.in_flight
+            .lock()
+            .expect("not poisoned")
+            .deliveries
+            .remove(&d.id);
+    }
+
+    async fn attempt(self: Arc<Self>, d: DueDelivery, slot: OwnedSemaphorePermit) {
         use std::sync::atomic::Ordering::Relaxed;
         self.stats.in_flight.fetch_add(1, Relaxed);
         let at_ms = now_ms();
         let started = Instant::now();
         let result = self.send(&d, at_ms).await;
         let latency_ms = started.elapsed().as_millis() as i64;
+        // The endpoint and the overall slot are free again: recording the outcome (a
+        // commit) need not hold them, and concurrent records then share one fsync.
+        self.release_endpoint(&d);
+        drop(slot);
+        self.ready.notify_one();
         let attempts = d.attempts + 1;
         let (status_code, error, retry_after) = match &result {
             Ok((status, retry_after)) => (
@@ -230,8 +289,7 @@ impl Dispatcher {
         if let Err(e) = self.store.record(outcome).await {
             tracing::error!(error = %e, delivery = %d.id, "cannot record a webhook attempt");
         }
-        self.release(&d);
-        self.ready.notify_one();
+        self.release_delivery(&d);
     }
 
     async fn failing_since(&self, endpoint_id: &str) -> Option<i64> {
