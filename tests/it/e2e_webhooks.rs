@@ -530,3 +530,111 @@ async fn an_endpoint_failing_too_long_is_disabled() {
     );
     server.shutdown().await;
 }
+
+/// Starts the Python receiver that verifies with the official Standard Webhooks library.
+/// `None` (with a loud note) when the library is not installed outside CI; CI installs it
+/// (`.ci/run`), so there the test always runs.
+fn standard_webhooks_receiver(secret: &str) -> Option<(std::process::Child, u16)> {
+    use std::io::BufRead;
+    let installed = std::process::Command::new("python3")
+        .args(["-c", "import standardwebhooks"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install standardwebhooks (pip install standardwebhooks)"
+        );
+        eprintln!(
+            "SKIPPED: the Standard Webhooks interop test needs `pip install standardwebhooks`"
+        );
+        return None;
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/standard_webhooks_receiver.py"
+    );
+    let mut child = std::process::Command::new("python3")
+        .args([script, secret])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("ready ")
+        .expect("the receiver reports its port")
+        .parse()
+        .unwrap();
+    Some((child, port))
+}
+
+#[tokio::test]
+async fn the_official_standard_webhooks_library_verifies_our_deliveries() {
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let Some((mut python, port)) = standard_webhooks_receiver(secret) else {
+        return;
+    };
+    let server = start(hooks_config()).await;
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let good = register(
+        &server,
+        json!({"url": url, "channels": ["c"], "secret": secret}),
+    )
+    .await;
+    // Control: signed with another secret, the library must refuse it.
+    let other = register(&server, json!({"url": url, "channels": ["c"]})).await;
+    server
+        .publish(
+            "c",
+            "interop",
+            json!({"héllo": "wörld", "n": [1, 2.5, null]}),
+        )
+        .await;
+    let accepted = wait_status(&server, good["id"].as_str().unwrap(), "succeeded").await;
+    assert_eq!(accepted["attempt_log"][0]["status_code"], 204);
+    let refused = within("the refusal", async {
+        loop {
+            let log = delivery_log(&server, other["id"].as_str().unwrap()).await;
+            if let Some(code) = log
+                .first()
+                .and_then(|d| d["attempt_log"][0]["status_code"].as_u64())
+            {
+                return code;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        refused, 400,
+        "the library rejects a signature made with another secret"
+    );
+    // After a rotation both signatures are sent; the library accepts the one it knows.
+    let id = good["id"].as_str().unwrap();
+    let (status, _, _) = request(
+        server.addr,
+        "PATCH",
+        &format!("/v1/webhooks/{id}"),
+        &[("content-type", "application/json")],
+        br#"{"rotate_secret":true}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    server.publish("c", "interop", json!(2)).await;
+    within("the rotated delivery", async {
+        loop {
+            let log = delivery_log(&server, id).await;
+            if log.len() == 2 && log[0]["status"] == "succeeded" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let _ = python.kill();
+    server.shutdown().await;
+}
