@@ -2,8 +2,14 @@
 //!
 //! # Layout
 //! - [`config`]: layered configuration (defaults, file, env, flags) and its validation.
-//! - [`hub`]: channels, offsets, bounded history and fan-out ([`hub::Bus`]), in memory.
-//! - [`api`]: the HTTP routes (publish, history, ops) and the consumer transports' entry.
+//! - [`hub`]: channels, offsets, bounded history and fan-out ([`hub::Bus`]), in memory;
+//!   `jobs/*` channels are durable (loaded from and fed by the store).
+//! - [`store`]: durable storage ([`store::Store`], [`store::WebhookStore`]): SQLite with one
+//!   group-committing writer; webhook deliveries are recorded in the event's transaction.
+//! - [`jobs`]: submit, claim with leases, report, cancel, wait for a change.
+//! - [`webhooks`]: endpoint management, the SSRF guard, and the signing dispatcher.
+//! - [`api`]: the HTTP routes (publish, history, jobs, webhooks, ops) and the consumer
+//!   transports' entry.
 //! - [`server`]: the accept loop, connection limit and per-connection service.
 //! - [`shutdown`]: SIGINT / SIGTERM.
 //!
