@@ -68,6 +68,8 @@ pub struct WebhooksConfig {
     pub max_per_endpoint: usize,
     /// Endpoints that may exist.
     pub max_endpoints: usize,
+    /// Seconds a finished delivery is kept.
+    pub delivery_retention_secs: u64,
 }
 
 /// A list of numbers from a TOML array, a comma-separated string (environment variables),
@@ -103,6 +105,8 @@ pub struct JobsConfig {
     pub max_lease_ms: u64,
     /// Payload bytes received at once across submits.
     pub max_inflight_bytes: usize,
+    /// Seconds a finished job is kept.
+    pub retention_secs: u64,
 }
 
 /// `[history]`
@@ -402,6 +406,18 @@ impl Config {
             w.max_concurrency,
         )?;
         range("webhooks.max_endpoints", w.max_endpoints, 1, 1_000_000)?;
+        range(
+            "webhooks.delivery_retention_secs",
+            w.delivery_retention_secs,
+            1,
+            10 * 365 * 86400,
+        )?;
+        range(
+            "jobs.retention_secs",
+            self.jobs.retention_secs,
+            1,
+            10 * 365 * 86400,
+        )?;
         if self.websocket.idle_timeout_secs <= self.websocket.ping_interval_secs {
             bail!("`websocket.idle_timeout_secs` must exceed `websocket.ping_interval_secs`");
         }

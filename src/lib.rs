@@ -73,6 +73,7 @@ pub async fn run(
         hub_for_store.append_stored(channel, event)
     }));
     let store_stats = Arc::clone(&store.stats);
+    let prune_store: Arc<dyn store::Store> = Arc::clone(&store) as _;
     let outbox_ready = Arc::clone(&store.outbox_ready);
     let webhooks = Arc::new(Webhooks::new(
         Arc::clone(&store) as _,
@@ -119,6 +120,12 @@ pub async fn run(
     };
 
     let lease_sweeper = tokio::spawn(Arc::clone(&jobs).sweep_leases(token.clone()));
+    let pruner = tokio::spawn(jobs::prune_periodically(
+        prune_store,
+        Duration::from_secs(config.jobs.retention_secs),
+        Duration::from_secs(config.webhooks.delivery_retention_secs),
+        token.clone(),
+    ));
     // Attempts in flight at shutdown finish (within the grace period) on the tracker.
     let dispatch = tokio::spawn(dispatcher.run(token.clone(), tracker.clone()));
 
@@ -141,6 +148,7 @@ pub async fn run(
     let _ = sweeper.await;
     let _ = lease_sweeper.await;
     let _ = dispatch.await;
+    let _ = pruner.await;
     tracker.close();
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     match tokio::time::timeout(grace, tracker.wait()).await {

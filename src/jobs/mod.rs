@@ -229,6 +229,33 @@ impl Jobs {
     }
 }
 
+/// Deletes finished jobs and webhook deliveries past their retention, until `shutdown`.
+pub async fn prune_periodically(
+    store: Arc<dyn Store>,
+    job_retention: Duration,
+    delivery_retention: Duration,
+    shutdown: CancellationToken,
+) {
+    // Often enough that nothing outlives its retention by much, at most once a minute.
+    let every = (job_retention.min(delivery_retention) / 2)
+        .clamp(Duration::from_millis(200), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                let now = now_ms();
+                let before = |d: Duration| now - d.as_millis() as i64;
+                match store.prune(before(job_retention), before(delivery_retention)).await {
+                    Ok((0, 0)) => {}
+                    Ok((jobs, deliveries)) => tracing::info!(jobs, deliveries, "pruned past retention"),
+                    Err(e) => tracing::warn!(error = %e, "cannot prune past retention"),
+                }
+            }
+        }
+    }
+}
+
 struct Unsubscribe<'a> {
     hub: &'a dyn Hub,
     channel: &'a switchyard_protocol::ChannelName,

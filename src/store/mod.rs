@@ -182,6 +182,14 @@ pub trait Store: Send + Sync + 'static {
     /// Requeues (or fails, past `max_attempts`) jobs whose lease ran out; returns how many
     /// were requeued.
     fn expire_leases(&self, now_ms: i64) -> BoxFuture<'_, Result<usize, StoreError>>;
+    /// Deletes finished jobs last changed before `jobs_before_ms` and finished webhook
+    /// deliveries last changed before `deliveries_before_ms`; returns (jobs, deliveries)
+    /// deleted. Works in bounded batches; call it periodically.
+    fn prune(
+        &self,
+        jobs_before_ms: i64,
+        deliveries_before_ms: i64,
+    ) -> BoxFuture<'_, Result<(usize, usize), StoreError>>;
     /// Checks that the store answers (for `/readyz`).
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Finishes pending writes and closes, waiting up to `deadline`.

@@ -517,3 +517,45 @@ async fn jobs_and_their_events_survive_a_restart_with_valid_cursors() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn finished_jobs_are_pruned_after_their_retention_and_others_stay() {
+    let mut cfg = jobs_config();
+    cfg.jobs.retention_secs = 1;
+    let server = start(cfg).await;
+    let done = submit(&server, json!("old")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let lease = claim(&server, 30_000).await["lease"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    report(
+        &server,
+        &done,
+        "complete",
+        json!({"lease": lease, "result": 1}),
+    )
+    .await;
+    let waiting = submit(&server, json!("still queued")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    within("the finished job to be pruned", async {
+        loop {
+            let (status, _) = get_json(server.addr, &format!("/v1/jobs/{done}")).await;
+            if status == 404 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        job(&server, &waiting).await["status"],
+        "queued",
+        "unfinished jobs are kept"
+    );
+    server.shutdown().await;
+}

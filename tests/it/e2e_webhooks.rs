@@ -638,3 +638,37 @@ async fn the_official_standard_webhooks_library_verifies_our_deliveries() {
     let _ = python.kill();
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn finished_deliveries_leave_the_log_after_their_retention() {
+    let mut cfg = hooks_config();
+    cfg.webhooks.delivery_retention_secs = 1;
+    cfg.webhooks.retry_schedule_secs = vec![3600.0];
+    let server = start(cfg).await;
+    let mut receiver = Receiver::start(Mode::Answer).await;
+    let endpoint = register(
+        &server,
+        json!({"url": receiver.url("/"), "channels": ["c"]}),
+    )
+    .await;
+    let id = endpoint["id"].as_str().unwrap();
+    server.publish("c", "t", json!(1)).await;
+    receiver.next().await;
+    wait_status(&server, id, "succeeded").await;
+    // A pending delivery (its retry is an hour away) is not finished, so it stays.
+    receiver.script(&[500]);
+    server.publish("c", "t", json!(2)).await;
+    receiver.next().await;
+    within("the succeeded delivery to be pruned", async {
+        loop {
+            let log = delivery_log(&server, id).await;
+            if log.len() == 1 {
+                assert_eq!(log[0]["status"], "pending");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    server.shutdown().await;
+}

@@ -345,3 +345,42 @@ pub(super) fn load_events(
         .collect::<Result<_, _>>()?;
     Ok((last, events))
 }
+
+/// Finished jobs last changed before `before_ms`, at most `limit` (read before deleting, so
+/// the unindexed scan runs on the reader, not in the writer's transaction).
+pub(super) fn finished_before(
+    conn: &Connection,
+    before_ms: i64,
+    limit: usize,
+) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id FROM jobs WHERE status IN ('succeeded', 'failed', 'canceled') AND updated_at < ?1 LIMIT ?2",
+    )?;
+    let ids = stmt
+        .query_map(params![before_ms, limit as i64], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(ids)
+}
+
+/// Deletes jobs (still finished and old: they may have changed since they were read) and
+/// their events; returns how many went.
+pub(super) fn delete_finished(
+    conn: &Connection,
+    ids: &[String],
+    before_ms: i64,
+) -> Result<usize, StoreError> {
+    let mut deleted = 0;
+    for id in ids {
+        let n = conn
+            .prepare_cached(
+                "DELETE FROM jobs WHERE id = ?1 AND status IN ('succeeded', 'failed', 'canceled') AND updated_at < ?2",
+            )?
+            .execute(params![id, before_ms])?;
+        if n > 0 {
+            conn.prepare_cached("DELETE FROM job_events WHERE job_id = ?1")?
+                .execute([id])?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}

@@ -29,6 +29,9 @@ use crate::hub::{DurableChannels, HubError, LoadedChannel};
 use crate::webhooks::filter::{Filter, Filters};
 use writer::Writer;
 
+/// Rows deleted per transaction when pruning, so pruning never holds the writer long.
+const PRUNE_BATCH: usize = 1000;
+
 /// The store's file inside `data_dir`.
 pub const DB_FILE: &str = "switchyard.db";
 
@@ -200,6 +203,57 @@ impl Store for SqliteStore {
     fn cancel(&self, id: String, now_ms: i64) -> BoxFuture<'_, Result<JobRecord, StoreError>> {
         self.write(move |conn| jobs::cancel(conn, &id, now_ms))
             .boxed()
+    }
+
+    fn prune(
+        &self,
+        jobs_before_ms: i64,
+        deliveries_before_ms: i64,
+    ) -> BoxFuture<'_, Result<(usize, usize), StoreError>> {
+        async move {
+            let (mut jobs_deleted, mut deliveries_deleted) = (0, 0);
+            loop {
+                let ids =
+                    self.read(|conn| jobs::finished_before(conn, jobs_before_ms, PRUNE_BATCH))?;
+                if ids.is_empty() {
+                    break;
+                }
+                let full = ids.len() == PRUNE_BATCH;
+                jobs_deleted += self
+                    .write(move |conn| {
+                        Ok((
+                            jobs::delete_finished(conn, &ids, jobs_before_ms)?,
+                            Vec::new(),
+                        ))
+                    })
+                    .await?;
+                if !full {
+                    break;
+                }
+            }
+            loop {
+                let ids = self.read(|conn| {
+                    webhooks::finished_before(conn, deliveries_before_ms, PRUNE_BATCH)
+                })?;
+                if ids.is_empty() {
+                    break;
+                }
+                let full = ids.len() == PRUNE_BATCH;
+                deliveries_deleted += self
+                    .write(move |conn| {
+                        Ok((
+                            webhooks::delete_finished(conn, &ids, deliveries_before_ms)?,
+                            Vec::new(),
+                        ))
+                    })
+                    .await?;
+                if !full {
+                    break;
+                }
+            }
+            Ok((jobs_deleted, deliveries_deleted))
+        }
+        .boxed()
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {

@@ -284,3 +284,40 @@ pub(super) fn retry(
         Ok(())
     }
 }
+
+/// Finished deliveries last changed before `before_ms`, at most `limit`.
+pub(super) fn finished_before(
+    conn: &Connection,
+    before_ms: i64,
+    limit: usize,
+) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id FROM webhook_deliveries WHERE status IN ('succeeded', 'failed') AND updated_at < ?1 LIMIT ?2",
+    )?;
+    let ids = stmt
+        .query_map(params![before_ms, limit as i64], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(ids)
+}
+
+/// Deletes deliveries (still finished and old) and their attempts; returns how many went.
+pub(super) fn delete_finished(
+    conn: &Connection,
+    ids: &[String],
+    before_ms: i64,
+) -> Result<usize, StoreError> {
+    let mut deleted = 0;
+    for id in ids {
+        let n = conn
+            .prepare_cached(
+                "DELETE FROM webhook_deliveries WHERE id = ?1 AND status IN ('succeeded', 'failed') AND updated_at < ?2",
+            )?
+            .execute(params![id, before_ms])?;
+        if n > 0 {
+            conn.prepare_cached("DELETE FROM webhook_attempts WHERE delivery_id = ?1")?
+                .execute([id])?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
