@@ -37,6 +37,10 @@ async fn answers_at_once_when_events_exist_and_pages_with_the_cursor() {
     .await;
     assert_eq!(offsets(&first), [2, 3, 4]);
     assert_eq!(first["reset"], false);
+    assert!(
+        first.get("resets").is_none(),
+        "resets only appears with a reset"
+    );
     let second = poll(
         server.addr,
         &format!(
@@ -125,6 +129,11 @@ async fn several_channels_and_resets() {
     server.publish_range(&a, 2, 5).await;
     let body = poll(server.addr, &format!("cursor={after_both}")).await;
     assert_eq!(body["reset"], true, "a's history lost 2 and 3");
+    assert_eq!(
+        body["resets"],
+        json!([{"channel": a, "offset": 4}]),
+        "says which channel"
+    );
     assert_eq!(offsets(&body), [4, 5]);
     server.shutdown().await;
 }

@@ -2,7 +2,9 @@
 //! when events exist after the cursor, otherwise holds up to `timeout` seconds and answers
 //! an empty list with the same cursor. Without a cursor it starts from now.
 //!
-//! Response: `{"events": [envelope, ...], "cursor": "<combined>", "reset": bool}`.
+//! Response: `{"events": [envelope, ...], "cursor": "<combined>", "reset": bool}`, plus
+//! `"resets": [{"channel", "offset"}]` naming each channel whose history no longer reached
+//! the cursor (and the oldest offset kept there) when `reset` is true.
 
 use std::{fmt::Write, sync::Arc};
 
@@ -39,13 +41,16 @@ pub async fn respond(ctx: Arc<Context>, parts: &Parts) -> Response<Body> {
     let _connection = ctx.metrics.connection(Transport::LongPoll);
     let mut session = Session::new(&ctx, None);
     let mut events: Vec<Arc<Event>> = Vec::new();
-    let mut reset = false;
+    // Channels whose history no longer reached the cursor, with the oldest offset kept.
+    let mut resets: Vec<(String, u64)> = Vec::new();
     for channel in &params.channels {
         let opened = match session.open(&ctx, channel, params.start_for(channel)).await {
             Ok(o) => o,
             Err(e) => return error(e.code, e.message),
         };
-        reset |= opened.reset.is_some();
+        if let Some(oldest) = opened.reset {
+            resets.push((channel.to_string(), oldest));
+        }
         for event in &opened.replay {
             if events.len() < limit && session.accept(event) {
                 events.push(Arc::clone(event));
@@ -53,6 +58,7 @@ pub async fn respond(ctx: Arc<Context>, parts: &Parts) -> Response<Body> {
         }
     }
 
+    let reset = !resets.is_empty();
     if events.is_empty() && !reset {
         tokio::select! {
             biased;
@@ -89,7 +95,15 @@ pub async fn respond(ctx: Arc<Context>, parts: &Parts) -> Response<Body> {
         body.put_slice(event.envelope());
     }
     let mut tail = String::with_capacity(cursor.len() + 32);
-    let _ = write!(tail, "],\"cursor\":\"{cursor}\",\"reset\":{reset}}}");
+    let _ = write!(tail, "],\"cursor\":\"{cursor}\",\"reset\":{reset}");
+    if reset {
+        let list: Vec<_> = resets
+            .iter()
+            .map(|(channel, offset)| serde_json::json!({"channel": channel, "offset": offset}))
+            .collect();
+        let _ = write!(tail, ",\"resets\":{}", serde_json::Value::from(list));
+    }
+    tail.push('}');
     body.put_slice(tail.as_bytes());
     let mut res = json_bytes(StatusCode::OK, body.freeze());
     res.headers_mut().insert(
