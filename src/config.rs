@@ -33,6 +33,8 @@ pub struct Config {
     pub engine: String,
     /// Seconds allowed for a graceful shutdown.
     pub shutdown_grace_secs: u64,
+    /// Seconds `/readyz` answers 503 before shutdown starts.
+    pub shutdown_drain_secs: u64,
     /// Per-channel history bounds.
     pub history: HistoryConfig,
     /// Server-wide limits.
@@ -255,6 +257,7 @@ impl Config {
                 self.engine
             );
         }
+        range("shutdown_drain_secs", self.shutdown_drain_secs, 0, 3600)?;
         range("history.size", self.history.size, 1, 1_000_000)?;
         range("history.ttl_secs", self.history.ttl_secs, 1, 365 * 86400)?;
         range(

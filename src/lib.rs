@@ -104,6 +104,7 @@ pub async fn run(
         config: Arc::clone(&config),
         shutdown: token.clone(),
         http_connections: AtomicI64::new(0),
+        draining: std::sync::atomic::AtomicBool::new(false),
     });
 
     let sweeper = {
@@ -142,6 +143,14 @@ pub async fn run(
     ));
 
     shutdown.await;
+    let drain = Duration::from_secs(config.shutdown_drain_secs);
+    if !drain.is_zero() {
+        tracing::info!(?drain, "draining: /readyz answers 503, still serving");
+        state
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(drain).await;
+    }
     tracing::info!("shutting down: no new connections; telling clients");
     token.cancel();
     let _ = accept.await;

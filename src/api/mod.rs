@@ -32,6 +32,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Fires at shutdown.
     pub shutdown: CancellationToken,
+    /// Set when a stop was asked for: `/readyz` answers 503 during the drain period.
+    pub draining: std::sync::atomic::AtomicBool,
     /// Open HTTP connections (before any upgrade).
     pub http_connections: AtomicI64,
 }

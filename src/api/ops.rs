@@ -18,7 +18,7 @@ pub fn healthz() -> Reply {
 
 /// Ready: the store answers and the server is not shutting down.
 pub async fn readyz(state: &AppState) -> Reply {
-    if state.shutdown.is_cancelled() {
+    if state.shutdown.is_cancelled() || state.draining.load(Ordering::Relaxed) {
         return error(ErrorCode::ShuttingDown, "the server is shutting down");
     }
     if let Err(e) = state.jobs.store().ping().await {

@@ -63,3 +63,29 @@ async fn every_transport_is_told_and_ends_cleanly() {
         "no longer accepting"
     );
 }
+
+#[tokio::test]
+async fn the_drain_period_turns_readiness_off_while_still_serving() {
+    let mut cfg = config();
+    cfg.shutdown_drain_secs = 2;
+    let mut server = start(cfg).await;
+    let addr = server.addr;
+    let (status, _) = crate::support::http::get_json(addr, "/readyz").await;
+    assert_eq!(status, 200);
+    let task = server.begin_shutdown();
+    within("readiness to turn off", async {
+        loop {
+            let (status, body) = crate::support::http::get_json(addr, "/readyz").await;
+            if status == 503 {
+                assert_eq!(body["error"]["code"], "shutting_down");
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // Still serving during the drain.
+    let (status, _) = crate::support::http::get_json(addr, "/healthz").await;
+    assert_eq!(status, 200);
+    within("server exit", task).await.unwrap().unwrap();
+}
