@@ -85,12 +85,13 @@ async fn main() -> anyhow::Result<()> {
     let mut last = submitted["status"].as_str().unwrap_or("queued").to_owned();
     println!("status: {last}");
 
-    // Each request is held until the job's status changes or 30 s pass; then ask again.
+    // Each request is held until the job's status differs from the last one seen (answered
+    // at once if it already does) or 30 s pass; then ask again.
     let job = loop {
         let job = match call(
             &args.url,
             Method::GET,
-            &format!("/v1/jobs/{id}?wait=30"),
+            &format!("/v1/jobs/{id}?wait=30&status={last}"),
             None,
         )
         .await

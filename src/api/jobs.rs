@@ -19,7 +19,7 @@ use super::{
     body::{check_json_content_type, content_length, json_error, read_json, read_limited, refuse},
     router::Reply,
 };
-use crate::store::{Claimed, JobRecord, Report, StoreError};
+use crate::store::{Claimed, JobRecord, JobStatus, Report, StoreError};
 
 /// Longest `Idempotency-Key` accepted.
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
@@ -158,10 +158,22 @@ pub async fn submit(state: Arc<AppState>, req: Request<Incoming>) -> Reply {
     }
 }
 
-/// `GET /v1/jobs/{id}?wait=S`.
+/// `GET /v1/jobs/{id}?wait=S&status=<last seen>`.
 pub async fn get(state: Arc<AppState>, id: &str, query: Option<&str>) -> Reply {
     let mut wait = Duration::ZERO;
+    let mut known = None;
     for (k, v) in form_urlencoded_pairs(query.unwrap_or("")) {
+        if k == "status" {
+            match JobStatus::parse(&v) {
+                Some(status) => known = Some(status),
+                None => {
+                    return error(
+                        ErrorCode::InvalidParameter,
+                        "`status` must be queued, running, succeeded, failed or canceled",
+                    );
+                }
+            }
+        }
         if k == "wait" {
             match v
                 .parse::<f64>()
@@ -178,7 +190,11 @@ pub async fn get(state: Arc<AppState>, id: &str, query: Option<&str>) -> Reply {
             }
         }
     }
-    match state.jobs.get_after_change(id, wait, &state.shutdown).await {
+    match state
+        .jobs
+        .get_after_change(id, wait, known, &state.shutdown)
+        .await
+    {
         Ok(Some(job)) => job_reply(StatusCode::OK, &job),
         Ok(None) => store_error(StoreError::NotFound, id),
         Err(e) => store_error(e, id),

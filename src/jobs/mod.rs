@@ -171,10 +171,14 @@ impl Jobs {
 
     /// Reads a job, first waiting up to `wait` for its status to change (progress reports
     /// do not count). Returns `None` for an unknown job.
+    ///
+    /// With `known`, the status the client last saw, it answers at once when the job's
+    /// status already differs, so no change between two polls is missed.
     pub async fn get_after_change(
         &self,
         id: &str,
         wait: Duration,
+        known: Option<JobStatus>,
         shutdown: &CancellationToken,
     ) -> Result<Option<JobRecord>, StoreError> {
         if wait.is_zero() {
@@ -195,7 +199,7 @@ impl Jobs {
         let Some(job) = self.get(id).await? else {
             return Ok(None);
         };
-        if job.status.is_terminal() {
+        if job.status.is_terminal() || known.is_some_and(|k| k != job.status) {
             return Ok(Some(job));
         }
         let changed = async {

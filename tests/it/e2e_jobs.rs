@@ -418,6 +418,20 @@ async fn wait_returns_on_a_status_change_or_after_the_timeout() {
     );
     let (status, body) = get_json(server.addr, &format!("/v1/jobs/{id}?wait=61")).await;
     assert_error(status, &body, 400, "invalid_parameter");
+    // A client that last saw `queued` is answered at once: it missed a change.
+    let started = Instant::now();
+    let caught_up = job_wait(&server, &id, "30&status=queued").await;
+    assert_eq!(caught_up["status"], "running");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered at once"
+    );
+    let (status, body) = get_json(
+        server.addr,
+        &format!("/v1/jobs/{id}?wait=1&status=sleeping"),
+    )
+    .await;
+    assert_error(status, &body, 400, "invalid_parameter");
     server.shutdown().await;
 }
 
