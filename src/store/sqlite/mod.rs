@@ -2,6 +2,7 @@
 //! reader connection, and the job channels' logs served to the hub.
 
 mod jobs;
+mod retention;
 mod schema;
 mod webhooks;
 mod writer;
@@ -211,47 +212,13 @@ impl Store for SqliteStore {
         deliveries_before_ms: i64,
     ) -> BoxFuture<'_, Result<(usize, usize), StoreError>> {
         async move {
-            let (mut jobs_deleted, mut deliveries_deleted) = (0, 0);
-            loop {
-                let ids =
-                    self.read(|conn| jobs::finished_before(conn, jobs_before_ms, PRUNE_BATCH))?;
-                if ids.is_empty() {
-                    break;
-                }
-                let full = ids.len() == PRUNE_BATCH;
-                jobs_deleted += self
-                    .write(move |conn| {
-                        Ok((
-                            jobs::delete_finished(conn, &ids, jobs_before_ms)?,
-                            Vec::new(),
-                        ))
-                    })
-                    .await?;
-                if !full {
-                    break;
-                }
-            }
-            loop {
-                let ids = self.read(|conn| {
-                    webhooks::finished_before(conn, deliveries_before_ms, PRUNE_BATCH)
-                })?;
-                if ids.is_empty() {
-                    break;
-                }
-                let full = ids.len() == PRUNE_BATCH;
-                deliveries_deleted += self
-                    .write(move |conn| {
-                        Ok((
-                            webhooks::delete_finished(conn, &ids, deliveries_before_ms)?,
-                            Vec::new(),
-                        ))
-                    })
-                    .await?;
-                if !full {
-                    break;
-                }
-            }
-            Ok((jobs_deleted, deliveries_deleted))
+            let jobs = self
+                .prune_finished(&retention::JOBS, jobs_before_ms)
+                .await?;
+            let deliveries = self
+                .prune_finished(&retention::DELIVERIES, deliveries_before_ms)
+                .await?;
+            Ok((jobs, deliveries))
         }
         .boxed()
     }
@@ -277,6 +244,33 @@ impl Store for SqliteStore {
 }
 
 impl SqliteStore {
+    /// Deletes finished rows of `kind` older than `before_ms`, a batch per transaction.
+    async fn prune_finished(
+        &self,
+        kind: &'static retention::Finished,
+        before_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let mut deleted = 0;
+        loop {
+            let ids =
+                self.read(|conn| retention::finished_before(conn, kind, before_ms, PRUNE_BATCH))?;
+            let more = ids.len() == PRUNE_BATCH;
+            if !ids.is_empty() {
+                deleted += self
+                    .write(move |conn| {
+                        Ok((
+                            retention::delete_finished(conn, kind, &ids, before_ms)?,
+                            Vec::new(),
+                        ))
+                    })
+                    .await?;
+            }
+            if !more {
+                return Ok(deleted);
+            }
+        }
+    }
+
     fn ping_now(&self) -> Result<(), StoreError> {
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
     }
