@@ -21,6 +21,8 @@ use crate::{
 
 /// Deliveries read from the outbox per pass.
 const BATCH: usize = 256;
+/// Most deliveries held in the ready queue; past it, blocked ones wait in the outbox.
+const MAX_QUEUED: usize = 4 * BATCH;
 /// Shortest time between outbox reads while the ready queue holds only blocked deliveries.
 const TOP_UP_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest sleep between passes when nothing wakes the dispatcher.
@@ -153,7 +155,7 @@ impl Dispatcher {
             };
             if !queued.is_empty() {
                 let mut last = self.last_top_up.lock().expect("not poisoned");
-                if last.elapsed() < TOP_UP_INTERVAL {
+                if last.elapsed() < TOP_UP_INTERVAL || queued.len() >= MAX_QUEUED {
                     return Ok(());
                 }
                 *last = Instant::now();
