@@ -49,6 +49,94 @@ pub struct Config {
     pub jobs: JobsConfig,
     /// Outbound webhook delivery.
     pub webhooks: WebhooksConfig,
+    /// API keys and consumer tokens.
+    pub auth: AuthConfig,
+    /// Browser origins allowed to call the API and open WebSockets.
+    pub cors: CorsConfig,
+}
+
+/// `[auth]`
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `KEY` (every scope) or `KEY:scope+scope`; none = open mode (loopback only).
+    #[serde(deserialize_with = "string_list")]
+    pub api_keys: Vec<String>,
+    /// `HS256`, `RS256` or `ES256`: the only algorithm consumer JWTs may use.
+    pub jwt_algorithm: String,
+    /// HS256 secret; empty = no HS256 JWTs.
+    pub jwt_secret: String,
+    /// PEM public key file for RS256 / ES256; empty = none.
+    pub jwt_public_key_file: String,
+}
+
+/// Keeps secrets out of logs and panics: keys and the JWT secret print as `<redacted>`.
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = self.redacted();
+        f.debug_struct("AuthConfig")
+            .field("api_keys", &redacted.api_keys)
+            .field("jwt_algorithm", &self.jwt_algorithm)
+            .field("jwt_secret", &redacted.jwt_secret)
+            .field("jwt_public_key_file", &self.jwt_public_key_file)
+            .finish()
+    }
+}
+
+/// What secrets are replaced with when the configuration is shown.
+pub const REDACTED: &str = "<redacted>";
+
+impl AuthConfig {
+    /// This section with each key (but not its scopes) and the JWT secret replaced by
+    /// [`REDACTED`]: what `switchyard config` prints.
+    pub fn redacted(&self) -> Self {
+        let api_keys = self
+            .api_keys
+            .iter()
+            .map(|entry| match entry.rsplit_once(':') {
+                Some((_, scopes)) => format!("{REDACTED}:{scopes}"),
+                None => REDACTED.to_owned(),
+            })
+            .collect();
+        let jwt_secret = if self.jwt_secret.is_empty() {
+            String::new()
+        } else {
+            REDACTED.to_owned()
+        };
+        Self {
+            api_keys,
+            jwt_secret,
+            ..self.clone()
+        }
+    }
+}
+
+/// `[cors]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Exact origins (`https://app.example.com`) or `*`.
+    #[serde(deserialize_with = "string_list")]
+    pub allowed_origins: Vec<String>,
+}
+
+/// A list of strings from a TOML array or comma-separated text (environment variables).
+fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::List(v) => v,
+        Raw::Text(t) => t
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 /// `[webhooks]`
@@ -135,6 +223,18 @@ pub struct LimitsConfig {
     pub max_job_bytes: usize,
     /// Seconds to send request headers.
     pub header_read_timeout_secs: u64,
+    /// Seconds to send a request body.
+    pub body_read_timeout_secs: u64,
+    /// Open connections from one client address; 0 = no limit.
+    pub max_connections_per_ip: usize,
+    /// Requests per second from one client address (requests without a valid API key); 0 = no limit.
+    pub requests_per_sec_per_ip: f64,
+    /// Burst above that rate.
+    pub request_burst_per_ip: u32,
+    /// Requests per second per API key; 0 = no limit.
+    pub requests_per_sec_per_key: f64,
+    /// Burst above that rate.
+    pub request_burst_per_key: u32,
 }
 
 /// `[consumers]`
@@ -167,6 +267,8 @@ pub struct WebSocketConfig {
     pub ping_interval_secs: u64,
     /// Seconds of silence before a peer counts as dead.
     pub idle_timeout_secs: u64,
+    /// Seconds a connection opened without a token has to send its `auth` frame.
+    pub auth_timeout_secs: u64,
 }
 
 /// `[poll]`
@@ -421,6 +523,59 @@ impl Config {
             1,
             10 * 365 * 86400,
         )?;
+        range(
+            "limits.body_read_timeout_secs",
+            self.limits.body_read_timeout_secs,
+            1,
+            3600,
+        )?;
+        let rates = [
+            (
+                "limits.requests_per_sec_per_ip",
+                self.limits.requests_per_sec_per_ip,
+            ),
+            (
+                "limits.requests_per_sec_per_key",
+                self.limits.requests_per_sec_per_key,
+            ),
+        ];
+        for (key, rate) in rates {
+            if !(0.0..=1e9).contains(&rate) {
+                bail!("`{key}` must be from 0 (no limit) to 1e9, got {rate}");
+            }
+        }
+        range(
+            "limits.request_burst_per_ip",
+            self.limits.request_burst_per_ip,
+            1,
+            1_000_000_000,
+        )?;
+        range(
+            "limits.request_burst_per_key",
+            self.limits.request_burst_per_key,
+            1,
+            1_000_000_000,
+        )?;
+        range(
+            "websocket.auth_timeout_secs",
+            self.websocket.auth_timeout_secs,
+            1,
+            3600,
+        )?;
+        for origin in &self.cors.allowed_origins {
+            let valid = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.ends_with('/')
+                    && origin
+                        .split("://")
+                        .nth(1)
+                        .is_some_and(|host| !host.is_empty() && !host.contains('/')));
+            if !valid {
+                bail!(
+                    "`cors.allowed_origins`: {origin:?} is not an origin (scheme://host[:port], no path) or \"*\""
+                );
+            }
+        }
         if self.websocket.idle_timeout_secs <= self.websocket.ping_interval_secs {
             bail!("`websocket.idle_timeout_secs` must exceed `websocket.ping_interval_secs`");
         }
@@ -440,6 +595,7 @@ impl Config {
             ws_read_buffer_bytes: self.websocket.read_buffer_bytes,
             ws_ping_interval: secs(self.websocket.ping_interval_secs),
             ws_idle_timeout: secs(self.websocket.idle_timeout_secs),
+            ws_auth_timeout: secs(self.websocket.auth_timeout_secs),
             send_timeout: secs(self.consumers.send_timeout_secs),
             poll_default_timeout: secs(self.poll.default_timeout_secs),
             poll_max_timeout: secs(self.poll.max_timeout_secs),

@@ -10,12 +10,14 @@
 //! - [`webhooks`]: endpoint management, the SSRF guard, and the signing dispatcher.
 //! - [`api`]: the HTTP routes (publish, history, jobs, webhooks, ops) and the consumer
 //!   transports' entry.
-//! - [`server`]: the accept loop, connection limit and per-connection service.
+//! - [`auth`]: API keys and scopes, consumer JWTs, job tokens, rate limits.
+//! - [`server`]: the accept loop, connection limits and per-connection service.
 //! - [`shutdown`]: SIGINT / SIGTERM.
 //!
 //! [`run`] wires them together from a bound listener, so tests can bind port 0.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod hub;
 pub mod jobs;
@@ -36,6 +38,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     api::AppState,
+    auth::{Auth, rate::RateLimiter},
     config::Config,
     hub::{MemoryHub, memory::MemoryHubConfig},
     jobs::Jobs,
@@ -51,13 +54,29 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// and waits up to `shutdown_grace_secs` for them.
 ///
 /// # Errors
-/// When the store in `data_dir` cannot be opened.
+/// When the store in `data_dir` cannot be opened, a credential in `[auth]` is bad, or no
+/// API key is configured and `listener` is not on a loopback address (open mode).
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    let auth = Arc::new(Auth::from_config(&config)?);
+    let local = listener.local_addr()?;
+    if auth.is_open() {
+        if !auth::open_mode_allowed(local.ip()) {
+            anyhow::bail!(
+                "refusing to start in open mode on {local}: with no `auth.api_keys` anyone who reaches this address could publish, read and cancel jobs; set `auth.api_keys` (SWITCHYARD_AUTH__API_KEYS) or listen on a loopback address"
+            );
+        }
+        tracing::warn!(
+            %local,
+            "OPEN MODE: no auth.api_keys configured, so every request is allowed without credentials; fine on loopback for development, never expose it"
+        );
+    } else {
+        tracing::info!(keys = auth.keys.len(), "API keys required");
+    }
     let store = SqliteStore::open(&config.data_dir)?;
     let hub = Arc::new(MemoryHub::new(
         MemoryHubConfig {
@@ -93,6 +112,11 @@ pub async fn run(
         metrics: Arc::new(TransportMetrics::default()),
         shutdown: token.clone(),
         tracker: tracker.clone(),
+        verifier: if auth.is_open() {
+            None
+        } else {
+            Some(Arc::clone(&auth) as _)
+        },
     });
     let state = Arc::new(AppState {
         bus: Arc::clone(&hub) as _,
@@ -105,16 +129,31 @@ pub async fn run(
         shutdown: token.clone(),
         http_connections: AtomicI64::new(0),
         draining: std::sync::atomic::AtomicBool::new(false),
+        ip_limiter: RateLimiter::new(
+            config.limits.requests_per_sec_per_ip,
+            config.limits.request_burst_per_ip,
+        ),
+        key_limiter: RateLimiter::new(
+            config.limits.requests_per_sec_per_key,
+            config.limits.request_burst_per_key,
+        ),
+        auth,
     });
 
     let sweeper = {
         let token = token.clone();
+        let sweep_state = Arc::clone(&state);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
             loop {
                 tokio::select! {
                     () = token.cancelled() => return,
-                    _ = tick.tick() => { hub.sweep(); }
+                    _ = tick.tick() => {
+                        hub.sweep();
+                        let now = std::time::Instant::now();
+                        sweep_state.ip_limiter.sweep(now);
+                        sweep_state.key_limiter.sweep(now);
+                    }
                 }
             }
         })

@@ -95,8 +95,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The effective configuration as TOML, secrets redacted (it ends up in terminals and
+/// support tickets).
 fn toml_string(config: &Config) -> anyhow::Result<String> {
-    toml::to_string_pretty(config).context("cannot print the configuration")
+    let shown = Config {
+        auth: config.auth.redacted(),
+        ..config.clone()
+    };
+    toml::to_string_pretty(&shown).context("cannot print the configuration")
 }
 
 /// Raises the soft open-files limit to the hard one: every connection is a descriptor.

@@ -7,9 +7,13 @@ use std::{
     time::Duration,
 };
 
+use dashmap::DashMap;
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::net::{IpAddr, SocketAddr};
+use switchyard_protocol::{ErrorCode, ErrorResponse};
 use switchyard_transports::context::ConnectionHandle;
+use tokio::io::AsyncWriteExt;
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -24,6 +28,7 @@ use crate::api::{AppState, router};
 /// kernel's backlog instead of costing us memory.
 pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, tracker: TaskTracker) {
     let limit = Arc::new(Semaphore::new(state.config.limits.max_connections));
+    let per_ip = Arc::new(PerIpLimit::new(state.config.limits.max_connections_per_ip));
     let shutdown = state.shutdown.clone();
     loop {
         let permit = tokio::select! {
@@ -35,9 +40,23 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, tracker: T
             a = listener.accept() => a,
         };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                tracker.spawn(serve_connection(stream, Arc::clone(&state), permit));
+                match PerIpLimit::acquire(&per_ip, peer.ip()) {
+                    Some(slot) => {
+                        let hold = Held {
+                            _permit: permit,
+                            _slot: slot,
+                        };
+                        tracker.spawn(serve_connection(stream, peer, Arc::clone(&state), hold));
+                    }
+                    None => {
+                        tracker.spawn(refuse_connection(
+                            stream,
+                            state.config.limits.max_connections_per_ip,
+                        ));
+                    }
+                }
             }
             Err(e) => {
                 // Out of file descriptors or a connection reset before accept: keep
@@ -49,13 +68,90 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, tracker: T
     }
 }
 
-async fn serve_connection(stream: TcpStream, state: Arc<AppState>, permit: OwnedSemaphorePermit) {
+/// What an open connection holds; dropped when it (or its upgraded WebSocket) ends.
+struct Held {
+    _permit: OwnedSemaphorePermit,
+    _slot: Option<IpSlot>,
+}
+
+/// Open connections per client address, for `limits.max_connections_per_ip`.
+struct PerIpLimit {
+    max: usize,
+    open: DashMap<IpAddr, usize>,
+}
+
+/// One connection's place in its address's count.
+struct IpSlot {
+    limit: Arc<PerIpLimit>,
+    ip: IpAddr,
+}
+
+impl PerIpLimit {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: DashMap::new(),
+        }
+    }
+
+    /// A slot for `ip` (`Some(None)` when there is no limit), or `None` when it holds
+    /// the most connections allowed.
+    fn acquire(limit: &Arc<Self>, ip: IpAddr) -> Option<Option<IpSlot>> {
+        if limit.max == 0 {
+            return Some(None);
+        }
+        let mut count = limit.open.entry(ip).or_insert(0);
+        if *count >= limit.max {
+            return None;
+        }
+        *count += 1;
+        Some(Some(IpSlot {
+            limit: Arc::clone(limit),
+            ip,
+        }))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        // Entries at zero are removed, so the map holds only addresses with connections.
+        self.limit.open.remove_if_mut(&self.ip, |_, count| {
+            *count -= 1;
+            *count == 0
+        });
+    }
+}
+
+/// Answers a connection over its address's limit with a 429 and closes it: without a
+/// reply the client could not tell the limit from a network fault.
+async fn refuse_connection(mut stream: TcpStream, max: usize) {
+    let body = ErrorResponse::new(
+        ErrorCode::RateLimited,
+        format!(
+            "too many connections from this address (at most {max}); close some or retry later"
+        ),
+    )
+    .to_json();
+    let head = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let reply = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), reply).await;
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<AppState>, held: Held) {
     state.http_connections.fetch_add(1, Ordering::Relaxed);
     let abort = CancellationToken::new();
     let handle = ConnectionHandle {
         abort: abort.clone(),
         // An upgraded WebSocket outlives this task: it keeps the permit alive with it.
-        hold: Arc::new(permit),
+        hold: Arc::new(held),
+        peer,
     };
     let service_state = Arc::clone(&state);
     let service = service_fn(move |mut req| {

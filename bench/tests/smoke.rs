@@ -5,6 +5,8 @@ use switchyard_bench::{
     clients::Transport,
     fanout::{self, FanoutOptions, FanoutTransport},
     idle::{self, IdleOptions},
+    jobs::{self, JobsOptions},
+    webhooks::{self, WebhooksOptions},
 };
 
 /// A server on a free port with its own data directory (removed when the guard drops).
@@ -20,6 +22,9 @@ async fn start_server_with(
         data_dir: dir.path().to_path_buf(),
         ..Default::default()
     };
+    // The bench talks from one address far faster than a browser would.
+    config.limits.requests_per_sec_per_ip = 0.0;
+    config.limits.max_connections_per_ip = 0;
     tune(&mut config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -147,5 +152,76 @@ async fn fanout_reports_a_stall_instead_of_hanging() {
         r.errors.iter().any(|e| e.contains("413")),
         "{}",
         r.summary()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_submits_every_request() {
+    let (url, _data) = start_server().await;
+    let mut opts = JobsOptions::new(&url, 2, std::process::id());
+    opts.requests = Some(20);
+    let r = jobs::run(&opts).await.unwrap();
+    let summary = r.summary();
+    assert!(r.ok, "{summary}");
+    assert_eq!((r.sent, r.accepted, r.errors), (20, 20, 0), "{summary}");
+    assert_eq!(r.latency.samples, 20, "{summary}");
+    assert_eq!(r.size, 1024, "{summary}");
+    assert!(r.submits_per_sec > 0.0 && r.server_cpu_secs >= 0.0, "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_counts_refusals_by_status() {
+    // Bodies over the server's limit are refused with 413.
+    let (url, _data) = start_server_with(|c| {
+        c.limits.max_job_bytes = 512;
+        c.jobs.max_inflight_bytes = 512;
+    })
+    .await;
+    let mut opts = JobsOptions::new(&url, 2, std::process::id());
+    opts.requests = Some(6);
+    let r = jobs::run(&opts).await.unwrap();
+    assert!(!r.ok, "{}", r.summary());
+    assert_eq!((r.accepted, r.errors), (0, 6), "{}", r.summary());
+    assert_eq!(r.errors_by_status.get("413"), Some(&6), "{}", r.summary());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_delivers_every_event_signed() {
+    let (url, _data) = start_server_with(|c| c.webhooks.allow_private_networks = true).await;
+    let r = webhooks::run(&WebhooksOptions::new(&url, 20, std::process::id()))
+        .await
+        .unwrap();
+    let summary = r.summary();
+    assert!(r.ok, "{summary}");
+    assert_eq!((r.published, r.delivered), (20, 20), "{summary}");
+    assert_eq!(
+        (r.lost, r.bad_signatures, r.duplicate_offsets, r.unexpected),
+        (0, 0, 0, 0),
+        "{summary}"
+    );
+    assert_eq!(r.latency.samples, 20, "{summary}");
+    assert!(r.errors.is_empty() && !r.stalled, "{summary}");
+    // The endpoint was deleted at the end.
+    let target = switchyard_bench::target::Target::parse(&url).unwrap();
+    let mut conn = switchyard_bench::http::HttpConn::connect(&target)
+        .await
+        .unwrap();
+    let (status, _) = conn
+        .get(&format!("/v1/webhooks/{}", r.endpoint_id))
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_explains_the_ssrf_guard() {
+    let (url, _data) = start_server().await;
+    let e = webhooks::run(&WebhooksOptions::new(&url, 5, std::process::id()))
+        .await
+        .unwrap_err();
+    let text = format!("{e:#}");
+    assert!(
+        text.contains("SWITCHYARD_WEBHOOKS__ALLOW_PRIVATE_NETWORKS=true"),
+        "{text}"
     );
 }

@@ -23,6 +23,9 @@ pub enum ErrorCode {
     TooManyChannels,
     /// Missing or bad credentials.
     Unauthorized,
+    /// The consumer token's `exp` has passed: get a fresh token and reconnect (or, on
+    /// WebSocket, send it in an `auth` frame).
+    TokenExpired,
     /// Credentials that do not allow this.
     Forbidden,
     /// No such resource.
@@ -31,6 +34,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The request conflicts with the current state (e.g. a reused idempotency key).
     Conflict,
+    /// The client took too long to send the request body.
+    RequestTimeout,
     /// The body is larger than allowed.
     PayloadTooLarge,
     /// The body's content type is not accepted.
@@ -60,10 +65,12 @@ impl ErrorCode {
             Self::TooManySubscriptions => "too_many_subscriptions",
             Self::TooManyChannels => "too_many_channels",
             Self::Unauthorized => "unauthorized",
+            Self::TokenExpired => "token_expired",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict => "conflict",
+            Self::RequestTimeout => "request_timeout",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::RateLimited => "rate_limited",
@@ -85,11 +92,12 @@ impl ErrorCode {
             | Self::UnknownOp
             | Self::TooManySubscriptions
             | Self::TooManyChannels => 400,
-            Self::Unauthorized => 401,
+            Self::Unauthorized | Self::TokenExpired => 401,
             Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::Conflict => 409,
+            Self::RequestTimeout => 408,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::RateLimited => 429,

@@ -31,6 +31,15 @@ pub enum ClientFrame {
         /// Channel name.
         channel: String,
     },
+    /// Presents a consumer token (when the upgrade request carried none), or replaces the
+    /// current one before it expires; answered with `authed`.
+    Auth {
+        /// Request id, echoed in the reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The token: a JWT, a job token, or an API key with the `subscribe` scope.
+        token: String,
+    },
     /// Application-level ping; answered with `pong`.
     Ping {
         /// Request id, echoed in the reply.
@@ -71,11 +80,11 @@ impl ClientFrame {
             ));
         };
         match obj.get("op").and_then(Value::as_str) {
-            Some("subscribe" | "unsubscribe" | "ping") => {}
+            Some("subscribe" | "unsubscribe" | "ping" | "auth") => {}
             Some(other) => {
                 return Err(fail(
                     ErrorCode::UnknownOp,
-                    format!("unknown op {other:?}; expected subscribe, unsubscribe or ping"),
+                    format!("unknown op {other:?}; expected subscribe, unsubscribe, ping or auth"),
                 ));
             }
             None => {
@@ -124,6 +133,16 @@ pub enum ServerFrame {
         offset: u64,
         /// Cursor of the position just before `offset`.
         cursor: String,
+    },
+    /// Reply to `auth`: the token is accepted until `expires_at` (RFC 3339; absent when
+    /// it never expires).
+    Authed {
+        /// The request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// When the token expires: the connection is told and closed then.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<String>,
     },
     /// Reply to `ping`.
     Pong {

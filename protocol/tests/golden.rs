@@ -35,6 +35,7 @@ fn client_frames() {
         "client_subscribe_cursor.json",
         "client_unsubscribe.json",
         "client_ping.json",
+        "client_auth.json",
     ] {
         let frame: ClientFrame = round_trip(name);
         assert_eq!(ClientFrame::parse(&fixture(name)).unwrap(), frame);
@@ -49,6 +50,7 @@ fn server_frames() {
         "server_event.json",
         "server_reset.json",
         "server_pong.json",
+        "server_authed.json",
         "server_error.json",
     ] {
         let frame: ServerFrame = round_trip(name);

@@ -54,6 +54,19 @@ pub fn check_json_content_type(parts: &Parts) -> Result<(), Reply> {
     }
 }
 
+/// How long a client may take to send a request body; the router puts it in each
+/// request's extensions (`limits.body_read_timeout_secs`).
+#[derive(Clone, Copy, Debug)]
+pub struct BodyTimeout(pub std::time::Duration);
+
+/// The body timeout of a request (a minute when the router set none, as in unit tests).
+pub fn body_timeout(parts: &Parts) -> std::time::Duration {
+    parts
+        .extensions
+        .get::<BodyTimeout>()
+        .map_or(std::time::Duration::from_secs(60), |t| t.0)
+}
+
 /// Reads the whole body of a JSON request of at most `max` bytes.
 ///
 /// # Errors
@@ -64,15 +77,38 @@ pub async fn read_json(req: Request<Incoming>, max: usize) -> Result<(Parts, Byt
     if let Err(reply) = check_json_content_type(&parts) {
         return Err(refuse(body, content_length(&parts), reply).await);
     }
-    let body = read_limited(body, content_length(&parts), max).await?;
+    let body = read_limited(body, content_length(&parts), max, body_timeout(&parts)).await?;
     Ok((parts, body))
 }
 
-/// Reads at most `max` bytes of `body`.
+/// Reads at most `max` bytes of `body`, taking at most `limit` (slow senders hold memory
+/// and a connection slot).
 ///
 /// # Errors
-/// 413 when it is larger (the rest drained when small enough), 400 when it cannot be read.
+/// 413 when it is larger (the rest drained when small enough), 408 past `limit` (the
+/// connection closed), 400 when it cannot be read.
 pub async fn read_limited(
+    body: Incoming,
+    declared: Option<u64>,
+    max: usize,
+    limit: std::time::Duration,
+) -> Result<Bytes, Reply> {
+    match tokio::time::timeout(limit, read_within(body, declared, max)).await {
+        Ok(read) => read,
+        Err(_) => {
+            let mut reply = error(
+                ErrorCode::RequestTimeout,
+                format!("the body took longer than {} s to arrive", limit.as_secs()),
+            );
+            reply
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Err(reply)
+        }
+    }
+}
+
+async fn read_within(
     mut body: Incoming,
     declared: Option<u64>,
     max: usize,

@@ -16,7 +16,10 @@ use switchyard_transports::{
 
 use super::{
     AppState,
-    body::{check_json_content_type, content_length, json_error, read_json, read_limited, refuse},
+    body::{
+        body_timeout, check_json_content_type, content_length, json_error, read_json, read_limited,
+        refuse,
+    },
     router::Reply,
 };
 use crate::store::{Claimed, JobRecord, JobStatus, Report, StoreError};
@@ -116,7 +119,7 @@ pub async fn submit(state: Arc<AppState>, req: Request<Incoming>) -> Reply {
         .jobs
         .reserve(declared.map_or(max, |n| n.min(max as u64) as usize))
         .await;
-    let payload = match read_limited(body, declared, max).await {
+    let payload = match read_limited(body, declared, max, body_timeout(&parts)).await {
         Ok(p) => p,
         Err(reply) => return reply,
     };
@@ -132,6 +135,7 @@ pub async fn submit(state: Arc<AppState>, req: Request<Incoming>) -> Reply {
                 "id": id,
                 "status": job.status.as_str(),
                 "channel": channel,
+                "token": state.auth.job_tokens.issue(id),
                 "created_at": rfc3339(job.created_at_ms),
                 "links": {
                     "self": format!("/v1/jobs/{id}"),

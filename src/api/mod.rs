@@ -2,9 +2,13 @@
 
 pub mod body;
 pub mod channels;
+pub mod cors;
+pub mod guard;
 pub mod jobs;
+pub mod openapi;
 pub mod ops;
 pub mod router;
+pub mod routes;
 pub mod webhooks;
 
 use std::sync::{Arc, atomic::AtomicI64};
@@ -36,4 +40,10 @@ pub struct AppState {
     pub draining: std::sync::atomic::AtomicBool,
     /// Open HTTP connections (before any upgrade).
     pub http_connections: AtomicI64,
+    /// API keys, consumer tokens, job tokens.
+    pub auth: Arc<crate::auth::Auth>,
+    /// Request rate per client address (callers without an API key).
+    pub ip_limiter: crate::auth::rate::RateLimiter<std::net::IpAddr>,
+    /// Request rate per API key (by its index in the configuration).
+    pub key_limiter: crate::auth::rate::RateLimiter<usize>,
 }

@@ -1,141 +1,151 @@
-//! Maps each request to its handler, with 404 and 405 (with `Allow`) for the rest.
+//! Maps each request to its handler through the route table ([`super::routes`]), after the
+//! checks every request passes: rate limit, CORS preflight, credentials, WebSocket origin;
+//! 404 and 405 (with `Allow`) for the rest.
 
 use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response, header};
 use hyper::body::Incoming;
 use switchyard_protocol::{ChannelName, ErrorCode};
-use switchyard_transports::{http::Body, http::error, longpoll, sse, stream, websocket};
+use switchyard_transports::{
+    context::ConnectionHandle, http::Body, http::error, longpoll, sse, stream, websocket,
+};
 
 use super::{
-    AppState, channels,
+    AppState,
+    body::BodyTimeout,
+    channels, cors, guard,
     jobs::{self, ReportKind},
-    ops, webhooks,
+    openapi, ops,
+    routes::{self, Op, Resolved},
+    webhooks,
 };
 use crate::jobs::is_job_id;
 
 /// What every handler returns.
 pub type Reply = Response<Body>;
 
-const CHANNELS_PREFIX: &str = "/v1/channels/";
-const JOBS_PREFIX: &str = "/v1/jobs/";
-const WEBHOOKS_PREFIX: &str = "/v1/webhooks/";
-const EVENTS_SUFFIX: &str = "/events";
-
-/// Routes one request.
+/// Routes one request; allowed cross-origin callers can read the answer.
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Reply {
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let get = method == Method::GET;
-    match path.as_str() {
-        "/healthz" if get => ops::healthz(),
-        "/readyz" if get => ops::readyz(&state).await,
-        "/metrics" if get => ops::metrics(&state),
-        "/v1/ws" if get => websocket::upgrade(Arc::clone(&state.consumers), req),
-        "/v1/sse" if get => sse::respond(Arc::clone(&state.consumers), &req.into_parts().0).await,
-        "/v1/stream" if get => {
-            stream::respond(Arc::clone(&state.consumers), &req.into_parts().0).await
-        }
-        "/v1/poll" if get => {
-            longpoll::respond(Arc::clone(&state.consumers), &req.into_parts().0).await
-        }
-        "/healthz" | "/readyz" | "/metrics" | "/v1/ws" | "/v1/sse" | "/v1/stream" | "/v1/poll" => {
-            method_not_allowed(&method, "GET")
-        }
-        "/v1/jobs" if method == Method::POST => jobs::submit(state, req).await,
-        "/v1/jobs/claim" if method == Method::POST => jobs::claim(state, req).await,
-        "/v1/jobs" | "/v1/jobs/claim" => method_not_allowed(&method, "POST"),
-        p if p.starts_with(JOBS_PREFIX) => job_route(state, req, &method, p).await,
-        "/v1/webhooks" => match method {
-            Method::GET => webhooks::list(state).await,
-            Method::POST => webhooks::create(state, req).await,
-            _ => method_not_allowed(&method, "GET, POST"),
-        },
-        p if p.starts_with(WEBHOOKS_PREFIX) => webhook_route(state, req, &method, p).await,
-        p => match channel_events(p) {
-            Some(Err(reply)) => reply,
-            Some(Ok(channel)) => match method {
-                Method::POST => channels::publish(state, channel, req).await,
-                Method::GET => channels::history(state, channel, req.uri().query()).await,
-                _ => method_not_allowed(&method, "GET, POST"),
-            },
-            None => error(ErrorCode::NotFound, format!("no route for {method} {p}")),
-        },
-    }
+    let origin = cors::origin(req.headers()).map(str::to_owned);
+    let mut res = checked(Arc::clone(&state), req).await;
+    cors::decorate(&state, origin.as_deref(), &mut res);
+    res
 }
 
-/// Routes `/v1/jobs/{id}` and `/v1/jobs/{id}/{progress,complete,fail}`.
-async fn job_route(
-    state: Arc<AppState>,
-    req: Request<Incoming>,
-    method: &Method,
-    path: &str,
-) -> Reply {
-    let rest = &path[JOBS_PREFIX.len()..];
-    let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
-    if !is_job_id(id) {
-        return error(ErrorCode::NotFound, format!("no job {id:?}"));
+async fn checked(state: Arc<AppState>, req: Request<Incoming>) -> Reply {
+    let (mut parts, body) = req.into_parts();
+    let ip = parts
+        .extensions
+        .get::<ConnectionHandle>()
+        .map(|h| h.peer.ip());
+    let caller = guard::identify(&state, &parts);
+    if let Err(reply) = guard::rate_limit(&state, ip, &caller) {
+        return reply;
     }
-    let kind = match action {
-        "" => {
-            return match *method {
-                Method::GET => jobs::get(state, id, req.uri().query()).await,
-                Method::DELETE => jobs::cancel(state, id).await,
-                _ => method_not_allowed(method, "GET, DELETE"),
-            };
+    if parts.method == Method::OPTIONS
+        && parts
+            .headers
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        return cors::preflight(&state, &parts);
+    }
+    let path = parts.uri.path().to_owned();
+    let (route, params) = match routes::resolve(&parts.method, &path) {
+        Resolved::Found(route, params) => (route, params),
+        Resolved::WrongMethod(allowed) => return method_not_allowed(&parts.method, &allowed),
+        Resolved::NotFound => {
+            return error(
+                ErrorCode::NotFound,
+                format!("no route for {} {path}", parts.method),
+            );
         }
-        "progress" => ReportKind::Progress,
-        "complete" => ReportKind::Complete,
-        "fail" => ReportKind::Fail,
-        _ => return error(ErrorCode::NotFound, format!("no route for {method} {path}")),
     };
-    if *method != Method::POST {
-        return method_not_allowed(method, "POST");
+    if let Err(reply) = guard::authorize(&state, route, &params, &parts, &caller) {
+        return reply;
     }
-    jobs::report(state, id, kind, req).await
+    if route.op == Op::WebSocket && !cors::websocket_origin_ok(&state, &parts.headers) {
+        return error(
+            ErrorCode::Forbidden,
+            "this page's origin may not open WebSockets here (cors.allowed_origins)",
+        );
+    }
+    parts
+        .extensions
+        .insert(BodyTimeout(std::time::Duration::from_secs(
+            state.config.limits.body_read_timeout_secs,
+        )));
+    let params: Vec<String> = params.into_iter().map(str::to_owned).collect();
+    dispatch(state, route.op, &params, Request::from_parts(parts, body)).await
 }
 
-/// Routes `/v1/webhooks/{id}`, `.../deliveries` and `.../deliveries/{delivery}/retry`.
-async fn webhook_route(
+async fn dispatch(
     state: Arc<AppState>,
+    op: Op,
+    params: &[String],
     req: Request<Incoming>,
-    method: &Method,
-    path: &str,
 ) -> Reply {
-    let parts: Vec<&str> = path[WEBHOOKS_PREFIX.len()..].split('/').collect();
-    match (parts.as_slice(), method) {
-        ([id], &Method::GET) => webhooks::get(state, id).await,
-        ([id], &Method::PATCH) => webhooks::update(state, id, req).await,
-        ([id], &Method::DELETE) => webhooks::delete(state, id).await,
-        ([_], _) => method_not_allowed(method, "GET, PATCH, DELETE"),
-        ([id, "deliveries"], &Method::GET) => {
-            webhooks::deliveries(state, id, req.uri().query()).await
+    let consumers = || Arc::clone(&state.consumers);
+    let param = |i: usize| params.get(i).map_or("", String::as_str);
+    match op {
+        Op::Healthz => ops::healthz(),
+        Op::Readyz => ops::readyz(&state).await,
+        Op::Metrics => ops::metrics(&state),
+        Op::OpenApi => openapi::serve(),
+        Op::WebSocket => websocket::upgrade(consumers(), req),
+        Op::Sse => sse::respond(consumers(), &req.into_parts().0).await,
+        Op::Stream => stream::respond(consumers(), &req.into_parts().0).await,
+        Op::Poll => longpoll::respond(consumers(), &req.into_parts().0).await,
+        Op::Publish | Op::History => match channel(param(0)) {
+            Err(reply) => reply,
+            Ok(channel) if op == Op::Publish => channels::publish(state, channel, req).await,
+            Ok(channel) => channels::history(state, channel, req.uri().query()).await,
+        },
+        Op::SubmitJob => jobs::submit(state, req).await,
+        Op::ClaimJob => jobs::claim(state, req).await,
+        Op::GetJob | Op::CancelJob | Op::ReportProgress | Op::ReportComplete | Op::ReportFail => {
+            let id = param(0);
+            if !is_job_id(id) {
+                return error(ErrorCode::NotFound, format!("no job {id:?}"));
+            }
+            match op {
+                Op::GetJob => jobs::get(state, id, req.uri().query()).await,
+                Op::CancelJob => jobs::cancel(state, id).await,
+                Op::ReportProgress => jobs::report(state, id, ReportKind::Progress, req).await,
+                Op::ReportComplete => jobs::report(state, id, ReportKind::Complete, req).await,
+                _ => jobs::report(state, id, ReportKind::Fail, req).await,
+            }
         }
-        ([_, "deliveries"], _) => method_not_allowed(method, "GET"),
-        ([id, "deliveries", delivery, "retry"], &Method::POST) => {
-            webhooks::retry(state, id, delivery).await
-        }
-        ([_, "deliveries", _, "retry"], _) => method_not_allowed(method, "POST"),
-        _ => error(ErrorCode::NotFound, format!("no route for {method} {path}")),
+        Op::ListWebhooks => webhooks::list(state).await,
+        Op::CreateWebhook => webhooks::create(state, req).await,
+        Op::GetWebhook => webhooks::get(state, param(0)).await,
+        Op::UpdateWebhook => webhooks::update(state, param(0), req).await,
+        Op::DeleteWebhook => webhooks::delete(state, param(0)).await,
+        Op::ListDeliveries => webhooks::deliveries(state, param(0), req.uri().query()).await,
+        Op::RetryDelivery => webhooks::retry(state, param(0), param(1)).await,
     }
 }
 
-/// Parses `/v1/channels/{channel}/events`; the name may be percent-encoded (`jobs%2F42`).
-fn channel_events(path: &str) -> Option<Result<ChannelName, Reply>> {
-    let raw = path
-        .strip_prefix(CHANNELS_PREFIX)?
-        .strip_suffix(EVENTS_SUFFIX)?;
+/// A channel name from its path parameter, which may be percent-encoded (`jobs%2F42`).
+#[allow(clippy::result_large_err)]
+fn channel(raw: &str) -> Result<ChannelName, Reply> {
     let decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
-    Some(ChannelName::new(&decoded).map_err(|e| error(ErrorCode::InvalidChannel, e.to_string())))
+    ChannelName::new(&decoded).map_err(|e| error(ErrorCode::InvalidChannel, e.to_string()))
 }
 
-fn method_not_allowed(method: &Method, allow: &'static str) -> Reply {
+fn method_not_allowed(method: &Method, allowed: &[&Method]) -> Reply {
+    let allow = allowed
+        .iter()
+        .map(|m| m.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut res = error(
         ErrorCode::MethodNotAllowed,
         format!("{method} is not allowed here; use {allow}"),
     );
-    res.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    if let Ok(v) = HeaderValue::from_str(&allow) {
+        res.headers_mut().insert(header::ALLOW, v);
+    }
     res
 }
 
@@ -144,27 +154,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn channel_paths_decode() {
-        assert_eq!(
-            channel_events("/v1/channels/a/b/events")
-                .unwrap()
-                .unwrap()
-                .as_str(),
-            "a/b"
-        );
-        assert_eq!(
-            channel_events("/v1/channels/jobs%2F42/events")
-                .unwrap()
-                .unwrap()
-                .as_str(),
-            "jobs/42"
-        );
-        assert!(channel_events("/v1/channels//events").unwrap().is_err());
-        assert!(
-            channel_events("/v1/channels/a%20b/events")
-                .unwrap()
-                .is_err()
-        );
-        assert!(channel_events("/v1/channels/a").is_none());
+    fn channel_parameters_decode() {
+        assert_eq!(channel("a/b").unwrap().as_str(), "a/b");
+        assert_eq!(channel("jobs%2F42").unwrap().as_str(), "jobs/42");
+        assert!(channel("").is_err());
+        assert!(channel("a%20b").is_err());
     }
 }

@@ -4,7 +4,7 @@ use std::{sync::Arc, time::Duration};
 
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{hub::Hub, metrics::TransportMetrics};
+use crate::{access::Verifier, hub::Hub, metrics::TransportMetrics};
 
 /// Limits and timings of the consumer transports (built from the server's config).
 #[derive(Clone, Debug)]
@@ -28,6 +28,8 @@ pub struct TransportConfig {
     pub ws_ping_interval: Duration,
     /// A peer silent (no frame, no pong) for this long is closed as dead.
     pub ws_idle_timeout: Duration,
+    /// Time a WebSocket opened without a credential has to send its `auth` frame.
+    pub ws_auth_timeout: Duration,
     /// Longest a single write to a consumer may block before it is dropped as slow.
     pub send_timeout: Duration,
     /// Default long-poll hold when `timeout` is not given.
@@ -52,6 +54,7 @@ impl Default for TransportConfig {
             ws_read_buffer_bytes: 1024,
             ws_ping_interval: Duration::from_secs(25),
             ws_idle_timeout: Duration::from_secs(60),
+            ws_auth_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(10),
             poll_default_timeout: Duration::from_secs(30),
             poll_max_timeout: Duration::from_secs(60),
@@ -74,6 +77,8 @@ pub struct Context {
     /// Upgraded WebSocket sessions run outside hyper's connection; the server waits on
     /// this tracker at shutdown so they get to send their close frame.
     pub tracker: TaskTracker,
+    /// Checks consumer credentials; `None` is open mode (every channel, no token).
+    pub verifier: Option<Arc<dyn Verifier>>,
 }
 
 /// Put into each HTTP request's extensions by the server: cancelling `abort` asks the
@@ -85,4 +90,6 @@ pub struct ConnectionHandle {
     /// What the connection holds while open (its connection-limit permit); an upgraded
     /// WebSocket session keeps a clone so the limit still counts it.
     pub hold: Arc<dyn std::any::Any + Send + Sync>,
+    /// The client's address (per-address limits).
+    pub peer: std::net::SocketAddr,
 }

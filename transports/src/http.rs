@@ -41,5 +41,18 @@ pub fn json_bytes(status: StatusCode, bytes: impl Into<Bytes>) -> Response<Body>
 /// The API's error response: `{"error": {"code", "message"}}` with the code's status.
 pub fn error(code: ErrorCode, message: impl Into<String>) -> Response<Body> {
     let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json_bytes(status, ErrorResponse::new(code, message).to_json())
+    let mut res = json_bytes(status, ErrorResponse::new(code, message).to_json());
+    // RFC 6750: a 401 names the scheme it expects.
+    let challenge = match code {
+        ErrorCode::Unauthorized => Some("Bearer realm=\"switchyard\""),
+        ErrorCode::TokenExpired => Some("Bearer realm=\"switchyard\", error=\"invalid_token\""),
+        _ => None,
+    };
+    if let Some(challenge) = challenge {
+        res.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
+    }
+    res
 }

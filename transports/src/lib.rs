@@ -9,8 +9,10 @@
 //! - [`metrics`]: connection, delivery, slow-consumer and latency counters.
 //! - [`http`]: response helpers and the JSON error shape.
 //! - [`params`]: channels and cursors from a consumer request.
+//! - [`access`]: consumer grants (which channels, until when) and the credential seam.
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod context;
 pub mod http;
 pub mod hub;

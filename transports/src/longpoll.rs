@@ -13,7 +13,7 @@ use http::{Response, StatusCode, request::Parts};
 use switchyard_protocol::ErrorCode;
 
 use crate::{
-    Context,
+    Context, access,
     http::{Body, error, json_bytes},
     hub::{Event, Received},
     metrics::Transport,
@@ -24,10 +24,17 @@ use crate::{
 /// Serves a long-poll request.
 pub async fn respond(ctx: Arc<Context>, parts: &Parts) -> Response<Body> {
     let cfg = &ctx.config;
+    let grant = match access::require(&ctx, &parts.headers, parts.uri.query()) {
+        Ok(g) => g,
+        Err(e) => return error(e.code, e.message),
+    };
     let params = match ConsumerParams::parse(parts, cfg.max_channels_per_request, false) {
         Ok(p) => p,
         Err(e) => return error(e.code, e.message),
     };
+    if let Err(e) = grant.check(&params.channels) {
+        return error(e.code, e.message);
+    }
     let (timeout, limit) = match (
         params.seconds("timeout", cfg.poll_default_timeout, cfg.poll_max_timeout),
         params.count("limit", cfg.poll_default_limit, cfg.poll_max_limit),
@@ -64,6 +71,8 @@ pub async fn respond(ctx: Arc<Context>, parts: &Parts) -> Response<Body> {
             biased;
             () = ctx.shutdown.cancelled() => {}
             () = tokio::time::sleep(timeout) => {}
+            // A hold ends when the token does; the next poll is refused with token_expired.
+            () = access::expiry(&grant) => {}
             received = session.inbox.recv() => {
                 let mut next = match received {
                     Received::Event(e) => Some(e),

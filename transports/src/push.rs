@@ -12,7 +12,7 @@ use switchyard_protocol::{ChannelName, ErrorCode};
 use tokio::time::{MissedTickBehavior, interval_at};
 
 use crate::{
-    Context,
+    Context, access,
     context::ConnectionHandle,
     http::{Body, error},
     hub::{Event, Received},
@@ -47,6 +47,10 @@ pub(crate) async fn respond<F: Framing>(
     parts: &Parts,
     framing: F,
 ) -> Response<Body> {
+    let grant = match access::require(&ctx, &parts.headers, parts.uri.query()) {
+        Ok(g) => g,
+        Err(e) => return error(e.code, e.message),
+    };
     let params = match ConsumerParams::parse(
         parts,
         ctx.config.max_channels_per_request,
@@ -55,6 +59,9 @@ pub(crate) async fn respond<F: Framing>(
         Ok(p) => p,
         Err(e) => return error(e.code, e.message),
     };
+    if let Err(e) = grant.check(&params.channels) {
+        return error(e.code, e.message);
+    }
     if ctx.shutdown.is_cancelled() {
         return error(ErrorCode::ShuttingDown, "the server is shutting down");
     }
@@ -123,6 +130,10 @@ pub(crate) async fn respond<F: Framing>(
                     ctx.metrics.delivered(F::TRANSPORT, n as u64);
                 }
                 _ = heartbeat.tick() => yield Ok(Frame::data(framing.heartbeat())),
+                () = access::expiry(&grant) => {
+                    yield Ok(Frame::data(framing.goodbye(ErrorCode::TokenExpired, access::EXPIRED)));
+                    break;
+                }
             }
         }
     };

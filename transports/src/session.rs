@@ -60,6 +60,11 @@ impl Session {
         self.positions.get(channel).is_some()
     }
 
+    /// The subscribed channels.
+    pub(crate) fn channels(&self) -> Vec<ChannelName> {
+        self.positions.iter().map(|(c, _)| c.clone()).collect()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.positions.len()
     }

@@ -21,6 +21,7 @@ use tokio_tungstenite::{
 
 use crate::{
     Context,
+    access::{self, Grant},
     context::ConnectionHandle,
     http::{Body, empty, error},
     hub::{Received, StartFrom},
@@ -30,6 +31,10 @@ use crate::{
 
 /// Close code sent to a client whose queue overflowed.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+/// Close code sent when no valid `auth` frame arrived in time.
+pub const CLOSE_UNAUTHORIZED: u16 = 4001;
+/// Close code sent when the connection's token expired.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4003;
 
 /// Most queued events written before the socket is flushed and other work looked at.
 const BATCH: usize = 64;
@@ -40,6 +45,12 @@ pub fn upgrade(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Body> {
     let key = match check_handshake(req.headers()) {
         Ok(key) => key,
         Err(res) => return res,
+    };
+    // A bad credential is refused before the upgrade; a missing one may still come in
+    // the first frame (browsers cannot set headers on a WebSocket).
+    let grant = match access::admit(&ctx, req.headers(), req.uri().query()) {
+        Ok(g) => g,
+        Err(e) => return error(e.code, e.message),
     };
     if ctx.shutdown.is_cancelled() {
         return error(ErrorCode::ShuttingDown, "the server is shutting down");
@@ -71,7 +82,7 @@ pub fn upgrade(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Body> {
                     Some(config),
                 )
                 .await;
-                run(ctx, ws).await;
+                run(ctx, ws, grant).await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
@@ -139,12 +150,69 @@ enum End {
     Close(u16, &'static str),
 }
 
-/// Runs one WebSocket session until the peer leaves, it is too slow, or the server stops.
-pub async fn run<S>(ctx: Arc<Context>, mut ws: WebSocketStream<S>)
+/// The connection's credential: the grant (once there is one) and the instant that ends
+/// the session unless something changes (the auth deadline, then the token's expiry).
+struct Auth {
+    grant: Option<Grant>,
+    deadline: Option<Instant>,
+}
+
+impl Auth {
+    fn new(grant: Option<Grant>, auth_timeout: Duration) -> Self {
+        let mut auth = Self {
+            grant: None,
+            deadline: Some(Instant::now() + auth_timeout),
+        };
+        if let Some(grant) = grant {
+            auth.set(grant);
+        }
+        auth
+    }
+
+    fn set(&mut self, grant: Grant) {
+        self.deadline = grant.remaining().map(|left| Instant::now() + left);
+        self.grant = Some(grant);
+    }
+
+    async fn deadline(&self) {
+        match self.deadline {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The error frame and close that end a session at its deadline.
+    fn expired(&self) -> (ServerFrame, End) {
+        let (code, message, close, reason) = match self.grant {
+            None => (
+                ErrorCode::Unauthorized,
+                "no valid auth frame in time: send {\"op\":\"auth\",\"token\":\"...\"} first",
+                CLOSE_UNAUTHORIZED,
+                "unauthorized",
+            ),
+            Some(_) => (
+                ErrorCode::TokenExpired,
+                access::EXPIRED,
+                CLOSE_TOKEN_EXPIRED,
+                "token_expired",
+            ),
+        };
+        let frame = ServerFrame::Error {
+            id: None,
+            error: ErrorBody::new(code, message),
+        };
+        (frame, End::Close(close, reason))
+    }
+}
+
+/// Runs one WebSocket session until the peer leaves, it is too slow, its token expires, or
+/// the server stops. Without `grant`, the first frames must include a valid `auth`.
+pub async fn run<S>(ctx: Arc<Context>, mut ws: WebSocketStream<S>, grant: Option<Grant>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let _connection = ctx.metrics.connection(Transport::WebSocket);
+    let mut auth = Auth::new(grant, ctx.config.ws_auth_timeout);
     let mut session = Session::new(&ctx, None);
     let send_timeout = ctx.config.send_timeout;
     let period = ctx.config.ws_ping_interval;
@@ -157,6 +225,11 @@ where
         tokio::select! {
             biased;
             () = ctx.shutdown.cancelled() => break End::Close(1001, "server shutting down"),
+            () = auth.deadline() => {
+                let (frame, end) = auth.expired();
+                let _ = send(&ctx, &mut ws, frame, send_timeout).await;
+                break end;
+            }
             received = session.inbox.recv() => {
                 let Received::Event(first) = received else {
                     ctx.metrics.slow_consumer(Transport::WebSocket);
@@ -185,7 +258,7 @@ where
                         break End::Close(1002, "protocol error");
                     }
                     None | Some(Err(_)) => break End::Gone,
-                    Some(Ok(Message::Text(text))) => handle_frame(&ctx, &mut session, &mut ws, text.as_str()).await,
+                    Some(Ok(Message::Text(text))) => handle_frame(&ctx, &mut session, &mut auth, &mut ws, text.as_str()).await,
                     Some(Ok(Message::Binary(_))) => Err(frame_error(None, ErrorCode::InvalidRequest, "binary frames are not supported; send JSON text")),
                     Some(Ok(Message::Close(_))) => {
                         // tungstenite queued the close reply; send it so the client sees a clean close.
@@ -310,6 +383,7 @@ where
 async fn handle_frame<S>(
     ctx: &Context,
     session: &mut Session,
+    auth: &mut Auth,
     ws: &mut WebSocketStream<S>,
     text: &str,
 ) -> Result<(), Reply>
@@ -320,6 +394,38 @@ where
     let send_timeout = ctx.config.send_timeout;
     match frame {
         ClientFrame::Ping { id } => Err(Reply::Frame(ServerFrame::Pong { id })),
+        ClientFrame::Auth { id, token } => {
+            let grant = match &ctx.verifier {
+                Some(verifier) => verifier
+                    .verify(&token)
+                    .map_err(|e| frame_error(id, e.code, e.message))?,
+                None => Grant::everything(),
+            };
+            let expires_at = grant
+                .expires_at()
+                .map(|t| humantime::format_rfc3339(t).to_string());
+            // A refreshed token may cover fewer channels: drop the ones it does not.
+            let dropped: Vec<ChannelName> = session
+                .channels()
+                .into_iter()
+                .filter(|c| !grant.allows(c.as_str()))
+                .collect();
+            auth.set(grant);
+            let sent = async {
+                for channel in &dropped {
+                    session.close(channel);
+                    let err = access::forbidden(channel.as_str());
+                    let frame = ServerFrame::Error {
+                        id,
+                        error: ErrorBody::new(err.code, format!("{}; unsubscribed", err.message)),
+                    };
+                    ws.feed(Message::text(frame.to_json())).await?;
+                }
+                let authed = ServerFrame::Authed { id, expires_at };
+                ws.send(Message::text(authed.to_json())).await
+            };
+            flatten(timeout(send_timeout, sent).await, ctx).map_err(Reply::End)
+        }
         ClientFrame::Unsubscribe { id, channel } => {
             if !session.is_subscribed(&channel) {
                 return Err(frame_error(
@@ -338,8 +444,19 @@ where
             after,
             cursor,
         } => {
+            let Some(grant) = &auth.grant else {
+                return Err(frame_error(
+                    id,
+                    ErrorCode::Unauthorized,
+                    "send {\"op\":\"auth\",\"token\":\"...\"} before subscribing",
+                ));
+            };
             let name = ChannelName::new(&channel)
                 .map_err(|e| frame_error(id, ErrorCode::InvalidChannel, e.to_string()))?;
+            if !grant.allows(&channel) {
+                let e = access::forbidden(&channel);
+                return Err(frame_error(id, e.code, e.message));
+            }
             if session.is_subscribed(&channel) {
                 return Err(frame_error(
                     id,

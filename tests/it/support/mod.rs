@@ -22,11 +22,16 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
 }
 
 /// The default configuration with test-friendly timings.
+/// Per-address limits are off: every test talks from 127.0.0.1, often in bursts; the
+/// limit tests turn them back on.
 pub fn config() -> Config {
-    Config {
+    let mut config = Config {
         shutdown_grace_secs: 5,
         ..Config::default()
-    }
+    };
+    config.limits.requests_per_sec_per_ip = 0.0;
+    config.limits.max_connections_per_ip = 0;
+    config
 }
 
 /// A running server.

@@ -1,0 +1,117 @@
+//! Before a handler runs: who the caller is, whether they are within their rate, and
+//! whether their credential allows the route.
+
+use std::{net::IpAddr, time::Instant};
+
+use http::{HeaderValue, request::Parts};
+use switchyard_protocol::ErrorCode;
+use switchyard_transports::{access, http::error};
+
+use super::{
+    AppState,
+    router::Reply,
+    routes::{Access, Route},
+};
+use crate::auth::{Scope, keys::ApiKey, rate::retry_after_secs};
+
+/// Who is calling, as far as rate limits and route access care.
+pub enum Caller<'a> {
+    /// A configured API key.
+    Key(&'a ApiKey),
+    /// Anyone else: no credential, a consumer token, or an unknown key.
+    Anonymous,
+}
+
+/// Identifies the caller by the `Authorization: Bearer` API key, if any.
+pub fn identify<'a>(state: &'a AppState, parts: &Parts) -> Caller<'a> {
+    access::credential(&parts.headers, None)
+        .and_then(|token| state.auth.key(&token))
+        .map_or(Caller::Anonymous, Caller::Key)
+}
+
+/// Spends one request from the caller's bucket: the key's, or the client address's.
+///
+/// # Errors
+/// 429 `rate_limited` with `Retry-After`.
+#[allow(clippy::result_large_err)]
+pub fn rate_limit(state: &AppState, ip: Option<IpAddr>, caller: &Caller<'_>) -> Result<(), Reply> {
+    let now = Instant::now();
+    let (checked, whom) = match (caller, ip) {
+        (Caller::Key(key), _) => (state.key_limiter.check(&key.index, now), "API key"),
+        (Caller::Anonymous, Some(ip)) => (state.ip_limiter.check(&ip, now), "client address"),
+        (Caller::Anonymous, None) => (Ok(()), ""),
+    };
+    checked.map_err(|wait| {
+        let secs = retry_after_secs(wait);
+        let mut res = error(
+            ErrorCode::RateLimited,
+            format!("too many requests from this {whom}; retry after {secs} s"),
+        );
+        res.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+        res
+    })
+}
+
+/// Whether the caller may use `route` (with path parameters `params`).
+///
+/// # Errors
+/// 401 without a usable credential, 403 with one that does not allow this.
+#[allow(clippy::result_large_err)]
+pub fn authorize(
+    state: &AppState,
+    route: &Route,
+    params: &[&str],
+    parts: &Parts,
+    caller: &Caller<'_>,
+) -> Result<(), Reply> {
+    if state.auth.is_open() {
+        return Ok(());
+    }
+    match (route.access, caller) {
+        (Access::Public | Access::Consumer, _) => Ok(()),
+        (Access::Key(scope), Caller::Key(key)) => require_scope(key, scope),
+        (Access::Key(_), Caller::Anonymous) => Err(no_key(parts)),
+        (Access::JobReader, Caller::Key(key)) => require_scope(key, Scope::Jobs),
+        (Access::JobReader, Caller::Anonymous) => {
+            let token = access::credential(&parts.headers, parts.uri.query())
+                .ok_or_else(|| error(ErrorCode::Unauthorized, "this endpoint needs an API key with the `jobs` scope or the job's token (`Authorization: Bearer` or `?token=`)"))?;
+            let grant = state
+                .auth
+                .grant(&token)
+                .map_err(|e| error(e.code, e.message))?;
+            let channel = format!("jobs/{}", params.first().copied().unwrap_or_default());
+            if grant.allows(&channel) {
+                Ok(())
+            } else {
+                Err(error(
+                    ErrorCode::Forbidden,
+                    "your token does not allow this job",
+                ))
+            }
+        }
+    }
+}
+
+#[allow(clippy::result_large_err)]
+fn require_scope(key: &ApiKey, scope: Scope) -> Result<(), Reply> {
+    if key.has(scope) {
+        Ok(())
+    } else {
+        Err(error(
+            ErrorCode::Forbidden,
+            format!("this API key lacks the `{}` scope", scope.as_str()),
+        ))
+    }
+}
+
+fn no_key(parts: &Parts) -> Reply {
+    if access::credential(&parts.headers, None).is_some() {
+        error(ErrorCode::Unauthorized, "unknown API key")
+    } else {
+        error(
+            ErrorCode::Unauthorized,
+            "this endpoint needs an API key: `Authorization: Bearer <key>`",
+        )
+    }
+}

@@ -1,0 +1,222 @@
+//! Who may read which channels: the [`Grant`] a consumer credential carries, and the
+//! [`Verifier`] seam through which the server checks credentials (transports never see
+//! keys, secrets or token formats).
+
+use std::{
+    borrow::Cow,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use http::{HeaderMap, header};
+use switchyard_protocol::{ChannelName, ChannelPattern, ErrorCode};
+
+use crate::{Context, params::ParamError};
+
+/// What a verified consumer credential allows: some channels (or all), until a time (or
+/// forever).
+#[derive(Clone, Debug)]
+pub struct Grant {
+    /// `None`: every channel (open mode, or an API key with the `subscribe` scope).
+    channels: Option<Arc<[ChannelPattern]>>,
+    expires_at: Option<SystemTime>,
+}
+
+impl Grant {
+    /// Every channel, forever: open mode, or a trusted backend's API key.
+    pub fn everything() -> Self {
+        Self {
+            channels: None,
+            expires_at: None,
+        }
+    }
+
+    /// The channels matching `patterns`, until `expires_at` (if any).
+    pub fn channels(patterns: Vec<ChannelPattern>, expires_at: Option<SystemTime>) -> Self {
+        Self {
+            channels: Some(patterns.into()),
+            expires_at,
+        }
+    }
+
+    /// Whether the holder may read `channel`.
+    pub fn allows(&self, channel: &str) -> bool {
+        self.channels
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|p| p.matches(channel)))
+    }
+
+    /// When the credential stops being valid.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.expires_at
+    }
+
+    /// Time left before expiry (zero once expired); `None` when it never expires.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.expires_at.map(|at| {
+            at.duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+        })
+    }
+
+    /// Refuses the first of `channels` the grant does not cover.
+    ///
+    /// # Errors
+    /// `forbidden`, naming the channel.
+    pub fn check<'a>(
+        &self,
+        channels: impl IntoIterator<Item = &'a ChannelName>,
+    ) -> Result<(), ParamError> {
+        match channels.into_iter().find(|c| !self.allows(c.as_str())) {
+            Some(channel) => Err(forbidden(channel.as_str())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The refusal for a channel outside a grant.
+pub(crate) fn forbidden(channel: &str) -> ParamError {
+    ParamError::new(
+        ErrorCode::Forbidden,
+        format!("your token does not allow channel {channel:?}"),
+    )
+}
+
+/// Checks a consumer credential; implemented by the server.
+pub trait Verifier: Send + Sync {
+    /// The grant behind `token`.
+    ///
+    /// # Errors
+    /// `unauthorized` (unknown or malformed), `token_expired`, or `forbidden` (a valid
+    /// credential that may not consume at all, e.g. an API key without `subscribe`).
+    fn verify(&self, token: &str) -> Result<Grant, ParamError>;
+}
+
+/// The credential of a request: `Authorization: Bearer <token>`, else `?token=`.
+pub fn credential<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<Cow<'a, str>> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        })
+        .map(|(_, token)| token.trim())
+        .filter(|t| !t.is_empty());
+    if let Some(token) = bearer {
+        return Some(Cow::Borrowed(token));
+    }
+    crate::params::form_urlencoded_pairs(query?)
+        .into_iter()
+        .find(|(k, v)| k == "token" && !v.is_empty())
+        .map(|(_, v)| Cow::Owned(v))
+}
+
+/// The grant of a request's credential: everything in open mode (no verifier), `None`
+/// when a credential is needed but the request has none.
+///
+/// # Errors
+/// The verifier's refusal of the credential given.
+pub fn admit(
+    ctx: &Context,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Option<Grant>, ParamError> {
+    let Some(verifier) = &ctx.verifier else {
+        return Ok(Some(Grant::everything()));
+    };
+    match credential(headers, query) {
+        Some(token) => verifier.verify(&token).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Like [`admit`], but a missing credential is refused too.
+///
+/// # Errors
+/// `unauthorized` without a credential; the verifier's refusal of a bad one.
+pub fn require(
+    ctx: &Context,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Grant, ParamError> {
+    admit(ctx, headers, query)?.ok_or_else(missing)
+}
+
+/// Completes when `grant` expires; never for a grant without expiry.
+pub(crate) async fn expiry(grant: &Grant) {
+    match grant.remaining() {
+        Some(left) => tokio::time::sleep(left).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The goodbye of a stream whose token ran out.
+pub(crate) const EXPIRED: &str = "your token expired; reconnect with a fresh one and your cursor";
+
+/// The refusal of a request without a credential.
+pub(crate) fn missing() -> ParamError {
+    ParamError::new(
+        ErrorCode::Unauthorized,
+        "this endpoint needs a consumer token: `Authorization: Bearer <token>` or `?token=`",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn credential_prefers_the_bearer_header() {
+        let h = headers(&[("authorization", "Bearer abc")]);
+        assert_eq!(credential(&h, Some("token=xyz")).as_deref(), Some("abc"));
+        let h = headers(&[("authorization", "bearer  abc ")]);
+        assert_eq!(credential(&h, None).as_deref(), Some("abc"));
+        let none = HeaderMap::new();
+        assert_eq!(
+            credential(&none, Some("channel=a&token=x%2By")).as_deref(),
+            Some("x+y")
+        );
+        assert_eq!(credential(&none, Some("token=")), None);
+        let basic = headers(&[("authorization", "Basic abc")]);
+        assert_eq!(credential(&basic, None), None);
+    }
+
+    #[test]
+    fn grants_match_patterns() {
+        let g = Grant::channels(
+            vec![
+                ChannelPattern::new("orders/*").unwrap(),
+                ChannelPattern::new("jobs/42").unwrap(),
+            ],
+            None,
+        );
+        assert!(g.allows("orders/7"));
+        assert!(g.allows("jobs/42"));
+        assert!(!g.allows("jobs/43"));
+        assert!(!g.allows("orders/7/items"));
+        assert!(Grant::everything().allows("anything"));
+        let names = [
+            ChannelName::new("orders/1").unwrap(),
+            ChannelName::new("secret").unwrap(),
+        ];
+        let err = g.check(&names).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Forbidden);
+        assert!(err.message.contains("secret"));
+    }
+
+    #[test]
+    fn remaining_is_zero_once_expired() {
+        let past = Grant::channels(vec![], Some(SystemTime::now() - Duration::from_secs(5)));
+        assert_eq!(past.remaining(), Some(Duration::ZERO));
+        assert_eq!(Grant::everything().remaining(), None);
+    }
+}
