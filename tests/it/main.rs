@@ -5,6 +5,7 @@
 
 mod support;
 
+mod e2e_auth;
 mod e2e_crash;
 mod e2e_cross;
 mod e2e_jobs;

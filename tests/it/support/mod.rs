@@ -3,6 +3,7 @@
 pub mod http;
 pub mod receiver;
 pub mod sse;
+pub mod tokens;
 pub mod ws;
 
 use std::{future::Future, net::SocketAddr, time::Duration};

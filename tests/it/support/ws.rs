@@ -29,6 +29,33 @@ impl WsClient {
         Self { ws }
     }
 
+    /// Opens `path` (e.g. `/v1/ws?token=..`) with extra headers; a refused upgrade
+    /// returns its status and JSON body.
+    pub async fn connect_to(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Self, (u16, Value)> {
+        use tokio_tungstenite::tungstenite::{Error, client::IntoClientRequest};
+        let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let stream = super::http::connect(addr, false).await;
+        match client_async(req, stream).await {
+            Ok((ws, _)) => Ok(Self { ws }),
+            Err(Error::Http(res)) => {
+                let status = res.status().as_u16();
+                let body = res.body().as_deref().unwrap_or_default();
+                Err((status, serde_json::from_slice(body).unwrap_or(Value::Null)))
+            }
+            Err(e) => panic!("websocket handshake failed: {e}"),
+        }
+    }
+
     pub async fn send(&mut self, frame: Value) {
         self.ws
             .send(Message::text(frame.to_string()))
