@@ -3,8 +3,7 @@
 //! and in order, and samples publish → receive latency.
 
 use std::{
-    collections::{BTreeMap, hash_map::RandomState},
-    hash::BuildHasher,
+    collections::BTreeMap,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -18,11 +17,12 @@ use tokio::time::Instant;
 use crate::{
     clients::{ClientConfig, Flow, Handler, Transport},
     envelope, limits,
-    procstat::Proc,
-    publisher::{self, PublishOutcome, PublishPlan},
+    procstat::{self, CpuMeter, Proc},
+    publisher::{self, PublishPlan, Publishing},
     report::{FanoutReport, TransportShare},
     scrape::{self, Metrics},
-    stats::Latency,
+    stall::StallWatch,
+    stats::{Latency, per_sec},
     swarm::{Swarm, SwarmConfig},
     target::{DEFAULT_PER_SOURCE_IP, Sources, Target},
     tracker::{Tracker, unix_micros},
@@ -196,13 +196,10 @@ pub async fn run(opts: &FanoutOptions) -> anyhow::Result<FanoutReport> {
     let sources = Sources::parse(&opts.source_ips, &target, opts.per_source_ip)?;
     let server = Proc::pid(opts.pid);
     server.check()?;
-    let me = Proc::this();
-    let channel = opts.channel.clone().unwrap_or_else(|| {
-        format!(
-            "fanout/{:016x}",
-            RandomState::new().hash_one(std::process::id())
-        )
-    });
+    let channel = opts
+        .channel
+        .clone()
+        .unwrap_or_else(|| publisher::fresh_channel("fanout"));
     let stall = Duration::from_secs(opts.stall_secs);
     let n = opts.subscribers;
 
@@ -232,59 +229,33 @@ pub async fn run(opts: &FanoutOptions) -> anyhow::Result<FanoutReport> {
     swarm.wait_subscribed(stall).await?;
     let subscribe_secs = started.elapsed().as_secs_f64();
 
-    let server_cpu_before = server.cpu_secs()?;
-    let bench_cpu_before = me.cpu_secs()?;
+    let cpu = CpuMeter::start(&server)?;
     let publish_start = Instant::now();
-    let published = Arc::new(AtomicU64::new(0));
     let plan = PublishPlan {
         channel: channel.clone(),
         events: opts.events,
         rate: opts.rate,
         size: opts.size,
         connections: opts.publishers,
+        event_type: "bench".into(),
+        api_key: None,
     };
-    let mut publishing = {
-        let (target, published) = (target.clone(), Arc::clone(&published));
-        tokio::spawn(async move { publisher::publish(&target, &plan, published).await })
-    };
+    let publishing = Publishing::spawn(&target, plan);
 
     // Wait for every subscriber to finish, or for nothing to move for `stall`.
-    let mut last = (0, 0);
-    let mut last_change = Instant::now();
+    let mut watch = StallWatch::new(stall);
     let mut stalled = false;
     while swarm.ended < n {
         swarm.next_signal(Duration::from_millis(100)).await;
         swarm.drain_signals();
-        let now = (
-            progress.load(Ordering::Relaxed),
-            published.load(Ordering::Relaxed),
-        );
-        if now != last {
-            last = now;
-            last_change = Instant::now();
-        } else if last_change.elapsed() >= stall {
+        if watch.is_stalled((progress.load(Ordering::Relaxed), publishing.published())) {
             stalled = true;
             break;
         }
     }
-    let server_cpu = server.cpu_secs()? - server_cpu_before;
-    let bench_cpu = me.cpu_secs()? - bench_cpu_before;
+    let (server_cpu, bench_cpu) = cpu.read()?;
 
-    let outcome = match tokio::time::timeout(Duration::from_secs(1), &mut publishing).await {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(e)) => PublishOutcome {
-            errors: vec![format!("publisher task failed: {e}")],
-            ..PublishOutcome::default()
-        },
-        Err(_) => {
-            publishing.abort();
-            PublishOutcome {
-                published: published.load(Ordering::Relaxed),
-                errors: vec!["publisher still running when the run was stopped".into()],
-                ..PublishOutcome::default()
-            }
-        }
-    };
+    let outcome = publishing.finish().await;
     let end_errors = swarm.end_errors.clone();
     let members = swarm.stop(Duration::from_secs(5)).await;
     let metrics_after = scrape::fetch(&target).await.ok();
@@ -382,11 +353,7 @@ pub async fn run(opts: &FanoutOptions) -> anyhow::Result<FanoutReport> {
     if let (Some(last), Some(first)) = (last_delivery, outcome.first_us) {
         report.window_secs = last.saturating_sub(first) as f64 / 1e6;
         report.deliveries_per_sec = per_sec(report.delivered, report.window_secs);
-        let workers = tokio::runtime::Handle::current()
-            .metrics()
-            .num_workers()
-            .max(1);
-        report.bench_busy = bench_cpu / report.window_secs.max(1e-9) / workers as f64;
+        report.bench_busy = procstat::runtime_share(bench_cpu, report.window_secs);
     }
     report.deliveries_per_server_cpu_sec = per_sec(report.delivered, report.server_cpu_secs);
     report.ok = !stalled
@@ -399,10 +366,6 @@ pub async fn run(opts: &FanoutOptions) -> anyhow::Result<FanoutReport> {
         && report.missing == 0
         && outcome.errors.is_empty();
     Ok(report)
-}
-
-fn per_sec(count: u64, secs: f64) -> f64 {
-    if secs > 0.0 { count as f64 / secs } else { 0.0 }
 }
 
 fn delta(before: &Metrics, after: Option<&Metrics>, name: &str) -> Option<f64> {

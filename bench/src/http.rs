@@ -25,6 +25,8 @@ pub struct HttpConn {
     conn: Pin<Box<Connection<Io, Full<Bytes>>>>,
     closed: bool,
     authority: String,
+    /// `Bearer <key>` sent on every request built by [`HttpConn::request`], when set.
+    authorization: Option<hyper::header::HeaderValue>,
 }
 
 impl HttpConn {
@@ -51,7 +53,20 @@ impl HttpConn {
             conn: Box::pin(conn),
             closed: false,
             authority: target.authority.clone(),
+            authorization: None,
         })
+    }
+
+    /// Sends `Authorization: Bearer <key>` on every request from now on (none for `None`).
+    ///
+    /// # Errors
+    /// A key that cannot be a header value (control characters).
+    pub fn with_api_key(mut self, key: Option<&str>) -> anyhow::Result<Self> {
+        self.authorization = key
+            .map(|k| hyper::header::HeaderValue::from_str(&format!("Bearer {k}")))
+            .transpose()
+            .context("--api-key must be printable ASCII")?;
+        Ok(self)
     }
 
     /// Connects to `target` and opens a connection with hyper's default buffers.
@@ -65,7 +80,8 @@ impl HttpConn {
         Self::open(stream, target, None).await
     }
 
-    /// A request to `path` with the `Host` header set.
+    /// A request to `path` with the `Host` header (and `Authorization`, when an API key is
+    /// set) filled in.
     ///
     /// # Panics
     /// On a path that is not a valid URI (the bench builds them itself).
@@ -79,6 +95,9 @@ impl HttpConn {
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, &self.authority);
+        if let Some(auth) = &self.authorization {
+            req = req.header(hyper::header::AUTHORIZATION, auth);
+        }
         let body = match body {
             Some((content_type, bytes)) => {
                 req = req.header(hyper::header::CONTENT_TYPE, content_type);

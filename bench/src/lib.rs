@@ -4,16 +4,20 @@
 //! - [`idle`]: hold N subscribed, idle connections; report the server's RSS per connection.
 //! - [`fanout`]: N subscribers on one channel, one publisher; report deliveries per second,
 //!   latency percentiles, loss and duplicates, and the server's CPU per delivery.
+//! - [`jobs`]: C clients submitting durable jobs; report submits/s, latency and errors.
+//! - [`webhooks`]: signed webhook deliveries to a built-in [`receiver`]; report
+//!   deliveries/s, end-to-end latency, duplicates, loss and bad signatures.
 //!
 //! # Layout
 //! - [`clients`]: one subscriber client per transport (WebSocket, SSE, NDJSON, long-poll),
 //!   all reporting to a [`clients::Handler`].
 //! - [`swarm`]: many subscriber tasks: opening concurrency, readiness, stopping.
 //! - [`publisher`]: paced publishing over keep-alive HTTP/1.1 connections.
-//! - [`envelope`], [`scan`], [`tracker`], [`stats`]: reading events, checking offsets,
-//!   percentiles.
+//! - [`envelope`], [`scan`], [`tracker`], [`stats`], [`stall`]: reading events, checking
+//!   offsets, percentiles, noticing a run that stopped moving.
 //! - [`procstat`], [`scrape`], [`limits`]: `/proc`, `/metrics` and the open-files limit.
 //! - [`target`], [`http`]: addresses, source-address rotation, the HTTP/1.1 client.
+//! - [`receiver`]: the webhook receiver that verifies signatures.
 //! - [`report`]: the JSON result line and the human summary.
 
 pub mod clients;
@@ -21,13 +25,17 @@ pub mod envelope;
 pub mod fanout;
 pub mod http;
 pub mod idle;
+pub mod jobs;
 pub mod limits;
 pub mod procstat;
 pub mod publisher;
+pub mod receiver;
 pub mod report;
 pub mod scan;
 pub mod scrape;
+pub mod stall;
 pub mod stats;
 pub mod swarm;
 pub mod target;
 pub mod tracker;
+pub mod webhooks;

@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand};
 use switchyard_bench::{
     fanout::{self, FanoutOptions},
     idle::{self, IdleOptions},
+    jobs::{self, JobsOptions},
     limits, report,
+    webhooks::{self, WebhooksOptions},
 };
 
 /// Load generator for switchyard. Prints one JSON object per result on stdout and a
@@ -15,9 +17,9 @@ use switchyard_bench::{
 #[derive(Parser, Debug)]
 #[command(name = "switchyard-bench", version)]
 struct Cli {
-    /// Worker threads of the bench's own runtime [default: 1 for idle (single-threaded,
-    /// the cheapest), 2 for fanout (one thread cannot parse SSE as fast as the server
-    /// writes it)].
+    /// Worker threads of the bench's own runtime [default: 1 for idle, jobs and webhooks
+    /// (single-threaded, the cheapest), 2 for fanout (one thread cannot parse SSE as fast
+    /// as the server writes it)].
     #[arg(long, global = true)]
     threads: Option<usize>,
     #[command(subcommand)]
@@ -52,6 +54,27 @@ enum Scenario {
     /// that holds every event (e.g. SWITCHYARD_CONSUMERS__QUEUE_CAPACITY=4096 for 2000
     /// events), or subscribers are disconnected as slow consumers.
     Fanout(FanoutOptions),
+    /// C clients submitting durable jobs (`POST /v1/jobs`) back to back; report submits/s,
+    /// latency percentiles and errors by status.
+    ///
+    /// Each client holds one keep-alive HTTP/1.1 connection with one submit in flight. The
+    /// body is a JSON object padded to `--size` bytes, built once and shared, so
+    /// `--size 10485760` (10 MiB, the server's default `limits.max_job_bytes`) costs the
+    /// bench no copies. Every answer other than 202 is an error, counted by status; any
+    /// error makes the run not ok. 429 means the server's per-client limits refused.
+    Jobs(JobsOptions),
+    /// Signed webhook deliveries to a built-in receiver; report deliveries/s, end-to-end
+    /// latency, duplicates, loss and bad signatures.
+    ///
+    /// The bench listens on `--receiver` (127.0.0.1, any port), registers an endpoint for a
+    /// fresh channel, publishes `--events` events of type `bench.tick` whose data carries
+    /// the send time, verifies every delivery's Standard Webhooks signature with the
+    /// endpoint's secret, waits for all of them (or `--stall-secs` without progress), and
+    /// deletes the endpoint. Latency is receive time minus send time.
+    ///
+    /// The server must allow webhook URLs on private addresses:
+    /// SWITCHYARD_WEBHOOKS__ALLOW_PRIVATE_NETWORKS=true.
+    Webhooks(WebhooksOptions),
 }
 
 fn main() -> ExitCode {
@@ -59,7 +82,7 @@ fn main() -> ExitCode {
     // Without unsafe code, through prlimit(1); keeps the current limit when that fails.
     limits::raise_to_hard();
     let threads = cli.threads.unwrap_or(match cli.scenario {
-        Scenario::Idle(_) => 1,
+        Scenario::Idle(_) | Scenario::Jobs(_) | Scenario::Webhooks(_) => 1,
         Scenario::Fanout(_) => 2,
     });
     let runtime = if threads <= 1 {
@@ -81,16 +104,10 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match cli.scenario {
-            Scenario::Idle(opts) => {
-                let r = idle::run(&opts).await?;
-                report::emit(&r, &r.summary())?;
-                anyhow::Ok(r.ok)
-            }
-            Scenario::Fanout(opts) => {
-                let r = fanout::run(&opts).await?;
-                report::emit(&r, &r.summary())?;
-                anyhow::Ok(r.ok)
-            }
+            Scenario::Idle(opts) => report::finish(&idle::run(&opts).await?),
+            Scenario::Fanout(opts) => report::finish(&fanout::run(&opts).await?),
+            Scenario::Jobs(opts) => report::finish(&jobs::run(&opts).await?),
+            Scenario::Webhooks(opts) => report::finish(&webhooks::run(&opts).await?),
         }
     });
     // Idle connections are dropped with the runtime, not one by one.

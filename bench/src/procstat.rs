@@ -77,6 +77,56 @@ impl Proc {
     }
 }
 
+/// CPU seconds the server and this process use over a stretch of a run.
+#[derive(Debug)]
+pub struct CpuMeter {
+    server: Proc,
+    me: Proc,
+    server_start: f64,
+    me_start: f64,
+}
+
+impl CpuMeter {
+    /// Starts counting for `server` and this process.
+    ///
+    /// # Errors
+    /// Either process's `stat` is unreadable.
+    pub fn start(server: &Proc) -> anyhow::Result<Self> {
+        let me = Proc::this();
+        Ok(Self {
+            server_start: server.cpu_secs()?,
+            me_start: me.cpu_secs()?,
+            server: server.clone(),
+            me,
+        })
+    }
+
+    /// `(server, bench)` CPU seconds since [`CpuMeter::start`].
+    ///
+    /// # Errors
+    /// Either process's `stat` is unreadable (the server exited?).
+    pub fn read(&self) -> anyhow::Result<(f64, f64)> {
+        Ok((
+            self.server.cpu_secs()? - self.server_start,
+            self.me.cpu_secs()? - self.me_start,
+        ))
+    }
+}
+
+/// The share of the bench's runtime that `cpu_secs` of this process's CPU over
+/// `window_secs` used: `cpu / (window * worker threads)`. Near 1, the bench itself set the
+/// pace, and rates and latencies describe the bench, not the server.
+///
+/// # Panics
+/// Outside a Tokio runtime.
+pub fn runtime_share(cpu_secs: f64, window_secs: f64) -> f64 {
+    let workers = tokio::runtime::Handle::current()
+        .metrics()
+        .num_workers()
+        .max(1);
+    cpu_secs / window_secs.max(1e-9) / workers as f64
+}
+
 /// `utime + stime` (fields 14 and 15) in clock ticks. Fields are counted after the
 /// parenthesised command name, which may itself hold spaces.
 fn parse_cpu_ticks(stat: &str) -> Option<u64> {

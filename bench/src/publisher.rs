@@ -12,7 +12,10 @@ use std::{
 use anyhow::bail;
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
-use tokio::{task::JoinSet, time::Instant};
+use tokio::{
+    task::{JoinHandle, JoinSet},
+    time::Instant,
+};
 
 use crate::{http::HttpConn, target::Target, tracker::unix_micros};
 
@@ -29,6 +32,10 @@ pub struct PublishPlan {
     pub size: usize,
     /// Keep-alive connections publishing concurrently (each has one request in flight).
     pub connections: usize,
+    /// The events' `type`.
+    pub event_type: String,
+    /// Sent as `Authorization: Bearer <key>` when set.
+    pub api_key: Option<String>,
 }
 
 /// How publishing went.
@@ -58,9 +65,66 @@ pub fn payload(size: usize, ts_us: u64) -> String {
     out
 }
 
+/// `{prefix}/<16 random hex digits>`: a channel no earlier run used.
+pub fn fresh_channel(prefix: &str) -> String {
+    use std::hash::BuildHasher as _;
+    let random = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+    format!("{prefix}/{random:016x}")
+}
+
 /// The publish path of `channel` (`/` percent-encoded).
 pub fn publish_path(channel: &str) -> String {
     format!("/v1/channels/{}/events", channel.replace('/', "%2F"))
+}
+
+/// [`publish`] running in its own task.
+#[derive(Debug)]
+pub struct Publishing {
+    task: JoinHandle<PublishOutcome>,
+    /// Accepted events so far, counted by the publishers as they go.
+    progress: Arc<AtomicU64>,
+}
+
+impl Publishing {
+    /// Starts publishing `plan` to `target`.
+    pub fn spawn(target: &Target, plan: PublishPlan) -> Self {
+        let progress = Arc::new(AtomicU64::new(0));
+        let task = {
+            let (target, progress) = (target.clone(), Arc::clone(&progress));
+            tokio::spawn(async move { publish(&target, &plan, progress).await })
+        };
+        Self { task, progress }
+    }
+
+    /// Events accepted so far.
+    pub fn published(&self) -> u64 {
+        self.progress.load(Ordering::Relaxed)
+    }
+
+    /// Whether every publisher has stopped (done, or failed).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// The outcome, waiting at most a second for it; publishers still running then are
+    /// stopped and that is reported as an error.
+    pub async fn finish(mut self) -> PublishOutcome {
+        match tokio::time::timeout(Duration::from_secs(1), &mut self.task).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => PublishOutcome {
+                errors: vec![format!("publisher task failed: {e}")],
+                ..PublishOutcome::default()
+            },
+            Err(_) => {
+                self.task.abort();
+                PublishOutcome {
+                    published: self.published(),
+                    errors: vec!["publisher still running when the run was stopped".into()],
+                    ..PublishOutcome::default()
+                }
+            }
+        }
+    }
 }
 
 /// Publishes `plan.events` events. `progress` counts accepted events as they go.
@@ -115,7 +179,9 @@ async fn publish_on_one(
     progress: &AtomicU64,
     out: &mut PublishOutcome,
 ) -> anyhow::Result<()> {
-    let mut conn = HttpConn::connect(target).await?;
+    let mut conn = HttpConn::connect(target)
+        .await?
+        .with_api_key(plan.api_key.as_deref())?;
     let path = publish_path(&plan.channel);
     loop {
         let i = next.fetch_add(1, Ordering::Relaxed);
@@ -127,7 +193,8 @@ async fn publish_on_one(
         }
         let now_us = unix_micros();
         let body = format!(
-            r#"{{"type":"bench","data":{}}}"#,
+            r#"{{"type":"{}","data":{}}}"#,
+            plan.event_type,
             payload(plan.size, now_us)
         );
         let req = conn.request(

@@ -140,8 +140,153 @@ pub struct FanoutReport {
     pub ok: bool,
 }
 
+/// Result of the `jobs` scenario.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobsReport {
+    /// `"jobs"`.
+    pub scenario: &'static str,
+    /// Clients (connections), one submit in flight each.
+    pub concurrency: usize,
+    /// Body size of each submit, bytes.
+    pub size: usize,
+    /// Requested run time, seconds (`None` with `requests`).
+    pub duration_secs: Option<f64>,
+    /// Requested submit count, when given.
+    pub requests: Option<u64>,
+    /// Submits sent.
+    pub sent: u64,
+    /// Submits answered `202 Accepted`.
+    pub accepted: u64,
+    /// Everything else: `sent - accepted`, unless the run was cut short.
+    pub errors: u64,
+    /// Errors by kind: the HTTP status (`"429"`, `"503"`, ...), `connection` or `timeout`.
+    pub errors_by_status: BTreeMap<String, u64>,
+    /// Seconds from the first submit to the last answer.
+    pub elapsed_secs: f64,
+    /// `accepted / elapsed_secs`.
+    pub submits_per_sec: f64,
+    /// Accepted body bytes per second, MiB.
+    pub mib_per_sec: f64,
+    /// Submit → `202` latency of accepted submits (every one is sampled).
+    pub latency: Latency,
+    /// Server CPU seconds (utime + stime) over the run.
+    pub server_cpu_secs: f64,
+    /// `accepted / server_cpu_secs`.
+    pub submits_per_server_cpu_sec: f64,
+    /// Server VmRSS at the end, KiB.
+    pub server_rss_kib: u64,
+    /// Server VmHWM (peak RSS since it started), KiB.
+    pub server_peak_rss_kib: u64,
+    /// The bench's CPU seconds over the run.
+    pub bench_cpu_secs: f64,
+    /// The bench's share of its runtime's threads, see [`FanoutReport::bench_busy`].
+    pub bench_busy: f64,
+    /// The first few error answers or failures.
+    pub error_samples: Vec<String>,
+    /// Every submit answered 202 (and all `requests` were made).
+    pub ok: bool,
+}
+
+/// Result of the `webhooks` scenario.
+#[derive(Clone, Debug, Serialize)]
+pub struct WebhooksReport {
+    /// `"webhooks"`.
+    pub scenario: &'static str,
+    /// Events to publish, one delivery each.
+    pub events: u64,
+    /// Target publish rate, events/s (0 = as fast as accepted).
+    pub rate: f64,
+    /// Payload (`data`) size, bytes.
+    pub size: usize,
+    /// Publisher connections.
+    pub publishers: usize,
+    /// The channel used.
+    pub channel: String,
+    /// The endpoint registered for the run (deleted at its end).
+    pub endpoint_id: String,
+    /// Where the built-in receiver listened.
+    pub receiver_url: String,
+    /// Events the server accepted (201).
+    pub published: u64,
+    /// Seconds from the first publish to the last accepted one.
+    pub publish_secs: f64,
+    /// Achieved publish rate, events/s.
+    pub publish_rate: f64,
+    /// Requests the receiver got (deliveries, duplicates and bad ones).
+    pub requests: u64,
+    /// Distinct verified deliveries (first arrival of each `webhook-id`).
+    pub delivered: u64,
+    /// Seconds from the first publish to the last delivery.
+    pub window_secs: f64,
+    /// `delivered / window_secs`.
+    pub deliveries_per_sec: f64,
+    /// Publish → receipt latency of first arrivals (`ts_us` in the event to receive time).
+    pub latency: Latency,
+    /// Verified deliveries whose `webhook-id` had arrived before (allowed: at least once).
+    pub duplicates: u64,
+    /// New `webhook-id`s carrying an offset already delivered (a duplicate the receiver
+    /// cannot recognise; must be 0).
+    pub duplicate_offsets: u64,
+    /// Deliveries with an offset outside `1..=events` or no offset.
+    pub unexpected: u64,
+    /// Events accepted by the server but never delivered.
+    pub lost: u64,
+    /// Deliveries whose signature did not verify, or lacked the headers.
+    pub bad_signatures: u64,
+    /// Whether the run stopped because nothing moved for `--stall-secs`.
+    pub stalled: bool,
+    /// Server CPU seconds (utime + stime) from the first publish to the last delivery.
+    pub server_cpu_secs: f64,
+    /// `delivered / server_cpu_secs`.
+    pub deliveries_per_server_cpu_sec: f64,
+    /// Server VmRSS at the end, KiB.
+    pub server_rss_kib: u64,
+    /// Server VmHWM (peak RSS since it started), KiB.
+    pub server_peak_rss_kib: u64,
+    /// The bench's CPU seconds over the same window (publishers and receiver).
+    pub bench_cpu_secs: f64,
+    /// The bench's share of its runtime's threads, see [`FanoutReport::bench_busy`].
+    pub bench_busy: f64,
+    /// Publisher, receiver and endpoint errors (the first few).
+    pub errors: Vec<String>,
+    /// Everything published and delivered, no bad signature, no stall, no error.
+    pub ok: bool,
+}
+
 /// Above this [`FanoutReport::bench_busy`], the summary warns that the bench was the limit.
 pub const BUSY_WARNING: f64 = 0.8;
+
+/// A scenario's result: a JSON object for scripts, a summary for people, and a verdict.
+pub trait Report: Serialize {
+    /// The human summary.
+    fn summary(&self) -> String;
+    /// Whether the run found no problem.
+    fn is_ok(&self) -> bool;
+}
+
+macro_rules! impl_report {
+    ($($report:ty),*) => {$(
+        impl Report for $report {
+            fn summary(&self) -> String {
+                <$report>::summary(self)
+            }
+            fn is_ok(&self) -> bool {
+                self.ok
+            }
+        }
+    )*};
+}
+
+impl_report!(IdleReport, FanoutReport, JobsReport, WebhooksReport);
+
+/// [`emit`]s `report` and returns its verdict.
+///
+/// # Errors
+/// Writing to stdout failed.
+pub fn finish(report: &impl Report) -> anyhow::Result<bool> {
+    emit(report, &report.summary())?;
+    Ok(report.is_ok())
+}
 
 /// Prints `report` as one JSON line on stdout and `summary` on stderr.
 ///
@@ -226,12 +371,7 @@ impl FanoutReport {
             "  delivered {} of {} in {:.2}s: {:.0} deliveries/s",
             self.delivered, self.expected_deliveries, self.window_secs, self.deliveries_per_sec
         );
-        let l = &self.latency;
-        let _ = writeln!(
-            s,
-            "  latency ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  ({} samples)",
-            l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms, l.samples
-        );
+        let _ = writeln!(s, "  latency ms: {}", latency_line(&self.latency));
         let _ = writeln!(
             s,
             "  lost {}  duplicated {}  out-of-order {}  unexpected {}  resets {}  disconnected {}{}",
@@ -243,31 +383,19 @@ impl FanoutReport {
             self.disconnected,
             if self.stalled { "  STALLED" } else { "" }
         );
-        let _ = writeln!(
-            s,
-            "  server: {:.2} CPU s ({:.0} deliveries per CPU s), RSS {} KiB, peak {} KiB",
+        server_line(
+            &mut s,
             self.server_cpu_secs,
-            self.deliveries_per_server_cpu_sec,
+            (self.deliveries_per_server_cpu_sec, "deliveries"),
             self.server_rss_kib,
-            self.server_peak_rss_kib
+            self.server_peak_rss_kib,
         );
-        let _ = write!(
-            s,
-            "  bench: {:.2} CPU s ({:.0}% busy); server counted {} deliveries, {} slow-consumer \
-             disconnects",
-            self.bench_cpu_secs,
-            self.bench_busy * 100.0,
+        let counted = format!(
+            "; server counted {} deliveries, {} slow-consumer disconnects",
             opt(self.server_deliveries),
             opt(self.server_slow_consumer_disconnects)
         );
-        if self.bench_busy > BUSY_WARNING {
-            let _ = write!(
-                s,
-                "\n  WARNING: the bench was {:.0}% busy: it, not the server, limited this run \
-                 (try --threads 2, or run the bench on another machine)",
-                self.bench_busy * 100.0
-            );
-        }
+        bench_line(&mut s, self.bench_cpu_secs, self.bench_busy, &counted);
         for (name, t) in &self.by_transport {
             let _ = write!(
                 s,
@@ -284,6 +412,144 @@ impl FanoutReport {
             let _ = write!(s, "\n  error: {e}");
         }
         s
+    }
+}
+
+impl JobsReport {
+    /// The human summary.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "jobs: {} clients x {} B bodies, {} of {} submits accepted in {:.2}s {}",
+            self.concurrency,
+            self.size,
+            self.accepted,
+            self.sent,
+            self.elapsed_secs,
+            verdict(self.ok)
+        );
+        let _ = writeln!(
+            s,
+            "  {:.0} submits/s ({:.1} MiB/s); errors {}{}",
+            self.submits_per_sec,
+            self.mib_per_sec,
+            self.errors,
+            by_kind(&self.errors_by_status)
+        );
+        let _ = writeln!(s, "  latency ms: {}", latency_line(&self.latency));
+        server_line(
+            &mut s,
+            self.server_cpu_secs,
+            (self.submits_per_server_cpu_sec, "submits"),
+            self.server_rss_kib,
+            self.server_peak_rss_kib,
+        );
+        bench_line(&mut s, self.bench_cpu_secs, self.bench_busy, "");
+        if self.errors_by_status.contains_key("429") {
+            let _ = write!(
+                s,
+                "\n  note: 429 = the server's per-client rate or connection limits refused \
+                 submits; raise them on the server for a load test"
+            );
+        }
+        for e in &self.error_samples {
+            let _ = write!(s, "\n  error: {e}");
+        }
+        s
+    }
+}
+
+impl WebhooksReport {
+    /// The human summary.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "webhooks: {} events x {} B on {} -> {} {}",
+            self.events,
+            self.size,
+            self.channel,
+            self.receiver_url,
+            verdict(self.ok)
+        );
+        let _ = writeln!(
+            s,
+            "  published {} in {:.2}s ({:.0}/s, {} connections)",
+            self.published, self.publish_secs, self.publish_rate, self.publishers
+        );
+        let _ = writeln!(
+            s,
+            "  delivered {} ({} requests) in {:.2}s: {:.0} deliveries/s",
+            self.delivered, self.requests, self.window_secs, self.deliveries_per_sec
+        );
+        let _ = writeln!(s, "  latency ms: {}", latency_line(&self.latency));
+        let _ = writeln!(
+            s,
+            "  lost {}  duplicates {}  duplicate offsets {}  unexpected {}  bad signatures {}{}",
+            self.lost,
+            self.duplicates,
+            self.duplicate_offsets,
+            self.unexpected,
+            self.bad_signatures,
+            if self.stalled { "  STALLED" } else { "" }
+        );
+        server_line(
+            &mut s,
+            self.server_cpu_secs,
+            (self.deliveries_per_server_cpu_sec, "deliveries"),
+            self.server_rss_kib,
+            self.server_peak_rss_kib,
+        );
+        bench_line(&mut s, self.bench_cpu_secs, self.bench_busy, "");
+        for e in &self.errors {
+            let _ = write!(s, "\n  error: {e}");
+        }
+        s
+    }
+}
+
+/// `p50 .. p99 .. p99.9 .. max .. (n samples)`.
+fn latency_line(l: &Latency) -> String {
+    format!(
+        "p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  ({} samples)",
+        l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms, l.samples
+    )
+}
+
+/// ` (429: 3, timeout: 1)`, or nothing.
+fn by_kind(counts: &BTreeMap<String, u64>) -> String {
+    if counts.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = counts.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+    format!(" ({})", list.join(", "))
+}
+
+/// `  server: 1.20 CPU s (9000 deliveries per CPU s), RSS .. KiB, peak .. KiB` and a newline.
+fn server_line(s: &mut String, cpu_secs: f64, per_cpu: (f64, &str), rss: u64, peak: u64) {
+    let _ = writeln!(
+        s,
+        "  server: {cpu_secs:.2} CPU s ({:.0} {} per CPU s), RSS {rss} KiB, peak {peak} KiB",
+        per_cpu.0, per_cpu.1
+    );
+}
+
+/// `  bench: 0.50 CPU s (25% busy){extra}`, and a warning when `busy` is above
+/// [`BUSY_WARNING`].
+fn bench_line(s: &mut String, cpu_secs: f64, busy: f64, extra: &str) {
+    let _ = write!(
+        s,
+        "  bench: {cpu_secs:.2} CPU s ({:.0}% busy){extra}",
+        busy * 100.0
+    );
+    if busy > BUSY_WARNING {
+        let _ = write!(
+            s,
+            "\n  WARNING: the bench was {:.0}% busy: it, not the server, limited this run \
+             (try --threads 2, or run the bench on another machine)",
+            busy * 100.0
+        );
     }
 }
 

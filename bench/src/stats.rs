@@ -1,4 +1,4 @@
-//! Latency percentiles from microsecond samples.
+//! Latency percentiles from microsecond samples, and rates.
 
 use serde::Serialize;
 
@@ -37,6 +37,11 @@ impl Latency {
             mean_ms: sum as f64 / samples.len() as f64 / 1000.0,
         }
     }
+}
+
+/// `count / secs`, or 0 when no time passed.
+pub fn per_sec(count: u64, secs: f64) -> f64 {
+    if secs > 0.0 { count as f64 / secs } else { 0.0 }
 }
 
 /// Nearest-rank percentile of sorted, non-empty `sorted`.

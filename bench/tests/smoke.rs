@@ -166,7 +166,10 @@ async fn jobs_submits_every_request() {
     assert_eq!((r.sent, r.accepted, r.errors), (20, 20, 0), "{summary}");
     assert_eq!(r.latency.samples, 20, "{summary}");
     assert_eq!(r.size, 1024, "{summary}");
-    assert!(r.submits_per_sec > 0.0 && r.server_cpu_secs >= 0.0, "{summary}");
+    assert!(
+        r.submits_per_sec > 0.0 && r.server_cpu_secs >= 0.0,
+        "{summary}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
