@@ -473,3 +473,91 @@ async fn open_mode_refuses_a_public_address() {
     let _ = stop.send(());
     within("shutdown", task).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn secrets_never_reach_the_log() {
+    let jwt_secret = "jwt-secret-that-must-not-leak-0123456789";
+    let data = tempfile::tempdir().unwrap();
+    let keys = format!("{ADMIN},{WORKER}:work");
+    let mut server = crate::support::process::spawn(
+        data.path(),
+        &[
+            ("RUST_LOG", "trace"),
+            ("SWITCHYARD_AUTH__API_KEYS", &keys),
+            ("SWITCHYARD_AUTH__JWT_SECRET", jwt_secret),
+        ],
+    );
+    let addr = server.addr;
+    let ch = channel("auth-logs");
+    let token = tokens::hs256(jwt_secret, &claims(&[&ch], 300));
+    let wrong = "wrong-key-that-must-not-leak-012345";
+    for key in [ADMIN, WORKER, wrong] {
+        let auth = bearer(key);
+        http::post_json(
+            addr,
+            &format!("/v1/channels/{ch}/events"),
+            &[("authorization", &auth)],
+            &json!({"type": "tick", "data": 1}),
+        )
+        .await;
+    }
+    let res = http::open(
+        addr,
+        &format!("/v1/poll?channel={ch}&timeout=0&token={token}"),
+        &[],
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let job = http::post_json(
+        addr,
+        "/v1/jobs",
+        &[("authorization", &bearer(ADMIN))],
+        &json!({}),
+    )
+    .await
+    .2;
+    let job_token = job["token"].as_str().unwrap().to_owned();
+    http::request(
+        addr,
+        "GET",
+        &format!("/v1/jobs/{}?token={job_token}", job["id"].as_str().unwrap()),
+        &[],
+        Vec::new(),
+    )
+    .await;
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    // `switchyard config` shows the effective configuration with secrets redacted, and a
+    // refused key is described without being echoed.
+    let env = [
+        ("SWITCHYARD_AUTH__API_KEYS", keys.as_str()),
+        ("SWITCHYARD_AUTH__JWT_SECRET", jwt_secret),
+    ];
+    let (ok, shown) = crate::support::process::run(&["config"], &env);
+    assert!(ok, "{shown}");
+    assert!(shown.contains("<redacted>:work"), "{shown}");
+    let bad = "too-short-key:work";
+    let (ok, refused) = crate::support::process::run(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.path().to_str().unwrap(),
+        ],
+        &[("SWITCHYARD_AUTH__API_KEYS", bad)],
+    );
+    assert!(!ok);
+    assert!(refused.contains("at least 16"), "{refused}");
+
+    let log = server.log.lock().unwrap().clone();
+    assert!(
+        log.contains("API keys required"),
+        "the log was captured: {log}"
+    );
+    for secret in [ADMIN, WORKER, wrong, jwt_secret, &token, &job_token, bad] {
+        assert!(!log.contains(secret), "the log holds {secret:?}:\n{log}");
+        assert!(!shown.contains(secret), "`config` shows {secret:?}");
+        assert!(!refused.contains(secret), "the refusal shows {secret:?}");
+    }
+}

@@ -4,9 +4,8 @@
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader},
     net::SocketAddr,
-    process::{Child, Command, Stdio},
+    process::Child,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -17,7 +16,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-use crate::support::{http::request, within};
+use crate::support::{http::request, process, within};
 
 /// Submits a job; `Some(id)` only for a 202, `None` when the server is gone.
 async fn try_submit(addr: SocketAddr, payload: &Value) -> Option<String> {
@@ -40,36 +39,13 @@ async fn try_submit(addr: SocketAddr, payload: &Value) -> Option<String> {
     body["id"].as_str().map(str::to_owned)
 }
 
-/// Starts the server binary and reads its address from the startup log line.
+/// Starts the server binary; submits come from one address as fast as it takes them.
 fn spawn_server(data_dir: &std::path::Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("RUST_LOG", "info")
-        // Submits come from one address as fast as the server takes them.
-        .env("SWITCHYARD_LIMITS__REQUESTS_PER_SEC_PER_IP", "0")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the server binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(addr) = line
-                .split("listen=")
-                .nth(1)
-                .and_then(|s| s.split_whitespace().next())
-            {
-                let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the server reports its address");
-    (child, addr)
+    let server = process::spawn(
+        data_dir,
+        &[("SWITCHYARD_LIMITS__REQUESTS_PER_SEC_PER_IP", "0")],
+    );
+    (server.child, server.addr)
 }
 
 #[tokio::test]

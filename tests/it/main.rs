@@ -9,6 +9,7 @@ mod e2e_auth;
 mod e2e_crash;
 mod e2e_cross;
 mod e2e_jobs;
+mod e2e_limits;
 mod e2e_longpoll;
 mod e2e_publish;
 mod e2e_shutdown;

@@ -1,6 +1,7 @@
 //! Test harness: start a server on port 0, publish, read metrics, and wait with timeouts.
 
 pub mod http;
+pub mod process;
 pub mod receiver;
 pub mod sse;
 pub mod tokens;

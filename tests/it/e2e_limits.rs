@@ -1,0 +1,251 @@
+//! Limits with clear errors: request rate (429 + Retry-After), connections per address,
+//! slow request headers and bodies, and the browser rules (CORS, WebSocket Origin).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{
+    config,
+    http::{self, assert_error},
+    start, within,
+    ws::WsClient,
+};
+
+#[tokio::test]
+async fn past_the_rate_a_client_gets_429_with_retry_after() {
+    let mut cfg = config();
+    cfg.limits.requests_per_sec_per_ip = 0.5;
+    cfg.limits.request_burst_per_ip = 3;
+    let server = start(cfg).await;
+    for _ in 0..3 {
+        let (status, _) = http::get_json(server.addr, "/healthz").await;
+        assert_eq!(status, 200);
+    }
+    let (status, headers, body) =
+        http::request(server.addr, "GET", "/healthz", &[], Vec::new()).await;
+    assert_error(
+        status,
+        &serde_json::from_slice(&body).unwrap(),
+        429,
+        "rate_limited",
+    );
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "one token every 2 s: {retry}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn api_keys_have_their_own_bucket() {
+    let key = "limited-key-0123456789";
+    let mut cfg = config();
+    cfg.auth.api_keys = vec![key.to_owned()];
+    cfg.limits.requests_per_sec_per_ip = 0.5;
+    cfg.limits.request_burst_per_ip = 1;
+    cfg.limits.requests_per_sec_per_key = 0.5;
+    cfg.limits.request_burst_per_key = 2;
+    let server = start(cfg).await;
+    let auth = format!("Bearer {key}");
+    let get = |auth: Option<String>| async move {
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("authorization", a)])
+            .unwrap_or_default();
+        http::request(server.addr, "GET", "/v1/webhooks", &headers, Vec::new())
+            .await
+            .0
+            .as_u16()
+    };
+    // Keyed requests do not spend the address's bucket, and have their own limit.
+    assert_eq!(get(Some(auth.clone())).await, 200);
+    assert_eq!(get(Some(auth.clone())).await, 200);
+    assert_eq!(get(Some(auth.clone())).await, 429);
+    assert_eq!(get(None).await, 401, "the address still has its token");
+    assert_eq!(get(None).await, 429);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_past_the_per_address_limit_get_429() {
+    let mut cfg = config();
+    cfg.limits.max_connections_per_ip = 2;
+    let server = start(cfg).await;
+    let a = WsClient::connect(server.addr).await;
+    let b = WsClient::connect(server.addr).await;
+    // A third connection is answered and closed.
+    let mut third = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut reply = String::new();
+    within("the refusal", third.read_to_string(&mut reply))
+        .await
+        .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 429"), "{reply}");
+    assert!(
+        reply.to_ascii_lowercase().contains("retry-after: 1"),
+        "{reply}"
+    );
+    let body: Value = serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    // Closing one frees its slot.
+    drop(a);
+    within("a free slot", async {
+        loop {
+            let (status, _, _) =
+                http::request(server.addr, "GET", "/healthz", &[], Vec::new()).await;
+            if status == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    drop(b);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_headers_and_bodies_are_cut_off() {
+    let mut cfg = config();
+    cfg.limits.header_read_timeout_secs = 1;
+    cfg.limits.body_read_timeout_secs = 1;
+    let server = start(cfg).await;
+
+    // Slowloris: headers that never finish; the server closes the connection.
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    within("the header timeout", slow.read_to_end(&mut rest))
+        .await
+        .unwrap();
+
+    // An idle keep-alive connection is closed too: it holds a slot and a descriptor.
+    let mut idle = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    within("the idle timeout", idle.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+
+    // A body promised but sent too slowly gets 408 and the connection closes.
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(
+        b"POST /v1/jobs HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"a\":",
+    )
+    .await
+    .unwrap();
+    let mut reply = String::new();
+    within("the body timeout", slow.read_to_string(&mut reply))
+        .await
+        .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("request_timeout"), "{reply}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn cors_answers_allowed_origins_only() {
+    let mut cfg = config();
+    cfg.cors.allowed_origins = vec!["https://app.example.com".to_owned()];
+    let server = start(cfg).await;
+    let preflight = |origin: &'static str| async move {
+        http::request(
+            server.addr,
+            "OPTIONS",
+            "/v1/jobs",
+            &[
+                ("origin", origin),
+                ("access-control-request-method", "POST"),
+                (
+                    "access-control-request-headers",
+                    "content-type, authorization",
+                ),
+            ],
+            Vec::new(),
+        )
+        .await
+    };
+    let (status, headers, _) = preflight("https://app.example.com").await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(headers["access-control-allow-methods"], "POST");
+    let allowed = headers["access-control-allow-headers"].to_str().unwrap();
+    assert!(allowed.contains("authorization") && allowed.contains("content-type"));
+    let (status, headers, body) = preflight("https://evil.example").await;
+    assert_error(
+        status,
+        &serde_json::from_slice(&body).unwrap(),
+        403,
+        "forbidden",
+    );
+    assert!(!headers.contains_key("access-control-allow-origin"));
+
+    // Actual requests: the allowed origin may read the answer, another may not.
+    let (status, headers, _) = http::post_json(
+        server.addr,
+        "/v1/jobs",
+        &[("origin", "https://app.example.com")],
+        &json!({"q": 1}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert!(
+        headers["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .contains("retry-after")
+    );
+    let (_, headers, _) = http::request(
+        server.addr,
+        "GET",
+        "/healthz",
+        &[("origin", "https://evil.example")],
+        Vec::new(),
+    )
+    .await;
+    assert!(!headers.contains_key("access-control-allow-origin"));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn websockets_from_foreign_pages_are_refused() {
+    let mut cfg = config();
+    cfg.cors.allowed_origins = vec!["https://app.example.com".to_owned()];
+    let server = start(cfg).await;
+    let (status, body) =
+        WsClient::connect_to(server.addr, "/v1/ws", &[("origin", "https://evil.example")])
+            .await
+            .err()
+            .unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    // An allowed origin, the page's own origin, and non-browser clients (no Origin) are fine.
+    WsClient::connect_to(
+        server.addr,
+        "/v1/ws",
+        &[("origin", "https://app.example.com")],
+    )
+    .await
+    .unwrap();
+    let own = format!("http://{}", server.addr);
+    WsClient::connect_to(server.addr, "/v1/ws", &[("origin", &own)])
+        .await
+        .unwrap();
+    WsClient::connect_to(server.addr, "/v1/ws", &[])
+        .await
+        .unwrap();
+    server.shutdown().await;
+}
