@@ -99,6 +99,10 @@ pub(crate) async fn respond<F: Framing>(
         }
         drop(opened);
 
+        // One timer for the whole stream (a new one per loop turn would cost a timer-wheel
+        // insert and removal per event batch).
+        let expiry = access::expiry(&grant);
+        tokio::pin!(expiry);
         let period = ctx.config.heartbeat_interval;
         let mut heartbeat = interval_at(tokio::time::Instant::now() + period, period);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -130,7 +134,7 @@ pub(crate) async fn respond<F: Framing>(
                     ctx.metrics.delivered(F::TRANSPORT, n as u64);
                 }
                 _ = heartbeat.tick() => yield Ok(Frame::data(framing.heartbeat())),
-                () = access::expiry(&grant) => {
+                () = &mut expiry => {
                     yield Ok(Frame::data(framing.goodbye(ErrorCode::TokenExpired, access::EXPIRED)));
                     break;
                 }

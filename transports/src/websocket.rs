@@ -174,10 +174,15 @@ impl Auth {
         self.grant = Some(grant);
     }
 
-    async fn deadline(&self) {
-        match self.deadline {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
+    /// Points `timer` at the current deadline (a far-off instant when there is none; the
+    /// select branch is disabled then). One timer lives as long as the session: creating
+    /// one per loop turn would cost a timer-wheel insert and removal per event batch.
+    fn arm(&self, timer: std::pin::Pin<&mut tokio::time::Sleep>) {
+        let at = self
+            .deadline
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
+        if timer.deadline() != at {
+            timer.reset(at);
         }
     }
 
@@ -213,6 +218,9 @@ where
 {
     let _connection = ctx.metrics.connection(Transport::WebSocket);
     let mut auth = Auth::new(grant, ctx.config.ws_auth_timeout);
+    let deadline = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(deadline);
+    auth.arm(deadline.as_mut());
     let mut session = Session::new(&ctx, None);
     let send_timeout = ctx.config.send_timeout;
     let period = ctx.config.ws_ping_interval;
@@ -225,9 +233,9 @@ where
         tokio::select! {
             biased;
             () = ctx.shutdown.cancelled() => break End::Close(1001, "server shutting down"),
-            () = auth.deadline() => {
+            () = &mut deadline, if auth.deadline.is_some() => {
                 let (frame, end) = auth.expired();
-                let _ = send(&ctx, &mut ws, frame, send_timeout).await;
+                let _ = Box::pin(send(&ctx, &mut ws, frame, send_timeout)).await;
                 break end;
             }
             received = session.inbox.recv() => {
@@ -258,11 +266,17 @@ where
                         break End::Close(1002, "protocol error");
                     }
                     None | Some(Err(_)) => break End::Gone,
-                    Some(Ok(Message::Text(text))) => handle_frame(&ctx, &mut session, &mut auth, &mut ws, text.as_str()).await,
+                    Some(Ok(Message::Text(text))) => {
+                        // Boxed: frames are rare, and inline this future would make every
+                        // idle connection's task as large as its biggest state.
+                        let handled = Box::pin(handle_frame(&ctx, &mut session, &mut auth, &mut ws, text.as_str())).await;
+                        auth.arm(deadline.as_mut());
+                        handled
+                    }
                     Some(Ok(Message::Binary(_))) => Err(frame_error(None, ErrorCode::InvalidRequest, "binary frames are not supported; send JSON text")),
                     Some(Ok(Message::Close(_))) => {
                         // tungstenite queued the close reply; send it so the client sees a clean close.
-                        let _ = timeout(send_timeout, ws.flush()).await;
+                        let _ = Box::pin(timeout(send_timeout, ws.flush())).await;
                         break End::Gone;
                     }
                     Some(Ok(_)) => Ok(()),
@@ -270,7 +284,7 @@ where
                 match reply {
                     Ok(()) => {}
                     Err(Reply::Frame(frame)) => {
-                        if let Err(end) = send(&ctx, &mut ws, frame, send_timeout).await {
+                        if let Err(end) = Box::pin(send(&ctx, &mut ws, frame, send_timeout)).await {
                             break end;
                         }
                     }
@@ -282,7 +296,7 @@ where
                     tracing::debug!("closing websocket: peer silent past the idle timeout");
                     break End::Close(1001, "idle timeout");
                 }
-                if let Err(end) = flatten(timeout(send_timeout, ws.send(Message::Ping(Default::default()))).await, &ctx) {
+                if let Err(end) = flatten(Box::pin(timeout(send_timeout, ws.send(Message::Ping(Default::default())))).await, &ctx) {
                     break end;
                 }
             }
@@ -295,10 +309,10 @@ where
             reason: reason.into(),
         };
         // Best effort: a peer that stopped reading gets dropped after the send timeout.
-        let _ = timeout(
+        let _ = Box::pin(timeout(
             send_timeout.min(Duration::from_secs(5)),
             ws.close(Some(frame)),
-        )
+        ))
         .await;
     }
 }
