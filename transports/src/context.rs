@@ -51,7 +51,7 @@ impl Default for TransportConfig {
             sse_retry: Duration::from_secs(2),
             ws_max_subscriptions: 256,
             ws_max_message_bytes: 64 * 1024,
-            ws_read_buffer_bytes: 1024,
+            ws_read_buffer_bytes: 256,
             ws_ping_interval: Duration::from_secs(25),
             ws_idle_timeout: Duration::from_secs(60),
             ws_auth_timeout: Duration::from_secs(10),
