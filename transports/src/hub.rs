@@ -2,10 +2,7 @@
 //! [`Event`]s in a bounded [`Inbox`]; the engine behind it (memory, Redis) is not their concern.
 
 use std::{
-    sync::{
-        Arc, OnceLock,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
+    sync::{Arc, OnceLock},
     time::Instant,
 };
 
@@ -13,9 +10,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use serde_json::value::RawValue;
 use switchyard_protocol::{ChannelName, Cursor, Position, envelope};
-use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tokio_util::sync::CancellationToken;
 
 /// One published event, encoded once per wire format on first use and shared (by `Arc`)
 /// by every subscriber: fan-out costs a pointer copy and a socket write.
@@ -203,161 +198,7 @@ pub trait Hub: Send + Sync + 'static {
     fn unsubscribe(&self, channel: &ChannelName, sink_id: u64);
 }
 
-static NEXT_SINK_ID: AtomicU64 = AtomicU64::new(1);
-
-#[derive(Debug)]
-struct Overflow {
-    flagged: AtomicBool,
-    notify: Notify,
-    // Fired too, so the connection's owner can close a consumer whose session is not
-    // being polled (an HTTP body that hyper stopped pulling because the socket is full).
-    abort: Option<CancellationToken>,
-}
-
-impl Overflow {
-    fn trigger(&self) {
-        self.flagged.store(true, Ordering::Release);
-        self.notify.notify_one();
-        if let Some(abort) = &self.abort {
-            abort.cancel();
-        }
-    }
-}
-
-/// The hub's handle on one consumer connection's inbox.
-#[derive(Clone, Debug)]
-pub struct Sink {
-    id: u64,
-    tx: mpsc::Sender<Arc<Event>>,
-    overflow: Arc<Overflow>,
-}
-
-impl Sink {
-    /// Identifies the sink for [`Hub::unsubscribe`].
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// Offers an event without waiting. Returns `false` when the hub should drop this sink:
-    /// the consumer is gone, or its inbox is full (it is then flagged as a slow consumer and
-    /// its connection is closed; it resumes from its cursor).
-    pub fn offer(&self, event: &Arc<Event>) -> bool {
-        match self.tx.try_send(Arc::clone(event)) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.overflow.trigger();
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
-    }
-
-    /// Whether the consumer behind this sink has gone away.
-    pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
-    }
-}
-
-/// What [`Inbox::recv`] yields.
-#[derive(Debug)]
-pub enum Received {
-    /// The next live event.
-    Event(Arc<Event>),
-    /// The inbox overflowed: the consumer is too slow and must be disconnected.
-    Overflowed,
-}
-
-/// One consumer connection's bounded queue of live events, for all its channels.
-#[derive(Debug)]
-pub struct Inbox {
-    rx: mpsc::Receiver<Arc<Event>>,
-    overflow: Arc<Overflow>,
-    // Keeps `recv` pending (not `None`) while the connection has no subscription.
-    _keepalive: mpsc::Sender<Arc<Event>>,
-}
-
-/// Creates a sink and its inbox holding at most `capacity` events; on overflow, `abort`
-/// (when given) is cancelled as well.
-pub fn new_pair(capacity: usize, abort: Option<CancellationToken>) -> (Sink, Inbox) {
-    let (tx, rx) = mpsc::channel(capacity.max(1));
-    let overflow = Arc::new(Overflow {
-        flagged: AtomicBool::new(false),
-        notify: Notify::new(),
-        abort,
-    });
-    let sink = Sink {
-        id: NEXT_SINK_ID.fetch_add(1, Ordering::Relaxed),
-        tx: tx.clone(),
-        overflow: Arc::clone(&overflow),
-    };
-    (
-        sink,
-        Inbox {
-            rx,
-            overflow,
-            _keepalive: tx,
-        },
-    )
-}
-
-impl Inbox {
-    /// Waits for the next event; an overflow takes precedence over queued events.
-    ///
-    /// # Cancel safety
-    /// Cancel safe: no event is lost when the future is dropped before completion.
-    pub async fn recv(&mut self) -> Received {
-        if self.is_overflowed() {
-            return Received::Overflowed;
-        }
-        tokio::select! {
-            biased;
-            () = self.overflow.notify.notified() => Received::Overflowed,
-            ev = self.rx.recv() => match ev {
-                Some(ev) => Received::Event(ev),
-                // Unreachable while `_keepalive` lives; treat as overflow to end the session.
-                None => Received::Overflowed,
-            },
-        }
-    }
-
-    /// Takes an already queued event without waiting (for batching writes).
-    pub fn try_recv(&mut self) -> Option<Arc<Event>> {
-        if self.is_overflowed() {
-            return None;
-        }
-        self.rx.try_recv().ok()
-    }
-
-    fn is_overflowed(&self) -> bool {
-        self.overflow.flagged.load(Ordering::Acquire)
-    }
-
-    /// A handle that resolves once this inbox overflows, usable while the inbox itself is
-    /// borrowed (to abandon a write that a slow peer is blocking).
-    pub fn overflow_signal(&self) -> OverflowSignal {
-        OverflowSignal(Arc::clone(&self.overflow))
-    }
-}
-
-/// Resolves when an inbox overflows; see [`Inbox::overflow_signal`].
-#[derive(Clone, Debug)]
-pub struct OverflowSignal(Arc<Overflow>);
-
-impl OverflowSignal {
-    /// Waits for the overflow.
-    ///
-    /// # Cancel safety
-    /// Cancel safe.
-    pub async fn wait(&self) {
-        loop {
-            let notified = self.0.notify.notified();
-            if self.0.flagged.load(Ordering::Acquire) {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
+pub use crate::inbox::{Inbox, OverflowSignal, Received, Sink, new_pair};
 
 /// Unsubscribes a sink from its channels when a consumer connection ends.
 pub struct SubscriptionGuard {

@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`hub`]: the seam: [`hub::Hub`] (subscribe from a cursor), [`hub::Event`] (encoded once
-//!   per wire format, shared by every subscriber) and the bounded per-connection inbox.
+//!   per wire format, shared by every subscriber); [`hub::Inbox`] is the bounded
+//!   per-connection queue (its own module, `inbox`).
 //! - [`websocket`], [`sse`], [`stream`], [`longpoll`]: the four consumer transports.
 //! - [`context`]: what every transport needs (hub, limits, metrics, shutdown, task tracker).
 //! - [`metrics`]: connection, delivery, slow-consumer and latency counters.
@@ -16,6 +17,7 @@ pub mod access;
 pub mod context;
 pub mod http;
 pub mod hub;
+mod inbox;
 pub mod longpoll;
 pub mod metrics;
 pub mod params;
