@@ -167,6 +167,27 @@ pub async fn refuse(mut body: Incoming, remaining: Option<u64>, mut reply: Reply
     reply
 }
 
+/// Parses a body that must be a JSON object into `T`.
+///
+/// serde's derived structs also take a JSON array of the field values in declaration order
+/// (`[null, {"a": 1}]` would publish); the API's bodies are objects only, so anything but an
+/// object that parsed is refused as well.
+///
+/// # Errors
+/// `bad_json` (not JSON), `invalid_request` (JSON of the wrong shape, or not an object).
+#[allow(clippy::result_large_err)]
+pub fn parse_object<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, Reply> {
+    let value = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        Ok(value)
+    } else {
+        Err(error(
+            ErrorCode::InvalidRequest,
+            "unexpected body: expected a JSON object",
+        ))
+    }
+}
+
 /// Maps a `serde_json` error to `bad_json` (not JSON at all) or `invalid_request` (JSON of
 /// the wrong shape).
 pub fn json_error(e: &serde_json::Error) -> Reply {
@@ -176,5 +197,28 @@ pub fn json_error(e: &serde_json::Error) -> Reply {
             error(ErrorCode::BadJson, format!("body is not valid JSON: {e}"))
         }
         Category::Data => error(ErrorCode::InvalidRequest, format!("unexpected body: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Pair {
+        a: Option<u8>,
+        b: Option<u8>,
+    }
+
+    #[test]
+    fn only_objects_parse() {
+        assert!(parse_object::<Pair>(b" {\"a\": 1}").is_ok());
+        // serde alone would take the array as the fields in order.
+        assert!(serde_json::from_slice::<Pair>(b"[1, 2]").is_ok());
+        let refused = parse_object::<Pair>(b"[1, 2]").unwrap_err();
+        assert_eq!(refused.status(), 400);
+        let bad = parse_object::<Pair>(b"{\"a\": ").unwrap_err();
+        assert_eq!(bad.status(), 400);
     }
 }

@@ -15,7 +15,7 @@ use switchyard_transports::{
 
 use super::{
     AppState,
-    body::{json_error, read_json},
+    body::{parse_object, read_json},
     router::Reply,
 };
 use crate::hub::{Publish, PublishError};
@@ -53,9 +53,9 @@ pub async fn publish(state: Arc<AppState>, channel: ChannelName, req: Request<In
         Ok(b) => b,
         Err(reply) => return reply,
     };
-    let body: PublishBody<'_> = match serde_json::from_slice(&body) {
+    let body: PublishBody<'_> = match parse_object(&body) {
         Ok(b) => b,
-        Err(e) => return json_error(&e),
+        Err(reply) => return reply,
     };
     let event_type = body.event_type.as_deref().unwrap_or("message");
     if !is_valid_event_type(event_type) {

@@ -17,8 +17,8 @@ use switchyard_transports::{
 use super::{
     AppState,
     body::{
-        body_timeout, check_json_content_type, content_length, json_error, read_json, read_limited,
-        refuse,
+        body_timeout, check_json_content_type, content_length, json_error, parse_object, read_json,
+        read_limited, refuse,
     },
     router::Reply,
 };
@@ -217,8 +217,51 @@ pub async fn cancel(state: Arc<AppState>, id: &str) -> Reply {
 #[serde(deny_unknown_fields)]
 struct ClaimRequest {
     #[serde(default)]
-    wait_ms: u64,
-    lease_ms: Option<u64>,
+    wait_ms: Millis,
+    lease_ms: Option<Millis>,
+}
+
+/// A whole number of milliseconds: a JSON number without a fractional part, written `1500`
+/// or `1500.0` alike (JSON does not tell integers from floats, and some encoders write
+/// every number with a fraction).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Millis(u64);
+
+impl<'de> Deserialize<'de> for Millis {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, Unexpected, Visitor};
+
+        struct Whole;
+
+        impl Visitor<'_> for Whole {
+            type Value = Millis;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a whole number of milliseconds")
+            }
+
+            fn visit_u64<E: Error>(self, v: u64) -> Result<Millis, E> {
+                Ok(Millis(v))
+            }
+
+            fn visit_i64<E: Error>(self, v: i64) -> Result<Millis, E> {
+                u64::try_from(v)
+                    .map(Millis)
+                    .map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+            }
+
+            fn visit_f64<E: Error>(self, v: f64) -> Result<Millis, E> {
+                // 2^64 is exactly representable; every whole f64 below it fits a u64.
+                if v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v) {
+                    Ok(Millis(v as u64))
+                } else {
+                    Err(E::invalid_value(Unexpected::Float(v), &self))
+                }
+            }
+        }
+
+        d.deserialize_any(Whole)
+    }
 }
 
 /// `POST /v1/jobs/claim`: 200 with a job, its payload and a lease; 204 when none came in time.
@@ -230,19 +273,20 @@ pub async fn claim(state: Arc<AppState>, req: Request<Incoming>) -> Reply {
     let request: ClaimRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ClaimRequest::default()
     } else {
-        match serde_json::from_slice(&body) {
+        match parse_object(&body) {
             Ok(r) => r,
-            Err(e) => return json_error(&e),
+            Err(reply) => return reply,
         }
     };
     let cfg = state.jobs.config();
-    if request.wait_ms > MAX_WAIT.as_millis() as u64 {
+    let wait_ms = request.wait_ms.0;
+    if wait_ms > MAX_WAIT.as_millis() as u64 {
         return error(
             ErrorCode::InvalidParameter,
             "`wait_ms` must be at most 60000",
         );
     }
-    let lease_ms = request.lease_ms.unwrap_or(cfg.default_lease_ms);
+    let lease_ms = request.lease_ms.map_or(cfg.default_lease_ms, |m| m.0);
     if !(100..=cfg.max_lease_ms).contains(&lease_ms) {
         return error(
             ErrorCode::InvalidParameter,
@@ -251,11 +295,7 @@ pub async fn claim(state: Arc<AppState>, req: Request<Incoming>) -> Reply {
     }
     match state
         .jobs
-        .claim(
-            Duration::from_millis(request.wait_ms),
-            lease_ms,
-            &state.shutdown,
-        )
+        .claim(Duration::from_millis(wait_ms), lease_ms, &state.shutdown)
         .await
     {
         Ok(Some(claimed)) => claim_reply(&claimed),
@@ -323,9 +363,9 @@ pub async fn report(
         Ok((_, body)) => body,
         Err(reply) => return reply,
     };
-    let body: ReportBody = match serde_json::from_slice(&body) {
+    let body: ReportBody = match parse_object(&body) {
         Ok(b) => b,
-        Err(e) => return json_error(&e),
+        Err(reply) => return reply,
     };
     let null = || RawValue::from_string("null".into()).expect("valid JSON");
     let report = match kind {
@@ -339,5 +379,31 @@ pub async fn report(
     match state.jobs.report(id.to_owned(), body.lease, report).await {
         Ok(job) => job_reply(StatusCode::OK, &job),
         Err(e) => store_error(e, id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(body: &str) -> Result<ClaimRequest, serde_json::Error> {
+        serde_json::from_str(body)
+    }
+
+    #[test]
+    fn claim_millis_are_whole_numbers_however_written() {
+        let c = claim(r#"{"wait_ms": 1500.0, "lease_ms": 2e3}"#).unwrap();
+        assert_eq!((c.wait_ms, c.lease_ms), (Millis(1500), Some(Millis(2000))));
+        let c = claim(r#"{"lease_ms": null}"#).unwrap();
+        assert_eq!((c.wait_ms, c.lease_ms), (Millis(0), None));
+        for bad in [
+            r#"{"wait_ms": 1.5}"#,
+            r#"{"wait_ms": -1}"#,
+            r#"{"wait_ms": null}"#,
+            r#"{"wait_ms": "5"}"#,
+            r#"{"lease_ms": 1e20}"#,
+        ] {
+            assert!(claim(bad).is_err(), "{bad} accepted");
+        }
     }
 }

@@ -13,7 +13,7 @@ use switchyard_transports::{
 
 use super::{
     AppState,
-    body::{json_error, read_json},
+    body::{parse_object, read_json},
     router::Reply,
 };
 use crate::{
@@ -88,7 +88,7 @@ fn store_fail(e: StoreError, what: &str) -> Reply {
 
 async fn input(req: Request<Incoming>) -> Result<EndpointInput, Reply> {
     let (_, body) = read_json(req, MAX_BODY).await?;
-    serde_json::from_slice(&body).map_err(|e| json_error(&e))
+    parse_object(&body)
 }
 
 /// `POST /v1/webhooks`
