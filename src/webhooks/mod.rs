@@ -5,6 +5,7 @@ pub mod dispatcher;
 pub mod filter;
 pub mod schedule;
 pub mod ssrf;
+pub mod url_syntax;
 
 use std::sync::Arc;
 
@@ -85,6 +86,7 @@ impl Webhooks {
                 "`url` is longer than {MAX_URL_LEN} characters"
             )));
         }
+        url_syntax::check(url).map_err(WebhookError::Invalid)?;
         let parsed = ssrf::check_url(url, self.config.allow_private_networks)
             .map_err(WebhookError::Invalid)?;
         // A name is checked again at every connection; refusing an obviously internal one
