@@ -88,8 +88,14 @@ pub fn preflight(state: &AppState, parts: &Parts) -> Reply {
     res
 }
 
-/// Lets an allowed cross-origin page read `res`.
+/// Lets an allowed cross-origin page read `res` (a preflight answer already says so).
 pub fn decorate(state: &AppState, origin: Option<&str>, res: &mut Reply) {
+    if res
+        .headers()
+        .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+    {
+        return;
+    }
     if let Some(origin) = origin.filter(|o| allowed(state, o)) {
         let h = res.headers_mut();
         allow_origin(h, origin);

@@ -22,9 +22,10 @@ pub enum Caller<'a> {
     Anonymous,
 }
 
-/// Identifies the caller by the `Authorization: Bearer` API key, if any.
+/// Identifies the caller by its API key (`Authorization: Bearer`, or `?token=` as
+/// consumers may send it), if any.
 pub fn identify<'a>(state: &'a AppState, parts: &Parts) -> Caller<'a> {
-    access::credential(&parts.headers, None)
+    access::credential(&parts.headers, parts.uri.query())
         .and_then(|token| state.auth.key(&token))
         .map_or(Caller::Anonymous, Caller::Key)
 }
@@ -70,9 +71,19 @@ pub fn authorize(
     }
     match (route.access, caller) {
         (Access::Public | Access::Consumer, _) => Ok(()),
-        (Access::Key(scope), Caller::Key(key)) => require_scope(key, scope),
-        (Access::Key(_), Caller::Anonymous) => Err(no_key(parts)),
-        (Access::JobReader, Caller::Key(key)) => require_scope(key, Scope::Jobs),
+        // Server routes take keys from the header only: a key in a URL ends up in logs.
+        (Access::Key(scope), Caller::Key(key)) if header_key(state, parts) => {
+            require_scope(key, scope)
+        }
+        (Access::Key(_), _) => Err(no_key(parts)),
+        // Reading a job is reading its channel: `jobs` or `subscribe`, however the key came.
+        (Access::JobReader, Caller::Key(key)) => {
+            if key.has(Scope::Jobs) || key.has(Scope::Subscribe) {
+                Ok(())
+            } else {
+                require_scope(key, Scope::Jobs)
+            }
+        }
         (Access::JobReader, Caller::Anonymous) => {
             let token = access::credential(&parts.headers, parts.uri.query())
                 .ok_or_else(|| error(ErrorCode::Unauthorized, "this endpoint needs an API key with the `jobs` scope or the job's token (`Authorization: Bearer` or `?token=`)"))?;
@@ -91,6 +102,11 @@ pub fn authorize(
             }
         }
     }
+}
+
+/// Whether the caller's key came in the `Authorization` header.
+fn header_key(state: &AppState, parts: &Parts) -> bool {
+    access::credential(&parts.headers, None).is_some_and(|t| state.auth.key(&t).is_some())
 }
 
 #[allow(clippy::result_large_err)]

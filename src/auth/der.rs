@@ -13,6 +13,7 @@ pub const EC_P256: &[u8] = &[
 
 const SEQUENCE: u8 = 0x30;
 const BIT_STRING: u8 = 0x03;
+const INTEGER: u8 = 0x02;
 
 /// Splits `SubjectPublicKeyInfo` DER into (the whole `AlgorithmIdentifier`, the key bytes).
 pub fn split_spki(der: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -31,6 +32,17 @@ pub fn split_spki(der: &[u8]) -> Option<(&[u8], &[u8])> {
         [0, key @ ..] if !key.is_empty() => Some((algorithm, key)),
         _ => None,
     }
+}
+
+/// Bits of the modulus of a PKCS#1 `RSAPublicKey` (`SEQUENCE { INTEGER n, INTEGER e }`).
+pub fn rsa_modulus_bits(pkcs1: &[u8]) -> Option<usize> {
+    let (key, _) = element(pkcs1, SEQUENCE)?;
+    let content = &key[header_len(key)?..];
+    let (n, _) = element(content, INTEGER)?;
+    let digits = &n[header_len(n)?..];
+    let first = digits.iter().position(|b| *b != 0)?;
+    let top = digits[first];
+    Some((digits.len() - first - 1) * 8 + (8 - top.leading_zeros() as usize))
 }
 
 /// The first element of `input` if it has `tag`: (the whole element, what follows it).
@@ -81,6 +93,14 @@ mod tests {
         let (alg, key) = split_spki(&der).unwrap();
         assert_eq!(alg, EC_P256);
         assert_eq!(key, &point);
+    }
+
+    #[test]
+    fn reads_rsa_modulus_sizes() {
+        // n = 0x00 0x80 0x00 (a 16-bit modulus with its sign byte), e = 3.
+        let key = [SEQUENCE, 8, INTEGER, 3, 0x00, 0x80, 0x00, INTEGER, 1, 3];
+        assert_eq!(rsa_modulus_bits(&key), Some(16));
+        assert_eq!(rsa_modulus_bits(&[SEQUENCE, 0]), None);
     }
 
     #[test]

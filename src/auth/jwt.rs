@@ -4,7 +4,7 @@
 //!
 //! Verified with ring (already linked for TLS), so no second crypto stack and no second
 //! version of the hashing crates; claims: `channels` (patterns, required), `exp`
-//! (required), `nbf` (optional), `sub` (optional, for logs).
+//! (required), `nbf` (optional); others are ignored.
 
 use std::{
     fmt,
@@ -109,6 +109,15 @@ impl JwtVerifier {
         })?;
         let (alg_id, key) = der::split_spki(spki.as_ref())
             .ok_or_else(|| anyhow::anyhow!("`auth.jwt_public_key_file`: malformed public key"))?;
+        if algorithm == Algorithm::Rs256
+            && alg_id == der::RSA_ENCRYPTION
+            && der::rsa_modulus_bits(key).is_none_or(|bits| !(2048..=8192).contains(&bits))
+        {
+            // ring verifies 2048-8192 bit keys only: refuse others now, not at every token.
+            anyhow::bail!(
+                "`auth.jwt_public_key_file`: RS256 needs an RSA key of 2048 to 8192 bits"
+            );
+        }
         let verification: &'static dyn signature::VerificationAlgorithm = match algorithm {
             Algorithm::Rs256 if alg_id == der::RSA_ENCRYPTION => {
                 &signature::RSA_PKCS1_2048_8192_SHA256
@@ -235,6 +244,13 @@ mod tests {
     use super::*;
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    /// A 1024-bit RSA public key: too weak for RS256 here.
+    const WEAK_RSA: &str = "-----BEGIN PUBLIC KEY-----
+MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQC9pmONwznXJxvoyKABYUnZEwzy
+B/OsgpJWHmSedScJNCZSo0wi/jc5LfhSE8J09jPuHTNGqIr3sBmDKVwYouuvqqOy
+f8PMuAcWDU6Ki9E0qhewo31puElfov4bkZ0kyxMV02wfpSqqaWmYvUkTzy5PglG0
+uKab7/H580GNKVZBTwIDAQAB
+-----END PUBLIC KEY-----";
 
     /// Signs claims with HS256 the way any JWT library does.
     pub(crate) fn hs256(secret: &str, alg: &str, claims: &serde_json::Value) -> String {
@@ -322,5 +338,18 @@ mod tests {
     fn short_secrets_and_mismatched_keys_are_refused_at_start() {
         assert!(JwtVerifier::hs256("short").is_err());
         assert!(JwtVerifier::public_key(Algorithm::Rs256, b"not pem").is_err());
+        let fixture = |name: &str| {
+            std::fs::read(format!(
+                "{}/tests/fixtures/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        JwtVerifier::public_key(Algorithm::Rs256, &fixture("jwt_rs256_public.pem")).unwrap();
+        JwtVerifier::public_key(Algorithm::Es256, &fixture("jwt_es256_public.pem")).unwrap();
+        let mixed = JwtVerifier::public_key(Algorithm::Es256, &fixture("jwt_rs256_public.pem"));
+        assert!(mixed.unwrap_err().to_string().contains("another kind"));
+        let weak = JwtVerifier::public_key(Algorithm::Rs256, WEAK_RSA.as_bytes());
+        assert!(weak.unwrap_err().to_string().contains("2048"));
     }
 }
