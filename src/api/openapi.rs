@@ -155,9 +155,12 @@ mod tests {
                     scheme("apiKey", &["subscribe"]),
                 ]
                 .into(),
-                Access::JobReader => {
-                    [scheme("apiKey", &["jobs"]), scheme("consumerToken", &[])].into()
-                }
+                Access::JobReader => [
+                    scheme("apiKey", &["jobs"]),
+                    scheme("apiKey", &["subscribe"]),
+                    scheme("consumerToken", &[]),
+                ]
+                .into(),
             };
             assert_eq!(
                 alternatives, expected,
