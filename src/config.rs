@@ -18,8 +18,13 @@ pub const DEFAULT_TOML: &str = include_str!("../config.default.toml");
 /// Prefix of configuration environment variables.
 pub const ENV_PREFIX: &str = "SWITCHYARD_";
 
-/// Variables with the prefix that are not configuration keys (`--config`'s own variable).
-const NOT_KEYS: [&str; 1] = ["SWITCHYARD_CONFIG"];
+/// Variables with the prefix that are not configuration keys: `--config`'s own variable,
+/// and the browser tests' (the server binary they start inherits them).
+const NOT_KEYS: [&str; 3] = [
+    "SWITCHYARD_CONFIG",
+    "SWITCHYARD_BIN",
+    "SWITCHYARD_REQUIRE_BROWSER",
+];
 
 /// The whole configuration. See `config.default.toml` for each key's meaning and default.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -53,6 +58,21 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Browser origins allowed to call the API and open WebSockets.
     pub cors: CorsConfig,
+    /// The PollToPush demo page and its optional built-in worker.
+    pub demo: DemoConfig,
+}
+
+/// `[demo]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoConfig {
+    /// Serve the demo page at `/demo` (404 when off). Default `true`.
+    pub enabled: bool,
+    /// Run the built-in demo worker in-process. It claims *every* queued job, so it is off
+    /// by default. Default `false`.
+    pub worker: bool,
+    /// Simulated work per country of the built-in worker, milliseconds. Default 500.
+    pub delay_ms: u64,
 }
 
 /// `[auth]`
@@ -576,6 +596,7 @@ impl Config {
                 );
             }
         }
+        range("demo.delay_ms", self.demo.delay_ms, 0, 60_000)?;
         if self.websocket.idle_timeout_secs <= self.websocket.ping_interval_secs {
             bail!("`websocket.idle_timeout_secs` must exceed `websocket.ping_interval_secs`");
         }
@@ -624,6 +645,11 @@ mod tests {
         assert_eq!(c.engine, "embedded");
         assert_eq!(c.limits.max_job_bytes, 10 * 1024 * 1024);
         assert_eq!(c.consumers.heartbeat_secs, 15);
+        assert!(c.demo.enabled, "the demo page is served by default");
+        assert!(
+            !c.demo.worker,
+            "the demo worker would claim every job: off by default"
+        );
     }
 
     #[test]
@@ -641,6 +667,7 @@ mod tests {
                 ("SWITCHYARD_HISTORY__SIZE", "9"),
                 ("SWITCHYARD_DATA_DIR", "/tmp/x"),
                 ("SWITCHYARD_CONFIG", "/ignored/here.toml"),
+                ("SWITCHYARD_REQUIRE_BROWSER", "1"),
                 ("OTHER_THING", "1"),
             ]),
             &Overrides {
@@ -686,6 +713,8 @@ mod tests {
             err(&[("SWITCHYARD_POLL__MAX_TIMEOUT_SECS", "61")]).contains("poll.max_timeout_secs")
         );
         assert!(err(&[("SWITCHYARD_NO_SUCH_KEY", "1")]).contains("no_such_key"));
+        assert!(err(&[("SWITCHYARD_DEMO__DELAY_MS", "60001")]).contains("demo.delay_ms"));
+        assert!(err(&[("SWITCHYARD_DEMO__WORKERS", "true")]).contains("workers"));
         assert!(err(&[("SWITCHYARD_ENGINE", "redis://127.0.0.1:6379/0")]).contains("engine"));
         assert!(err(&[("SWITCHYARD_LISTEN", "nowhere")]).contains("listen"));
         let missing = Config::load(

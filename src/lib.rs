@@ -11,6 +11,7 @@
 //! - [`api`]: the HTTP routes (publish, history, jobs, webhooks, ops) and the consumer
 //!   transports' entry.
 //! - [`auth`]: API keys and scopes, consumer JWTs, job tokens, rate limits.
+//! - [`demo`]: the optional built-in worker behind the `/demo` page (`demo.worker`).
 //! - [`server`]: the accept loop, connection limits and per-connection service.
 //! - [`shutdown`]: SIGINT / SIGTERM.
 //!
@@ -19,6 +20,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod demo;
 pub mod hub;
 pub mod jobs;
 pub mod server;
@@ -168,6 +170,14 @@ pub async fn run(
     ));
     // Attempts in flight at shutdown finish (within the grace period) on the tracker.
     let dispatch = tokio::spawn(dispatcher.run(token.clone(), tracker.clone()));
+    // Only when asked for: it claims every job of the queue.
+    let demo_worker = config.demo.worker.then(|| {
+        tokio::spawn(demo::run_worker(
+            Arc::clone(&jobs),
+            Duration::from_millis(config.demo.delay_ms),
+            token.clone(),
+        ))
+    });
 
     tracing::info!(
         listen = %listener.local_addr()?,
@@ -197,6 +207,9 @@ pub async fn run(
     let _ = lease_sweeper.await;
     let _ = dispatch.await;
     let _ = pruner.await;
+    if let Some(worker) = demo_worker {
+        let _ = worker.await;
+    }
     tracker.close();
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     match tokio::time::timeout(grace, tracker.wait()).await {
