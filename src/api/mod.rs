@@ -1,5 +1,6 @@
 //! The HTTP API: routing and one module per resource.
 
+pub mod assets;
 pub mod body;
 pub mod channels;
 pub mod cors;

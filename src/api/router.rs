@@ -12,7 +12,7 @@ use switchyard_transports::{
 };
 
 use super::{
-    AppState,
+    AppState, assets,
     body::BodyTimeout,
     channels, cors, guard,
     jobs::{self, ReportKind},
@@ -92,6 +92,8 @@ async fn dispatch(
         Op::Readyz => ops::readyz(&state).await,
         Op::Metrics => ops::metrics(&state),
         Op::OpenApi => openapi::serve(),
+        Op::ClientJs => assets::client_js(),
+        Op::Demo => assets::demo(&state),
         Op::WebSocket => websocket::upgrade(consumers(), req),
         Op::Sse => sse::respond(consumers(), &req.into_parts().0).await,
         Op::Stream => stream::respond(consumers(), &req.into_parts().0).await,

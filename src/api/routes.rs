@@ -16,6 +16,10 @@ pub enum Op {
     Metrics,
     /// `GET /openapi.json`
     OpenApi,
+    /// `GET /v1/client.js`
+    ClientJs,
+    /// `GET /demo`
+    Demo,
     /// `GET /v1/ws`
     WebSocket,
     /// `GET /v1/sse`
@@ -61,7 +65,7 @@ pub enum Op {
 /// Who may call a route when API keys are configured (open mode lets everyone).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
-    /// Anyone: probes and the API description.
+    /// Anyone: probes, the API description, the browser client and the demo page.
     Public,
     /// An API key with this scope (`admin` has every scope).
     Key(Scope),
@@ -107,6 +111,8 @@ pub static ROUTES: &[Route] = &[
         Access::Key(Scope::Admin),
     ),
     route(Method::GET, "/openapi.json", Op::OpenApi, Access::Public),
+    route(Method::GET, "/v1/client.js", Op::ClientJs, Access::Public),
+    route(Method::GET, "/demo", Op::Demo, Access::Public),
     route(Method::GET, "/v1/ws", Op::WebSocket, Access::Consumer),
     route(Method::GET, "/v1/sse", Op::Sse, Access::Consumer),
     route(Method::GET, "/v1/stream", Op::Stream, Access::Consumer),
