@@ -1,0 +1,77 @@
+// When WebSocket is refused (as by a proxy that drops upgrades), the client falls back to
+// SSE and then, if SSE is blocked too, to long-poll, and the application gets every event
+// published before, during and after, in order, exactly once.
+
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { blankPage, eventsAtLeast, follow, launch, logged, publish, startServer } from "./harness.mjs";
+
+/** Publishes `{n}` for n in from..=to, one after the other. */
+async function publishRange(server, channel, from, to) {
+  for (let n = from; n <= to; n++) await publish(server, channel, "tick", { n });
+}
+
+/** Refuses every WebSocket of the page: it opens, then closes at once without a frame. */
+async function refuseWebSockets(page) {
+  await page.routeWebSocket(/\/v1\/ws/, (ws) => ws.close({ code: 1008, reason: "blocked by proxy" }));
+}
+
+describe("fallback", () => {
+  let browser;
+  let server;
+  before(async () => {
+    [browser, server] = await Promise.all([launch(), startServer()]);
+  });
+  after(async () => {
+    await Promise.all([browser?.close(), server?.cleanup()]);
+  });
+
+  test("WebSocket refused: falls back to SSE and loses nothing", { timeout: 60_000 }, async () => {
+    const channel = "browser/fallback-sse";
+    const page = await blankPage(browser, server);
+    await refuseWebSockets(page);
+    await publishRange(server, channel, 1, 3);
+    // Subscribing does not wait for a transport: it starts after offset 0 wherever it ends up.
+    const subscribed = follow(page, channel, { backoff: { initialMs: 100, maxMs: 1000 } }, { after: 0 });
+    await publishRange(server, channel, 4, 6);
+    await subscribed;
+    const log = await logged(page, "fallback");
+    const fallback = log.find((e) => e.type === "fallback");
+    assert.equal(fallback.from, "websocket");
+    assert.equal(fallback.to, "sse");
+    await publishRange(server, channel, 7, 9);
+    const events = await eventsAtLeast(page, 9);
+    assert.deepEqual(events.map((e) => e.offset), [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert.deepEqual(events.map((e) => e.data.n), [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    const state = await page.evaluate(() => ({ transport: window.sy.transport, log: window.log }));
+    assert.equal(state.transport, "sse");
+    assert.deepEqual(
+      state.log.filter((e) => e.type === "connected" || e.type === "fallback").map((e) => e.transport ?? `${e.from}->${e.to}`),
+      ["websocket->sse", "sse"],
+      "never counted as connected over the refused WebSocket",
+    );
+    // One more, live, to be sure nothing is repeated after the catch-up.
+    await publish(server, channel, "tick", { n: 10 });
+    const all = await eventsAtLeast(page, 10);
+    assert.deepEqual(all.map((e) => e.offset), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    await page.context().close();
+  });
+
+  test("WebSocket and SSE both blocked: ends on long-poll, in order", { timeout: 60_000 }, async () => {
+    const channel = "browser/fallback-poll";
+    const page = await blankPage(browser, server);
+    await refuseWebSockets(page);
+    await page.route(/\/v1\/sse/, (route) => route.abort("connectionrefused"));
+    await publishRange(server, channel, 1, 2);
+    const subscribed = follow(page, channel, { backoff: { initialMs: 100, maxMs: 1000 } }, { after: 0 });
+    await publishRange(server, channel, 3, 4);
+    await subscribed;
+    await page.waitForFunction(() => window.sy.transport === "poll" && window.sy.state === "connected", null, { timeout: 20_000 });
+    await publishRange(server, channel, 5, 6);
+    const events = await eventsAtLeast(page, 6);
+    assert.deepEqual(events.map((e) => e.offset), [1, 2, 3, 4, 5, 6]);
+    const fallbacks = await page.evaluate(() => window.log.filter((e) => e.type === "fallback").map((e) => `${e.from}->${e.to}`));
+    assert.deepEqual(fallbacks, ["websocket->sse", "sse->poll"]);
+    await page.context().close();
+  });
+});
