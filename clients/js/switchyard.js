@@ -579,6 +579,8 @@ class WsConnection {
     const client = this.#client;
     switch (f.op) {
       case "authed":
+        this.#pending.delete(f.id);
+      // falls through
       case "pong":
         if (!this.#opened && f.id === this.#handshake) {
           this.#opened = true;
@@ -602,8 +604,14 @@ class WsConnection {
         break;
       case "error": {
         const what = this.#pending.get(f.id);
-        this.#pending.delete(f.id);
         const error = new SwitchyardError(f.error?.code, f.error?.message);
+        if (what === "auth" && error.code === "forbidden") {
+          // A refreshed token that covers fewer channels: the gateway dropped one of them
+          // (its `authed` answer follows).
+          client._refused(this, undefined, error);
+          break;
+        }
+        this.#pending.delete(f.id);
         if (what === "auth") {
           // The credential was refused: reconnect with a fresh one (or wait, if it is fixed).
           this.#end({ opened: this.#opened, answered: true, error, reason: error.message });
