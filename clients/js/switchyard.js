@@ -483,6 +483,14 @@ class Pending {
 // Each connection reports to the client through the `_` methods above and ignores the
 // client once it is no longer the current connection.
 
+/** How an SSE or long-poll connection ends when the gateway answered with an HTTP error. */
+async function refusal(res, opened) {
+  const error = await errorFrom(res);
+  // Retrying soon cannot fix a bad request, a forbidden channel or a missing route.
+  const fatal = res.status === 400 || res.status === 403 || res.status === 404;
+  return { opened, answered: true, error, reason: error.message, retryAfterMs: error.retryAfterMs, fatal };
+}
+
 function authHeaders(token) {
   return token ? { authorization: `Bearer ${token}` } : {};
 }
@@ -737,10 +745,9 @@ class SseConnection {
     }
     if (!res.ok) {
       clearTimeout(idle);
-      const error = await errorFrom(res);
+      const info = await refusal(res, this.#opened);
       if (generation !== this.#generation || this.#done) return;
-      const fatal = res.status === 400 || res.status === 403 || res.status === 404;
-      return this.#end({ opened: this.#opened, answered: true, error, reason: error.message, retryAfterMs: error.retryAfterMs, fatal });
+      return this.#end(info);
     }
     let reason = "stream ended";
     try {
@@ -886,11 +893,7 @@ class PollConnection {
       }
       clearTimeout(watchdog);
       if (this.#done) return;
-      if (!res.ok) {
-        const error = await errorFrom(res);
-        const fatal = res.status === 400 || res.status === 403 || res.status === 404;
-        return this.#end({ opened: this.#opened, answered: true, error, reason: error.message, retryAfterMs: error.retryAfterMs, fatal });
-      }
+      if (!res.ok) return this.#end(await refusal(res, this.#opened));
       if (!this.#opened) {
         this.#opened = true;
         client._opened(this);

@@ -5,32 +5,22 @@
 import assert from "node:assert/strict";
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
-import { after, before, describe, test } from "node:test";
-import { ROOT, WAIT_MS, launch, startServer } from "./harness.mjs";
+import { describe, test } from "node:test";
+import { ROOT, WAIT_MS, useBrowserAndServer } from "./harness.mjs";
 
 const COUNTRIES = ["Ireland", "France", "Spain", "Germany"];
 const SCREENSHOT = path.join(ROOT, "target/browser/demo.png");
 
 describe("the /demo page", () => {
-  let browser;
-  let server;
-  before(async () => {
-    [browser, server] = await Promise.all([
-      launch(),
-      startServer({ env: { SWITCHYARD_DEMO__WORKER: "true", SWITCHYARD_DEMO__DELAY_MS: "150" } }),
-    ]);
-  });
-  after(async () => {
-    await Promise.all([browser?.close(), server?.cleanup()]);
-  });
+  const up = useBrowserAndServer({ env: { SWITCHYARD_DEMO__WORKER: "true", SWITCHYARD_DEMO__DELAY_MS: "150" } });
 
   for (const transport of ["websocket", "sse", "poll"]) {
     test(`${transport}: the query runs end to end`, { timeout: 60_000 }, async () => {
-      const context = await browser.newContext({ viewport: { width: 1000, height: 1000 } });
+      const context = await up.browser.newContext({ viewport: { width: 1000, height: 1000 } });
       const page = await context.newPage();
       const errors = [];
       page.on("pageerror", (err) => errors.push(String(err)));
-      await page.goto(`${server.url}/demo`);
+      await page.goto(`${up.server.url}/demo`);
       await page.selectOption("#transport", transport);
       await page.click("#run");
       // Progress arrives country by country, before the result.
@@ -59,12 +49,12 @@ describe("the /demo page", () => {
   }
 
   test("the client and the page are served with the right headers", async () => {
-    const js = await fetch(`${server.url}/v1/client.js`);
+    const js = await fetch(`${up.server.url}/v1/client.js`);
     assert.equal(js.status, 200);
     assert.equal(js.headers.get("content-type"), "text/javascript; charset=utf-8");
     assert.equal(js.headers.get("cache-control"), "no-cache");
     assert.match(await js.text(), /export class Switchyard/);
-    const html = await fetch(`${server.url}/demo`);
+    const html = await fetch(`${up.server.url}/demo`);
     assert.equal(html.status, 200);
     assert.equal(html.headers.get("content-type"), "text/html; charset=utf-8");
     assert.match(await html.text(), /PollToPush/);

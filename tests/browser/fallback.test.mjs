@@ -3,8 +3,8 @@
 // published before, during and after, in order, exactly once.
 
 import assert from "node:assert/strict";
-import { after, before, describe, test } from "node:test";
-import { blankPage, eventsAtLeast, follow, launch, logged, publish, startServer } from "./harness.mjs";
+import { describe, test } from "node:test";
+import { blankPage, eventsAtLeast, follow, logged, publish, useBrowserAndServer } from "./harness.mjs";
 
 /** Publishes `{n}` for n in from..=to, one after the other. */
 async function publishRange(server, channel, from, to) {
@@ -17,29 +17,22 @@ async function refuseWebSockets(page) {
 }
 
 describe("fallback", () => {
-  let browser;
-  let server;
-  before(async () => {
-    [browser, server] = await Promise.all([launch(), startServer()]);
-  });
-  after(async () => {
-    await Promise.all([browser?.close(), server?.cleanup()]);
-  });
+  const up = useBrowserAndServer();
 
   test("WebSocket refused: falls back to SSE and loses nothing", { timeout: 60_000 }, async () => {
     const channel = "browser/fallback-sse";
-    const page = await blankPage(browser, server);
+    const page = await blankPage(up.browser, up.server);
     await refuseWebSockets(page);
-    await publishRange(server, channel, 1, 3);
+    await publishRange(up.server, channel, 1, 3);
     // Subscribing does not wait for a transport: it starts after offset 0 wherever it ends up.
     const subscribed = follow(page, channel, { backoff: { initialMs: 100, maxMs: 1000 } }, { after: 0 });
-    await publishRange(server, channel, 4, 6);
+    await publishRange(up.server, channel, 4, 6);
     await subscribed;
     const log = await logged(page, "fallback");
     const fallback = log.find((e) => e.type === "fallback");
     assert.equal(fallback.from, "websocket");
     assert.equal(fallback.to, "sse");
-    await publishRange(server, channel, 7, 9);
+    await publishRange(up.server, channel, 7, 9);
     const events = await eventsAtLeast(page, 9);
     assert.deepEqual(events.map((e) => e.offset), [1, 2, 3, 4, 5, 6, 7, 8, 9]);
     assert.deepEqual(events.map((e) => e.data.n), [1, 2, 3, 4, 5, 6, 7, 8, 9]);
@@ -51,7 +44,7 @@ describe("fallback", () => {
       "never counted as connected over the refused WebSocket",
     );
     // One more, live, to be sure nothing is repeated after the catch-up.
-    await publish(server, channel, "tick", { n: 10 });
+    await publish(up.server, channel, "tick", { n: 10 });
     const all = await eventsAtLeast(page, 10);
     assert.deepEqual(all.map((e) => e.offset), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
     await page.context().close();
@@ -59,15 +52,15 @@ describe("fallback", () => {
 
   test("WebSocket and SSE both blocked: ends on long-poll, in order", { timeout: 60_000 }, async () => {
     const channel = "browser/fallback-poll";
-    const page = await blankPage(browser, server);
+    const page = await blankPage(up.browser, up.server);
     await refuseWebSockets(page);
     await page.route(/\/v1\/sse/, (route) => route.abort("connectionrefused"));
-    await publishRange(server, channel, 1, 2);
+    await publishRange(up.server, channel, 1, 2);
     const subscribed = follow(page, channel, { backoff: { initialMs: 100, maxMs: 1000 } }, { after: 0 });
-    await publishRange(server, channel, 3, 4);
+    await publishRange(up.server, channel, 3, 4);
     await subscribed;
     await page.waitForFunction(() => window.sy.transport === "poll" && window.sy.state === "connected", null, { timeout: 20_000 });
-    await publishRange(server, channel, 5, 6);
+    await publishRange(up.server, channel, 5, 6);
     const events = await eventsAtLeast(page, 6);
     assert.deepEqual(events.map((e) => e.offset), [1, 2, 3, 4, 5, 6]);
     const fallbacks = await page.evaluate(() => window.log.filter((e) => e.type === "fallback").map((e) => `${e.from}->${e.to}`));

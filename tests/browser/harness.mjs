@@ -7,6 +7,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { after, before } from "node:test";
 import { chromium } from "playwright-core";
 
 /** The repository root. */
@@ -155,12 +156,18 @@ export async function logged(page, type) {
   return page.evaluate(() => window.log);
 }
 
-/** Runs `fn` with a fresh browser, closed afterwards. */
-export async function withBrowser(fn) {
-  const browser = await launch();
-  try {
-    return await fn(browser);
-  } finally {
-    await browser.close();
-  }
+/**
+ * For the enclosing `describe`: launches a browser and, unless `server` is false, starts a
+ * server with `server` as its options, before the tests; closes both after them. Returns
+ * an object whose `browser` and `server` are set once they are up.
+ */
+export function useBrowserAndServer(server = {}) {
+  const up = {};
+  before(async () => {
+    [up.browser, up.server] = await Promise.all([launch(), server ? startServer(server) : null]);
+  });
+  after(async () => {
+    await Promise.all([up.browser?.close(), up.server?.cleanup()]);
+  });
+  return up;
 }

@@ -3,17 +3,12 @@
 // every event of the job exactly once, in order, without a reset.
 
 import assert from "node:assert/strict";
-import { after, before, describe, test } from "node:test";
-import { WAIT_MS, blankPage, call, eventsAtLeast, launch, startServer } from "./harness.mjs";
+import { describe, test } from "node:test";
+import { WAIT_MS, blankPage, call, eventsAtLeast, startServer, useBrowserAndServer } from "./harness.mjs";
 
 describe("server restart", () => {
-  let browser;
-  before(async () => {
-    browser = await launch();
-  });
-  after(async () => {
-    await browser?.close();
-  });
+  // Each test starts (and restarts) its own server.
+  const up = useBrowserAndServer(false);
 
   for (const transport of ["websocket", "sse", "poll"]) {
     test(`${transport}: the page resumes the job without duplicates`, { timeout: 90_000 }, async () => {
@@ -28,7 +23,7 @@ describe("server restart", () => {
         const lease = claim.body.lease;
         const progress = (step) => call(server, "POST", `/v1/jobs/${id}/progress`, { lease, data: { step } });
 
-        const page = await blankPage(browser, server);
+        const page = await blankPage(up.browser, server);
         await page.evaluate(async ({ channel, token, transport }) => {
           const { Switchyard } = await import("/v1/client.js");
           window.events = [];

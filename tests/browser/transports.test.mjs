@@ -2,28 +2,21 @@
 // API keys on, a job token follows its job on each of them.
 
 import assert from "node:assert/strict";
-import { after, before, describe, test } from "node:test";
-import { blankPage, call, eventsAtLeast, follow, launch, publish, startServer } from "./harness.mjs";
+import { describe, test } from "node:test";
+import { blankPage, call, eventsAtLeast, follow, publish, useBrowserAndServer } from "./harness.mjs";
 
 const TRANSPORTS = ["websocket", "sse", "poll"];
 
 describe("forced transports (open mode)", () => {
-  let browser;
-  let server;
-  before(async () => {
-    [browser, server] = await Promise.all([launch(), startServer()]);
-  });
-  after(async () => {
-    await Promise.all([browser?.close(), server?.cleanup()]);
-  });
+  const up = useBrowserAndServer();
 
   for (const transport of TRANSPORTS) {
     test(`${transport}: the page receives exactly the event published`, { timeout: 60_000 }, async () => {
-      const page = await blankPage(browser, server);
+      const page = await blankPage(up.browser, up.server);
       const channel = `browser/${transport}`;
       // From now: the subscription is ready once the server holds its position.
       await follow(page, channel, { transports: [transport] });
-      const sent = await publish(server, channel, "greeting", { hello: transport, n: [1, 2.5, null] });
+      const sent = await publish(up.server, channel, "greeting", { hello: transport, n: [1, 2.5, null] });
       const [event] = await eventsAtLeast(page, 1);
       assert.equal(event.channel, channel);
       assert.equal(event.type, "greeting");
@@ -32,7 +25,7 @@ describe("forced transports (open mode)", () => {
       assert.equal(event.id, sent.id);
       assert.equal(event.cursor, sent.cursor);
       // A second event proves nothing else (no duplicate) came in between.
-      await publish(server, channel, "bye", {});
+      await publish(up.server, channel, "bye", {});
       const events = await eventsAtLeast(page, 2);
       assert.deepEqual(events.map((e) => [e.offset, e.type]), [[1, "greeting"], [2, "bye"]]);
       const state = await page.evaluate(() => ({
@@ -56,25 +49,15 @@ describe("forced transports (open mode)", () => {
 describe("job tokens with API keys on", () => {
   const KEY = "browser-test-key-0123456789";
   const auth = { authorization: `Bearer ${KEY}` };
-  let browser;
-  let server;
-  before(async () => {
-    [browser, server] = await Promise.all([
-      launch(),
-      startServer({ env: { SWITCHYARD_AUTH__API_KEYS: KEY } }),
-    ]);
-  });
-  after(async () => {
-    await Promise.all([browser?.close(), server?.cleanup()]);
-  });
+  const up = useBrowserAndServer({ env: { SWITCHYARD_AUTH__API_KEYS: KEY } });
 
   for (const transport of TRANSPORTS) {
     test(`${transport}: a job token follows its job from the start`, { timeout: 60_000 }, async () => {
-      const page = await blankPage(browser, server);
-      const job = await call(server, "POST", "/v1/jobs", { query: transport }, auth);
+      const page = await blankPage(up.browser, up.server);
+      const job = await call(up.server, "POST", "/v1/jobs", { query: transport }, auth);
       assert.equal(job.status, 202);
       const { channel, token } = job.body;
-      const claim = await call(server, "POST", "/v1/jobs/claim", { wait_ms: 5000, lease_ms: 60_000 }, auth);
+      const claim = await call(up.server, "POST", "/v1/jobs/claim", { wait_ms: 5000, lease_ms: 60_000 }, auth);
       assert.equal(claim.status, 200);
       const lease = claim.body.lease;
       // The token is a function, as an application that fetches tokens would pass it.
@@ -89,8 +72,8 @@ describe("job tokens with API keys on", () => {
         await window.sub.ready;
       }, { channel, transport });
       const id = job.body.id;
-      await call(server, "POST", `/v1/jobs/${id}/progress`, { lease, data: { step: 1 } }, auth);
-      await call(server, "POST", `/v1/jobs/${id}/complete`, { lease, result: { ok: transport } }, auth);
+      await call(up.server, "POST", `/v1/jobs/${id}/progress`, { lease, data: { step: 1 } }, auth);
+      await call(up.server, "POST", `/v1/jobs/${id}/complete`, { lease, result: { ok: transport } }, auth);
       const events = await eventsAtLeast(page, 4);
       assert.deepEqual(events.map((e) => e.type), ["job.queued", "job.started", "job.progress", "job.completed"]);
       assert.deepEqual(events.at(-1).data.result, { ok: transport });
