@@ -26,6 +26,16 @@ const NOT_KEYS: [&str; 3] = [
     "SWITCHYARD_REQUIRE_BROWSER",
 ];
 
+/// Keys whose environment value is taken as text as it is: secrets and origins may look
+/// like numbers (an all-digit key) or lists (`[`), and must not be reinterpreted.
+const TEXT_KEYS: [&str; 5] = [
+    "auth.api_keys",
+    "auth.jwt_secret",
+    "auth.jwt_algorithm",
+    "auth.jwt_public_key_file",
+    "cors.allowed_origins",
+];
+
 /// The whole configuration. See `config.default.toml` for each key's meaning and default.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -347,7 +357,11 @@ impl Config {
                 continue;
             };
             let key = key.to_ascii_lowercase().replace("__", ".");
-            let value = Value::from_str(&value).expect("parsing a value is infallible");
+            let value = if TEXT_KEYS.contains(&key.as_str()) {
+                Value::from(value)
+            } else {
+                Value::from_str(&value).expect("parsing a value is infallible")
+            };
             figment = figment.merge(Serialized::global(&key, value));
         }
         if let Some(listen) = overrides.listen {
@@ -362,6 +376,9 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        // Credentials are checked here too, so `switchyard config` and a refused start say
+        // the same, before anything is created on disk.
+        crate::auth::check_config(&self.auth)?;
         fn range<T: PartialOrd + std::fmt::Display>(
             key: &str,
             v: T,
@@ -697,6 +714,43 @@ mod tests {
         assert!(load("1,soon").is_err());
         assert_eq!(Config::default().webhooks.retry_schedule_secs.len(), 7);
         assert!(!Config::default().webhooks.allow_private_networks);
+    }
+
+    #[test]
+    fn secrets_from_the_environment_stay_text() {
+        let load = |pairs: &[(&str, &str)]| Config::load(None, env(pairs), &Overrides::default());
+        let c = load(&[
+            (
+                "SWITCHYARD_AUTH__API_KEYS",
+                "12345678901234567890123, [bracketed-key-0123:publish",
+            ),
+            (
+                "SWITCHYARD_AUTH__JWT_SECRET",
+                "00000000000000000000000000000000001",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.auth.api_keys,
+            ["12345678901234567890123", "[bracketed-key-0123:publish"]
+        );
+        assert_eq!(c.auth.jwt_secret, "00000000000000000000000000000000001");
+        // Credentials are checked at load, naming the key and never echoing the secret.
+        let short = format!(
+            "{:#}",
+            load(&[("SWITCHYARD_AUTH__JWT_SECRET", "tiny-secret")]).unwrap_err()
+        );
+        assert!(
+            short.contains("auth.jwt_secret") && !short.contains("tiny-secret"),
+            "{short}"
+        );
+        let alg = format!(
+            "{:#}",
+            load(&[("SWITCHYARD_AUTH__JWT_ALGORITHM", "HS512")]).unwrap_err()
+        );
+        assert!(alg.contains("auth.jwt_algorithm"), "{alg}");
+        let redacted = format!("{:?}", c.auth);
+        assert!(!redacted.contains("12345678901234567890123"), "{redacted}");
     }
 
     #[test]

@@ -64,14 +64,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let auth = Arc::new(Auth::from_config(&config)?);
     let local = listener.local_addr()?;
+    // Refused before anything is created in the data directory.
+    if config.auth.api_keys.is_empty() && !auth::open_mode_allowed(local.ip()) {
+        anyhow::bail!(
+            "refusing to start in open mode on {local}: with no `auth.api_keys` anyone who reaches this address could publish, read and cancel jobs; set `auth.api_keys` (SWITCHYARD_AUTH__API_KEYS) or listen on a loopback address"
+        );
+    }
+    let auth = Arc::new(Auth::from_config(&config)?);
     if auth.is_open() {
-        if !auth::open_mode_allowed(local.ip()) {
-            anyhow::bail!(
-                "refusing to start in open mode on {local}: with no `auth.api_keys` anyone who reaches this address could publish, read and cancel jobs; set `auth.api_keys` (SWITCHYARD_AUTH__API_KEYS) or listen on a loopback address"
-            );
-        }
         tracing::warn!(
             %local,
             "OPEN MODE: no auth.api_keys configured, so every request is allowed without credentials; fine on loopback for development, never expose it"

@@ -70,6 +70,39 @@ impl FromStr for Scope {
     }
 }
 
+/// Checks `[auth]` without touching the disk: key entries, the algorithm, the HS256
+/// secret's length and the public key file.
+///
+/// # Errors
+/// The first bad value, named by its key (never echoing a secret).
+pub fn check_config(a: &crate::config::AuthConfig) -> anyhow::Result<()> {
+    ApiKeys::parse(&a.api_keys)?;
+    jwt_verifier(a).map(drop)
+}
+
+/// The JWT verifier `[auth]` configures, if any.
+fn jwt_verifier(a: &crate::config::AuthConfig) -> anyhow::Result<Option<JwtVerifier>> {
+    let algorithm: Algorithm = a.jwt_algorithm.parse().map_err(|()| {
+        anyhow::anyhow!(
+            "`auth.jwt_algorithm` must be HS256, RS256 or ES256, got {:?}",
+            a.jwt_algorithm
+        )
+    })?;
+    Ok(match algorithm {
+        Algorithm::Hs256 if a.jwt_secret.is_empty() => None,
+        Algorithm::Hs256 => Some(JwtVerifier::hs256(&a.jwt_secret)?),
+        _ if a.jwt_public_key_file.is_empty() => anyhow::bail!(
+            "`auth.jwt_algorithm` = {} needs `auth.jwt_public_key_file`",
+            algorithm.as_str()
+        ),
+        _ => {
+            let pem = std::fs::read(&a.jwt_public_key_file)
+                .with_context(|| format!("reading {}", a.jwt_public_key_file))?;
+            Some(JwtVerifier::public_key(algorithm, &pem)?)
+        }
+    })
+}
+
 /// Every credential the server accepts.
 #[derive(Debug)]
 pub struct Auth {
@@ -86,27 +119,8 @@ impl Auth {
     /// # Errors
     /// A bad key entry, JWT secret or public key, or an unreadable job token key.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        let a = &config.auth;
-        let keys = ApiKeys::parse(&a.api_keys)?;
-        let algorithm: Algorithm = a.jwt_algorithm.parse().map_err(|()| {
-            anyhow::anyhow!(
-                "`auth.jwt_algorithm` must be HS256, RS256 or ES256, got {:?}",
-                a.jwt_algorithm
-            )
-        })?;
-        let jwt = match algorithm {
-            Algorithm::Hs256 if a.jwt_secret.is_empty() => None,
-            Algorithm::Hs256 => Some(JwtVerifier::hs256(&a.jwt_secret)?),
-            _ if a.jwt_public_key_file.is_empty() => anyhow::bail!(
-                "`auth.jwt_algorithm` = {} needs `auth.jwt_public_key_file`",
-                algorithm.as_str()
-            ),
-            _ => {
-                let pem = std::fs::read(&a.jwt_public_key_file)
-                    .with_context(|| format!("reading {}", a.jwt_public_key_file))?;
-                Some(JwtVerifier::public_key(algorithm, &pem)?)
-            }
-        };
+        let keys = ApiKeys::parse(&config.auth.api_keys)?;
+        let jwt = jwt_verifier(&config.auth)?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating {}", config.data_dir.display()))?;
         Ok(Self {

@@ -402,7 +402,7 @@ async fn management_input_is_checked() {
         ),
         (
             json!({"url": "ftp://x/", "channels": ["c"]}),
-            "http or https",
+            "http:// or https://",
         ),
         (
             json!({"url": "http://127.0.0.1:9/", "channels": []}),
