@@ -155,6 +155,10 @@ pub enum ServerFrame {
         /// The request id, when the frame had one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
+        /// The subscription the error is about, when it ended one (a refreshed token that
+        /// no longer covers it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        channel: Option<String>,
         /// What went wrong.
         error: ErrorBody,
     },

@@ -561,3 +561,28 @@ async fn secrets_never_reach_the_log() {
         assert!(!refused.contains(secret), "the refusal shows {secret:?}");
     }
 }
+
+#[tokio::test]
+async fn a_refreshed_token_that_covers_less_ends_those_subscriptions() {
+    let server = start(secured()).await;
+    let (a, b) = (channel("auth-refresh-a"), channel("auth-refresh-b"));
+    let both = tokens::hs256(HS256_SECRET, &claims(&[&a, &b], 300));
+    let only_a = tokens::hs256(HS256_SECRET, &claims(&[&a], 600));
+    let mut ws = WsClient::connect_to(server.addr, &format!("/v1/ws?token={both}"), &[])
+        .await
+        .unwrap();
+    ws.subscribe(1, &a, json!({})).await;
+    ws.subscribe(2, &b, json!({})).await;
+    ws.send(json!({"op": "auth", "id": 3, "token": only_a}))
+        .await;
+    let dropped = ws.next_json().await;
+    assert_eq!(dropped["op"], "error", "{dropped}");
+    assert_eq!(dropped["error"]["code"], "forbidden");
+    assert_eq!(dropped["channel"], b.as_str());
+    assert_eq!(ws.next_json().await["op"], "authed");
+    // The connection lives on with the channel the new token allows.
+    assert_eq!(publish_as(&server, PUBLISHER, &b, 1).await.0, 201);
+    assert_eq!(publish_as(&server, PUBLISHER, &a, 2).await.0, 201);
+    assert_eq!(ws.next_event().await["data"]["n"], 2);
+    server.shutdown().await;
+}

@@ -69,6 +69,7 @@ impl push::Framing for Ndjson {
 
     fn goodbye(&self, code: ErrorCode, message: &str) -> Bytes {
         line(&ServerFrame::Error {
+            channel: None,
             id: None,
             error: ErrorBody::new(code, message),
         })

@@ -203,6 +203,7 @@ impl Auth {
             ),
         };
         let frame = ServerFrame::Error {
+            channel: None,
             id: None,
             error: ErrorBody::new(code, message),
         };
@@ -360,6 +361,7 @@ enum Reply {
 
 fn frame_error(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Reply {
     Reply::Frame(ServerFrame::Error {
+        channel: None,
         id,
         error: ErrorBody::new(code, message),
     })
@@ -430,6 +432,7 @@ where
                     session.close(channel);
                     let err = access::forbidden(channel.as_str());
                     let frame = ServerFrame::Error {
+                        channel: Some(channel.to_string()),
                         id,
                         error: ErrorBody::new(err.code, format!("{}; unsubscribed", err.message)),
                     };
