@@ -4,7 +4,11 @@
 //!
 //! Run with: `cargo run --example long_poll_client`
 //! or:       `cargo run --example long_poll_client -- --payload '{"query": "area"}'`
-//! Options:  `--url http://127.0.0.1:8080` (default), `--payload JSON`.
+//! Options:  `--url http://127.0.0.1:8080` (default), `--payload JSON`, `--api-key KEY`
+//!           (needed when the gateway has API keys: a key with the `jobs` scope).
+//!
+//! The submit uses the API key; the reads use only the job `token` the 202 returns, which
+//! is all an untrusted client (a browser, a device) should hold.
 //! Exits 0 when the job succeeded, 1 when it failed or was canceled.
 
 use std::time::Duration;
@@ -29,6 +33,9 @@ struct Args {
         default_value = r#"{"query": "population", "countries": ["Ireland", "France", "Spain", "Germany"]}"#
     )]
     payload: String,
+    /// An API key with the `jobs` scope, for gateways with `auth.api_keys`.
+    #[arg(long)]
+    api_key: Option<String>,
 }
 
 /// Sends one request on a fresh connection (a JSON body when given); returns the status and
@@ -38,6 +45,7 @@ async fn call(
     method: Method,
     path: &str,
     body: Option<String>,
+    bearer: Option<&str>,
 ) -> anyhow::Result<(StatusCode, Value)> {
     let authority = base.authority().context("--url needs a host")?.clone();
     let host = authority.host().trim_matches(['[', ']']);
@@ -50,6 +58,9 @@ async fn call(
         .header(header::HOST, authority.as_str());
     if body.is_some() {
         req = req.header(header::CONTENT_TYPE, "application/json");
+    }
+    if let Some(token) = bearer {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
     let res = sender
         .send_request(req.body(Full::new(Bytes::from(body.unwrap_or_default())))?)
@@ -72,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
         Method::POST,
         "/v1/jobs",
         Some(args.payload.clone()),
+        args.api_key.as_deref(),
     )
     .await?;
     if status != StatusCode::ACCEPTED {
@@ -82,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
         .as_str()
         .context("202 without id")?
         .to_owned();
+    let token = submitted["token"].as_str().map(str::to_owned);
     let mut last = submitted["status"].as_str().unwrap_or("queued").to_owned();
     println!("status: {last}");
 
@@ -93,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
             Method::GET,
             &format!("/v1/jobs/{id}?wait=30&status={last}"),
             None,
+            token.as_deref(),
         )
         .await
         {

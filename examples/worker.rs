@@ -5,7 +5,8 @@
 //! Run with: `cargo run --example worker`
 //! or:       `cargo run --example worker -- --once --delay-ms 100`
 //! Options:  `--url http://127.0.0.1:8080` (default), `--once` (handle one job, then exit),
-//!           `--delay-ms 500` (simulated work per country).
+//!           `--delay-ms 500` (simulated work per country), `--api-key KEY` (a key with the
+//!           `work` scope, when the gateway has API keys).
 //!
 //! A payload with `"simulate_error": true` makes the work fail, to show `fail` with
 //! `retry: true` (the gateway requeues the job until its attempts run out).
@@ -34,12 +35,16 @@ struct Args {
     /// Simulated work per country, in milliseconds.
     #[arg(long, default_value_t = 500)]
     delay_ms: u64,
+    /// An API key with the `work` scope, for gateways with `auth.api_keys`.
+    #[arg(long)]
+    api_key: Option<String>,
 }
 
 /// Sends one request on a fresh connection; returns the status and the JSON body (`null`
 /// when empty).
 async fn call(
     base: &Uri,
+    api_key: Option<&str>,
     method: Method,
     path: &str,
     body: Value,
@@ -53,8 +58,12 @@ async fn call(
         .method(method)
         .uri(path)
         .header(header::HOST, authority.as_str())
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))?;
+        .header(header::CONTENT_TYPE, "application/json");
+    let req = match api_key {
+        Some(key) => req.header(header::AUTHORIZATION, format!("Bearer {key}")),
+        None => req,
+    }
+    .body(Full::new(Bytes::from(body.to_string())))?;
     let res = sender.send_request(req).await?;
     let status = res.status();
     let bytes = res.into_body().collect().await?.to_bytes();
@@ -91,6 +100,7 @@ enum Outcome {
 async fn report(args: &Args, id: &str, action: &str, body: Value) -> anyhow::Result<Outcome> {
     let (status, res) = call(
         &args.url,
+        args.api_key.as_deref(),
         Method::POST,
         &format!("/v1/jobs/{id}/{action}"),
         body,
@@ -183,7 +193,15 @@ async fn main() -> anyhow::Result<()> {
     loop {
         // Held by the gateway up to wait_ms; 204 means nothing arrived in that time.
         let claim = json!({"wait_ms": 30000, "lease_ms": 30000});
-        let claimed = match call(&args.url, Method::POST, "/v1/jobs/claim", claim).await {
+        let claimed = match call(
+            &args.url,
+            args.api_key.as_deref(),
+            Method::POST,
+            "/v1/jobs/claim",
+            claim,
+        )
+        .await
+        {
             Ok((StatusCode::OK, claimed)) => claimed,
             Ok((StatusCode::NO_CONTENT, _)) => {
                 println!("worker: no job yet, claiming again");
