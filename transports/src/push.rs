@@ -103,13 +103,15 @@ pub(crate) async fn respond<F: Framing>(
         // insert and removal per event batch).
         let expiry = access::expiry(&grant);
         tokio::pin!(expiry);
+        let shutdown = ctx.shutdown.cancelled();
+        tokio::pin!(shutdown);
         let period = ctx.config.heartbeat_interval;
         let mut heartbeat = interval_at(tokio::time::Instant::now() + period, period);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
-                () = ctx.shutdown.cancelled() => {
+                () = &mut shutdown => {
                     yield Ok(Frame::data(framing.goodbye(ErrorCode::ShuttingDown, "the server is shutting down; reconnect with your cursor")));
                     break;
                 }
