@@ -3,6 +3,7 @@
 
 mod idempotency;
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 

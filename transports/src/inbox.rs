@@ -102,6 +102,14 @@ impl Sink {
         true
     }
 
+    /// Ends the consumer's stream as an overflow does (its connection is closed and it
+    /// resumes from its cursor), for a hub that can no longer promise it a gap-free stream:
+    /// its live feed was interrupted and the events it missed are no longer retained, or
+    /// the channel's history changed epoch. Its resubscription then reports the `reset`.
+    pub fn disconnect(&self) {
+        self.shared.overflow();
+    }
+
     /// Whether the consumer behind this sink has gone away.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)

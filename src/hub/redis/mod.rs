@@ -1,0 +1,513 @@
+//! The Redis hub: channel history, offsets, epochs and idempotency keys live in Redis, and
+//! Redis pub/sub carries new events to every gateway node that has subscribers for them, so
+//! N nodes behind a load balancer serve the same channels (issue #7, phase 1: not wired into
+//! [`crate::run`] yet; phase 2 adds the Redis store and the engine switch).
+//!
+//! # Layout
+//! - [`keys`]: key and topic names (`sy:{channel}:h`, `:meta`, `:idem:{key}`, `:live`).
+//! - [`scripts`]: the append script (offset, idempotency, history, trim, publish in one
+//!   atomic step) and the read script (resolve a position, return the events after it).
+//! - [`wire`]: an event's parts as stored and published, and the rebuilt shared `Event`.
+//! - [`local`]: this node's subscribers per channel and the gap-free history → live handover.
+//! - [`listener`]: the node's one pub/sub connection, reconnection and catch-up.
+//!
+//! Semantics follow [`super::MemoryHub`] for every channel but `jobs/*` (durable job
+//! channels come with phase 2): the same offsets from 1, the same `reset` rules, the same
+//! idempotency answers, whichever node is asked.
+
+mod keys;
+mod listener;
+mod local;
+mod scripts;
+mod wire;
+
+use std::{
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use futures_util::future::{BoxFuture, FutureExt};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use switchyard_protocol::{ChannelName, Cursor, Position};
+use switchyard_transports::hub::{Opened, Sink, StartFrom};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use self::{
+    listener::Control,
+    local::{Known, Read, Table},
+    scripts::{Appended, Bounds, ReadFrom, Scripts},
+};
+use super::{
+    Bus, Event, HistoryPage, Hub, HubError, Publish, PublishError, Published, memory::random_epoch,
+    now_rfc3339,
+};
+use crate::config::Config;
+
+/// Default for [`RedisHubConfig::op_timeout`].
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Subscribe requests waiting for the listener task; past it, subscribers wait their turn.
+const CONTROL_CAPACITY: usize = 1024;
+/// Tries of one subscribe that raced a reconnection or an epoch change.
+const OPEN_ATTEMPTS: usize = 3;
+
+/// Bounds and timeouts of the Redis hub.
+#[derive(Clone, Debug)]
+pub struct RedisHubConfig {
+    /// Events kept per channel (`history.size`).
+    pub history_size: usize,
+    /// Age after which events leave the history (`history.ttl_secs`).
+    pub history_ttl: Duration,
+    /// Most channels this node holds local subscribers for (`limits.max_channels`).
+    pub max_channels: usize,
+    /// Longest one Redis round trip may take before the operation fails as unavailable
+    /// (publish: 503; subscribe: an `unavailable` error). Default [`DEFAULT_OP_TIMEOUT`].
+    pub op_timeout: Duration,
+}
+
+impl RedisHubConfig {
+    /// The hub's settings from the gateway's configuration.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            history_size: config.history.size,
+            history_ttl: Duration::from_secs(config.history.ttl_secs),
+            max_channels: config.limits.max_channels,
+            op_timeout: DEFAULT_OP_TIMEOUT,
+        }
+    }
+
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            history_size: self.history_size.max(1),
+            history_ttl_ms: u64::try_from(self.history_ttl.as_millis()).unwrap_or(u64::MAX / 2),
+            // A channel's keys outlive its events and its idempotency keys; an idle channel
+            // then expires whole, and its next use starts a new epoch (old cursors: reset).
+            key_lifetime_secs: self
+                .history_ttl
+                .as_secs()
+                .saturating_add(scripts::IDEMPOTENCY_TTL_SECS)
+                .max(1),
+        }
+    }
+}
+
+/// Why [`RedisHub::connect`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The URL is not a Redis URL.
+    #[error("invalid Redis URL: {0}")]
+    Url(#[source] redis::RedisError),
+    /// Redis did not answer.
+    #[error("cannot reach Redis: {0}")]
+    Unreachable(String),
+}
+
+/// The state shared by the hub's handle and its listener task.
+struct Inner {
+    table: Mutex<Table>,
+    /// Commands (scripts, PING): multiplexed, and re-established by the manager itself.
+    conn: ConnectionManager,
+    scripts: Scripts,
+    config: RedisHubConfig,
+    bounds: Bounds,
+    /// Whether the pub/sub connection is up with its topics subscribed (for readiness).
+    live_up: AtomicBool,
+    /// Wakes the listener to unsubscribe topics no local subscriber needs any more.
+    dirty: Notify,
+    published: AtomicU64,
+}
+
+impl Inner {
+    fn table(&self) -> MutexGuard<'_, Table> {
+        // The table's invariants hold between statements that could panic; keep serving.
+        self.table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn set_live(&self, up: bool) {
+        self.live_up.store(up, Ordering::Release);
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// The events after `known` in its epoch; `Ok(None)` when history no longer reaches it.
+    async fn read_after(
+        &self,
+        channel: &ChannelName,
+        known: Known,
+    ) -> Result<Option<Vec<Arc<Event>>>, HubError> {
+        let from = ReadFrom::After {
+            offset: known.last,
+            epoch: Some(known.epoch),
+        };
+        let snapshot = self
+            .timed(self.scripts.read(
+                &mut self.conn(),
+                self.bounds,
+                channel,
+                None,
+                from,
+                self.bounds.history_size,
+            ))
+            .await?;
+        Ok(snapshot.filter(|s| !s.reset).map(|s| {
+            let epoch = s.epoch;
+            s.entries
+                .into_iter()
+                .filter_map(|p| p.into_event(channel, epoch))
+                .collect()
+        }))
+    }
+
+    /// Runs one Redis operation within `op_timeout`.
+    async fn timed<T>(
+        &self,
+        op: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, HubError> {
+        match tokio::time::timeout(self.config.op_timeout, op).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(HubError::Unavailable(format!("redis: {e}"))),
+            Err(_) => Err(HubError::Unavailable(format!(
+                "redis did not answer within {:?}",
+                self.config.op_timeout
+            ))),
+        }
+    }
+}
+
+/// The Redis-backed hub of one gateway node; see the module docs.
+pub struct RedisHub {
+    inner: Arc<Inner>,
+    control_tx: mpsc::Sender<Control>,
+    /// Stops the listener task when the hub is dropped.
+    _stop: DropGuard,
+}
+
+impl std::fmt::Debug for RedisHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisHub")
+            .field("channels", &self.inner.table().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisHub {
+    /// Connects to Redis at `url` (`redis://host:port/db`): one multiplexed connection for
+    /// commands and one pub/sub connection, kept by a background task. Must be called
+    /// inside a Tokio runtime.
+    ///
+    /// # Errors
+    /// When the URL is invalid or Redis does not answer within `config.op_timeout`.
+    pub async fn connect(url: &str, config: RedisHubConfig) -> Result<Self, ConnectError> {
+        let client = redis::Client::open(url).map_err(ConnectError::Url)?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.op_timeout))
+            .set_response_timeout(Some(config.op_timeout))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
+        let unreachable = |e: String| ConnectError::Unreachable(e);
+        let conn = tokio::time::timeout(
+            config.op_timeout * 3,
+            client.get_connection_manager_with_config(manager_config),
+        )
+        .await
+        .map_err(|_| unreachable("timed out".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+        let pubsub = tokio::time::timeout(config.op_timeout, client.get_async_pubsub())
+            .await
+            .map_err(|_| unreachable("timed out".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let inner = Arc::new(Inner {
+            table: Mutex::new(Table::default()),
+            conn,
+            scripts: Scripts::new(),
+            bounds: config.bounds(),
+            config,
+            live_up: AtomicBool::new(false),
+            dirty: Notify::new(),
+            published: AtomicU64::new(0),
+        });
+        let (control_tx, control_rx) = mpsc::channel(CONTROL_CAPACITY);
+        let stop = CancellationToken::new();
+        tokio::spawn(listener::run(
+            Arc::clone(&inner),
+            client,
+            pubsub,
+            control_rx,
+            stop.clone(),
+        ));
+        Ok(Self {
+            inner,
+            control_tx,
+            _stop: stop.drop_guard(),
+        })
+    }
+
+    /// Checks that Redis answers `PING` and that the pub/sub connection is up (`/readyz`).
+    ///
+    /// # Errors
+    /// [`HubError::Unavailable`] when either is down.
+    pub async fn ping(&self) -> Result<(), HubError> {
+        let mut conn = self.inner.conn();
+        self.inner
+            .timed(redis::cmd("PING").query_async::<String>(&mut conn))
+            .await?;
+        if !self.inner.live_up.load(Ordering::Acquire) {
+            return Err(HubError::Unavailable(
+                "the Redis pub/sub connection is down".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Drops closed sinks and releases topics nobody here needs; call it periodically.
+    pub fn sweep(&self) {
+        if self.inner.table().sweep() {
+            self.inner.dirty.notify_one();
+        }
+    }
+
+    /// One subscribe attempt; see [`local`] for the handover.
+    async fn try_open(
+        &self,
+        channel: &ChannelName,
+        from: StartFrom,
+        sink: &Sink,
+    ) -> Result<Result<Opened, local::Raced>, HubError> {
+        let ticket =
+            self.inner
+                .table()
+                .begin(channel, sink.id(), self.inner.config.max_channels)?;
+        // Abandons the pending subscriber if this future fails or is dropped midway.
+        let mut pending = PendingGuard {
+            inner: &self.inner,
+            channel,
+            ticket: Some(ticket),
+        };
+        // 1. The live topic first, so nothing published after the read below is missed.
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let ensure = Control::Ensure {
+            channel: channel.clone(),
+            reply: reply_tx,
+        };
+        let stopped = || HubError::Unavailable("the hub is stopping".into());
+        self.control_tx.send(ensure).await.map_err(|_| stopped())?;
+        let generation = tokio::time::timeout(self.inner.config.op_timeout * 2, reply_rx)
+            .await
+            .map_err(|_| HubError::Unavailable("the Redis pub/sub connection is busy".into()))?
+            .map_err(|_| stopped())??;
+        if generation != ticket.generation {
+            return Ok(Err(local::Raced("the pub/sub connection changed")));
+        }
+        // 2. The history after the requested position, in one atomic snapshot.
+        let read_from = match from {
+            StartFrom::Now => ReadFrom::Now,
+            StartFrom::Offset(offset) => ReadFrom::After {
+                offset,
+                epoch: None,
+            },
+            StartFrom::Position(p) => ReadFrom::After {
+                offset: p.offset,
+                epoch: Some(p.epoch),
+            },
+        };
+        let inner = &self.inner;
+        let snapshot = inner
+            .timed(inner.scripts.read(
+                &mut inner.conn(),
+                inner.bounds,
+                channel,
+                Some(random_epoch()),
+                read_from,
+                inner.bounds.history_size,
+            ))
+            .await?
+            .ok_or_else(|| HubError::Unavailable("the channel's history vanished".into()))?;
+        let epoch = snapshot.epoch;
+        let read = Read {
+            epoch,
+            last: snapshot.last,
+            start: snapshot.start,
+            reset: snapshot.reset.then_some(snapshot.oldest),
+            replay: snapshot
+                .entries
+                .into_iter()
+                .filter_map(|p| p.into_event(channel, epoch))
+                .collect(),
+        };
+        // 3. Replay plus what arrived live meanwhile; the sink is live from here on.
+        let ticket = pending.ticket.take().expect("taken once");
+        let opened = inner.table().complete(channel, ticket, sink, read);
+        if opened.is_err() {
+            inner.dirty.notify_one();
+        }
+        Ok(opened)
+    }
+}
+
+/// Abandons a pending subscriber whose subscribe did not complete.
+struct PendingGuard<'a> {
+    inner: &'a Inner,
+    channel: &'a ChannelName,
+    ticket: Option<local::Ticket>,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take()
+            && self.inner.table().abandon(self.channel, ticket)
+        {
+            self.inner.dirty.notify_one();
+        }
+    }
+}
+
+/// `jobs/*` channels belong to the job store (phase 2 brings them to Redis).
+fn is_reserved(channel: &ChannelName) -> bool {
+    channel.as_str().starts_with("jobs/")
+}
+
+impl Hub for RedisHub {
+    fn subscribe<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        from: StartFrom,
+        sink: &'a Sink,
+    ) -> BoxFuture<'a, Result<Opened, HubError>> {
+        async move {
+            let mut raced = local::Raced("");
+            for _ in 0..OPEN_ATTEMPTS {
+                match self.try_open(channel, from, sink).await? {
+                    Ok(opened) => return Ok(opened),
+                    Err(r) => raced = r,
+                }
+            }
+            Err(HubError::Unavailable(format!("{}; retry", raced.0)))
+        }
+        .boxed()
+    }
+
+    fn unsubscribe(&self, channel: &ChannelName, sink_id: u64) {
+        if self.inner.table().unsubscribe(channel, sink_id) {
+            self.inner.dirty.notify_one();
+        }
+    }
+}
+
+impl Bus for RedisHub {
+    fn publish<'a>(&'a self, req: Publish<'a>) -> BoxFuture<'a, Result<Published, PublishError>> {
+        async move {
+            if is_reserved(req.channel) {
+                return Err(PublishError::Reserved);
+            }
+            let inner = &self.inner;
+            let time = now_rfc3339();
+            let appended = inner
+                .timed(inner.scripts.append(
+                    &mut inner.conn(),
+                    inner.bounds,
+                    req.channel,
+                    random_epoch(),
+                    req.event_type,
+                    &time,
+                    req.data.get(),
+                    req.idempotency_key,
+                ))
+                .await?;
+            let (epoch, offset, replayed) = match appended {
+                Appended::New { epoch, offset } => (epoch, offset, false),
+                Appended::Seen { epoch, offset } => (epoch, offset, true),
+                Appended::Conflict => return Err(PublishError::IdempotencyConflict),
+            };
+            let position = Position { epoch, offset };
+            let envelope = if replayed {
+                // As the memory hub: a replayed result re-sends nothing.
+                bytes::Bytes::new()
+            } else {
+                inner.published.fetch_add(1, Ordering::Relaxed);
+                Event::new(
+                    req.channel.clone(),
+                    position,
+                    req.event_type,
+                    &time,
+                    req.data,
+                )
+                .envelope()
+                .clone()
+            };
+            Ok(Published {
+                offset,
+                id: format!("{}:{offset}", req.channel),
+                cursor: Cursor::encode_single(req.channel, position),
+                replayed,
+                envelope,
+            })
+        }
+        .boxed()
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        after: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<HistoryPage, HubError>> {
+        async move {
+            let inner = &self.inner;
+            let from = match after {
+                None => ReadFrom::Oldest,
+                Some(offset) => ReadFrom::After {
+                    offset,
+                    epoch: None,
+                },
+            };
+            let snapshot = inner
+                .timed(inner.scripts.read(
+                    &mut inner.conn(),
+                    inner.bounds,
+                    channel,
+                    None,
+                    from,
+                    limit,
+                ))
+                .await?;
+            let Some(s) = snapshot else {
+                // Reading history does not create the channel; past 0 is out of reach.
+                return Ok(HistoryPage {
+                    events: Vec::new(),
+                    next: 0,
+                    reset: after.is_some_and(|a| a > 0),
+                });
+            };
+            let epoch = s.epoch;
+            let events: Vec<Arc<Event>> = s
+                .entries
+                .into_iter()
+                .take(limit)
+                .filter_map(|p| p.into_event(channel, epoch))
+                .collect();
+            let next = events.last().map_or(s.start, |e| e.offset());
+            Ok(HistoryPage {
+                events,
+                next,
+                reset: s.reset,
+            })
+        }
+        .boxed()
+    }
+
+    fn channel_count(&self) -> usize {
+        self.inner.table().len()
+    }
+
+    fn published_count(&self) -> u64 {
+        self.inner.published.load(Ordering::Relaxed)
+    }
+}
