@@ -3,6 +3,7 @@
 pub mod http;
 pub mod process;
 pub mod receiver;
+pub mod redis;
 pub mod sse;
 pub mod tokens;
 pub mod ws;
