@@ -253,6 +253,21 @@ pub struct DueDelivery {
     pub previous_secret_until_ms: Option<i64>,
 }
 
+/// Where one enabled endpoint stands in the outbox, for the dispatcher's scan.
+#[derive(Clone, Debug)]
+pub struct OutboxHead {
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// Unix ms of its last change (URL, secret, enabled): deliveries read before it carry
+    /// stale values.
+    pub updated_at_ms: i64,
+    /// It has a pending delivery due at the scan's `now_ms` (whether or not the dispatcher
+    /// already holds it).
+    pub has_due: bool,
+    /// When its first pending delivery due after `now_ms` falls due.
+    pub next_due_ms: Option<i64>,
+}
+
 /// The result of one attempt.
 #[derive(Clone, Debug)]
 pub struct AttemptOutcome {
@@ -341,16 +356,18 @@ pub trait WebhookStore: Send + Sync + 'static {
         event_type: String,
         body: Bytes,
     ) -> BoxFuture<'_, Result<usize, StoreError>>;
-    /// Deliveries due now, oldest first, except those of `busy_endpoints` and those `in_flight`.
-    fn due(
+    /// Every enabled endpoint, with whether it has pending deliveries due at `now_ms` and
+    /// when its next one after that falls due. Cheap: two index seeks per endpoint.
+    fn outbox_heads(&self, now_ms: i64) -> BoxFuture<'_, Result<Vec<OutboxHead>, StoreError>>;
+    /// Up to `limit` of one enabled endpoint's deliveries due at `now_ms`, oldest first,
+    /// leaving out `skip` (those the dispatcher already holds).
+    fn due_for(
         &self,
+        endpoint_id: String,
         now_ms: i64,
         limit: usize,
-        busy_endpoints: Vec<String>,
-        in_flight: Vec<String>,
+        skip: Vec<String>,
     ) -> BoxFuture<'_, Result<Vec<DueDelivery>, StoreError>>;
-    /// When the next pending delivery falls due.
-    fn next_due(&self) -> BoxFuture<'_, Result<Option<i64>, StoreError>>;
     /// Logs an attempt's outcome.
     fn record(&self, outcome: AttemptOutcome) -> BoxFuture<'_, Result<(), StoreError>>;
     /// An endpoint's newest deliveries with their attempts.

@@ -1,34 +1,55 @@
-//! The dispatcher: picks due deliveries from the outbox, signs and POSTs them with bounded
+//! The dispatcher: reads due deliveries from the outbox, signs and POSTs them with bounded
 //! concurrency (overall and per endpoint, so a slow or dead endpoint never holds up the
 //! others), and records each attempt with its next retry.
+//!
+//! # How it finds work
+//! The outbox is the source of truth; the dispatcher keeps a bounded copy of what is due in
+//! per-endpoint [lanes](super::lanes) and reads the outbox in two ways:
+//! - a **scan** ([`WebhookStore::outbox_heads`]: two index seeks per enabled endpoint) says
+//!   which endpoints have due deliveries and when the next retry falls due. It runs when the
+//!   store says the outbox changed (deliveries recorded, a manual retry, an endpoint
+//!   changed), when a known retry falls due, and at least every [`IDLE_POLL`] as a safety
+//!   net;
+//! - a **refill** ([`WebhookStore::due_for`]) reads one endpoint's next due deliveries from
+//!   that endpoint's own index range, only when the endpoint could use more (see
+//!   [`Lanes::next_refill`]).
+//!
+//! When an attempt ends, its slot goes to the next queued delivery (endpoints take turns)
+//! without reading the outbox.
 
 use std::{
-    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use reqwest::{StatusCode, redirect::Policy};
 use switchyard_protocol::webhook::{self, WebhookSecret};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::{schedule, ssrf};
+use super::{
+    lanes::{Lanes, REFILL, SlotLimits},
+    schedule, ssrf,
+};
 use crate::{
     config::WebhooksConfig,
-    store::{AttemptOutcome, DueDelivery, WebhookStore, now_ms},
+    store::{AttemptOutcome, DueDelivery, StoreError, WebhookStore, now_ms},
 };
 
-/// Deliveries read from the outbox per pass.
-const BATCH: usize = 256;
-/// Most deliveries held in the ready queue; past it, blocked ones wait in the outbox.
-const MAX_QUEUED: usize = 4 * BATCH;
-/// Shortest time between outbox reads while the ready queue holds only blocked deliveries.
-const TOP_UP_INTERVAL: Duration = Duration::from_millis(100);
-/// Longest sleep between passes when nothing wakes the dispatcher.
+/// Longest time between scans of the outbox. Nothing should depend on it: every change of
+/// the outbox wakes the dispatcher, and it knows when the next retry falls due. It is there
+/// so a missed wake-up costs at most this long ([`DispatchStats::found_by_poll`] counts
+/// them).
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// A scan starts at least this many times the previous one's duration after the previous
+/// one started, so with many endpoints scans take at most a quarter of the dispatcher's
+/// time (with a few endpoints a scan takes microseconds and this delays nothing).
+const SCAN_SPACING: u32 = 4;
+/// Pause after a failed outbox read before the next try.
+const ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// Counters of the dispatcher, for `/metrics`.
+/// Counters of the dispatcher: the attempt counters are on `/metrics`; the others are
+/// logged when the dispatcher stops.
 #[derive(Debug, Default)]
 pub struct DispatchStats {
     /// Attempts answered 2xx.
@@ -37,6 +58,13 @@ pub struct DispatchStats {
     pub failed: std::sync::atomic::AtomicU64,
     /// Attempts in flight now.
     pub in_flight: std::sync::atomic::AtomicI64,
+    /// Scans of the outbox.
+    pub scans: std::sync::atomic::AtomicU64,
+    /// Refills of an endpoint's lane (outbox reads of due deliveries).
+    pub refills: std::sync::atomic::AtomicU64,
+    /// Deliveries first found by a scan that only the [`IDLE_POLL`] safety net started: a
+    /// wake-up that went missing. Should stay 0.
+    pub found_by_poll: std::sync::atomic::AtomicU64,
 }
 
 /// Sends webhook deliveries.
@@ -46,33 +74,64 @@ pub struct Dispatcher {
     store: Arc<dyn WebhookStore>,
     config: WebhooksConfig,
     client: reqwest::Client,
-    /// Woken when deliveries are recorded and when an attempt ends (a slot freed up).
-    ready: Arc<Notify>,
-    /// Bounds deliveries in flight overall.
-    slots: Arc<Semaphore>,
-    in_flight: Mutex<InFlight>,
-    /// Due deliveries read in one query and handed out as slots free up: reading the
-    /// outbox once per attempt cost more than the attempts themselves.
-    ready_queue: Mutex<std::collections::VecDeque<DueDelivery>>,
-    /// When the ready queue was last topped up while it still held blocked deliveries.
-    last_top_up: Mutex<Instant>,
+    /// Woken by the store when the outbox changed: scan it.
+    outbox_changed: Arc<Notify>,
+    /// Woken when an attempt freed its slot or recorded its outcome: start the next
+    /// delivery, and sleep until the retry it may have scheduled.
+    attempt_ended: Notify,
+    /// The per-endpoint queues and slots. A std mutex: held for a few map operations,
+    /// never across an await.
+    lanes: Mutex<Lanes>,
+    limits: SlotLimits,
 }
 
-#[derive(Default)]
-struct InFlight {
-    deliveries: HashSet<String>,
-    per_endpoint: HashMap<String, usize>,
+/// When the last scan started and how long it took.
+#[derive(Debug, Default)]
+struct ScanTimer {
+    last: Option<(Instant, Duration)>,
+}
+
+impl ScanTimer {
+    fn scanned(&mut self, started: Instant) {
+        self.last = Some((started, started.elapsed()));
+    }
+
+    /// Long enough since the last scan, see [`SCAN_SPACING`].
+    fn may_scan(&self) -> bool {
+        self.spacing_left().is_zero()
+    }
+
+    fn spacing_left(&self) -> Duration {
+        self.last.map_or(Duration::ZERO, |(at, took)| {
+            (took * SCAN_SPACING).saturating_sub(at.elapsed())
+        })
+    }
+
+    fn since_last(&self) -> Duration {
+        self.last.map_or(IDLE_POLL, |(at, _)| at.elapsed())
+    }
+}
+
+/// Why the dispatcher loop woke up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wake {
+    /// The outbox changed, a retry fell due, or at the start.
+    Scan,
+    /// An attempt ended.
+    Attempt,
+    /// [`IDLE_POLL`] passed without anything else.
+    Poll,
 }
 
 impl Dispatcher {
-    /// A dispatcher over `store`, woken by `ready`.
+    /// A dispatcher over `store`, woken by `outbox_changed` (the store's notification).
     ///
     /// # Errors
     /// When the HTTP client cannot be built.
     pub fn new(
         store: Arc<dyn WebhookStore>,
         config: WebhooksConfig,
-        ready: Arc<Notify>,
+        outbox_changed: Arc<Notify>,
     ) -> anyhow::Result<Self> {
         // rustls needs its crypto provider once per process; a second install is a no-op error.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -87,150 +146,180 @@ impl Dispatcher {
             .pool_max_idle_per_host(config.max_per_endpoint)
             .user_agent(concat!("switchyard-webhooks/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let slots = Arc::new(Semaphore::new(config.max_concurrency));
+        let limits = SlotLimits {
+            overall: config.max_concurrency,
+            per_endpoint: config.max_per_endpoint,
+        };
         Ok(Self {
             stats: Arc::default(),
             store,
             config,
             client,
-            ready,
-            slots,
-            in_flight: Mutex::default(),
-            ready_queue: Mutex::default(),
-            last_top_up: Mutex::new(Instant::now()),
+            outbox_changed,
+            attempt_ended: Notify::new(),
+            lanes: Mutex::default(),
+            limits,
         })
+    }
+
+    fn lanes(&self) -> std::sync::MutexGuard<'_, Lanes> {
+        self.lanes.lock().expect("not poisoned")
     }
 
     /// Delivers until `shutdown`; attempts run on `tracker` so shutdown waits for them.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, tracker: TaskTracker) {
+        let mut wake = Wake::Scan;
+        let mut timer = ScanTimer::default();
+        let mut scan_wanted = false;
         loop {
-            if let Err(e) = self.pass(&tracker).await {
+            scan_wanted |= wake != Wake::Attempt || self.retry_is_due();
+            let scan = scan_wanted && timer.may_scan();
+            if scan {
+                scan_wanted = false;
+            }
+            let passed = self
+                .pass(&tracker, scan.then_some(&mut timer), wake == Wake::Poll)
+                .await;
+            if let Err(e) = passed {
                 tracing::warn!(error = %e, "webhook dispatch pass failed");
-            }
-            let wait = match self.store.next_due().await {
-                Ok(Some(at)) => Duration::from_millis(
-                    (at - now_ms()).clamp(0, IDLE_POLL.as_millis() as i64) as u64,
-                ),
-                _ => IDLE_POLL,
-            };
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = self.ready.notified() => {}
-                () = tokio::time::sleep(wait.max(Duration::from_millis(20))) => {}
-            }
-        }
-    }
-
-    /// Starts an attempt for each due delivery that has a free slot, from the ready queue,
-    /// refilled from the outbox when it runs dry (or holds only blocked deliveries).
-    async fn pass(self: &Arc<Self>, tracker: &TaskTracker) -> Result<(), crate::store::StoreError> {
-        let mut refilled = false;
-        loop {
-            if self.slots.available_permits() == 0 {
-                return Ok(());
-            }
-            if let Some(delivery) = self.next_ready() {
-                let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
-                    self.ready_queue
-                        .lock()
-                        .expect("not poisoned")
-                        .push_front(delivery);
-                    return Ok(());
-                };
-                let this = Arc::clone(self);
-                tracker.spawn(async move { this.attempt(delivery, slot).await });
-                continue;
-            }
-            if refilled {
-                return Ok(());
-            }
-            refilled = true;
-            // What is queued is blocked (its endpoints are at their limit) or nothing is.
-            // Look for other endpoints' deliveries: always when the queue is empty, and at
-            // most every TOP_UP_INTERVAL otherwise, so a busy endpoint does not cost a
-            // query per finished attempt, nor can its backlog starve the others.
-            let queued: Vec<String> = {
-                let queue = self.ready_queue.lock().expect("not poisoned");
-                queue.iter().map(|d| d.id.clone()).collect()
-            };
-            if !queued.is_empty() {
-                let mut last = self.last_top_up.lock().expect("not poisoned");
-                if last.elapsed() < TOP_UP_INTERVAL || queued.len() >= MAX_QUEUED {
-                    return Ok(());
+                scan_wanted = true;
+                tokio::select! {
+                    () = shutdown.cancelled() => {
+                        self.log_stats();
+                        return;
+                    }
+                    () = tokio::time::sleep(ERROR_PAUSE) => {}
                 }
-                *last = Instant::now();
             }
-            let (busy, mut skip) = self.exclusions();
-            skip.extend(queued);
-            let due = self.store.due(now_ms(), BATCH, busy, skip).await?;
-            self.ready_queue.lock().expect("not poisoned").extend(due);
+            let sleep = self.sleep_time(&timer, scan_wanted);
+            wake = tokio::select! {
+                () = shutdown.cancelled() => {
+                    self.log_stats();
+                    return;
+                }
+                () = self.outbox_changed.notified() => Wake::Scan,
+                () = self.attempt_ended.notified() => Wake::Attempt,
+                () = tokio::time::sleep(sleep) => {
+                    if scan_wanted || self.retry_is_due() {
+                        Wake::Scan
+                    } else {
+                        // Only the idle poll bounded the sleep.
+                        Wake::Poll
+                    }
+                }
+            };
         }
     }
 
-    /// The first queued delivery that may start now (claimed in flight), if any.
-    fn next_ready(&self) -> Option<DueDelivery> {
-        let mut queue = self.ready_queue.lock().expect("not poisoned");
-        let i = queue.iter().position(|d| self.claim(d))?;
-        queue.remove(i)
-    }
-
-    /// Endpoints at their in-flight limit, and deliveries in flight.
-    fn exclusions(&self) -> (Vec<String>, Vec<String>) {
-        let f = self.in_flight.lock().expect("not poisoned");
-        let busy = f
-            .per_endpoint
-            .iter()
-            .filter(|(_, n)| **n >= self.config.max_per_endpoint)
-            .map(|(e, _)| e.clone())
-            .collect();
-        (busy, f.deliveries.iter().cloned().collect())
-    }
-
-    /// Marks a delivery in flight, unless it already is or its endpoint is at its limit.
-    fn claim(&self, d: &DueDelivery) -> bool {
-        let mut f = self.in_flight.lock().expect("not poisoned");
-        let n = f.per_endpoint.get(&d.endpoint_id).copied().unwrap_or(0);
-        if n >= self.config.max_per_endpoint || f.deliveries.contains(&d.id) {
-            return false;
+    /// How long to sleep when nothing wakes the dispatcher: until the next known retry falls
+    /// due, or a wanted scan is no longer too close to the last one, or [`IDLE_POLL`] after
+    /// the last scan.
+    fn sleep_time(&self, timer: &ScanTimer, scan_wanted: bool) -> Duration {
+        let spacing_left = timer.spacing_left();
+        let mut sleep = IDLE_POLL.saturating_sub(timer.since_last());
+        if scan_wanted {
+            sleep = sleep.min(spacing_left);
         }
-        f.deliveries.insert(d.id.clone());
-        f.per_endpoint.insert(d.endpoint_id.clone(), n + 1);
-        true
+        if let Some(wake_at) = self.lanes().wake_at() {
+            let until = Duration::from_millis(u64::try_from(wake_at - now_ms()).unwrap_or(0));
+            sleep = sleep.min(until.max(spacing_left));
+        }
+        sleep
     }
 
-    /// The endpoint's slot is free once the HTTP exchange is over.
-    fn release_endpoint(&self, d: &DueDelivery) {
-        let mut f = self.in_flight.lock().expect("not poisoned");
-        if let Some(n) = f.per_endpoint.get_mut(&d.endpoint_id) {
-            *n -= 1;
-            if *n == 0 {
-                f.per_endpoint.remove(&d.endpoint_id);
+    fn log_stats(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.stats;
+        tracing::info!(
+            succeeded = s.succeeded.load(Relaxed),
+            failed = s.failed.load(Relaxed),
+            scans = s.scans.load(Relaxed),
+            refills = s.refills.load(Relaxed),
+            found_by_poll = s.found_by_poll.load(Relaxed),
+            "webhook dispatcher stopped"
+        );
+    }
+
+    /// Whether a known retry has fallen due.
+    fn retry_is_due(&self) -> bool {
+        self.lanes().wake_at().is_some_and(|at| at <= now_ms())
+    }
+
+    /// Scans the outbox when asked (`scan`), then starts what can start and refills the
+    /// lanes that could use more, until neither is possible.
+    async fn pass(
+        self: &Arc<Self>,
+        tracker: &TaskTracker,
+        scan: Option<&mut ScanTimer>,
+        poll: bool,
+    ) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Endpoints an idle-poll scan found due deliveries for that nothing announced.
+        let mut unannounced = std::collections::HashSet::new();
+        if let Some(timer) = scan {
+            let started = Instant::now();
+            self.lanes().scan_started();
+            let heads = self.store.outbox_heads(now_ms()).await;
+            timer.scanned(started);
+            let news = self.lanes().scanned(heads?);
+            self.stats.scans.fetch_add(1, Relaxed);
+            if poll {
+                unannounced = news;
             }
         }
+        loop {
+            self.start_ready(tracker);
+            let Some(refill) = self.lanes().next_refill(self.limits) else {
+                return Ok(());
+            };
+            let due = self
+                .store
+                .due_for(refill.endpoint_id.clone(), now_ms(), REFILL, refill.skip)
+                .await?;
+            self.stats.refills.fetch_add(1, Relaxed);
+            if !due.is_empty() && unannounced.remove(&refill.endpoint_id) {
+                self.stats
+                    .found_by_poll
+                    .fetch_add(due.len() as u64, Relaxed);
+                tracing::warn!(
+                    endpoint = %refill.endpoint_id,
+                    deliveries = due.len(),
+                    "webhook deliveries were found only by the idle poll (a missed wake-up)"
+                );
+            }
+            self.lanes()
+                .refilled(&refill.endpoint_id, due, REFILL, self.limits);
+        }
     }
 
-    /// The delivery itself stays in flight until its outcome is committed, so it is never
-    /// picked again while the store still says `pending`.
-    fn release_delivery(&self, d: &DueDelivery) {
-        self.in_flight
-            .lock()
-            .expect("not poisoned")
-            .deliveries
-            .remove(&d.id);
+    /// Starts an attempt for every queued delivery that has a free slot.
+    fn start_ready(self: &Arc<Self>, tracker: &TaskTracker) {
+        loop {
+            let Some(delivery) = self.lanes().next_start(self.limits) else {
+                return;
+            };
+            let claim = Claim {
+                dispatcher: Arc::clone(self),
+                endpoint_id: delivery.endpoint_id.clone(),
+                delivery_id: delivery.id.clone(),
+                has_slot: true,
+                retry_at_ms: None,
+            };
+            let this = Arc::clone(self);
+            tracker.spawn(async move { this.attempt(delivery, claim).await });
+        }
     }
 
-    async fn attempt(self: Arc<Self>, d: DueDelivery, slot: OwnedSemaphorePermit) {
+    async fn attempt(self: Arc<Self>, d: DueDelivery, mut claim: Claim) {
         use std::sync::atomic::Ordering::Relaxed;
         self.stats.in_flight.fetch_add(1, Relaxed);
         let at_ms = now_ms();
         let started = Instant::now();
         let result = self.send(&d, at_ms).await;
         let latency_ms = started.elapsed().as_millis() as i64;
-        // The endpoint and the overall slot are free again: recording the outcome (a
+        // The endpoint's slot and the overall one are free again: recording the outcome (a
         // commit) need not hold them, and concurrent records then share one fsync.
-        self.release_endpoint(&d);
-        drop(slot);
-        self.ready.notify_one();
+        claim.free_slot();
         let attempts = d.attempts + 1;
         let (status_code, error, retry_after) = match &result {
             Ok((status, retry_after)) => (
@@ -288,10 +377,17 @@ impl Dispatcher {
             next_attempt_at_ms,
             disable_endpoint,
         };
-        if let Err(e) = self.store.record(outcome).await {
-            tracing::error!(error = %e, delivery = %d.id, "cannot record a webhook attempt");
+        match self.store.record(outcome).await {
+            Ok(()) => claim.retry_at_ms = next_attempt_at_ms,
+            // Deleted with its endpoint while the attempt ran.
+            Err(StoreError::NotFound) => {
+                tracing::debug!(delivery = %d.id, "the delivery was deleted during its attempt");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, delivery = %d.id, "cannot record a webhook attempt");
+            }
         }
-        self.release_delivery(&d);
+        // Dropping the claim releases the delivery: from now on a refill may read it again.
     }
 
     async fn failing_since(&self, endpoint_id: &str) -> Option<i64> {
@@ -350,6 +446,43 @@ impl Dispatcher {
         })
         .flatten();
         Ok((status, retry_after))
+    }
+}
+
+/// An attempt's hold on its delivery and slots. Freed by hand at the right moments, and on
+/// drop in any case (also if the attempt panics), so neither a slot nor a delivery can leak.
+struct Claim {
+    dispatcher: Arc<Dispatcher>,
+    endpoint_id: String,
+    delivery_id: String,
+    /// Still holds a slot of its endpoint and an overall one.
+    has_slot: bool,
+    /// The retry its committed outcome scheduled.
+    retry_at_ms: Option<i64>,
+}
+
+impl Claim {
+    /// The HTTP exchange is over: the slots go to the next delivery.
+    fn free_slot(&mut self) {
+        if std::mem::take(&mut self.has_slot) {
+            let d = &self.dispatcher;
+            d.lanes().slot_freed(&self.endpoint_id, d.limits);
+            d.attempt_ended.notify_one();
+        }
+    }
+}
+
+impl Drop for Claim {
+    /// The outcome is committed (or failed to be): the delivery may be read again, and the
+    /// dispatcher learns when its retry falls due.
+    fn drop(&mut self) {
+        self.free_slot();
+        let d = &self.dispatcher;
+        d.lanes()
+            .outcome_recorded(&self.endpoint_id, &self.delivery_id, self.retry_at_ms);
+        if self.retry_at_ms.is_some() {
+            d.attempt_ended.notify_one();
+        }
     }
 }
 

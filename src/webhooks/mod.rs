@@ -3,6 +3,7 @@
 
 pub mod dispatcher;
 pub mod filter;
+pub mod lanes;
 pub mod schedule;
 pub mod ssrf;
 pub mod url_syntax;

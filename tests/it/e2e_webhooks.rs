@@ -1,6 +1,7 @@
 //! Outbound webhooks against a real receiver: signed delivery, retries with a stable id,
-//! 410, isolation from a dead endpoint, restart mid-retry, the SSRF guard, rotation, the
-//! delivery log and manual retry, and bad input to the management API.
+//! 410, isolation from a dead endpoint, a URL change reaching waiting deliveries, restart
+//! mid-retry, the SSRF guard, rotation, the delivery log and manual retry, and bad input to
+//! the management API.
 
 use std::time::{Duration, Instant};
 
@@ -293,6 +294,44 @@ async fn a_dead_endpoint_does_not_delay_a_healthy_one() {
     assert!(
         dead.try_next(Duration::from_millis(300)).await.is_none(),
         "at most max_per_endpoint in flight"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_new_url_applies_to_deliveries_already_waiting() {
+    let mut cfg = hooks_config();
+    cfg.webhooks.max_concurrency = 1;
+    cfg.webhooks.max_per_endpoint = 1;
+    let server = start(cfg).await;
+    let mut dead = Receiver::start(Mode::Hang).await;
+    let mut old = Receiver::start(Mode::Answer).await;
+    let mut new = Receiver::start(Mode::Answer).await;
+    register(&server, json!({"url": dead.url("/"), "channels": ["x"]})).await;
+    let endpoint = register(&server, json!({"url": old.url("/"), "channels": ["y"]})).await;
+    // The dead endpoint holds the only slot (until the 2 s attempt timeout), so these wait,
+    // read from the outbox into the dispatcher's memory with the URL of the moment.
+    server.publish("x", "t", json!(0)).await;
+    dead.next().await;
+    for n in 0..3 {
+        server.publish("y", "t", json!(n)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _, body) = request(
+        server.addr,
+        "PATCH",
+        &format!("/v1/webhooks/{}", endpoint["id"].as_str().unwrap()),
+        &[("content-type", "application/json")],
+        json!({"url": new.url("/")}).to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    for _ in 0..3 {
+        new.next().await;
+    }
+    assert!(
+        old.try_next(Duration::from_millis(300)).await.is_none(),
+        "a delivery waiting before the change went to the old URL"
     );
     server.shutdown().await;
 }

@@ -23,8 +23,8 @@ pub use jobs::job_channel;
 pub use writer::{EventSink, WriterStats};
 
 use super::{
-    AttemptOutcome, Claimed, Delivery, DueDelivery, EndpointRecord, JobRecord, NewJob, Report,
-    Store, StoreError, Submitted, WebhookStore, now_ms,
+    AttemptOutcome, Claimed, Delivery, DueDelivery, EndpointRecord, JobRecord, NewJob, OutboxHead,
+    Report, Store, StoreError, Submitted, WebhookStore, now_ms,
 };
 use crate::hub::{DurableChannels, HubError, LoadedChannel};
 use crate::webhooks::filter::{Filter, Filters};
@@ -48,7 +48,8 @@ pub struct SqliteStore {
     pub stats: Arc<WriterStats>,
     /// The enabled endpoints' filters, matched against every event.
     pub webhook_filters: Arc<Filters>,
-    /// Woken when webhook deliveries were recorded.
+    /// Woken when the outbox changed: deliveries recorded or retried by hand, an endpoint
+    /// created, changed or deleted.
     pub outbox_ready: Arc<Notify>,
 }
 
@@ -363,6 +364,9 @@ impl WebhookStore for SqliteStore {
                 Ok(((), Vec::new()))
             })
             .await?;
+            // The dispatcher drops what it holds of a changed or disabled endpoint, and
+            // picks up a re-enabled one's pending deliveries, at its next scan: now.
+            self.outbox_ready.notify_one();
             self.refresh_filters()
         }
         .boxed()
@@ -373,6 +377,7 @@ impl WebhookStore for SqliteStore {
             let deleted = self
                 .write(move |conn| Ok((webhooks::delete_endpoint(conn, &id)?, Vec::new())))
                 .await?;
+            self.outbox_ready.notify_one();
             self.refresh_filters()?;
             Ok(deleted)
         }
@@ -411,18 +416,19 @@ impl WebhookStore for SqliteStore {
         .boxed()
     }
 
-    fn due(
-        &self,
-        now_ms: i64,
-        limit: usize,
-        busy_endpoints: Vec<String>,
-        in_flight: Vec<String>,
-    ) -> BoxFuture<'_, Result<Vec<DueDelivery>, StoreError>> {
-        async move { self.read(|conn| webhooks::due(conn, now_ms, limit, &busy_endpoints, &in_flight)) }.boxed()
+    fn outbox_heads(&self, now_ms: i64) -> BoxFuture<'_, Result<Vec<OutboxHead>, StoreError>> {
+        async move { self.read(|conn| webhooks::outbox_heads(conn, now_ms)) }.boxed()
     }
 
-    fn next_due(&self) -> BoxFuture<'_, Result<Option<i64>, StoreError>> {
-        async move { self.read(webhooks::next_due) }.boxed()
+    fn due_for(
+        &self,
+        endpoint_id: String,
+        now_ms: i64,
+        limit: usize,
+        skip: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<DueDelivery>, StoreError>> {
+        async move { self.read(|conn| webhooks::due_for(conn, &endpoint_id, now_ms, limit, &skip)) }
+            .boxed()
     }
 
     fn record(&self, outcome: AttemptOutcome) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -431,6 +437,7 @@ impl WebhookStore for SqliteStore {
             self.write(move |conn| Ok((webhooks::record(conn, &outcome)?, Vec::new())))
                 .await?;
             if disables {
+                self.outbox_ready.notify_one();
                 self.refresh_filters()?;
             }
             Ok(())

@@ -64,7 +64,11 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
     created_at      INTEGER NOT NULL,
     updated_at      INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS webhook_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
+-- The dispatcher reads the outbox one endpoint at a time (see webhooks::dispatcher): each
+-- endpoint's pending deliveries in the order they fall due. (It replaced webhook_due, one
+-- order for all endpoints, in which a dead endpoint's backlog sat in front of the others.)
+DROP INDEX IF EXISTS webhook_due;
+CREATE INDEX IF NOT EXISTS webhook_pending ON webhook_deliveries (endpoint_id, next_attempt_at) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS webhook_by_endpoint ON webhook_deliveries (endpoint_id, created_at);
 CREATE TABLE IF NOT EXISTS webhook_attempts (
     delivery_id TEXT NOT NULL,

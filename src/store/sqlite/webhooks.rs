@@ -3,7 +3,7 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::store::{
-    AttemptOutcome, Delivery, DeliveryAttempt, DueDelivery, EndpointRecord, StoreError,
+    AttemptOutcome, Delivery, DeliveryAttempt, DueDelivery, EndpointRecord, OutboxHead, StoreError,
 };
 
 const ENDPOINT_COLUMNS: &str = "id, url, channels, types, secret, previous_secret, previous_secret_until, \
@@ -138,28 +138,52 @@ fn new_delivery_id(now_ms: i64) -> String {
     id
 }
 
-/// Deliveries due now, oldest first, leaving out endpoints that are at their in-flight
-/// limit and deliveries already in flight: a dead endpoint's backlog must not fill the
-/// batch and starve the others.
-pub(super) fn due(
+/// Every enabled endpoint with whether it has a pending delivery due at `now_ms` and when
+/// its next one after that falls due: two seeks in `webhook_pending` per endpoint, however
+/// long any endpoint's backlog is.
+pub(super) fn outbox_heads(conn: &Connection, now_ms: i64) -> Result<Vec<OutboxHead>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT e.id, e.updated_at,
+             (SELECT MIN(d.next_attempt_at) FROM webhook_deliveries d
+              WHERE d.endpoint_id = e.id AND d.status = 'pending'),
+             (SELECT MIN(d.next_attempt_at) FROM webhook_deliveries d
+              WHERE d.endpoint_id = e.id AND d.status = 'pending' AND d.next_attempt_at > ?1)
+         FROM webhook_endpoints e WHERE e.enabled = 1",
+    )?;
+    let rows = stmt
+        .query_map([now_ms], |r| {
+            let first: Option<i64> = r.get(2)?;
+            Ok(OutboxHead {
+                endpoint_id: r.get(0)?,
+                updated_at_ms: r.get(1)?,
+                has_due: first.is_some_and(|at| at <= now_ms),
+                next_due_ms: r.get(3)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// Up to `limit` of an enabled endpoint's deliveries due at `now_ms`, oldest first, leaving
+/// out `skip` (those the dispatcher holds already: queued or in flight). Reads only this
+/// endpoint's range of `webhook_pending`, so another endpoint's backlog costs nothing here.
+pub(super) fn due_for(
     conn: &Connection,
+    endpoint_id: &str,
     now_ms: i64,
     limit: usize,
-    busy_endpoints: &[String],
-    in_flight: &[String],
+    skip: &[String],
 ) -> Result<Vec<DueDelivery>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT d.id, d.endpoint_id, d.body, d.attempts, e.url, e.secret, e.previous_secret, e.previous_secret_until
          FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
-         WHERE d.status = 'pending' AND d.next_attempt_at <= ?1 AND e.enabled = 1
-           AND d.endpoint_id NOT IN (SELECT value FROM json_each(?3))
-           AND d.id NOT IN (SELECT value FROM json_each(?4))
-         ORDER BY d.next_attempt_at LIMIT ?2",
+         WHERE d.endpoint_id = ?1 AND d.status = 'pending' AND d.next_attempt_at <= ?2
+           AND e.enabled = 1 AND d.id NOT IN (SELECT value FROM json_each(?4))
+         ORDER BY d.next_attempt_at LIMIT ?3",
     )?;
-    let busy = serde_json::to_string(busy_endpoints).expect("infallible");
-    let flying = serde_json::to_string(in_flight).expect("infallible");
+    let skip = serde_json::to_string(skip).expect("infallible");
     let rows = stmt
-        .query_map(params![now_ms, limit as i64, busy, flying], |r| {
+        .query_map(params![endpoint_id, now_ms, limit as i64, skip], |r| {
             Ok(DueDelivery {
                 id: r.get(0)?,
                 endpoint_id: r.get(1)?,
@@ -173,18 +197,6 @@ pub(super) fn due(
         })?
         .collect::<Result<_, _>>()?;
     Ok(rows)
-}
-
-/// When the next pending delivery falls due (to sleep until then). Read straight from the
-/// `webhook_due` index: a join to the endpoints would scan every pending row, and this runs
-/// after every attempt. Deliveries of disabled endpoints count too, which at worst wakes
-/// the dispatcher early.
-pub(super) fn next_due(conn: &Connection) -> Result<Option<i64>, StoreError> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE status = 'pending'",
-        )?
-        .query_row([], |r| r.get(0))?)
 }
 
 /// Logs an attempt and moves the delivery (and its endpoint's health) on.
