@@ -72,6 +72,10 @@ enum Scenario {
     /// endpoint's secret, waits for all of them (or `--stall-secs` without progress), and
     /// deletes the endpoint. Latency is receive time minus send time.
     ///
+    /// `--dead-endpoints N` also registers N endpoints on the same channel pointing at a
+    /// local listener that accepts connections and never answers; the figures stay the
+    /// healthy receiver's, so they show what dead endpoints cost it.
+    ///
     /// The server must allow webhook URLs on private addresses:
     /// SWITCHYARD_WEBHOOKS__ALLOW_PRIVATE_NETWORKS=true.
     Webhooks(WebhooksOptions),

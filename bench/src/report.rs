@@ -206,6 +206,11 @@ pub struct WebhooksReport {
     pub endpoint_id: String,
     /// Where the built-in receiver listened.
     pub receiver_url: String,
+    /// Extra endpoints on the channel pointing at a listener that never answers
+    /// (`--dead-endpoints`); every other figure is the healthy receiver's.
+    pub dead_endpoints: usize,
+    /// Connections the dead endpoints' listener accepted (the server's attempts to them).
+    pub dead_connections: u64,
     /// Events the server accepted (201).
     pub published: u64,
     /// Seconds from the first publish to the last accepted one.
@@ -478,6 +483,13 @@ impl WebhooksReport {
             "  published {} in {:.2}s ({:.0}/s, {} connections)",
             self.published, self.publish_secs, self.publish_rate, self.publishers
         );
+        if self.dead_endpoints > 0 {
+            let _ = writeln!(
+                s,
+                "  {} dead endpoints on the channel ({} connections to them accepted)",
+                self.dead_endpoints, self.dead_connections
+            );
+        }
         let _ = writeln!(
             s,
             "  delivered {} ({} requests) in {:.2}s: {:.0} deliveries/s",

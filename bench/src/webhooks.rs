@@ -1,14 +1,26 @@
 //! The `webhooks` scenario: register an endpoint pointing at the built-in receiver, publish
 //! E timestamped events on its channel, wait for every signed delivery, delete the endpoint;
 //! report deliveries/s, end-to-end latency, duplicates, loss and bad signatures.
+//!
+//! With `--dead-endpoints N` it also registers N endpoints on the same channel that point at
+//! a [`DeadListener`] (accepts TCP, never answers), so every event is also owed to N dead
+//! endpoints, and the figures show what they cost the healthy one.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use serde::Deserialize;
 use switchyard_protocol::webhook::WebhookSecret;
+use tokio::net::TcpListener;
 
 use crate::{
     http::HttpConn,
@@ -62,6 +74,11 @@ pub struct WebhooksOptions {
     /// Stop and report when nothing was published or delivered for this many seconds.
     #[arg(long, default_value_t = 10)]
     pub stall_secs: u64,
+    /// Also register this many endpoints on the same channel pointing at a local listener
+    /// that accepts connections and never answers (each of their attempts runs into the
+    /// server's `webhooks.attempt_timeout_secs`). The figures stay the healthy receiver's.
+    #[arg(long, default_value_t = 0)]
+    pub dead_endpoints: usize,
 }
 
 const fn publisher_default() -> usize {
@@ -82,6 +99,7 @@ impl WebhooksOptions {
             receiver: SocketAddr::from(([127, 0, 0, 1], 0)),
             channel: None,
             stall_secs: 10,
+            dead_endpoints: 0,
         }
     }
 }
@@ -165,11 +183,77 @@ impl Endpoints<'_> {
         }
         Ok(())
     }
+
+    /// Deletes each of `ids`; returns what went wrong.
+    async fn delete_all(&self, ids: &[String]) -> Vec<String> {
+        let mut errors = Vec::new();
+        for id in ids {
+            if let Err(e) = self.delete(id).await {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        errors
+    }
 }
 
 /// Whether a refusal is the SSRF guard's (its messages name the setting or the guard).
 fn is_ssrf_refusal(text: &str) -> bool {
     text.contains("allow_private_networks") || text.contains("SSRF") || text.contains("non-public")
+}
+
+/// A local TCP listener that accepts every connection and never reads or answers: a
+/// webhook endpoint that is down in the worst way (no refusal, no reset, only the
+/// attempt timeout). The sockets stay open until it is stopped.
+#[derive(Debug)]
+pub struct DeadListener {
+    addr: SocketAddr,
+    accepted: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DeadListener {
+    /// Listens on a free loopback port.
+    ///
+    /// # Errors
+    /// The port cannot be bound.
+    pub async fn start() -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("cannot bind the dead endpoints' listener")?;
+        let addr = listener.local_addr()?;
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&accepted);
+        let task = tokio::spawn(async move {
+            // Held, never read: the server's request sits unread until its timeout.
+            let mut held = Vec::new();
+            loop {
+                if let Ok((stream, _)) = listener.accept().await {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    held.push(stream);
+                }
+            }
+        });
+        Ok(Self {
+            addr,
+            accepted,
+            task,
+        })
+    }
+
+    /// The URL of dead endpoint `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("http://{}/dead/{i}", self.addr)
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Closes the listener and every connection it holds.
+    pub fn stop(self) {
+        self.task.abort();
+    }
 }
 
 /// Runs `webhooks`.
@@ -196,9 +280,32 @@ pub async fn run(opts: &WebhooksOptions) -> anyhow::Result<WebhooksReport> {
         target: &target,
         api_key: opts.api_key.as_deref(),
     };
+    let dead = if opts.dead_endpoints > 0 {
+        Some(DeadListener::start().await?)
+    } else {
+        None
+    };
+    let mut dead_ids = Vec::with_capacity(opts.dead_endpoints);
+    if let Some(listener) = &dead {
+        for i in 0..opts.dead_endpoints {
+            match endpoints.register(&listener.url(i), &channel).await {
+                Ok(r) => dead_ids.push(r.id),
+                Err(e) => {
+                    endpoints.delete_all(&dead_ids).await;
+                    return Err(e);
+                }
+            }
+        }
+    }
     let bound = Bound::bind(opts.receiver).await?;
     let receiver_url = bound.url();
-    let registered = endpoints.register(&receiver_url, &channel).await?;
+    let registered = match endpoints.register(&receiver_url, &channel).await {
+        Ok(r) => r,
+        Err(e) => {
+            endpoints.delete_all(&dead_ids).await;
+            return Err(e);
+        }
+    };
     let secret = WebhookSecret::parse(&registered.secret)
         .with_context(|| format!("the server's secret for {} is unusable", registered.id))?;
     let receiver = bound.start(secret, opts.events);
@@ -249,14 +356,19 @@ pub async fn run(opts: &WebhooksOptions) -> anyhow::Result<WebhooksReport> {
             Err(e) => errors.push(format!("reading the delivery log: {e:#}")),
         }
     }
-    if let Err(e) = endpoints.delete(&registered.id).await {
-        errors.push(format!("{e:#}"));
-    }
+    dead_ids.push(registered.id.clone());
+    errors.extend(endpoints.delete_all(&dead_ids).await);
+    let dead_connections = dead.map_or(0, |listener| {
+        let accepted = listener.accepted();
+        listener.stop();
+        accepted
+    });
     Ok(report(
         opts,
         Run {
             channel,
             endpoint_id: registered.id,
+            dead_connections,
             receiver_url,
             outcome,
             deliveries,
@@ -273,6 +385,7 @@ pub async fn run(opts: &WebhooksOptions) -> anyhow::Result<WebhooksReport> {
 struct Run {
     channel: String,
     endpoint_id: String,
+    dead_connections: u64,
     receiver_url: String,
     outcome: PublishOutcome,
     deliveries: Deliveries,
@@ -303,6 +416,8 @@ fn report(opts: &WebhooksOptions, mut run: Run) -> WebhooksReport {
         channel: run.channel,
         endpoint_id: run.endpoint_id,
         receiver_url: run.receiver_url,
+        dead_endpoints: opts.dead_endpoints,
+        dead_connections: run.dead_connections,
         published: run.outcome.published,
         publish_secs,
         publish_rate: per_sec(run.outcome.published, publish_secs),

@@ -217,6 +217,36 @@ async fn webhooks_delivers_every_event_signed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_with_a_dead_endpoint_still_delivers_everything_to_the_healthy_one() {
+    let (url, _data) = start_server_with(|c| {
+        c.webhooks.allow_private_networks = true;
+        c.webhooks.attempt_timeout_secs = 2.0;
+    })
+    .await;
+    let mut opts = WebhooksOptions::new(&url, 20, std::process::id());
+    opts.dead_endpoints = 1;
+    let r = webhooks::run(&opts).await.unwrap();
+    let summary = r.summary();
+    assert!(r.ok, "{summary}");
+    assert_eq!((r.published, r.delivered, r.lost), (20, 20, 0), "{summary}");
+    assert_eq!(r.dead_endpoints, 1, "{summary}");
+    assert!(
+        r.dead_connections >= 1,
+        "the dead endpoint was tried: {summary}"
+    );
+    assert!(summary.contains("1 dead endpoints"), "{summary}");
+    // Every endpoint the run registered was deleted at its end.
+    let target = switchyard_bench::target::Target::parse(&url).unwrap();
+    let mut conn = switchyard_bench::http::HttpConn::connect(&target)
+        .await
+        .unwrap();
+    let (status, body) = conn.get("/v1/webhooks").await.unwrap();
+    assert_eq!(status, 200);
+    let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(list["webhooks"], serde_json::json!([]), "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_explains_the_ssrf_guard() {
     let (url, _data) = start_server().await;
     let e = webhooks::run(&WebhooksOptions::new(&url, 5, std::process::id()))
