@@ -19,11 +19,12 @@ pub const DEFAULT_TOML: &str = include_str!("../config.default.toml");
 pub const ENV_PREFIX: &str = "SWITCHYARD_";
 
 /// Variables with the prefix that are not configuration keys: `--config`'s own variable,
-/// and the browser tests' (the server binary they start inherits them).
-const NOT_KEYS: [&str; 3] = [
+/// and the test suites' (CI exports them; a server binary a test starts inherits them).
+const NOT_KEYS: [&str; 4] = [
     "SWITCHYARD_CONFIG",
     "SWITCHYARD_BIN",
     "SWITCHYARD_REQUIRE_BROWSER",
+    "SWITCHYARD_REQUIRE_REDIS",
 ];
 
 /// Keys whose environment value is taken as text as it is: secrets and origins may look

@@ -17,10 +17,20 @@ pub struct ServerProcess {
     pub log: Arc<Mutex<String>>,
 }
 
+/// The server binary with only the configuration a test gives: `SWITCHYARD_*` variables
+/// of the shell running the tests (CI exports some) are not inherited.
+fn command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("SWITCHYARD_")) {
+        command.env_remove(name);
+    }
+    command
+}
+
 /// Starts the binary on a free loopback port in `data_dir`, with extra environment
 /// variables, and reads its address from the startup log line.
 pub fn spawn(data_dir: &Path, envs: &[(&str, &str)]) -> ServerProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+    let mut child = command()
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .env("RUST_LOG", "info")
@@ -68,7 +78,7 @@ pub fn spawn(data_dir: &Path, envs: &[(&str, &str)]) -> ServerProcess {
 
 /// Runs the binary with `args` and `envs` to completion: (exit success, stdout + stderr).
 pub fn run(args: &[&str], envs: &[(&str, &str)]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+    let out = command()
         .args(args)
         .env("NO_COLOR", "1")
         .envs(envs.iter().copied())
