@@ -132,6 +132,7 @@ pub async fn run(
         shutdown: token.clone(),
         http_connections: AtomicI64::new(0),
         draining: std::sync::atomic::AtomicBool::new(false),
+        refusals: api::Refusals::default(),
         ip_limiter: RateLimiter::new(
             config.limits.requests_per_sec_per_ip,
             config.limits.request_burst_per_ip,

@@ -51,6 +51,10 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, tracker: T
                         tracker.spawn(serve_connection(stream, peer, Arc::clone(&state), hold));
                     }
                     None => {
+                        state
+                            .refusals
+                            .connections_per_ip
+                            .fetch_add(1, Ordering::Relaxed);
                         tracker.spawn(refuse_connection(
                             stream,
                             state.config.limits.max_connections_per_ip,

@@ -19,6 +19,32 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{config::Config, hub::Bus};
 
+/// Counts of refusals operators watch: credential failures and limits hit.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    /// 401 answers.
+    pub unauthorized: std::sync::atomic::AtomicU64,
+    /// 403 answers.
+    pub forbidden: std::sync::atomic::AtomicU64,
+    /// 429 answers to requests over their rate.
+    pub rate_limited: std::sync::atomic::AtomicU64,
+    /// Connections refused for `limits.max_connections_per_ip`.
+    pub connections_per_ip: std::sync::atomic::AtomicU64,
+}
+
+impl Refusals {
+    /// Counts `status` when it is a refusal.
+    pub fn count(&self, status: http::StatusCode) {
+        let counter = match status.as_u16() {
+            401 => &self.unauthorized,
+            403 => &self.forbidden,
+            429 => &self.rate_limited,
+            _ => return,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Everything a request handler may use; built once by [`crate::run`].
 pub struct AppState {
     /// The event hub.
@@ -43,6 +69,8 @@ pub struct AppState {
     pub http_connections: AtomicI64,
     /// API keys, consumer tokens, job tokens.
     pub auth: Arc<crate::auth::Auth>,
+    /// Requests and connections refused for credentials or limits (for `/metrics`).
+    pub refusals: Refusals,
     /// Request rate per client address (callers without an API key).
     pub ip_limiter: crate::auth::rate::RateLimiter<std::net::IpAddr>,
     /// Request rate per API key (by its index in the configuration).

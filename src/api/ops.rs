@@ -109,6 +109,20 @@ pub fn metrics(state: &AppState) -> Reply {
         "gauge",
         [(String::new(), d.in_flight.load(Ordering::Relaxed))],
     );
+    let r = &state.refusals;
+    write_family(
+        &mut out,
+        "switchyard_http_refusals_total",
+        "Requests answered 401, 403 or 429, and connections refused over the per-address limit.",
+        "counter",
+        [
+            ("reason=\"unauthorized\"", &r.unauthorized),
+            ("reason=\"forbidden\"", &r.forbidden),
+            ("reason=\"rate_limited\"", &r.rate_limited),
+            ("reason=\"connections_per_ip\"", &r.connections_per_ip),
+        ]
+        .map(|(label, v)| (label.to_owned(), v.load(Ordering::Relaxed))),
+    );
     state.consumers.metrics.render(&mut out);
     let mut res = Response::new(full(out));
     res.headers_mut().insert(

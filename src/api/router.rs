@@ -29,6 +29,7 @@ pub type Reply = Response<Body>;
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Reply {
     let origin = cors::origin(req.headers()).map(str::to_owned);
     let mut res = checked(Arc::clone(&state), req).await;
+    state.refusals.count(res.status());
     cors::decorate(&state, origin.as_deref(), &mut res);
     res
 }

@@ -132,6 +132,26 @@ async fn server_routes_need_a_key_with_the_right_scope() {
     };
     assert_eq!(claim(PUBLISHER).await, 403);
     assert_eq!(claim(WORKER).await, 204);
+
+    // Operators see the refusals: three 401s and four 403s above.
+    let (_, _, body) = http::request(
+        server.addr,
+        "GET",
+        "/metrics",
+        &[("authorization", &bearer(ADMIN))],
+        Vec::new(),
+    )
+    .await;
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    for line in [
+        "switchyard_http_refusals_total{reason=\"unauthorized\"} 3",
+        "switchyard_http_refusals_total{reason=\"forbidden\"} 4",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing in:\n{text}"
+        );
+    }
     server.shutdown().await;
 }
 

@@ -86,19 +86,28 @@ async fn connections_past_the_per_address_limit_get_429() {
     );
     let body: Value = serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap();
     assert_eq!(body["error"]["code"], "rate_limited");
-    // Closing one frees its slot.
+    // Closing one frees its slot; the refusal shows on /metrics.
     drop(a);
-    within("a free slot", async {
+    let metrics = within("a free slot", async {
         loop {
-            let (status, _, _) =
-                http::request(server.addr, "GET", "/healthz", &[], Vec::new()).await;
+            let (status, _, body) =
+                http::request(server.addr, "GET", "/metrics", &[], Vec::new()).await;
             if status == 200 {
-                break;
+                break String::from_utf8(body.to_vec()).unwrap();
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
+    let refused: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("switchyard_http_refusals_total{reason=\"connections_per_ip\"} ")
+        })
+        .expect("the refusal counter")
+        .parse()
+        .unwrap();
+    assert!(refused >= 1.0, "{refused}");
     drop(b);
     server.shutdown().await;
 }
