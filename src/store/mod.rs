@@ -1,6 +1,8 @@
 //! Durable storage behind [`Store`]: jobs and their event logs. SQLite (embedded, the
-//! default) is the one engine so far; every acknowledgement it gives is fsync'd.
+//! default) fsyncs every acknowledgement; Redis ([`redis::RedisStore`], for several nodes,
+//! not wired into `run()` yet) is as durable as its persistence settings.
 
+pub mod redis;
 pub mod sqlite;
 
 use bytes::Bytes;

@@ -8,15 +8,15 @@
 use switchyard_protocol::ChannelName;
 
 /// Prefix of every key and topic this hub writes.
-pub(super) const PREFIX: &str = "sy:";
+pub(crate) const PREFIX: &str = "sy:";
 
 /// The channel's history: a stream whose entry ids are `{offset}-0`.
-pub(super) fn history(channel: &ChannelName) -> String {
+pub(crate) fn history(channel: &ChannelName) -> String {
     format!("{PREFIX}{{{channel}}}:h")
 }
 
 /// The channel's meta hash: `epoch` (decimal) and `last` (the last offset assigned).
-pub(super) fn meta(channel: &ChannelName) -> String {
+pub(crate) fn meta(channel: &ChannelName) -> String {
     format!("{PREFIX}{{{channel}}}:meta")
 }
 
@@ -26,8 +26,14 @@ pub(super) fn idempotency(channel: &ChannelName, key: &str) -> String {
 }
 
 /// The pub/sub topic that carries the channel's new events to every node subscribed to it.
-pub(super) fn live(channel: &ChannelName) -> String {
+pub(crate) fn live(channel: &ChannelName) -> String {
     format!("{PREFIX}{{{channel}}}:live")
+}
+
+/// `jobs/*` channels are durable: the job store writes them (the hub refuses publishes) and
+/// their events stay until the store prunes the job, whatever `history.ttl_secs` says.
+pub(crate) fn is_durable(channel: &ChannelName) -> bool {
+    channel.as_str().starts_with("jobs/")
 }
 
 /// The channel a live topic belongs to, or `None` for a topic this hub does not use.

@@ -11,14 +11,16 @@
 //! - [`local`]: this node's subscribers per channel and the gap-free history → live handover.
 //! - [`listener`]: the node's one pub/sub connection, reconnection and catch-up.
 //!
-//! Semantics follow [`super::MemoryHub`] for every channel but `jobs/*` (durable job
-//! channels come with phase 2): the same offsets from 1, the same `reset` rules, the same
-//! idempotency answers, whichever node is asked.
+//! Semantics follow [`super::MemoryHub`]: the same offsets from 1, the same `reset` rules,
+//! the same idempotency answers, whichever node is asked. `jobs/*` channels are written by
+//! the Redis job store ([`crate::store::redis`]) in the same layout; the hub serves them
+//! like the memory hub serves the embedded store's durable channels (never trimmed by age,
+//! the latest `history.size` events replayable).
 
-mod keys;
+pub(crate) mod keys;
 mod listener;
 mod local;
-mod scripts;
+pub(crate) mod scripts;
 mod wire;
 
 use std::{
@@ -369,9 +371,10 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
-/// `jobs/*` channels belong to the job store (phase 2 brings them to Redis).
+/// `jobs/*` channels belong to the job store ([`crate::store::redis`] appends their events
+/// in this hub's layout); the hub only reads them.
 fn is_reserved(channel: &ChannelName) -> bool {
-    channel.as_str().starts_with("jobs/")
+    keys::is_durable(channel)
 }
 
 impl Hub for RedisHub {

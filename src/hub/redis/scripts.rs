@@ -27,8 +27,9 @@ use super::{keys, wire::Parts};
 /// How long an idempotency key is remembered, as the memory hub does.
 pub(super) const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
 
-/// Helpers shared by both scripts.
-const PRELUDE: &str = r#"
+/// Helpers shared by both scripts (and by the Redis job store's scripts, which append to
+/// `jobs/*` channels in this same layout).
+pub(crate) const PRELUDE: &str = r#"
 local function fmt(n) return string.format('%d', n) end
 local function id_offset(id) return tonumber(string.match(id, '^(%d+)')) end
 local function now_ms()
@@ -100,22 +101,29 @@ return {'new', epoch, offset}
 
 /// KEYS: meta, history. ARGV: epoch for a new history ('' = do not create), mode (`now`,
 /// `oldest` or `after`), after offset, expected epoch ('' = the current one), limit,
-/// history TTL (ms), key lifetime (s).
+/// history TTL (ms), key lifetime (s), durable window ('' for an ordinary channel).
 /// Returns `{}` for a channel with no history, else `{epoch, last, oldest, start, reset,
 /// entries}` where entries are `XRANGE` replies after `start`.
+///
+/// A durable channel (`jobs/*`, written by the job store) keeps every event until the store
+/// prunes its job: the read neither trims it by age nor sets an expiry on keys that already
+/// exist, and, as the memory hub's durable channels, serves only its latest `window` events.
 const READ: &str = r#"
 local meta, stream = KEYS[1], KEYS[2]
+local durable = ARGV[8] ~= ''
+local existed = redis.call('EXISTS', meta) == 1
 local epoch = open_history(meta, stream, ARGV[1])
 if not epoch then return {} end
-if ARGV[1] ~= '' then
+if ARGV[1] ~= '' and not (durable and existed) then
   redis.call('EXPIRE', meta, ARGV[7])
   redis.call('EXPIRE', stream, ARGV[7])
 end
-trim_age(stream, now_ms() - tonumber(ARGV[6]))
+if not durable then trim_age(stream, now_ms() - tonumber(ARGV[6])) end
 local last = tonumber(redis.call('HGET', meta, 'last'))
 local oldest = last + 1
 local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
 if #first > 0 then oldest = id_offset(first[1][1]) end
+if durable then oldest = math.max(oldest, last + 1 - tonumber(ARGV[8])) end
 local start, reset = last, 0
 if ARGV[2] == 'oldest' then
   start = oldest - 1
@@ -330,6 +338,11 @@ impl Scripts {
             .arg(limit.max(1))
             .arg(bounds.history_ttl_ms)
             .arg(bounds.key_lifetime_secs)
+            .arg(if keys::is_durable(channel) {
+                bounds.history_size.max(1).to_string()
+            } else {
+                String::new()
+            })
             .invoke_async(conn)
             .await?;
         let Value::Array(items) = reply else {

@@ -1,0 +1,493 @@
+//! The job store on Redis (issue #7, phase 2a: not wired into [`crate::run`] yet), so N
+//! gateway nodes share one queue of jobs: the same [`Store`] semantics as
+//! [`super::SqliteStore`], with every state change one atomic Lua script.
+//!
+//! # Layout
+//! - [`keys`]: `sy:{jobs/ID}:job` (the job's hash, beside its channel's `meta`/`h` keys),
+//!   the `sy:jobs:queue`, `sy:jobs:leases` and `sy:jobs:ended` sorted sets, and
+//!   `sy:jobs:idem:{key}`.
+//! - [`scripts`]: submit, claim, report, cancel, expire and prune, one script each.
+//! - [`reply`]: script replies into [`JobRecord`]s and [`StoreError`]s.
+//!
+//! # Why sorted sets, not a stream with a consumer group
+//! The embedded store's semantics are: claims take the job queued longest ago (a requeued
+//! job goes to the back); a lease lasts the `lease_ms` *its claim* asked for, and each
+//! progress report extends it by that much; an expired lease requeues the job with a
+//! `job.queued` event (`reason: lease_expired`), or fails it on the last attempt; a
+//! canceled job leaves the queue at once. A consumer group's pending list has one idle
+//! threshold for everybody (`XAUTOCLAIM min-idle-time`), hands an expired entry straight to
+//! another consumer (no requeue event, no `max_attempts` check) and cannot take an entry out
+//! of the middle of the queue. So the queue is a sorted set scored by the (re)queue time
+//! (ties: by id, which sorts by creation), running jobs sit in a lease sorted set scored by
+//! their expiry, and finished jobs in a third one scored by their end time, for retention.
+//!
+//! Exactly-once claims: a node reads the head of the queue, then runs the claim script on
+//! one id; the script removes the id from the queue and starts the job only if it is still
+//! queued. Two nodes racing for the same head: one wins, the other's script answers `gone`
+//! and it tries the next id. Lease expiry and pruning work the same way (read the index,
+//! re-check in the script), so any node's sweeper may run them at any time.
+//!
+//! Every script appends the job's event to `jobs/{id}` in [`crate::hub::redis`]'s layout
+//! (`HINCRBY meta last`, `XADD h`, `PUBLISH live`) inside the same atomic step, so a
+//! `RedisHub` on any node serves the events in commit order, live and from history. Job
+//! channels are never trimmed: their events go with the job when retention prunes it.
+//!
+//! The scripts touch global keys and a job's keys together, so they need a single Redis
+//! (or Valkey) primary, not Redis Cluster.
+//!
+//! # Durability
+//! An answer means Redis applied the script; it is on disk only as Redis's persistence
+//! makes it (see docs/operations.md): `appendfsync always` matches the embedded store's
+//! fsync-before-acknowledge, `everysec` may lose the last second on a crash.
+
+mod keys;
+mod reply;
+mod scripts;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt};
+use redis::{
+    Value,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+};
+
+use self::{
+    keys::JobKeys,
+    reply::{int, malformed, must_record, split},
+    scripts::{Common, Op, Scripts},
+};
+use super::{Claimed, JobRecord, NewJob, Report, Store, StoreError, Submitted};
+use crate::{
+    hub::{memory::random_epoch, now_rfc3339, redis::ConnectError},
+    store::sqlite::job_channel,
+};
+
+/// Default for [`RedisStoreConfig::op_timeout`].
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Queue heads read at once by a claim; a node that loses the race for one tries the next.
+const CLAIM_PEEK: isize = 8;
+/// Rounds of a claim (each reading the head again) before it answers "nothing queued".
+const CLAIM_ROUNDS: usize = 64;
+/// Ids read from an index at once by lease expiry and pruning (as the embedded store's
+/// batches).
+const BATCH: isize = 1000;
+/// The error of a job whose lease ran out on its last attempt (as the embedded store's).
+const LEASE_EXPIRED_ERROR: &str =
+    r#"{"code":"lease_expired","message":"the worker's lease ran out on the last attempt"}"#;
+
+/// Timeouts of the Redis job store.
+#[derive(Clone, Debug)]
+pub struct RedisStoreConfig {
+    /// Longest one Redis round trip may take before the operation fails as
+    /// [`StoreError::Unavailable`] (503). Default [`DEFAULT_OP_TIMEOUT`].
+    pub op_timeout: Duration,
+}
+
+impl Default for RedisStoreConfig {
+    fn default() -> Self {
+        Self {
+            op_timeout: DEFAULT_OP_TIMEOUT,
+        }
+    }
+}
+
+/// Redis-backed [`Store`] of one gateway node; see the module docs.
+pub struct RedisStore {
+    /// Multiplexed, and re-established by the manager itself.
+    conn: ConnectionManager,
+    scripts: Scripts,
+    config: RedisStoreConfig,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A job's keys and the common script arguments for one operation.
+struct OnJob {
+    id: String,
+    keys: JobKeys,
+    time: String,
+    now_ms: i64,
+    idempotency: Option<String>,
+}
+
+impl OnJob {
+    fn new(id: &str, now_ms: i64) -> Self {
+        Self {
+            id: id.to_owned(),
+            keys: JobKeys::new(&job_channel(id)),
+            time: now_rfc3339(),
+            now_ms,
+            idempotency: None,
+        }
+    }
+
+    fn common(&self) -> Common<'_> {
+        Common {
+            id: &self.id,
+            keys: &self.keys,
+            new_epoch: random_epoch(),
+            time: &self.time,
+            now_ms: self.now_ms,
+            idempotency: self.idempotency.as_deref(),
+        }
+    }
+}
+
+impl RedisStore {
+    /// Connects to Redis at `url` (`redis://host:port/db`) with one multiplexed connection.
+    /// Must be called inside a Tokio runtime.
+    ///
+    /// # Errors
+    /// When the URL is invalid or Redis does not answer within `config.op_timeout`.
+    pub async fn connect(url: &str, config: RedisStoreConfig) -> Result<Self, ConnectError> {
+        let client = redis::Client::open(url).map_err(ConnectError::Url)?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.op_timeout))
+            .set_response_timeout(Some(config.op_timeout))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
+        let conn = tokio::time::timeout(
+            config.op_timeout * 3,
+            client.get_connection_manager_with_config(manager_config),
+        )
+        .await
+        .map_err(|_| ConnectError::Unreachable("timed out".into()))?
+        .map_err(|e| ConnectError::Unreachable(e.to_string()))?;
+        Ok(Self {
+            conn,
+            scripts: Scripts::new(),
+            config,
+        })
+    }
+
+    /// Runs one Redis operation within `op_timeout`.
+    async fn timed<T>(
+        &self,
+        op: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.config.op_timeout, op).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!("redis: {e}"))),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "redis did not answer within {:?}",
+                self.config.op_timeout
+            ))),
+        }
+    }
+
+    async fn run(
+        &self,
+        op: Op,
+        on: &OnJob,
+        extra: &[&[u8]],
+    ) -> Result<(String, Vec<Value>), StoreError> {
+        let mut conn = self.conn.clone();
+        let reply = self
+            .timed(self.scripts.run(&mut conn, op, &on.common(), extra))
+            .await?;
+        split(reply)
+    }
+
+    /// Up to `count` ids of an index scored at most `max` (`(x` excludes `x`), lowest first.
+    async fn ids(
+        &self,
+        index: String,
+        max: String,
+        count: isize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        self.timed(
+            redis::cmd("ZRANGE")
+                .arg(index)
+                .arg("-inf")
+                .arg(max)
+                .arg("BYSCORE")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(count)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
+    async fn read(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let keys = JobKeys::new(&job_channel(id));
+        let mut conn = self.conn.clone();
+        let fields: Value = self
+            .timed(
+                redis::cmd("HMGET")
+                    .arg(&keys.job)
+                    .arg(&[
+                        "status",
+                        "created_at",
+                        "updated_at",
+                        "attempts",
+                        "max_attempts",
+                        "result",
+                        "error",
+                    ])
+                    .query_async(&mut conn),
+            )
+            .await?;
+        reply::record(id, &fields)
+    }
+
+    async fn submit_job(&self, job: NewJob) -> Result<Submitted, StoreError> {
+        let mut on = OnJob::new(&job.id, job.now_ms);
+        on.idempotency = job
+            .idempotency
+            .as_ref()
+            .map(|(key, _)| keys::idempotency(key));
+        let hash = job.idempotency.as_ref().map_or(0, |(_, h)| *h).to_string();
+        let max_attempts = job.max_attempts.to_string();
+        let (kind, rest) = self
+            .run(
+                Op::Submit,
+                &on,
+                &[&job.payload, max_attempts.as_bytes(), hash.as_bytes()],
+            )
+            .await?;
+        match kind.as_str() {
+            "ok" => Ok(Submitted {
+                job: must_record(&job.id, rest.first())?,
+                replayed: false,
+            }),
+            "seen" => {
+                let first = rest
+                    .first()
+                    .and_then(reply::text)
+                    .ok_or_else(|| malformed("seen"))?;
+                // The key and its job are created and pruned together: it is there.
+                let job = self
+                    .read(&first)
+                    .await?
+                    .ok_or_else(|| StoreError::Unavailable("the first job vanished".into()))?;
+                Ok(Submitted {
+                    job,
+                    replayed: true,
+                })
+            }
+            "conflict" => Err(StoreError::IdempotencyConflict),
+            _ => Err(malformed("submit")),
+        }
+    }
+
+    async fn claim_job(&self, lease_ms: u64, now_ms: i64) -> Result<Option<Claimed>, StoreError> {
+        let lease = random_token();
+        let lease_ms_arg = lease_ms.to_string();
+        for _ in 0..CLAIM_ROUNDS {
+            let mut conn = self.conn.clone();
+            let heads: Vec<String> = self
+                .timed(
+                    redis::cmd("ZRANGE")
+                        .arg(keys::queue())
+                        .arg(0)
+                        .arg(CLAIM_PEEK - 1)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            if heads.is_empty() {
+                return Ok(None);
+            }
+            for id in heads {
+                let on = OnJob::new(&id, now_ms);
+                let (kind, rest) = self
+                    .run(Op::Claim, &on, &[lease.as_bytes(), lease_ms_arg.as_bytes()])
+                    .await?;
+                match kind.as_str() {
+                    // Another node took it (or it was canceled): the next one.
+                    "gone" => continue,
+                    "ok" => {
+                        let job = must_record(&id, rest.first())?;
+                        let payload = rest
+                            .get(1)
+                            .and_then(reply::bytes)
+                            .ok_or_else(|| malformed("payload"))?;
+                        return Ok(Some(Claimed {
+                            job,
+                            payload: Bytes::from(payload),
+                            lease,
+                            lease_expires_at_ms: int(rest.get(2), "lease expiry")?,
+                        }));
+                    }
+                    _ => return Err(malformed("claim")),
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    async fn report_job(
+        &self,
+        id: String,
+        lease: String,
+        report: Report,
+        now_ms: i64,
+    ) -> Result<JobRecord, StoreError> {
+        let (kind, data) = match &report {
+            Report::Progress(d) => ("progress", d),
+            Report::Complete(r) => ("complete", r),
+            Report::Fail { error, retry: true } => ("retry", error),
+            Report::Fail { error, .. } => ("fail", error),
+        };
+        let on = OnJob::new(&id, now_ms);
+        let (answer, rest) = self
+            .run(
+                Op::Report,
+                &on,
+                &[lease.as_bytes(), kind.as_bytes(), data.get().as_bytes()],
+            )
+            .await?;
+        match answer.as_str() {
+            "ok" => must_record(&id, rest.first()),
+            "not_found" => Err(StoreError::NotFound),
+            "stale" => Err(StoreError::StaleLease(
+                reply::status(rest.first().ok_or_else(|| malformed("stale"))?)?.as_str(),
+            )),
+            _ => Err(malformed("report")),
+        }
+    }
+
+    async fn cancel_job(&self, id: String, now_ms: i64) -> Result<JobRecord, StoreError> {
+        let on = OnJob::new(&id, now_ms);
+        let (answer, rest) = self.run(Op::Cancel, &on, &[]).await?;
+        match answer.as_str() {
+            "ok" => must_record(&id, rest.first()),
+            "not_found" => Err(StoreError::NotFound),
+            "finished" => Err(StoreError::Finished(
+                reply::status(rest.first().ok_or_else(|| malformed("finished"))?)?.as_str(),
+            )),
+            _ => Err(malformed("cancel")),
+        }
+    }
+
+    async fn expire(&self, now_ms: i64) -> Result<usize, StoreError> {
+        let expired = self.ids(keys::leases(), now_ms.to_string(), BATCH).await?;
+        let mut requeued = 0;
+        for id in expired {
+            let on = OnJob::new(&id, now_ms);
+            let (answer, _) = self
+                .run(Op::Expire, &on, &[LEASE_EXPIRED_ERROR.as_bytes()])
+                .await?;
+            match answer.as_str() {
+                "requeued" => requeued += 1,
+                "failed" | "skip" => {}
+                _ => return Err(malformed("expire")),
+            }
+        }
+        Ok(requeued)
+    }
+
+    async fn prune_jobs(&self, before_ms: i64) -> Result<usize, StoreError> {
+        let mut deleted = 0;
+        loop {
+            let ids = self
+                .ids(keys::ended(), format!("({before_ms}"), BATCH)
+                .await?;
+            let more = ids.len() == BATCH as usize;
+            let mut progressed = false;
+            for id in ids {
+                let mut on = OnJob::new(&id, super::now_ms());
+                let mut conn = self.conn.clone();
+                on.idempotency = self
+                    .timed(
+                        redis::cmd("HGET")
+                            .arg(&on.keys.job)
+                            .arg("idempotency_key")
+                            .query_async::<Option<String>>(&mut conn),
+                    )
+                    .await?;
+                let before = before_ms.to_string();
+                let (answer, _) = self.run(Op::Prune, &on, &[before.as_bytes()]).await?;
+                match answer.as_str() {
+                    "deleted" => {
+                        deleted += 1;
+                        progressed = true;
+                    }
+                    // Changed since it was read; the next round sees it as it is now.
+                    "kept" | "raced" => {}
+                    _ => return Err(malformed("prune")),
+                }
+            }
+            if !more || !progressed {
+                return Ok(deleted);
+            }
+        }
+    }
+}
+
+impl Store for RedisStore {
+    fn submit(&self, job: NewJob) -> BoxFuture<'_, Result<Submitted, StoreError>> {
+        self.submit_job(job).boxed()
+    }
+
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<JobRecord>, StoreError>> {
+        self.read(id).boxed()
+    }
+
+    fn claim(
+        &self,
+        lease_ms: u64,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<Claimed>, StoreError>> {
+        self.claim_job(lease_ms, now_ms).boxed()
+    }
+
+    fn report(
+        &self,
+        id: String,
+        lease: String,
+        report: Report,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<JobRecord, StoreError>> {
+        self.report_job(id, lease, report, now_ms).boxed()
+    }
+
+    fn cancel(&self, id: String, now_ms: i64) -> BoxFuture<'_, Result<JobRecord, StoreError>> {
+        self.cancel_job(id, now_ms).boxed()
+    }
+
+    fn expire_leases(&self, now_ms: i64) -> BoxFuture<'_, Result<usize, StoreError>> {
+        self.expire(now_ms).boxed()
+    }
+
+    /// Prunes jobs; webhook deliveries are not on Redis yet (always 0).
+    fn prune(
+        &self,
+        jobs_before_ms: i64,
+        _deliveries_before_ms: i64,
+    ) -> BoxFuture<'_, Result<(usize, usize), StoreError>> {
+        async move { Ok((self.prune_jobs(jobs_before_ms).await?, 0)) }.boxed()
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        async move {
+            let mut conn = self.conn.clone();
+            self.timed(redis::cmd("PING").query_async::<String>(&mut conn))
+                .await
+                .map(drop)
+        }
+        .boxed()
+    }
+
+    /// Nothing to flush: every operation is answered only after Redis applied it, and the
+    /// caller holds its future until then.
+    fn close(&self, _deadline: Duration) -> BoxFuture<'_, ()> {
+        async {}.boxed()
+    }
+}
