@@ -214,7 +214,11 @@ impl JwtVerifier {
             .map(|p| ChannelPattern::new(p))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| refuse(&format!("token `channels`: {e}")))?;
-        let expires_at = UNIX_EPOCH + Duration::from_secs_f64(exp);
+        // A far-off or malformed `exp` must be refused, not overflow the time arithmetic.
+        let expires_at = Duration::try_from_secs_f64(exp)
+            .ok()
+            .and_then(|d| UNIX_EPOCH.checked_add(d))
+            .ok_or_else(|| refuse("token `exp` is out of range"))?;
         Ok(Grant::channels(patterns, Some(expires_at)))
     }
 }
@@ -323,6 +327,12 @@ uKab7/H580GNKVZBTwIDAQAB
             &serde_json::json!({"channels": ["a"], "exp": 1_800_000_060, "nbf": 1_800_000_030}),
         );
         assert!(err(&early).message.contains("nbf"));
+        let far = hs256(
+            SECRET,
+            "HS256",
+            &serde_json::json!({"channels": ["a"], "exp": 1e300}),
+        );
+        assert!(err(&far).message.contains("out of range"));
         for junk in [
             "",
             "a.b",

@@ -170,7 +170,10 @@ impl Auth {
     }
 
     fn set(&mut self, grant: Grant) {
-        self.deadline = grant.remaining().map(|left| Instant::now() + left);
+        // A deadline past what `Instant` can hold is no deadline at all.
+        self.deadline = grant
+            .remaining()
+            .and_then(|left| Instant::now().checked_add(left));
         self.grant = Some(grant);
     }
 
