@@ -578,8 +578,9 @@ impl Config {
             ),
         ];
         for (key, rate) in rates {
-            if !(0.0..=1e9).contains(&rate) {
-                bail!("`{key}` must be from 0 (no limit) to 1e9, got {rate}");
+            // Below 0.001/s a bucket's refill time overflows what a timer can hold.
+            if rate != 0.0 && !(0.001..=1e9).contains(&rate) {
+                bail!("`{key}` must be 0 (no limit) or from 0.001 to 1e9, got {rate}");
             }
         }
         range(
@@ -763,6 +764,10 @@ mod tests {
             )
         };
         assert!(err(&[("SWITCHYARD_HISTORY__SIZE", "0")]).contains("history.size"));
+        assert!(
+            err(&[("SWITCHYARD_LIMITS__REQUESTS_PER_SEC_PER_IP", "1e-300")])
+                .contains("limits.requests_per_sec_per_ip")
+        );
         assert!(err(&[("SWITCHYARD_HISTORY__SIZE", "lots")]).contains("size"));
         assert!(
             err(&[("SWITCHYARD_POLL__MAX_TIMEOUT_SECS", "61")]).contains("poll.max_timeout_secs")
