@@ -29,7 +29,8 @@ const NOT_KEYS: [&str; 4] = [
 
 /// Keys whose environment value is taken as text as it is: secrets and origins may look
 /// like numbers (an all-digit key) or lists (`[`), and must not be reinterpreted.
-const TEXT_KEYS: [&str; 5] = [
+const TEXT_KEYS: [&str; 6] = [
+    "limits.trusted_proxies",
     "auth.api_keys",
     "auth.jwt_secret",
     "auth.jwt_algorithm",
@@ -266,6 +267,9 @@ pub struct LimitsConfig {
     pub requests_per_sec_per_key: f64,
     /// Burst above that rate.
     pub request_burst_per_key: u32,
+    /// Reverse proxies (addresses or CIDR blocks) whose `X-Forwarded-For` names the client.
+    #[serde(deserialize_with = "string_list")]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `[consumers]`
@@ -380,6 +384,7 @@ impl Config {
         // Credentials are checked here too, so `switchyard config` and a refused start say
         // the same, before anything is created on disk.
         crate::auth::check_config(&self.auth)?;
+        crate::auth::proxies::TrustedProxies::parse(&self.limits.trusted_proxies)?;
         fn range<T: PartialOrd + std::fmt::Display>(
             key: &str,
             v: T,

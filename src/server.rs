@@ -29,6 +29,8 @@ use crate::api::{AppState, router};
 pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, tracker: TaskTracker) {
     let limit = Arc::new(Semaphore::new(state.config.limits.max_connections));
     let per_ip = Arc::new(PerIpLimit::new(state.config.limits.max_connections_per_ip));
+    // A load balancer holds everyone's connections: the per-address limit is for clients.
+    let exempt = |ip: IpAddr| state.proxies.contains(ip);
     let shutdown = state.shutdown.clone();
     loop {
         let permit = tokio::select! {
@@ -42,7 +44,12 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, tracker: T
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                match PerIpLimit::acquire(&per_ip, peer.ip()) {
+                let slot = if exempt(peer.ip()) {
+                    Some(None)
+                } else {
+                    PerIpLimit::acquire(&per_ip, peer.ip())
+                };
+                match slot {
                     Some(slot) => {
                         let hold = Held {
                             _permit: permit,

@@ -71,6 +71,8 @@ pub struct AppState {
     pub auth: Arc<crate::auth::Auth>,
     /// Requests and connections refused for credentials or limits (for `/metrics`).
     pub refusals: Refusals,
+    /// Reverse proxies whose `X-Forwarded-For` names the client.
+    pub proxies: crate::auth::proxies::TrustedProxies,
     /// Request rate per client address (callers without an API key).
     pub ip_limiter: crate::auth::rate::RateLimiter<std::net::IpAddr>,
     /// Request rate per API key (by its index in the configuration).

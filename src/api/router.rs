@@ -39,7 +39,7 @@ async fn checked(state: Arc<AppState>, req: Request<Incoming>) -> Reply {
     let ip = parts
         .extensions
         .get::<ConnectionHandle>()
-        .map(|h| h.peer.ip());
+        .map(|h| state.proxies.client_ip(h.peer.ip(), &parts.headers));
     let caller = guard::identify(&state, &parts);
     if let Err(reply) = guard::rate_limit(&state, ip, &caller) {
         return reply;

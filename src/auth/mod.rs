@@ -6,11 +6,13 @@
 //! - [`jwt`] (+ [`der`]): consumer JWTs, HS256 / RS256 / ES256, algorithm from config.
 //! - [`job_token`]: the per-job read token `POST /v1/jobs` returns.
 //! - [`rate`]: token buckets per client address and per key.
+//! - [`proxies`]: the client's address behind trusted reverse proxies.
 
 pub mod der;
 pub mod job_token;
 pub mod jwt;
 pub mod keys;
+pub mod proxies;
 pub mod rate;
 
 use std::{net::IpAddr, str::FromStr, time::SystemTime};

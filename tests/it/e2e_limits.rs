@@ -258,3 +258,41 @@ async fn websockets_from_foreign_pages_are_refused() {
         .unwrap();
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket() {
+    let status_as = |server: std::net::SocketAddr, client: &'static str| async move {
+        http::request(
+            server,
+            "GET",
+            "/healthz",
+            &[("x-forwarded-for", client)],
+            Vec::new(),
+        )
+        .await
+        .0
+        .as_u16()
+    };
+    let mut cfg = config();
+    cfg.limits.requests_per_sec_per_ip = 0.01;
+    cfg.limits.request_burst_per_ip = 1;
+    cfg.limits.trusted_proxies = vec!["127.0.0.0/8".to_owned()];
+    let server = start(cfg).await;
+    assert_eq!(status_as(server.addr, "203.0.113.1").await, 200);
+    assert_eq!(status_as(server.addr, "203.0.113.1").await, 429);
+    assert_eq!(
+        status_as(server.addr, "203.0.113.2").await,
+        200,
+        "another client behind the same proxy"
+    );
+    server.shutdown().await;
+
+    // Without trusted proxies the header is the client's own claim: ignored.
+    let mut cfg = config();
+    cfg.limits.requests_per_sec_per_ip = 0.01;
+    cfg.limits.request_burst_per_ip = 1;
+    let server = start(cfg).await;
+    assert_eq!(status_as(server.addr, "203.0.113.1").await, 200);
+    assert_eq!(status_as(server.addr, "203.0.113.2").await, 429);
+    server.shutdown().await;
+}
