@@ -20,7 +20,10 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::api::{AppState, router};
+use crate::{
+    api::{AppState, router},
+    auth::proxies::limit_key,
+};
 
 /// Accepts connections until `shutdown` fires, each served on its own tracked task.
 ///
@@ -47,7 +50,7 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, tracker: T
                 let slot = if exempt(peer.ip()) {
                     Some(None)
                 } else {
-                    PerIpLimit::acquire(&per_ip, peer.ip())
+                    PerIpLimit::acquire(&per_ip, limit_key(peer.ip()))
                 };
                 match slot {
                     Some(slot) => {

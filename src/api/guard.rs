@@ -12,7 +12,7 @@ use super::{
     router::Reply,
     routes::{Access, Route},
 };
-use crate::auth::{Scope, keys::ApiKey, rate::retry_after_secs};
+use crate::auth::{Scope, keys::ApiKey, proxies::limit_key, rate::retry_after_secs};
 
 /// Who is calling, as far as rate limits and route access care.
 pub enum Caller<'a> {
@@ -39,7 +39,10 @@ pub fn rate_limit(state: &AppState, ip: Option<IpAddr>, caller: &Caller<'_>) -> 
     let now = Instant::now();
     let (checked, whom) = match (caller, ip) {
         (Caller::Key(key), _) => (state.key_limiter.check(&key.index, now), "API key"),
-        (Caller::Anonymous, Some(ip)) => (state.ip_limiter.check(&ip, now), "client address"),
+        (Caller::Anonymous, Some(ip)) => (
+            state.ip_limiter.check(&limit_key(ip), now),
+            "client address",
+        ),
         (Caller::Anonymous, None) => (Ok(()), ""),
     };
     checked.map_err(|wait| {

@@ -7,6 +7,16 @@ use std::net::IpAddr;
 
 use http::HeaderMap;
 
+/// The address a per-client limit counts: an IPv4 address (IPv4-mapped IPv6 included) as
+/// it is, an IPv6 address by its /64, the smallest block a host is usually given, so one
+/// host cannot spread itself over countless buckets.
+pub fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
+    }
+}
+
 /// An address block: an address and how many leading bits must match.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Net {
@@ -112,6 +122,21 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn limits_count_ipv6_hosts_by_their_64() {
+        assert_eq!(limit_key(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            limit_key(ip("2001:db8:1:2:bbbb::9")),
+            limit_key(ip("2001:db8:1:2:aaaa::1"))
+        );
+        assert_ne!(
+            limit_key(ip("2001:db8:1:3::1")),
+            limit_key(ip("2001:db8:1:2::1"))
+        );
+        assert_eq!(limit_key(ip("203.0.113.7")), ip("203.0.113.7"));
+        assert_eq!(limit_key(ip("::ffff:203.0.113.7")), ip("203.0.113.7"));
     }
 
     #[test]
