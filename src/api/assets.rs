@@ -26,7 +26,23 @@ pub fn demo(state: &AppState) -> Reply {
             "the demo page is turned off (demo.enabled)",
         );
     }
-    file(DEMO_HTML, "text/html; charset=utf-8")
+    let mut res = file(DEMO_HTML, "text/html; charset=utf-8");
+    let h = res.headers_mut();
+    // The page runs its one inline module and talks to this gateway only; nobody may frame
+    // it, and no URL of it (or its requests) leaks through `Referer`.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    res
 }
 
 fn file(body: &'static str, content_type: &'static str) -> Reply {

@@ -103,6 +103,14 @@ async fn browser_files_are_served_with_their_types() {
     assert!(
         String::from_utf8_lossy(&body).contains(r#"import { Switchyard } from "/v1/client.js""#)
     );
+    // The page may talk to its own gateway only, and may not be framed (the browser suite
+    // runs the demo under this policy).
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("connect-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert_eq!(headers["referrer-policy"], "no-referrer");
     server.shutdown().await;
 }
 
