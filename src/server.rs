@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::{IpAddr, SocketAddr};
 use switchyard_protocol::{ErrorCode, ErrorResponse};
 use switchyard_transports::context::ConnectionHandle;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -25,21 +25,23 @@ use crate::{
     auth::proxies::limit_key,
 };
 
+/// Most refusals being written at once; past it a refused connection is just closed, so a
+/// connection flood cannot make the refusals themselves pile up. (They are not tracked:
+/// shutdown need not wait for them.)
+const MAX_REFUSING: usize = 256;
+
 /// Accepts connections until `shutdown` fires, each served on its own tracked task.
 ///
-/// The connection limit is taken *before* `accept`, so past it new connections wait in the
-/// kernel's backlog instead of costing us memory.
+/// A connection past `limits.max_connections` (or its address's limit) is answered with a
+/// short JSON error and closed, so the client can tell a full server from a dead one.
 pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, tracker: TaskTracker) {
     let limit = Arc::new(Semaphore::new(state.config.limits.max_connections));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     let per_ip = Arc::new(PerIpLimit::new(state.config.limits.max_connections_per_ip));
     // A load balancer holds everyone's connections: the per-address limit is for clients.
     let exempt = |ip: IpAddr| state.proxies.contains(ip);
     let shutdown = state.shutdown.clone();
     loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => return,
-            p = Arc::clone(&limit).acquire_owned() => p.expect("the semaphore is never closed"),
-        };
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
             a = listener.accept() => a,
@@ -47,6 +49,18 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, tracker: T
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
+                let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+                    state
+                        .refusals
+                        .connections_total
+                        .fetch_add(1, Ordering::Relaxed);
+                    let max = state.config.limits.max_connections;
+                    let refusal = Refusal::total(max);
+                    if let Ok(turn) = Arc::clone(&refusing).try_acquire_owned() {
+                        tokio::spawn(refusal.send(stream, turn));
+                    }
+                    continue;
+                };
                 let slot = if exempt(peer.ip()) {
                     Some(None)
                 } else {
@@ -65,10 +79,10 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, tracker: T
                             .refusals
                             .connections_per_ip
                             .fetch_add(1, Ordering::Relaxed);
-                        tracker.spawn(refuse_connection(
-                            stream,
-                            state.config.limits.max_connections_per_ip,
-                        ));
+                        let refusal = Refusal::per_ip(state.config.limits.max_connections_per_ip);
+                        if let Ok(turn) = Arc::clone(&refusing).try_acquire_owned() {
+                            tokio::spawn(refusal.send(stream, turn));
+                        }
                     }
                 }
             }
@@ -136,26 +150,53 @@ impl Drop for IpSlot {
     }
 }
 
-/// Answers a connection over its address's limit with a 429 and closes it: without a
-/// reply the client could not tell the limit from a network fault.
-async fn refuse_connection(mut stream: TcpStream, max: usize) {
-    let body = ErrorResponse::new(
-        ErrorCode::RateLimited,
-        format!(
-            "too many connections from this address (at most {max}); close some or retry later"
-        ),
-    )
-    .to_json();
-    let head = format!(
-        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    let reply = async {
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(&body).await?;
-        stream.shutdown().await
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(5), reply).await;
+/// The answer to a connection past a limit: without one the client could not tell the
+/// limit from a network fault.
+struct Refusal {
+    status: &'static str,
+    code: ErrorCode,
+    message: String,
+}
+
+impl Refusal {
+    fn total(max: usize) -> Self {
+        Self {
+            status: "503 Service Unavailable",
+            code: ErrorCode::Unavailable,
+            message: format!("the server holds its most connections ({max}); retry shortly"),
+        }
+    }
+
+    fn per_ip(max: usize) -> Self {
+        Self {
+            status: "429 Too Many Requests",
+            code: ErrorCode::RateLimited,
+            message: format!(
+                "too many connections from this address (at most {max}); close some or retry later"
+            ),
+        }
+    }
+
+    /// Writes the answer and closes, taking at most a few seconds.
+    async fn send(self, mut stream: TcpStream, _turn: OwnedSemaphorePermit) {
+        let body = ErrorResponse::new(self.code, self.message).to_json();
+        let head = format!(
+            "HTTP/1.1 {}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+            self.status,
+            body.len()
+        );
+        let reply = async {
+            stream.write_all(head.as_bytes()).await?;
+            stream.write_all(&body).await?;
+            stream.shutdown().await?;
+            // Read what the client sent until it closes: closing with its request unread
+            // would reset the connection, and a reset can destroy the answer in flight.
+            let mut sink = [0u8; 1024];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), reply).await;
+    }
 }
 
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<AppState>, held: Held) {

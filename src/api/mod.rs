@@ -30,6 +30,8 @@ pub struct Refusals {
     pub rate_limited: std::sync::atomic::AtomicU64,
     /// Connections refused for `limits.max_connections_per_ip`.
     pub connections_per_ip: std::sync::atomic::AtomicU64,
+    /// Connections refused for `limits.max_connections`.
+    pub connections_total: std::sync::atomic::AtomicU64,
 }
 
 impl Refusals {

@@ -113,13 +113,14 @@ pub fn metrics(state: &AppState) -> Reply {
     write_family(
         &mut out,
         "switchyard_http_refusals_total",
-        "Requests answered 401, 403 or 429, and connections refused over the per-address limit.",
+        "Requests answered 401, 403 or 429, and connections refused over the per-address or total limit.",
         "counter",
         [
             ("reason=\"unauthorized\"", &r.unauthorized),
             ("reason=\"forbidden\"", &r.forbidden),
             ("reason=\"rate_limited\"", &r.rate_limited),
             ("reason=\"connections_per_ip\"", &r.connections_per_ip),
+            ("reason=\"connections_total\"", &r.connections_total),
         ]
         .map(|(label, v)| (label.to_owned(), v.load(Ordering::Relaxed))),
     );

@@ -296,3 +296,38 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket() {
     assert_eq!(status_as(server.addr, "203.0.113.2").await, 429);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn connections_past_the_total_limit_get_503() {
+    let mut cfg = config();
+    cfg.limits.max_connections = 2;
+    let server = start(cfg).await;
+    let _a = WsClient::connect(server.addr).await;
+    let b = WsClient::connect(server.addr).await;
+    let mut third = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut reply = String::new();
+    within("the refusal", third.read_to_string(&mut reply))
+        .await
+        .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    assert!(
+        reply.to_ascii_lowercase().contains("retry-after: 1"),
+        "{reply}"
+    );
+    let body: Value = serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "unavailable");
+    // A closed connection frees its slot for the next client.
+    drop(b);
+    within("a free slot", async {
+        loop {
+            let (status, _, _) =
+                http::request(server.addr, "GET", "/healthz", &[], Vec::new()).await;
+            if status == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    server.shutdown().await;
+}
