@@ -27,6 +27,7 @@ async fn store(redis: &RedisServer) -> RedisStore {
         &redis.url(),
         RedisStoreConfig {
             op_timeout: Duration::from_millis(1000),
+            ..RedisStoreConfig::default()
         },
     )
     .await

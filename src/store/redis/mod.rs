@@ -8,6 +8,8 @@
 //!   `sy:jobs:idem:{key}`.
 //! - [`scripts`]: submit, claim, report, cancel, expire and prune, one script each.
 //! - [`reply`]: script replies into [`JobRecord`]s and [`StoreError`]s.
+//! - [`webhooks`] (phase 2b) and `webhook_scripts`: the [`super::WebhookStore`] of the same
+//!   `RedisStore`: endpoints, the delivery outbox and per-delivery leases across nodes.
 //!
 //! # Why sorted sets, not a stream with a consumer group
 //! The embedded store's semantics are: claims take the job queued longest ago (a requeued
@@ -43,6 +45,8 @@
 mod keys;
 mod reply;
 mod scripts;
+mod webhook_scripts;
+pub mod webhooks;
 
 use std::time::Duration;
 
@@ -66,6 +70,8 @@ use crate::{
 
 /// Default for [`RedisStoreConfig::op_timeout`].
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default for [`RedisStoreConfig::delivery_lease`].
+pub const DEFAULT_DELIVERY_LEASE: Duration = Duration::from_secs(300);
 /// Queue heads read at once by a claim; a node that loses the race for one tries the next.
 const CLAIM_PEEK: isize = 8;
 /// Rounds of a claim (each reading the head again) before it answers "nothing queued".
@@ -83,12 +89,19 @@ pub struct RedisStoreConfig {
     /// Longest one Redis round trip may take before the operation fails as
     /// [`StoreError::Unavailable`] (503). Default [`DEFAULT_OP_TIMEOUT`].
     pub op_timeout: Duration,
+    /// How long a webhook delivery read by this node's dispatcher (`due_for`) stays leased
+    /// to it: no other node sends it meanwhile; when it runs out before the attempt is
+    /// recorded (the node died or stalled), another node sends it again. Must outlast the
+    /// time a delivery waits in the dispatcher's lane plus `webhooks.attempt_timeout_secs`.
+    /// Default [`DEFAULT_DELIVERY_LEASE`].
+    pub delivery_lease: Duration,
 }
 
 impl Default for RedisStoreConfig {
     fn default() -> Self {
         Self {
             op_timeout: DEFAULT_OP_TIMEOUT,
+            delivery_lease: DEFAULT_DELIVERY_LEASE,
         }
     }
 }
@@ -98,6 +111,11 @@ pub struct RedisStore {
     /// Multiplexed, and re-established by the manager itself.
     conn: ConnectionManager,
     scripts: Scripts,
+    webhook_scripts: webhook_scripts::WebhookScripts,
+    /// The enabled endpoints' filters, for `enqueue`; reloaded when an endpoint changed.
+    webhook_filters: webhooks::FilterCache,
+    /// Random per store: marks the webhook deliveries this node's dispatcher leased.
+    node_token: String,
     config: RedisStoreConfig,
 }
 
@@ -171,6 +189,9 @@ impl RedisStore {
         Ok(Self {
             conn,
             scripts: Scripts::new(),
+            webhook_scripts: webhook_scripts::WebhookScripts::new(),
+            webhook_filters: webhooks::FilterCache::new(),
+            node_token: random_token(),
             config,
         })
     }
@@ -466,13 +487,17 @@ impl Store for RedisStore {
         self.expire(now_ms).boxed()
     }
 
-    /// Prunes jobs; webhook deliveries are not on Redis yet (always 0).
     fn prune(
         &self,
         jobs_before_ms: i64,
-        _deliveries_before_ms: i64,
+        deliveries_before_ms: i64,
     ) -> BoxFuture<'_, Result<(usize, usize), StoreError>> {
-        async move { Ok((self.prune_jobs(jobs_before_ms).await?, 0)) }.boxed()
+        async move {
+            let jobs = self.prune_jobs(jobs_before_ms).await?;
+            let deliveries = self.prune_deliveries(deliveries_before_ms).await?;
+            Ok((jobs, deliveries))
+        }
+        .boxed()
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
