@@ -15,6 +15,7 @@ mod e2e_longpoll;
 mod e2e_publish;
 mod e2e_redis_hub;
 mod e2e_redis_store;
+mod e2e_redis_webhooks;
 mod e2e_shutdown;
 mod e2e_slow_consumer;
 mod e2e_sse;
