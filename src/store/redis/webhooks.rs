@@ -1,7 +1,7 @@
 //! The webhook store on Redis (issue #7, phase 2b: not wired into [`crate::run`] yet):
 //! endpoints and the delivery outbox with the semantics of the embedded store
 //! ([`crate::store::SqliteStore`]'s `WebhookStore`), every change one Lua script
-//! ([`super::webhook_scripts`]), plus a per-delivery lease so several nodes never send the
+//! (`webhook_scripts`), plus a per-delivery lease so several nodes never send the
 //! same delivery at once.
 //!
 //! # Keys (prefix `sy:wh:`)
@@ -54,7 +54,7 @@
 //!
 //! # Enqueue in the publish's step (for phase 2c)
 //! The embedded store writes the deliveries in the publish's transaction. Here
-//! [`RedisStore::enqueue_to`] runs [`ENQUEUE`](super::webhook_scripts) for an event and the
+//! [`RedisStore::enqueue_to`] runs the `ENQUEUE` script for an event and the
 //! endpoint ids whose filters match it: one script creates every delivery (re-checking that
 //! each endpoint exists and is enabled) or none. Phase 2c can call it in one of two ways:
 //! - **Inside the hub's append script**: append the enqueue body to the append script and
