@@ -66,49 +66,60 @@ async fn api_keys_have_their_own_bucket() {
     server.shutdown().await;
 }
 
-#[tokio::test]
-async fn connections_past_the_per_address_limit_get_429() {
-    let mut cfg = config();
-    cfg.limits.max_connections_per_ip = 2;
-    let server = start(cfg).await;
-    let a = WsClient::connect(server.addr).await;
-    let b = WsClient::connect(server.addr).await;
-    // A third connection is answered and closed.
-    let mut third = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+/// Opens a raw connection the server should refuse: the status line's code and the body.
+async fn refused_connection(addr: std::net::SocketAddr) -> (String, Value) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut reply = String::new();
-    within("the refusal", third.read_to_string(&mut reply))
+    within("the refusal", stream.read_to_string(&mut reply))
         .await
         .unwrap();
-    assert!(reply.starts_with("HTTP/1.1 429"), "{reply}");
     assert!(
         reply.to_ascii_lowercase().contains("retry-after: 1"),
         "{reply}"
     );
-    let body: Value = serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap();
-    assert_eq!(body["error"]["code"], "rate_limited");
-    // Closing one frees its slot; the refusal shows on /metrics.
-    drop(a);
-    let metrics = within("a free slot", async {
+    let status = reply.split(' ').nth(1).unwrap_or_default().to_owned();
+    let body = serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    (status, body)
+}
+
+/// Waits until a request on a new connection is served, then returns `/metrics`.
+async fn metrics_once_a_slot_frees(addr: std::net::SocketAddr) -> String {
+    within("a free slot", async {
         loop {
-            let (status, _, body) =
-                http::request(server.addr, "GET", "/metrics", &[], Vec::new()).await;
+            let (status, _, body) = http::request(addr, "GET", "/metrics", &[], Vec::new()).await;
             if status == 200 {
                 break String::from_utf8(body.to_vec()).unwrap();
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
-    .await;
-    let refused: f64 = metrics
+    .await
+}
+
+fn refusals(metrics: &str, reason: &str) -> f64 {
+    let series = format!("switchyard_http_refusals_total{{reason=\"{reason}\"}} ");
+    metrics
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("switchyard_http_refusals_total{reason=\"connections_per_ip\"} ")
-        })
+        .find_map(|l| l.strip_prefix(series.as_str()))
         .expect("the refusal counter")
         .parse()
-        .unwrap();
-    assert!(refused >= 1.0, "{refused}");
-    drop(b);
+        .unwrap()
+}
+
+#[tokio::test]
+async fn connections_past_the_per_address_limit_get_429() {
+    let mut cfg = config();
+    cfg.limits.max_connections_per_ip = 2;
+    let server = start(cfg).await;
+    let a = WsClient::connect(server.addr).await;
+    let _b = WsClient::connect(server.addr).await;
+    let (status, body) = refused_connection(server.addr).await;
+    assert_eq!(status, "429", "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    // Closing one frees its slot; the refusal shows on /metrics.
+    drop(a);
+    let metrics = metrics_once_a_slot_frees(server.addr).await;
+    assert!(refusals(&metrics, "connections_per_ip") >= 1.0);
     server.shutdown().await;
 }
 
@@ -304,30 +315,12 @@ async fn connections_past_the_total_limit_get_503() {
     let server = start(cfg).await;
     let _a = WsClient::connect(server.addr).await;
     let b = WsClient::connect(server.addr).await;
-    let mut third = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let mut reply = String::new();
-    within("the refusal", third.read_to_string(&mut reply))
-        .await
-        .unwrap();
-    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
-    assert!(
-        reply.to_ascii_lowercase().contains("retry-after: 1"),
-        "{reply}"
-    );
-    let body: Value = serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let (status, body) = refused_connection(server.addr).await;
+    assert_eq!(status, "503", "{body}");
     assert_eq!(body["error"]["code"], "unavailable");
     // A closed connection frees its slot for the next client.
     drop(b);
-    within("a free slot", async {
-        loop {
-            let (status, _, _) =
-                http::request(server.addr, "GET", "/healthz", &[], Vec::new()).await;
-            if status == 200 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let metrics = metrics_once_a_slot_frees(server.addr).await;
+    assert!(refusals(&metrics, "connections_total") >= 1.0);
     server.shutdown().await;
 }
