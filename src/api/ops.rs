@@ -109,6 +109,27 @@ pub fn metrics(state: &AppState) -> Reply {
         "gauge",
         [(String::new(), d.in_flight.load(Ordering::Relaxed))],
     );
+    write_family(
+        &mut out,
+        "switchyard_webhook_outbox_scans_total",
+        "Scans of the webhook outbox for endpoints with due deliveries.",
+        "counter",
+        [(String::new(), d.scans.load(Ordering::Relaxed))],
+    );
+    write_family(
+        &mut out,
+        "switchyard_webhook_lane_refills_total",
+        "Reads of one endpoint's due deliveries into its in-memory lane.",
+        "counter",
+        [(String::new(), d.refills.load(Ordering::Relaxed))],
+    );
+    write_family(
+        &mut out,
+        "switchyard_webhook_missed_wakeups_total",
+        "Deliveries found only by the dispatcher's 1 s safety poll (a wake-up went missing; should stay 0).",
+        "counter",
+        [(String::new(), d.found_by_poll.load(Ordering::Relaxed))],
+    );
     let r = &state.refusals;
     write_family(
         &mut out,

@@ -109,6 +109,12 @@ async fn deliveries_are_signed_envelopes_for_matching_events_only() {
         (Some("succeeded"), Some(1))
     );
     assert_eq!(log[0]["attempt_log"][0]["status_code"], 200);
+    // The dispatcher's work shows on /metrics: the delivery was read into its endpoint's lane.
+    assert!(server.metric("switchyard_webhook_lane_refills_total").await >= 1.0);
+    assert!(server.metric("switchyard_webhook_outbox_scans_total").await >= 1.0);
+    server
+        .metric("switchyard_webhook_missed_wakeups_total")
+        .await;
     server.shutdown().await;
 }
 
