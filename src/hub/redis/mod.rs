@@ -107,6 +107,30 @@ pub enum ConnectError {
     Unreachable(String),
 }
 
+/// A command connection to `client` that reconnects on its own, every call bounded by
+/// `op_timeout`: shared by the hub and the Redis store so both fail the same way.
+///
+/// # Errors
+/// When Redis does not answer within three `op_timeout`s.
+pub(crate) async fn connection_manager(
+    client: &redis::Client,
+    op_timeout: Duration,
+) -> Result<ConnectionManager, ConnectError> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(op_timeout))
+        .set_response_timeout(Some(op_timeout))
+        .set_number_of_retries(2)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_secs(1));
+    tokio::time::timeout(
+        op_timeout * 3,
+        client.get_connection_manager_with_config(config),
+    )
+    .await
+    .map_err(|_| ConnectError::Unreachable("timed out".into()))?
+    .map_err(|e| ConnectError::Unreachable(e.to_string()))
+}
+
 /// The state shared by the hub's handle and its listener task.
 struct Inner {
     table: Mutex<Table>,
@@ -208,20 +232,8 @@ impl RedisHub {
     /// When the URL is invalid or Redis does not answer within `config.op_timeout`.
     pub async fn connect(url: &str, config: RedisHubConfig) -> Result<Self, ConnectError> {
         let client = redis::Client::open(url).map_err(ConnectError::Url)?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.op_timeout))
-            .set_response_timeout(Some(config.op_timeout))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
         let unreachable = |e: String| ConnectError::Unreachable(e);
-        let conn = tokio::time::timeout(
-            config.op_timeout * 3,
-            client.get_connection_manager_with_config(manager_config),
-        )
-        .await
-        .map_err(|_| unreachable("timed out".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
+        let conn = connection_manager(&client, config.op_timeout).await?;
         let pubsub = tokio::time::timeout(config.op_timeout, client.get_async_pubsub())
             .await
             .map_err(|_| unreachable("timed out".into()))?

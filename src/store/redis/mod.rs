@@ -52,10 +52,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
-use redis::{
-    Value,
-    aio::{ConnectionManager, ConnectionManagerConfig},
-};
+use redis::{Value, aio::ConnectionManager};
 
 use self::{
     keys::JobKeys,
@@ -64,7 +61,11 @@ use self::{
 };
 use super::{Claimed, JobRecord, NewJob, Report, Store, StoreError, Submitted};
 use crate::{
-    hub::{memory::random_epoch, now_rfc3339, redis::ConnectError},
+    hub::{
+        memory::random_epoch,
+        now_rfc3339,
+        redis::{ConnectError, connection_manager},
+    },
     store::sqlite::job_channel,
 };
 
@@ -173,19 +174,7 @@ impl RedisStore {
     /// When the URL is invalid or Redis does not answer within `config.op_timeout`.
     pub async fn connect(url: &str, config: RedisStoreConfig) -> Result<Self, ConnectError> {
         let client = redis::Client::open(url).map_err(ConnectError::Url)?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.op_timeout))
-            .set_response_timeout(Some(config.op_timeout))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
-        let conn = tokio::time::timeout(
-            config.op_timeout * 3,
-            client.get_connection_manager_with_config(manager_config),
-        )
-        .await
-        .map_err(|_| ConnectError::Unreachable("timed out".into()))?
-        .map_err(|e| ConnectError::Unreachable(e.to_string()))?;
+        let conn = connection_manager(&client, config.op_timeout).await?;
         Ok(Self {
             conn,
             scripts: Scripts::new(),
