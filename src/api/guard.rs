@@ -16,8 +16,9 @@ use crate::auth::{Scope, keys::ApiKey, proxies::limit_key, rate::retry_after_sec
 
 /// Who is calling, as far as rate limits and route access care.
 pub enum Caller<'a> {
-    /// A configured API key.
-    Key(&'a ApiKey),
+    /// A configured API key, and whether it came in the `Authorization` header (server
+    /// routes take it from there only: a key in a URL ends up in logs).
+    Key(&'a ApiKey, bool),
     /// Anyone else: no credential, a consumer token, or an unknown key.
     Anonymous,
 }
@@ -25,9 +26,11 @@ pub enum Caller<'a> {
 /// Identifies the caller by its API key (`Authorization: Bearer`, or `?token=` as
 /// consumers may send it), if any.
 pub fn identify<'a>(state: &'a AppState, parts: &Parts) -> Caller<'a> {
+    // The header wins over `?token=` when both are there.
+    let in_header = access::credential(&parts.headers, None).is_some();
     access::credential(&parts.headers, parts.uri.query())
         .and_then(|token| state.auth.key(&token))
-        .map_or(Caller::Anonymous, Caller::Key)
+        .map_or(Caller::Anonymous, |key| Caller::Key(key, in_header))
 }
 
 /// Spends one request from the caller's bucket: the key's, or the client address's.
@@ -38,7 +41,7 @@ pub fn identify<'a>(state: &'a AppState, parts: &Parts) -> Caller<'a> {
 pub fn rate_limit(state: &AppState, ip: Option<IpAddr>, caller: &Caller<'_>) -> Result<(), Reply> {
     let now = Instant::now();
     let (checked, whom) = match (caller, ip) {
-        (Caller::Key(key), _) => (state.key_limiter.check(&key.index, now), "API key"),
+        (Caller::Key(key, _), _) => (state.key_limiter.check(&key.index, now), "API key"),
         (Caller::Anonymous, Some(ip)) => (
             state.ip_limiter.check(&limit_key(ip), now),
             "client address",
@@ -74,13 +77,10 @@ pub fn authorize(
     }
     match (route.access, caller) {
         (Access::Public | Access::Consumer, _) => Ok(()),
-        // Server routes take keys from the header only: a key in a URL ends up in logs.
-        (Access::Key(scope), Caller::Key(key)) if header_key(state, parts) => {
-            require_scope(key, scope)
-        }
+        (Access::Key(scope), Caller::Key(key, true)) => require_scope(key, scope),
         (Access::Key(_), _) => Err(no_key(parts)),
         // Reading a job is reading its channel: `jobs` or `subscribe`, however the key came.
-        (Access::JobReader, Caller::Key(key)) => {
+        (Access::JobReader, Caller::Key(key, _)) => {
             if key.has(Scope::Jobs) || key.has(Scope::Subscribe) {
                 Ok(())
             } else {
@@ -105,11 +105,6 @@ pub fn authorize(
             }
         }
     }
-}
-
-/// Whether the caller's key came in the `Authorization` header.
-fn header_key(state: &AppState, parts: &Parts) -> bool {
-    access::credential(&parts.headers, None).is_some_and(|t| state.auth.key(&t).is_some())
 }
 
 #[allow(clippy::result_large_err)]

@@ -98,6 +98,15 @@ async fn server_routes_need_a_key_with_the_right_scope() {
     assert_eq!(status, 201, "{body}");
     let (status, body) = publish_as(&server, ADMIN, &ch, 2).await;
     assert_eq!(status, 201, "admin has every scope: {body}");
+    // Server routes take keys from the header only: a key in the URL does not count.
+    let (status, _, body) = http::post_json(
+        server.addr,
+        &format!("/v1/channels/{ch}/events?token={ADMIN}"),
+        &[],
+        &json!({"type": "tick", "data": 3}),
+    )
+    .await;
+    assert_error(status, &body, 401, "unauthorized");
 
     // Webhooks and metrics are admin-only; probes and the API description are public.
     let (status, _, body) = get_as(&server, "/v1/webhooks", Some(PUBLISHER)).await;
@@ -133,7 +142,7 @@ async fn server_routes_need_a_key_with_the_right_scope() {
     assert_eq!(claim(PUBLISHER).await, 403);
     assert_eq!(claim(WORKER).await, 204);
 
-    // Operators see the refusals: three 401s and four 403s above.
+    // Operators see the refusals: four 401s and four 403s above.
     let (_, _, body) = http::request(
         server.addr,
         "GET",
@@ -144,7 +153,7 @@ async fn server_routes_need_a_key_with_the_right_scope() {
     .await;
     let text = String::from_utf8(body.to_vec()).unwrap();
     for line in [
-        "switchyard_http_refusals_total{reason=\"unauthorized\"} 3",
+        "switchyard_http_refusals_total{reason=\"unauthorized\"} 4",
         "switchyard_http_refusals_total{reason=\"forbidden\"} 4",
     ] {
         assert!(
