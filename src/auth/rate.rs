@@ -8,6 +8,12 @@ use std::{
 
 use dashmap::DashMap;
 
+/// Most buckets held between sweeps. Addresses behind a trusted proxy come from
+/// `X-Forwarded-For`, which a client writes: without a cap a flood of made-up addresses
+/// would grow the map for a whole sweep interval. Past it, a client not already tracked is
+/// refused until the next sweep frees room.
+pub const MAX_BUCKETS: usize = 200_000;
+
 struct Bucket {
     tokens: f64,
     at: Instant,
@@ -42,6 +48,10 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     pub fn check(&self, key: &K, now: Instant) -> Result<(), Duration> {
         if !self.enabled() {
             return Ok(());
+        }
+        // `len` visits every shard: only new clients pay for it.
+        if !self.buckets.contains_key(key) && self.buckets.len() >= MAX_BUCKETS {
+            return Err(Duration::from_secs(1));
         }
         let mut bucket = self.buckets.entry(key.clone()).or_insert(Bucket {
             tokens: self.burst,
@@ -104,6 +114,24 @@ mod tests {
         let t1 = t0 + Duration::from_millis(100);
         limiter.check(&"a", t1).unwrap();
         assert!(limiter.check(&"a", t1).is_err());
+    }
+
+    #[test]
+    fn new_clients_past_the_cap_wait_for_a_sweep() {
+        let limiter = RateLimiter::new(1.0, 1);
+        let t0 = Instant::now();
+        for n in 0..MAX_BUCKETS {
+            limiter.check(&n, t0).unwrap();
+        }
+        assert!(
+            limiter.check(&MAX_BUCKETS, t0).is_err(),
+            "no room for a new one"
+        );
+        limiter.check(&0, t0 + Duration::from_secs(1)).unwrap();
+        limiter.sweep(t0 + Duration::from_secs(5));
+        limiter
+            .check(&MAX_BUCKETS, t0 + Duration::from_secs(5))
+            .unwrap();
     }
 
     #[test]
