@@ -29,7 +29,8 @@ const NOT_KEYS: [&str; 4] = [
 
 /// Keys whose environment value is taken as text as it is: secrets and origins may look
 /// like numbers (an all-digit key) or lists (`[`), and must not be reinterpreted.
-const TEXT_KEYS: [&str; 6] = [
+const TEXT_KEYS: [&str; 7] = [
+    "engine",
     "limits.trusted_proxies",
     "auth.api_keys",
     "auth.jwt_secret",
@@ -46,7 +47,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where durable data lives.
     pub data_dir: PathBuf,
-    /// `embedded` (the only engine so far).
+    /// `embedded` (SQLite and in-process fan-out, one node) or `redis://host:port/db`
+    /// (several nodes sharing one Redis or Valkey primary).
     pub engine: String,
     /// Seconds allowed for a graceful shutdown.
     pub shutdown_grace_secs: u64,
@@ -72,6 +74,58 @@ pub struct Config {
     pub cors: CorsConfig,
     /// The PollToPush demo page and its optional built-in worker.
     pub demo: DemoConfig,
+    /// The Redis engine's timeouts and leases (unused by the embedded engine).
+    pub redis: RedisConfig,
+}
+
+/// `[redis]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Longest one Redis round trip may take before the operation fails as unavailable.
+    pub op_timeout_ms: u64,
+    /// Seconds a webhook delivery picked up by one node's dispatcher stays leased to it.
+    pub delivery_lease_secs: u64,
+}
+
+/// Which engine `engine` names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// SQLite in `data_dir` and in-process fan-out.
+    Embedded,
+    /// Redis (or Valkey) at this `redis://` URL.
+    Redis(String),
+}
+
+impl Config {
+    /// The engine `engine` names (validated at load).
+    pub fn engine(&self) -> Engine {
+        if self.engine == "embedded" {
+            Engine::Embedded
+        } else {
+            Engine::Redis(self.engine.clone())
+        }
+    }
+
+    /// `engine` with any password in the URL replaced by [`REDACTED`], for logs and
+    /// `switchyard config`.
+    pub fn engine_redacted(&self) -> String {
+        redact_url_password(&self.engine)
+    }
+}
+
+/// `scheme://user:password@host...` → `scheme://user:<redacted>@host...`.
+fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+    format!("{scheme}://{user}:{REDACTED}{}", &rest[at..])
 }
 
 /// `[demo]`
@@ -397,11 +451,26 @@ impl Config {
             Ok(())
         }
         if self.engine != "embedded" {
-            bail!(
-                "`engine` = {:?} is not supported by this build; use \"embedded\" (Redis comes with the cluster release)",
-                self.engine
-            );
+            if !self.engine.starts_with("redis://") {
+                bail!(
+                    "`engine` must be \"embedded\" or a redis://host:port/db URL (rediss:// is not supported: use a TLS tunnel), got {:?}",
+                    self.engine_redacted()
+                );
+            }
+            redis::Client::open(self.engine.as_str()).map_err(|e| {
+                anyhow::anyhow!(
+                    "`engine` {:?} is not a valid Redis URL: {e}",
+                    self.engine_redacted()
+                )
+            })?;
         }
+        range("redis.op_timeout_ms", self.redis.op_timeout_ms, 10, 60_000)?;
+        range(
+            "redis.delivery_lease_secs",
+            self.redis.delivery_lease_secs,
+            1,
+            86_400,
+        )?;
         range("shutdown_drain_secs", self.shutdown_drain_secs, 0, 3600)?;
         range("history.size", self.history.size, 1, 1_000_000)?;
         range("history.ttl_secs", self.history.ttl_secs, 1, 365 * 86400)?;
@@ -662,6 +731,40 @@ mod tests {
     }
 
     #[test]
+    fn redis_passwords_are_redacted_and_urls_validated() {
+        assert_eq!(
+            redact_url_password("redis://:hunter2@db:6379/0"),
+            "redis://:<redacted>@db:6379/0"
+        );
+        assert_eq!(
+            redact_url_password("redis://app:hunter2@db/1"),
+            "redis://app:<redacted>@db/1"
+        );
+        assert_eq!(
+            redact_url_password("redis://db:6379/0"),
+            "redis://db:6379/0"
+        );
+        let c = Config::load(
+            None,
+            env(&[("SWITCHYARD_ENGINE", "redis://:hunter2@127.0.0.1:6379/2")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.engine(),
+            Engine::Redis("redis://:hunter2@127.0.0.1:6379/2".into())
+        );
+        assert!(!c.engine_redacted().contains("hunter2"));
+        let bad = Config::load(
+            None,
+            env(&[("SWITCHYARD_ENGINE", "rediss://:hunter2@x/0")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(!format!("{bad:#}").contains("hunter2"), "{bad:#}");
+    }
+
+    #[test]
     fn defaults_match_the_api_contract() {
         let c = Config::default();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
@@ -780,7 +883,9 @@ mod tests {
         assert!(err(&[("SWITCHYARD_NO_SUCH_KEY", "1")]).contains("no_such_key"));
         assert!(err(&[("SWITCHYARD_DEMO__DELAY_MS", "60001")]).contains("demo.delay_ms"));
         assert!(err(&[("SWITCHYARD_DEMO__WORKERS", "true")]).contains("workers"));
-        assert!(err(&[("SWITCHYARD_ENGINE", "redis://127.0.0.1:6379/0")]).contains("engine"));
+        assert!(err(&[("SWITCHYARD_ENGINE", "postgres://127.0.0.1/x")]).contains("engine"));
+        assert!(err(&[("SWITCHYARD_ENGINE", "rediss://127.0.0.1/0")]).contains("engine"));
+        assert!(err(&[("SWITCHYARD_REDIS__DELIVERY_LEASE_SECS", "0")]).contains("delivery_lease"));
         assert!(err(&[("SWITCHYARD_LISTEN", "nowhere")]).contains("listen"));
         let missing = Config::load(
             Some(std::path::Path::new("/no/such.toml")),

@@ -12,6 +12,7 @@
 //!   transports' entry.
 //! - [`auth`]: API keys and scopes, consumer JWTs, job tokens, rate limits.
 //! - [`demo`]: the optional built-in worker behind the `/demo` page (`demo.worker`).
+//! - `engine`: the embedded engine (SQLite + in-memory hub) or Redis, assembled.
 //! - [`server`]: the accept loop, connection limits and per-connection service.
 //! - [`shutdown`]: SIGINT / SIGTERM.
 //!
@@ -21,6 +22,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod demo;
+mod engine;
 pub mod hub;
 pub mod jobs;
 pub mod server;
@@ -42,9 +44,8 @@ use crate::{
     api::AppState,
     auth::{Auth, rate::RateLimiter},
     config::Config,
-    hub::{MemoryHub, memory::MemoryHubConfig},
+    engine::Engine,
     jobs::Jobs,
-    store::SqliteStore,
     webhooks::{Webhooks, dispatcher::Dispatcher},
 };
 
@@ -56,8 +57,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// and waits up to `shutdown_grace_secs` for them.
 ///
 /// # Errors
-/// When the store in `data_dir` cannot be opened, a credential in `[auth]` is bad, or no
-/// API key is configured and `listener` is not on a loopback address (open mode).
+/// When the store in `data_dir` (or Redis) cannot be opened, a credential in `[auth]` is
+/// bad, or no API key is configured and `listener` is not on a loopback address (open mode).
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -71,7 +72,8 @@ pub async fn run(
             "refusing to start in open mode on {local}: with no `auth.api_keys` anyone who reaches this address could publish, read and cancel jobs; set `auth.api_keys` (SWITCHYARD_AUTH__API_KEYS) or listen on a loopback address"
         );
     }
-    let auth = Arc::new(Auth::from_config(&config)?);
+    let mut engine = Engine::open(&config).await?;
+    let auth = Arc::new(Auth::from_config(&config, engine.job_tokens.clone())?);
     if auth.is_open() {
         tracing::warn!(
             %local,
@@ -80,33 +82,27 @@ pub async fn run(
     } else {
         tracing::info!(keys = auth.keys.len(), "API keys required");
     }
-    let store = SqliteStore::open(&config.data_dir)?;
-    let hub = Arc::new(MemoryHub::new(
-        MemoryHubConfig {
-            history_size: config.history.size,
-            history_ttl: Duration::from_secs(config.history.ttl_secs),
-            max_channels: config.limits.max_channels,
-        },
-        Some(Arc::clone(&store) as _),
-    ));
-    // Committed job events reach the hub in commit order, straight from the writer.
-    let hub_for_store = Arc::clone(&hub);
-    store.start(Box::new(move |channel, event| {
-        hub_for_store.append_stored(channel, event)
-    }));
-    let store_stats = Arc::clone(&store.stats);
-    let prune_store: Arc<dyn store::Store> = Arc::clone(&store) as _;
-    let outbox_ready = Arc::clone(&store.outbox_ready);
+    let hub = Arc::clone(&engine.bus);
+    let store_stats = Arc::clone(&engine.store_stats);
+    let prune_store = Arc::clone(&engine.store);
     let webhooks = Arc::new(Webhooks::new(
-        Arc::clone(&store) as _,
+        Arc::clone(&engine.webhook_store),
         config.webhooks.clone(),
     ));
     let dispatcher = Arc::new(Dispatcher::new(
-        Arc::clone(&store) as _,
+        Arc::clone(&engine.webhook_store),
         config.webhooks.clone(),
-        outbox_ready,
+        Arc::clone(&engine.outbox_ready),
     )?);
-    let jobs = Arc::new(Jobs::new(store, Arc::clone(&hub) as _, config.jobs.clone()));
+    let mut jobs = Jobs::new(
+        Arc::clone(&engine.store),
+        Arc::clone(&hub) as _,
+        config.jobs.clone(),
+    );
+    if let Some(claimable) = &engine.claimable {
+        jobs = jobs.with_claimable_signal(Arc::clone(claimable));
+    }
+    let jobs = Arc::new(jobs);
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let consumers = Arc::new(Context {
@@ -145,16 +141,18 @@ pub async fn run(
         auth,
     });
 
+    let engine_tasks = engine.spawn_tasks(&token);
     let sweeper = {
         let token = token.clone();
         let sweep_state = Arc::clone(&state);
+        let sweep_hub = engine.sweep;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
             loop {
                 tokio::select! {
                     () = token.cancelled() => return,
                     _ = tick.tick() => {
-                        hub.sweep();
+                        sweep_hub();
                         let now = std::time::Instant::now();
                         sweep_state.ip_limiter.sweep(now);
                         sweep_state.key_limiter.sweep(now);
@@ -184,7 +182,7 @@ pub async fn run(
 
     tracing::info!(
         listen = %listener.local_addr()?,
-        engine = %config.engine,
+        engine = %config.engine_redacted(),
         data_dir = %config.data_dir.display(),
         "switchyard listening"
     );
@@ -210,6 +208,9 @@ pub async fn run(
     let _ = lease_sweeper.await;
     let _ = dispatch.await;
     let _ = pruner.await;
+    for task in engine_tasks {
+        let _ = task.await;
+    }
     if let Some(worker) = demo_worker {
         let _ = worker.await;
     }

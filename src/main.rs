@@ -100,6 +100,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn toml_string(config: &Config) -> anyhow::Result<String> {
     let shown = Config {
         auth: config.auth.redacted(),
+        engine: config.engine_redacted(),
         ..config.clone()
     };
     toml::to_string_pretty(&shown).context("cannot print the configuration")

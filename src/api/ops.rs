@@ -27,9 +27,17 @@ pub async fn readyz(state: &AppState) -> Reply {
             format!("the store does not answer: {e}"),
         );
     }
+    if let Err(e) = state.bus.ready().await {
+        return error(ErrorCode::Unavailable, format!("the hub is not ready: {e}"));
+    }
+    // The kind of engine only: a Redis URL may carry a password.
+    let engine = match state.config.engine() {
+        crate::config::Engine::Embedded => "embedded",
+        crate::config::Engine::Redis(_) => "redis",
+    };
     json(
         StatusCode::OK,
-        &serde_json::json!({"status": "ready", "engine": state.config.engine}),
+        &serde_json::json!({"status": "ready", "engine": engine}),
     )
 }
 

@@ -18,6 +18,7 @@ pub const PREFIX: &str = "jt1.";
 pub const KEY_FILE: &str = "job-token.key";
 
 /// Issues and checks job tokens.
+#[derive(Clone)]
 pub struct JobTokens {
     key: hmac::Key,
 }
@@ -49,7 +50,7 @@ impl JobTokens {
         Ok(Self::from_key(&key))
     }
 
-    /// With a given key (tests).
+    /// With a given key (tests, and the Redis engine's key shared by every node).
     pub fn from_key(key: &[u8]) -> Self {
         Self {
             key: hmac::Key::new(hmac::HMAC_SHA256, key),

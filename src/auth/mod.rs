@@ -116,19 +116,18 @@ pub struct Auth {
 }
 
 impl Auth {
-    /// Builds the credentials from `[auth]` (the job token key lives in the data directory).
+    /// Builds the credentials from `[auth]`, signing job tokens with `job_tokens` (its key
+    /// lives in the data directory, or in Redis, shared by every node).
     ///
     /// # Errors
-    /// A bad key entry, JWT secret or public key, or an unreadable job token key.
-    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+    /// A bad key entry, JWT secret or public key.
+    pub fn from_config(config: &Config, job_tokens: JobTokens) -> anyhow::Result<Self> {
         let keys = ApiKeys::parse(&config.auth.api_keys)?;
         let jwt = jwt_verifier(&config.auth)?;
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating {}", config.data_dir.display()))?;
         Ok(Self {
             keys,
             jwt,
-            job_tokens: JobTokens::open(&config.data_dir)?,
+            job_tokens,
         })
     }
 

@@ -85,6 +85,12 @@ pub trait Bus: Hub {
 
     /// Events published since start.
     fn published_count(&self) -> u64;
+
+    /// Checks that the hub can serve (for `/readyz`): always, in memory; Redis answering
+    /// and this node's pub/sub connection up, on Redis.
+    fn ready(&self) -> BoxFuture<'_, Result<(), HubError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// The RFC 3339 UTC time with milliseconds, as envelopes carry it.

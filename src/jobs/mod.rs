@@ -24,8 +24,9 @@ pub struct Jobs {
     store: Arc<dyn Store>,
     hub: Arc<dyn Hub>,
     config: JobsConfig,
-    /// Woken when a job becomes claimable (submitted or requeued).
-    claimable: Notify,
+    /// Woken when a job becomes claimable (submitted or requeued), here or, with the
+    /// Redis engine, on another node.
+    claimable: Arc<Notify>,
     /// Bounds payload bytes held in memory by submits in progress.
     inflight: Arc<Semaphore>,
 }
@@ -74,9 +75,16 @@ impl Jobs {
             store,
             hub,
             config,
-            claimable: Notify::new(),
+            claimable: Arc::new(Notify::new()),
             inflight,
         }
+    }
+
+    /// Claims also wake when `claimable` fires (the Redis engine's cross-node signal).
+    #[must_use]
+    pub fn with_claimable_signal(mut self, claimable: Arc<Notify>) -> Self {
+        self.claimable = claimable;
+        self
     }
 
     /// The store behind the jobs.

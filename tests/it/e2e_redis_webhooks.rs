@@ -69,6 +69,19 @@ fn outcome(
     }
 }
 
+/// Marks an event for routing, as the append scripts do when it is published.
+async fn mark(redis: &RedisServer, channel: &str, offset: u64) {
+    let _: i64 = redis
+        .query(
+            redis::cmd("ZADD")
+                .arg("sy:wh:unrouted")
+                .arg(0)
+                .arg(format!("{channel}\n{offset}")),
+        )
+        .await
+        .unwrap();
+}
+
 /// Enqueues `n` events of `orders/1` for `ep`, one per millisecond from `at`.
 async fn enqueue_n(s: &RedisStore, ep: &str, n: u64, at: i64) {
     for i in 0..n {
@@ -81,6 +94,7 @@ async fn enqueue_n(s: &RedisStore, ep: &str, n: u64, at: i64) {
                 "order.paid",
                 body.as_bytes(),
                 at + i as i64,
+                None,
             )
             .await
             .unwrap();
@@ -167,13 +181,23 @@ async fn enqueue_matches_filters_and_follows_endpoint_changes_from_any_node() {
         .await
         .unwrap();
     let n = |ch: &'static str, ty: &'static str| {
-        let (a, body) = (&a, body.clone());
-        async move { a.enqueue(ch.into(), 1, ty.into(), body).await.unwrap() }
+        let (a, body, redis) = (&a, body.clone(), &redis);
+        async move {
+            mark(redis, ch, 1).await;
+            a.enqueue(ch.into(), 1, ty.into(), body).await.unwrap()
+        }
     };
     assert_eq!(
         n("orders/1", "order.paid").await,
         1,
         "another node's endpoint"
+    );
+    assert_eq!(
+        a.enqueue("orders/1".into(), 1, "order.paid".into(), body.clone())
+            .await
+            .unwrap(),
+        0,
+        "a routed event is not routed again"
     );
     assert_eq!(n("orders/1", "order.shipped").await, 0, "type filter");
     assert_eq!(n("users/1", "order.paid").await, 0, "channel filter");
@@ -190,6 +214,7 @@ async fn enqueue_matches_filters_and_follows_endpoint_changes_from_any_node() {
             "t",
             b"{}",
             T0,
+            None,
         )
         .await
         .unwrap();
@@ -367,6 +392,7 @@ async fn a_disabled_endpoint_keeps_its_deliveries_pending_but_unsent() {
         .map(|d| d.status)
         .collect();
     assert_eq!(statuses, ["pending", "pending", "pending"]);
+    mark(&redis, "orders/1", 9).await;
     assert_eq!(
         s.enqueue("orders/1".into(), 9, "t".into(), Bytes::from_static(b"{}"))
             .await

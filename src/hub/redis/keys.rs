@@ -10,6 +10,10 @@ use switchyard_protocol::ChannelName;
 /// Prefix of every key and topic this hub writes.
 pub(crate) const PREFIX: &str = "sy:";
 
+/// The pub/sub topic of cross-node wake-ups (`jobs`, `outbox`), published by the store's
+/// scripts (which spell it out: keep them in step).
+pub(crate) const SIGNALS: &str = "sy:signals";
+
 /// The channel's history: a stream whose entry ids are `{offset}-0`.
 pub(crate) fn history(channel: &ChannelName) -> String {
     format!("{PREFIX}{{{channel}}}:h")
@@ -56,5 +60,11 @@ mod tests {
         assert_eq!(channel_of_live(&live(&c)), Some(c));
         assert_eq!(channel_of_live("sy:{a}:h"), None);
         assert_eq!(channel_of_live("other"), None);
+        assert_eq!(channel_of_live(SIGNALS), None);
+        // The scripts write these names literally.
+        let prelude = super::super::scripts::PRELUDE;
+        assert!(prelude.contains(&format!("'{SIGNALS}'")));
+        assert!(prelude.contains(&format!("'{PREFIX}wh:endpoints'")));
+        assert!(prelude.contains(&format!("'{PREFIX}wh:unrouted'")));
     }
 }

@@ -154,7 +154,15 @@ async fn serve(
         }
         subscribed.extend(batch.iter().cloned());
     }
+    if !matches!(
+        tokio::time::timeout(timeout, sink.subscribe(keys::SIGNALS)).await,
+        Ok(Ok(()))
+    ) {
+        return End::Lost;
+    }
     inner.set_live(true);
+    // Wake-ups published while no connection was up reached nobody here.
+    inner.signals.fire_all();
     // Events published while no connection was up reached nobody here: deliver the gaps.
     let positions = inner.table().positions();
     for (channel, known) in positions {
@@ -224,6 +232,10 @@ async fn ensure(
 }
 
 async fn on_message(inner: &Inner, msg: &redis::Msg) {
+    if msg.get_channel_name() == keys::SIGNALS {
+        inner.signals.fire(msg.get_payload_bytes());
+        return;
+    }
     let Some(channel) = keys::channel_of_live(msg.get_channel_name()) else {
         return;
     };

@@ -131,6 +131,33 @@ pub(crate) async fn connection_manager(
     .map_err(|e| ConnectError::Unreachable(e.to_string()))
 }
 
+/// Cross-node wake-ups carried on the [`keys::SIGNALS`] topic, which the store's scripts
+/// publish to: a submit or requeue on any node wakes claims waiting on every node, and new
+/// due deliveries (or an endpoint change) wake every node's dispatcher. After the pub/sub
+/// connection is (re)established both fire, since signals may have been missed meanwhile.
+#[derive(Debug, Default)]
+pub struct Signals {
+    /// A job became claimable.
+    pub jobs: Arc<Notify>,
+    /// Webhook deliveries became due or an endpoint changed.
+    pub outbox: Arc<Notify>,
+}
+
+impl Signals {
+    fn fire(&self, what: &[u8]) {
+        match what {
+            b"jobs" => self.jobs.notify_waiters(),
+            b"outbox" => self.outbox.notify_one(),
+            _ => {}
+        }
+    }
+
+    fn fire_all(&self) {
+        self.jobs.notify_waiters();
+        self.outbox.notify_one();
+    }
+}
+
 /// The state shared by the hub's handle and its listener task.
 struct Inner {
     table: Mutex<Table>,
@@ -144,6 +171,7 @@ struct Inner {
     /// Wakes the listener to unsubscribe topics no local subscriber needs any more.
     dirty: Notify,
     published: AtomicU64,
+    signals: Signals,
 }
 
 impl Inner {
@@ -247,6 +275,7 @@ impl RedisHub {
             live_up: AtomicBool::new(false),
             dirty: Notify::new(),
             published: AtomicU64::new(0),
+            signals: Signals::default(),
         });
         let (control_tx, control_rx) = mpsc::channel(CONTROL_CAPACITY);
         let stop = CancellationToken::new();
@@ -279,6 +308,11 @@ impl RedisHub {
             ));
         }
         Ok(())
+    }
+
+    /// The cross-node wake-ups this node's listener receives.
+    pub fn signals(&self) -> &Signals {
+        &self.inner.signals
     }
 
     /// Drops closed sinks and releases topics nobody here needs; call it periodically.
@@ -381,6 +415,17 @@ impl Drop for PendingGuard<'_> {
             self.inner.dirty.notify_one();
         }
     }
+}
+
+/// An event rebuilt from one history stream entry (`[id, [field, value, ...]]`) of
+/// `channel` in `epoch`, byte for byte the envelope every node serves (for the webhook
+/// router, which reads events back from history).
+pub(crate) fn event_from_entry(
+    channel: &ChannelName,
+    epoch: u64,
+    entry: &redis::Value,
+) -> Option<Arc<Event>> {
+    scripts::entry(entry)?.into_event(channel, epoch)
 }
 
 /// `jobs/*` channels belong to the job store ([`crate::store::redis`] appends their events
@@ -524,5 +569,9 @@ impl Bus for RedisHub {
 
     fn published_count(&self) -> u64 {
         self.inner.published.load(Ordering::Relaxed)
+    }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), HubError>> {
+        self.ping().boxed()
     }
 }

@@ -66,10 +66,27 @@ local function trim_age(stream, cutoff)
   end
   if last_old then redis.call('XTRIM', stream, 'MINID', fmt(last_old + 1) .. '-0') end
 end
+-- While any webhook endpoint exists, every new event is marked for the webhook router
+-- (`sy:wh:unrouted`, scored by when a router may take it): the event and the promise of its
+-- deliveries commit together (see store::redis::router).
+local function mark_unrouted(channel, offset, at)
+  if redis.call('EXISTS', 'sy:wh:endpoints') == 1 then
+    redis.call('ZADD', 'sy:wh:unrouted', at, channel .. '\n' .. fmt(offset))
+  end
+end
+-- Wakes every node's waiters of a kind (`jobs`: claimable work; `outbox`: deliveries due).
+local function signal(what)
+  redis.call('PUBLISH', 'sy:signals', what)
+end
 "#;
 
+/// Milliseconds a publish's webhook mark waits for its publishing node, which routes it
+/// inline, before any node's router takes it (the node died or Redis failed in between).
+pub(crate) const PUBLISH_ROUTE_GRACE_MS: u64 = 2000;
+
 /// KEYS: meta, history, [idempotency key]. ARGV: epoch for a new history, type, time,
-/// data, history size, history TTL (ms), key lifetime (s), live topic, idempotency TTL (s).
+/// data, history size, history TTL (ms), key lifetime (s), live topic, idempotency TTL (s),
+/// channel name, webhook route grace (ms).
 /// Returns `{'new', epoch, offset}`, `{'seen', epoch, offset}` or `{'conflict'}`.
 const APPEND: &str = r#"
 local meta, stream, idem = KEYS[1], KEYS[2], KEYS[3]
@@ -89,6 +106,7 @@ local now = now_ms()
 redis.call('XADD', stream, 'MAXLEN', ARGV[5], fmt(offset) .. '-0',
   'ty', ARGV[2], 'tm', ARGV[3], 'ms', fmt(now), 'd', ARGV[4])
 trim_age(stream, now - tonumber(ARGV[6]))
+mark_unrouted(ARGV[10], offset, now + tonumber(ARGV[11]))
 if idem then
   redis.call('SET', idem, digest .. ' ' .. epoch .. ' ' .. fmt(offset), 'NX', 'EX', ARGV[9])
 end
@@ -228,7 +246,8 @@ fn number(v: &Value) -> Option<u64> {
     }
 }
 
-fn entry(v: &Value) -> Option<Parts> {
+/// One history stream entry (`[id, [field, value, ...]]`) as its parts.
+pub(super) fn entry(v: &Value) -> Option<Parts> {
     let Value::Array(pair) = v else { return None };
     let [id, Value::Array(fields)] = pair.as_slice() else {
         return None;
@@ -288,7 +307,9 @@ impl Scripts {
             .arg(bounds.history_ttl_ms)
             .arg(bounds.key_lifetime_secs)
             .arg(keys::live(channel))
-            .arg(IDEMPOTENCY_TTL_SECS);
+            .arg(IDEMPOTENCY_TTL_SECS)
+            .arg(channel.as_str())
+            .arg(PUBLISH_ROUTE_GRACE_MS);
         let reply: Value = call.invoke_async(conn).await?;
         let Value::Array(items) = reply else {
             return Err(malformed("append: not an array"));

@@ -44,15 +44,17 @@
 
 mod keys;
 mod reply;
+pub(crate) mod router;
 mod scripts;
 mod webhook_scripts;
 pub mod webhooks;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use redis::{Value, aio::ConnectionManager};
+use tokio::sync::Notify;
 
 use self::{
     keys::JobKeys,
@@ -117,6 +119,9 @@ pub struct RedisStore {
     webhook_filters: webhooks::FilterCache,
     /// Random per store: marks the webhook deliveries this node's dispatcher leased.
     node_token: String,
+    /// Wakes this node's webhook router ([`router::run`]) after a job operation, whose
+    /// event the script may have marked for routing.
+    route_wake: Arc<Notify>,
     config: RedisStoreConfig,
 }
 
@@ -181,8 +186,54 @@ impl RedisStore {
             webhook_scripts: webhook_scripts::WebhookScripts::new(),
             webhook_filters: webhooks::FilterCache::new(),
             node_token: random_token(),
+            route_wake: Arc::new(Notify::new()),
             config,
         })
+    }
+
+    /// The notifier that wakes this store's webhook router (for [`router::run`]).
+    pub(crate) fn route_wake(&self) -> Arc<Notify> {
+        Arc::clone(&self.route_wake)
+    }
+
+    /// The key job tokens are signed with, shared by every node: created by the first node
+    /// that asks (32 random bytes, hex), read by the others.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached or holds something else under the key.
+    pub async fn shared_job_token_key(&self) -> Result<Vec<u8>, StoreError> {
+        let key = format!("{}job-token-key", crate::hub::redis::keys::PREFIX);
+        let mut conn = self.conn.clone();
+        let _: Value = self
+            .timed(
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(random_token() + &random_token())
+                    .arg("NX")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let hex: String = self
+            .timed(redis::cmd("GET").arg(&key).query_async(&mut conn))
+            .await?;
+        let bytes: Option<Vec<u8>> = (0..hex.len())
+            .step_by(2)
+            .map(|i| {
+                hex.get(i..i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            })
+            .collect();
+        bytes
+            .filter(|b| b.len() == 32)
+            .ok_or_else(|| StoreError::Unavailable(format!("{key} does not hold 64 hex digits")))
+    }
+
+    /// Job events may have been marked for webhooks: let the router look (only worth a
+    /// round trip while some endpoint exists).
+    fn job_event_appended(&self) {
+        if self.webhook_filters.any_endpoints() {
+            self.route_wake.notify_one();
+        }
     }
 
     /// Runs one Redis operation within `op_timeout`.
@@ -209,8 +260,11 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         let reply = self
             .timed(self.scripts.run(&mut conn, op, &on.common(), extra))
-            .await?;
-        split(reply)
+            .await;
+        if !matches!(op, Op::Prune) {
+            self.job_event_appended();
+        }
+        split(reply?)
     }
 
     /// Up to `count` ids of an index scored at most `max` (`(x` excludes `x`), lowest first.

@@ -23,6 +23,7 @@ local function append_event(ty, data)
   local epoch = open_history(meta, stream, new_epoch)
   local offset = redis.call('HINCRBY', meta, 'last', 1)
   redis.call('XADD', stream, fmt(offset) .. '-0', 'ty', ty, 'tm', time, 'ms', fmt(now_ms()), 'd', data)
+  mark_unrouted('jobs/' .. id, offset, tonumber(now))
   redis.call('PUBLISH', live, epoch .. ' ' .. fmt(offset) .. ' ' .. fmt(#ty) .. ' ' .. fmt(#time)
     .. '\n' .. ty .. time .. data)
 end
@@ -47,6 +48,7 @@ local function requeue(attempts, reason, err)
   redis.call('HDEL', job, 'lease', 'lease_expires_at')
   redis.call('ZREM', leases, id)
   redis.call('ZADD', queue, now, id)
+  signal('jobs')
   local data = '{"status":"queued","attempts":' .. attempts .. ',"reason":"' .. reason .. '"'
   if err then data = data .. ',"error":' .. err end
   append_event('job.queued', data .. '}')
@@ -75,6 +77,7 @@ if idem then
   redis.call('SET', idem, ARGV[8] .. ' ' .. id)
 end
 redis.call('ZADD', queue, now, id)
+signal('jobs')
 append_event('job.queued', '{"status":"queued","attempts":0}')
 -- A subscriber may have opened the channel before the job existed (with an expiry).
 redis.call('PERSIST', meta)

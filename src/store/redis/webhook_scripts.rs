@@ -12,6 +12,8 @@ use redis::Script;
 const PRELUDE: &str = r#"
 local P = table.remove(ARGV, 1)
 local index, finished, version = P .. 'endpoints', P .. 'finished', P .. 'version'
+local unrouted = P .. 'unrouted'
+local function signal(what) redis.call('PUBLISH', 'sy:signals', what) end
 local function ep_key(id) return P .. 'ep:' .. id end
 local function d_key(id) return P .. 'd:' .. id end
 local function log_key(id) return P .. 'log:' .. id end
@@ -32,6 +34,7 @@ redis.call('DEL', k)
 redis.call('HSET', k, unpack(ARGV, 4))
 redis.call('ZADD', index, created, id)
 redis.call('INCR', version)
+signal('outbox')
 return {'ok'}
 "#;
 
@@ -60,16 +63,16 @@ end
 return {redis.call('GET', version) or '0', out}
 "#;
 
-/// ARGV: channel, offset, event type, body (the envelope), now, then `endpoint id,
-/// delivery id` pairs. Creates one pending delivery per endpoint that still exists and is
-/// enabled. Returns how many.
-///
-/// Phase 2c may append this body to the hub's append script (see the module docs of
-/// [`super::webhooks`]); it reads only its own arguments and the endpoint hashes.
+/// ARGV: channel, offset, event type, body (the envelope), now, the event's mark in
+/// `unrouted` (`''`: none), then `endpoint id, delivery id` pairs. With a mark, does
+/// nothing unless the mark is still there (it is removed): an event is routed once, by
+/// whichever node gets there first. Creates one pending delivery per endpoint that still
+/// exists and is enabled. Returns how many.
 pub(super) const ENQUEUE: &str = r#"
-local channel, offset, ty, body, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local channel, offset, ty, body, now, mark = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if mark ~= '' and redis.call('ZREM', unrouted, mark) == 0 then return 0 end
 local n = 0
-for i = 6, #ARGV, 2 do
+for i = 7, #ARGV, 2 do
   local ep, id = ARGV[i], ARGV[i + 1]
   if redis.call('HGET', ep_key(ep), 'enabled') == '1' then
     redis.call('HSET', d_key(id), 'endpoint', ep, 'channel', channel, 'offset', offset,
@@ -80,7 +83,32 @@ for i = 6, #ARGV, 2 do
     n = n + 1
   end
 end
+if n > 0 then signal('outbox') end
 return n
+"#;
+
+/// ARGV: now, limit, when a taken mark may be taken again. Takes up to `limit` marks of
+/// `unrouted` due at `now` (re-scoring them, so no other router takes them meanwhile) and
+/// returns `{{mark, channel, epoch, offset, entry}, ...}` with each event's history entry,
+/// or `{mark}` for an event no longer in history (its mark is dropped).
+const TAKE_UNROUTED: &str = r#"
+local out = {}
+for _, mark in ipairs(redis.call('ZRANGE', unrouted, '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[2]))) do
+  local channel, offset = string.match(mark, '^(.*)\n(%d+)$')
+  local epoch, entry
+  if channel then
+    epoch = redis.call('HGET', 'sy:{' .. channel .. '}:meta', 'epoch')
+    entry = redis.call('XRANGE', 'sy:{' .. channel .. '}:h', offset .. '-0', offset .. '-0')[1]
+  end
+  if epoch and entry then
+    redis.call('ZADD', unrouted, 'XX', ARGV[3], mark)
+    table.insert(out, {mark, channel, epoch, offset, entry})
+  else
+    redis.call('ZREM', unrouted, mark)
+    table.insert(out, {mark})
+  end
+end
+return out
 "#;
 
 /// ARGV: now. For each enabled endpoint: `{id, updated_at, has_due (0/1), first pending
@@ -212,6 +240,7 @@ if redis.call('HGET', d, 'endpoint') ~= ep then return 0 end
 redis.call('HSET', d, 'status', 'pending', 'next_attempt_at', now, 'updated_at', now)
 redis.call('ZREM', finished, id)
 if not redis.call('HGET', d, 'lease') then redis.call('ZADD', pending_key(ep), now, id) end
+signal('outbox')
 return 1
 "#;
 
@@ -261,6 +290,7 @@ pub(super) struct WebhookScripts {
     pub(super) retry: Script,
     pub(super) deliveries: Script,
     pub(super) prune: Script,
+    pub(super) take_unrouted: Script,
 }
 
 impl std::fmt::Debug for WebhookScripts {
@@ -283,6 +313,7 @@ impl WebhookScripts {
             retry: script(RETRY),
             deliveries: script(DELIVERIES),
             prune: script(PRUNE),
+            take_unrouted: script(TAKE_UNROUTED),
         }
     }
 }

@@ -70,7 +70,7 @@
 //!   set that this enqueue removes and a sweeper re-enqueues from after a grace period,
 //!   which makes it at-least-once again.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
@@ -94,7 +94,7 @@ use crate::{
 const PRUNE_BATCH: isize = 1000;
 
 /// The key prefix of the webhook store.
-fn prefix() -> String {
+pub(super) fn prefix() -> String {
     format!("{PREFIX}wh:")
 }
 
@@ -115,6 +115,9 @@ pub(super) struct FilterCache {
     filters: Filters,
     /// The `version` key's value when `filters` was loaded; -1 before the first load.
     version: AtomicI64,
+    /// Whether any endpoint (enabled or not) existed at that version: only then do the
+    /// scripts mark events for the router, so only then is waking it worth a round trip.
+    any: AtomicBool,
 }
 
 impl FilterCache {
@@ -122,8 +125,25 @@ impl FilterCache {
         Self {
             filters: Filters::default(),
             version: AtomicI64::new(-1),
+            // Until the first load, assume there may be work.
+            any: AtomicBool::new(true),
         }
     }
+
+    /// The enabled endpoints (as last loaded) that want this event.
+    pub(super) fn matching(&self, channel: &str, event_type: &str) -> Vec<String> {
+        self.filters.matching(channel, event_type)
+    }
+
+    /// Whether an endpoint existed when the filters were last loaded.
+    pub(super) fn any_endpoints(&self) -> bool {
+        self.any.load(Ordering::Acquire)
+    }
+}
+
+/// An event's mark in `unrouted`: `{channel}\n{offset}`, as the append scripts write it.
+pub(super) fn route_mark(channel: &str, offset: u64) -> String {
+    format!("{channel}\n{offset}")
 }
 
 fn opt_text(v: Option<&Value>) -> Option<String> {
@@ -297,6 +317,13 @@ impl RedisStore {
         channel: &str,
         event_type: &str,
     ) -> Result<Vec<String>, StoreError> {
+        self.refresh_filters().await?;
+        Ok(self.webhook_filters.filters.matching(channel, event_type))
+    }
+
+    /// Reloads this node's copy of the endpoints' filters if any endpoint changed since it
+    /// was loaded (one `GET` otherwise).
+    pub(super) async fn refresh_filters(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let version: Option<i64> = self
             .timed(
@@ -308,6 +335,7 @@ impl RedisStore {
         let cache = &self.webhook_filters;
         if cache.version.load(Ordering::Acquire) != version.unwrap_or(0) {
             let (version, endpoints) = self.list_all_endpoints().await?;
+            cache.any.store(!endpoints.is_empty(), Ordering::Release);
             let filters = endpoints
                 .into_iter()
                 .filter(|e| e.enabled)
@@ -324,16 +352,17 @@ impl RedisStore {
             cache.filters.replace(filters);
             cache.version.store(version, Ordering::Release);
         }
-        Ok(cache.filters.matching(channel, event_type))
+        Ok(())
     }
 
     /// Records one pending delivery of an event per endpoint in `endpoints` that exists and
-    /// is enabled, in one atomic step (all or none); returns how many. The publish path of
-    /// phase 2c calls this (or runs its script inside the append script): see the module
-    /// docs.
+    /// is enabled, in one atomic step (all or none); returns how many. With `mark` (the
+    /// event's [`route_mark`]), only if the mark is still unrouted, and it is removed: each
+    /// marked event is routed once, whichever node routes it (see the module docs).
     ///
     /// # Errors
     /// When Redis cannot be reached.
+    #[allow(clippy::too_many_arguments)]
     pub async fn enqueue_to(
         &self,
         endpoints: &[String],
@@ -342,8 +371,9 @@ impl RedisStore {
         event_type: &str,
         body: &[u8],
         now_ms: i64,
+        mark: Option<&str>,
     ) -> Result<usize, StoreError> {
-        if endpoints.is_empty() {
+        if endpoints.is_empty() && mark.is_none() {
             return Ok(0);
         }
         let mut args: Vec<Vec<u8>> = vec![
@@ -352,6 +382,7 @@ impl RedisStore {
             event_type.into(),
             body.to_vec(),
             now_ms.to_string().into(),
+            mark.unwrap_or_default().into(),
         ];
         for ep in endpoints {
             args.push(ep.clone().into());
@@ -595,6 +626,9 @@ impl WebhookStore for RedisStore {
         self.remove_endpoint(id).boxed()
     }
 
+    /// Routes a just-published event inline: its append script marked it (when any
+    /// endpoint existed), and this removes the mark as it records the deliveries; a node
+    /// that dies before this leaves the mark to another node's router.
     fn enqueue(
         &self,
         channel: String,
@@ -604,8 +638,20 @@ impl WebhookStore for RedisStore {
     ) -> BoxFuture<'_, Result<usize, StoreError>> {
         async move {
             let endpoints = self.matching_endpoints(&channel, &event_type).await?;
-            self.enqueue_to(&endpoints, &channel, offset, &event_type, &body, now_ms())
-                .await
+            if !self.webhook_filters.any_endpoints() {
+                return Ok(0);
+            }
+            let mark = route_mark(&channel, offset);
+            self.enqueue_to(
+                &endpoints,
+                &channel,
+                offset,
+                &event_type,
+                &body,
+                now_ms(),
+                Some(&mark),
+            )
+            .await
         }
         .boxed()
     }
