@@ -546,7 +546,7 @@ class WsConnection {
       this.#frame(frame);
     };
     ws.onclose = (e) => {
-      const answered = e.code >= 4000 || e.code === 1001;
+      const answered = e.code >= 4000 || e.code === 1001 || e.code === 1013;
       this.#end({ opened: this.#opened, answered, code: e.code, reason: e.reason || `closed (${e.code})` });
     };
   }

@@ -66,7 +66,7 @@ async fn try_publish(
 async fn next(inbox: &mut Inbox) -> Arc<Event> {
     match within("a live event", inbox.recv()).await {
         Received::Event(e) => e,
-        Received::Overflowed => panic!("the inbox was disconnected"),
+        other => panic!("the inbox was disconnected: {other:?}"),
     }
 }
 
@@ -346,7 +346,7 @@ async fn without_redis_publishes_fail_and_after_an_empty_restart_subscribers_are
     // A's subscriber followed the old history: it is disconnected, to resume with a reset.
     assert!(matches!(
         within("the old subscriber to be disconnected", inbox.recv()).await,
-        Received::Overflowed
+        Received::Interrupted
     ));
     let old = position(&before.cursor, channel.as_str());
     let (sink, mut inbox) = new_pair(64, None);

@@ -120,7 +120,7 @@ async fn subscribe(hub: &RedisHub, id: &str, from: StartFrom) -> (Sink, Inbox, V
 async fn next(inbox: &mut Inbox) -> Arc<Event> {
     match within("a live job event", inbox.recv()).await {
         Received::Event(e) => e,
-        Received::Overflowed => panic!("the inbox was disconnected"),
+        other => panic!("the inbox was disconnected: {other:?}"),
     }
 }
 

@@ -35,6 +35,8 @@ struct Shared {
     /// The inbox's task, woken by a push or an overflow.
     waker: AtomicWaker,
     overflowed: AtomicBool,
+    /// The "overflow" was [`Sink::disconnect`]: the hub interrupted the feed.
+    interrupted: AtomicBool,
     /// Wakes [`OverflowSignal::wait`] (which runs while the inbox is borrowed).
     overflow_notify: Notify,
     /// Fired too, so the connection's owner can close a consumer whose session is not
@@ -56,6 +58,15 @@ impl Shared {
 
     fn is_overflowed(&self) -> bool {
         self.overflowed.load(Ordering::Acquire)
+    }
+
+    /// Why the stream ended, once it did.
+    fn ended(&self) -> Received {
+        if self.interrupted.load(Ordering::Acquire) {
+            Received::Interrupted
+        } else {
+            Received::Overflowed
+        }
     }
 
     fn pop(&self) -> Option<Arc<Event>> {
@@ -106,7 +117,9 @@ impl Sink {
     /// resumes from its cursor), for a hub that can no longer promise it a gap-free stream:
     /// its live feed was interrupted and the events it missed are no longer retained, or
     /// the channel's history changed epoch. Its resubscription then reports the `reset`.
+    /// The consumer is told [`Received::Interrupted`], not that it was too slow.
     pub fn disconnect(&self) {
+        self.shared.interrupted.store(true, Ordering::Release);
         self.shared.overflow();
     }
 
@@ -123,6 +136,9 @@ pub enum Received {
     Event(Arc<Event>),
     /// The inbox overflowed: the consumer is too slow and must be disconnected.
     Overflowed,
+    /// The hub interrupted the feed ([`Sink::disconnect`]): the consumer must reconnect
+    /// and resume from its cursor (getting a `reset` if events were lost).
+    Interrupted,
 }
 
 /// One consumer connection's bounded queue of live events, for all its channels.
@@ -139,6 +155,7 @@ pub fn new_pair(capacity: usize, abort: Option<CancellationToken>) -> (Sink, Inb
         capacity: capacity.max(1),
         waker: AtomicWaker::new(),
         overflowed: AtomicBool::new(false),
+        interrupted: AtomicBool::new(false),
         overflow_notify: Notify::new(),
         abort,
         closed: AtomicBool::new(false),
@@ -159,7 +176,7 @@ impl Inbox {
         let shared = &*self.shared;
         poll_fn(|cx| {
             if shared.is_overflowed() {
-                return Poll::Ready(Received::Overflowed);
+                return Poll::Ready(shared.ended());
             }
             if let Some(event) = shared.pop() {
                 return Poll::Ready(Received::Event(event));
@@ -168,7 +185,7 @@ impl Inbox {
             // registration would otherwise find no waker to wake.
             shared.waker.register(cx.waker());
             if shared.is_overflowed() {
-                return Poll::Ready(Received::Overflowed);
+                return Poll::Ready(shared.ended());
             }
             match shared.pop() {
                 Some(event) => Poll::Ready(Received::Event(event)),
@@ -219,6 +236,11 @@ impl OverflowSignal {
             notified.await;
         }
     }
+
+    /// Whether the end was the hub's interruption rather than an overflow.
+    pub fn interrupted(&self) -> bool {
+        matches!(self.0.ended(), Received::Interrupted)
+    }
 }
 
 #[cfg(test)]
@@ -248,7 +270,7 @@ mod tests {
             while got.len() < 3 {
                 match inbox.recv().await {
                     Received::Event(e) => got.push(e.offset()),
-                    Received::Overflowed => panic!("overflowed"),
+                    other => panic!("{other:?}"),
                 }
             }
             got
@@ -282,6 +304,24 @@ mod tests {
             !sink.offer(&event(4)),
             "an overflowed sink takes nothing more"
         );
+    }
+
+    #[tokio::test]
+    async fn a_hub_disconnect_says_interrupted_not_overflowed() {
+        let (sink, mut inbox) = new_pair(4, None);
+        let signal = inbox.overflow_signal();
+        assert!(sink.offer(&event(1)));
+        sink.disconnect();
+        tokio::time::timeout(Duration::from_secs(5), signal.wait())
+            .await
+            .unwrap();
+        assert!(signal.interrupted());
+        assert!(matches!(inbox.recv().await, Received::Interrupted));
+        let (full, mut slow) = new_pair(1, None);
+        assert!(full.offer(&event(1)));
+        assert!(!full.offer(&event(2)));
+        assert!(!slow.overflow_signal().interrupted());
+        assert!(matches!(slow.recv().await, Received::Overflowed));
     }
 
     #[tokio::test]

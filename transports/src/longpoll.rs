@@ -76,7 +76,7 @@ pub async fn respond(ctx: Arc<Context>, parts: &Parts) -> Response<Body> {
             received = session.inbox.recv() => {
                 let mut next = match received {
                     Received::Event(e) => Some(e),
-                    Received::Overflowed => None,
+                    Received::Overflowed | Received::Interrupted => None,
                 };
                 while let Some(event) = next.take() {
                     if session.accept(&event) {

@@ -116,10 +116,17 @@ pub(crate) async fn respond<F: Framing>(
                     break;
                 }
                 received = session.inbox.recv() => {
-                    let Received::Event(first) = received else {
-                        ctx.metrics.slow_consumer(F::TRANSPORT);
-                        yield Ok(Frame::data(framing.goodbye(ErrorCode::SlowConsumer, "too slow to keep up; reconnect with your cursor")));
-                        break;
+                    let first = match received {
+                        Received::Event(first) => first,
+                        Received::Overflowed => {
+                            ctx.metrics.slow_consumer(F::TRANSPORT);
+                            yield Ok(Frame::data(framing.goodbye(ErrorCode::SlowConsumer, "too slow to keep up; reconnect with your cursor")));
+                            break;
+                        }
+                        Received::Interrupted => {
+                            yield Ok(Frame::data(framing.goodbye(ErrorCode::Unavailable, "the live feed was interrupted (the engine was unreachable, or the channel's history restarted); reconnect with your cursor")));
+                            break;
+                        }
                     };
                     let mut next = Some(first);
                     let mut n = 0;

@@ -31,6 +31,9 @@ use crate::{
 
 /// Close code sent to a client whose queue overflowed.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+/// Close code when the hub interrupted the live feed (Redis unreachable for longer than
+/// history covers, or a channel's history restarted): the standard "try again later".
+pub const CLOSE_INTERRUPTED: u16 = 1013;
 /// Close code sent when no valid `auth` frame arrived in time.
 pub const CLOSE_UNAUTHORIZED: u16 = 4001;
 /// Close code sent when the connection's token expired.
@@ -249,15 +252,20 @@ where
                 break end;
             }
             received = session.inbox.recv() => {
-                let Received::Event(first) = received else {
-                    ctx.metrics.slow_consumer(Transport::WebSocket);
-                    break End::Close(CLOSE_SLOW_CONSUMER, "slow_consumer");
+                let first = match received {
+                    Received::Event(first) => first,
+                    Received::Overflowed => break slow_consumer(&ctx),
+                    Received::Interrupted => break interrupted(),
                 };
                 let written = tokio::select! {
                     biased;
                     // A peer that stopped reading blocks the write; its queue overflowing
                     // meanwhile decides at once instead of after the send timeout.
-                    () = &mut overflowed => Err(slow_consumer(&ctx)),
+                    () = &mut overflowed => Err(if overflow.interrupted() {
+                        interrupted()
+                    } else {
+                        slow_consumer(&ctx)
+                    }),
                     r = write_events(&ctx, &mut session, &mut ws, first) => r,
                 };
                 if let Err(end) = written {
@@ -355,6 +363,12 @@ where
     }
     ctx.metrics.delivered(Transport::WebSocket, n as u64);
     flatten(timeout(send_timeout, ws.flush()).await, ctx)
+}
+
+/// The hub could not keep the feed gap-free (see [`Received::Interrupted`]): 1013 "try
+/// again later", and the client resumes from its cursor.
+fn interrupted() -> End {
+    End::Close(CLOSE_INTERRUPTED, "interrupted")
 }
 
 fn slow_consumer(ctx: &Context) -> End {

@@ -509,7 +509,7 @@ mod tests {
         t.caught_up(&ch(), Known { epoch: 7, last: 0 }, None);
         assert!(matches!(
             futures_util::FutureExt::now_or_never(inbox.recv()),
-            Some(Received::Overflowed)
+            Some(Received::Interrupted)
         ));
         let (sink, mut inbox) = new_pair(16, None);
         let ticket = t.begin(&ch(), sink.id(), 10).unwrap();
@@ -517,7 +517,7 @@ mod tests {
         t.dispatch(&ev(8, 1));
         assert!(matches!(
             futures_util::FutureExt::now_or_never(inbox.recv()),
-            Some(Received::Overflowed)
+            Some(Received::Interrupted)
         ));
     }
 
