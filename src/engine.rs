@@ -90,6 +90,7 @@ impl Engine {
     }
 
     async fn redis(config: &Config, url: &str) -> anyhow::Result<Self> {
+        warn_if_leases_can_run_out(config);
         let op_timeout = Duration::from_millis(config.redis.op_timeout_ms);
         let shown = config.engine_redacted();
         let hub = RedisHub::connect(
@@ -142,5 +143,22 @@ impl Engine {
         stop: &CancellationToken,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         self.tasks.drain(..).map(|t| t(stop.clone())).collect()
+    }
+}
+
+/// A delivery leased to this node waits in its endpoint's lane (at most two refills) behind
+/// `max_per_endpoint` attempts of up to `attempt_timeout_secs` each. If that can outlast
+/// `redis.delivery_lease_secs`, another node may send it too (at least once still holds, but
+/// receivers see more duplicates): say so at startup.
+fn warn_if_leases_can_run_out(config: &Config) {
+    let queued = 2 * crate::webhooks::lanes::REFILL;
+    let per_endpoint = config.webhooks.max_per_endpoint.max(1);
+    let worst = (queued.div_ceil(per_endpoint) + 1) as f64 * config.webhooks.attempt_timeout_secs;
+    if worst > config.redis.delivery_lease_secs as f64 {
+        tracing::warn!(
+            worst_wait_secs = worst,
+            delivery_lease_secs = config.redis.delivery_lease_secs,
+            "a webhook delivery can wait longer than redis.delivery_lease_secs behind a slow endpoint, and then be sent by another node too; raise redis.delivery_lease_secs or webhooks.max_per_endpoint"
+        );
     }
 }
