@@ -627,8 +627,10 @@ impl WebhookStore for RedisStore {
     }
 
     /// Routes a just-published event inline: its append script marked it (when any
-    /// endpoint existed), and this removes the mark as it records the deliveries; a node
-    /// that dies before this leaves the mark to another node's router.
+    /// endpoint existed), and this removes the mark as it records the deliveries. The mark
+    /// committed with the event is already the durable promise of its deliveries, so a
+    /// failure here is not the publisher's: a router (this node's, or any other's if this
+    /// one dies) routes the mark later, and the publish is still acknowledged.
     fn enqueue(
         &self,
         channel: String,
@@ -637,21 +639,30 @@ impl WebhookStore for RedisStore {
         body: Bytes,
     ) -> BoxFuture<'_, Result<usize, StoreError>> {
         async move {
-            let endpoints = self.matching_endpoints(&channel, &event_type).await?;
-            if !self.webhook_filters.any_endpoints() {
-                return Ok(0);
+            let routed = async {
+                let endpoints = self.matching_endpoints(&channel, &event_type).await?;
+                if !self.webhook_filters.any_endpoints() {
+                    return Ok(0);
+                }
+                let mark = route_mark(&channel, offset);
+                self.enqueue_to(
+                    &endpoints,
+                    &channel,
+                    offset,
+                    &event_type,
+                    &body,
+                    now_ms(),
+                    Some(&mark),
+                )
+                .await
+            };
+            match routed.await {
+                Ok(n) => Ok(n),
+                Err(e) => {
+                    tracing::warn!(error = %e, %channel, offset, "cannot route an event's webhook deliveries now; the router will");
+                    Ok(0)
+                }
             }
-            let mark = route_mark(&channel, offset);
-            self.enqueue_to(
-                &endpoints,
-                &channel,
-                offset,
-                &event_type,
-                &body,
-                now_ms(),
-                Some(&mark),
-            )
-            .await
         }
         .boxed()
     }
