@@ -7,6 +7,7 @@ mod support;
 
 mod e2e_auth;
 mod e2e_browser;
+mod e2e_cluster;
 mod e2e_crash;
 mod e2e_cross;
 mod e2e_jobs;

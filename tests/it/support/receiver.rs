@@ -47,6 +47,9 @@ pub enum Mode {
     Answer,
     /// Reads the request and never answers (a dead endpoint).
     Hang,
+    /// Never answers the first request (a delivery in flight when its sender dies), then
+    /// answers like `Answer`.
+    HangFirst,
 }
 
 impl Receiver {
@@ -56,6 +59,7 @@ impl Receiver {
         let (tx, hits) = mpsc::unbounded_channel();
         let script: Script = Arc::default();
         let script_in = Arc::clone(&script);
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -63,10 +67,12 @@ impl Receiver {
                 };
                 let tx = tx.clone();
                 let script = Arc::clone(&script_in);
+                let seen = Arc::clone(&seen);
                 tokio::spawn(async move {
                     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let tx = tx.clone();
                         let script = Arc::clone(&script);
+                        let seen = Arc::clone(&seen);
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body
@@ -78,7 +84,10 @@ impl Receiver {
                                 headers: parts.headers,
                                 body,
                             });
-                            if let Mode::Hang = mode {
+                            let first = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+                            if matches!(mode, Mode::Hang)
+                                || (matches!(mode, Mode::HangFirst) && first)
+                            {
                                 std::future::pending::<()>().await;
                             }
                             let (status, retry_after) =

@@ -1,5 +1,6 @@
-//! A private `redis-server` per test, on a free loopback port, with no persistence; killed
-//! when dropped. Tests that need one skip loudly when the binary is missing, unless `CI` or
+//! A private `redis-server` per test, on a free loopback port, with no persistence (or, from
+//! [`RedisServer::start_persistent`], an AOF fsync'd on every write); killed when dropped.
+//! Tests that need one skip loudly when the binary is missing, unless `CI` or
 //! `SWITCHYARD_REQUIRE_REDIS=1` is set: then a missing server fails the test.
 
 use std::{
@@ -18,6 +19,8 @@ pub struct RedisServer {
     /// Its loopback port, kept across restarts.
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Keeps its data across restarts (AOF, `appendfsync always`).
+    persistent: bool,
 }
 
 fn binary() -> Option<PathBuf> {
@@ -44,6 +47,16 @@ impl RedisServer {
     /// # Panics
     /// When redis-server is missing but required, or does not answer `PING` in time.
     pub async fn start(test: &str) -> Option<Self> {
+        Self::start_with(test, false).await
+    }
+
+    /// Like [`start`](Self::start), but every write is appended to an AOF and fsync'd before
+    /// Redis replies, so a restart (even after a SIGKILL) comes back with all the data.
+    pub async fn start_persistent(test: &str) -> Option<Self> {
+        Self::start_with(test, true).await
+    }
+
+    async fn start_with(test: &str, persistent: bool) -> Option<Self> {
         let Some(binary) = binary() else {
             assert!(
                 !required(),
@@ -63,6 +76,7 @@ impl RedisServer {
             child: None,
             port,
             dir: tempfile::tempdir().unwrap(),
+            persistent,
         };
         server.restart().await;
         Some(server)
@@ -81,12 +95,19 @@ impl RedisServer {
         }
     }
 
-    /// Starts it (again) on the same port, empty, and waits until it answers `PING`.
+    /// Starts it (again) on the same port and waits until it answers `PING`: empty, unless
+    /// it is [persistent](Self::start_persistent).
     pub async fn restart(&mut self) {
         self.kill();
+        let persistence: &[&str] = if self.persistent {
+            &["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--appendonly", "no"]
+        };
         let child = Command::new(&self.binary)
             .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--bind", "127.0.0.1", "--save", ""])
+            .args(persistence)
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
