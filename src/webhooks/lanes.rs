@@ -160,7 +160,11 @@ impl Lanes {
                     version: head.updated_at_ms,
                     ..Lane::default()
                 });
+            // Dropped copies are read again by a refill: on Redis they stay leased to this
+            // node, so no scan reports them due, until a refill hands the leases back.
+            let mut dropped = false;
             if lane.version != head.updated_at_ms {
+                dropped = !lane.queue.is_empty();
                 self.totals.drop_queue(lane);
                 lane.version = head.updated_at_ms;
             }
@@ -168,7 +172,7 @@ impl Lanes {
             if head.has_due && !lane.backlog {
                 news.insert(head.endpoint_id.clone());
             }
-            lane.backlog = head.has_due;
+            lane.backlog = head.has_due || dropped;
             seen.insert(head.endpoint_id);
         }
         let totals = &mut self.totals;
@@ -198,6 +202,8 @@ impl Lanes {
         if !self.totals.has_room() {
             for lane in self.by_endpoint.values_mut() {
                 if lane.sending >= limits.per_endpoint {
+                    // Read again by a later refill (see `scanned`).
+                    lane.backlog |= !lane.queue.is_empty();
                     self.totals.drop_queue(lane);
                 }
             }
@@ -505,6 +511,21 @@ mod tests {
             0,
             "nothing is queued for a disabled endpoint"
         );
+    }
+
+    #[test]
+    fn dropped_copies_are_read_again_though_the_scan_does_not_count_them() {
+        // On Redis, queued copies are leased to this node: after an endpoint change the scan
+        // reports none due, and only a refill hands the leases back.
+        let mut lanes = Lanes::default();
+        lanes.scanned(vec![head("a", true)]);
+        lanes.refilled("a", deliveries("a", 0..3), REFILL, LIMITS);
+        let mut changed = head("a", false);
+        changed.updated_at_ms = 2;
+        lanes.scanned(vec![changed]);
+        assert_eq!(lanes.queued(), 0);
+        let refill = lanes.next_refill(LIMITS).map(|r| r.endpoint_id);
+        assert_eq!(refill.as_deref(), Some("a"));
     }
 
     #[test]
