@@ -53,6 +53,8 @@ local function open_history(meta, stream, candidate)
 end
 -- Drops entries older than `cutoff` (ms, Redis clock) from the front of the stream.
 local function trim_age(stream, cutoff)
+  local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+  if not first or tonumber(field(first[2], 'ms') or 0) > cutoff then return end
   local from, last_old = '-', nil
   for _ = 1, 1000 do
     local batch = redis.call('XRANGE', stream, from, '+', 'COUNT', 64)
