@@ -465,6 +465,9 @@ async fn a_job_token_reads_its_job_and_nothing_else() {
 
 #[tokio::test]
 async fn open_mode_refuses_a_public_address() {
+    if crate::support::embedded_only("runs its own server, on the embedded engine") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config();
     cfg.data_dir = dir.path().to_owned();
@@ -505,6 +508,9 @@ async fn open_mode_refuses_a_public_address() {
 
 #[tokio::test]
 async fn secrets_never_reach_the_log() {
+    if crate::support::embedded_only("spawns the binary, which runs on the embedded engine") {
+        return;
+    }
     let jwt_secret = "jwt-secret-that-must-not-leak-0123456789";
     let data = tempfile::tempdir().unwrap();
     let keys = format!("{ADMIN},{WORKER}:work");

@@ -5,7 +5,7 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::support::{channel, config, http, start, within, ws::WsClient};
+use crate::support::{TestServer, channel, config, http, start, within, ws::WsClient};
 
 fn slow_config() -> switchyard::config::Config {
     let mut cfg = config();
@@ -22,6 +22,20 @@ fn payload(n: u64) -> Value {
 
 const EVENTS: u64 = 800;
 
+/// Publishes `payload(1..)` at full speed until the server reports `series` at `value`
+/// (looked at every 20 events), at most [`EVENTS`]; returns how many it published. A
+/// WebSocket's close frame waits at most 5 s for a slow client to read it, so the test
+/// reads then, not after publishing the rest (seconds more on a slower engine).
+async fn publish_until(server: &TestServer, ch: &str, series: &str, value: f64) -> u64 {
+    for n in 1..=EVENTS {
+        server.publish(ch, "big", payload(n)).await;
+        if n % 20 == 0 && server.metric(series).await == value {
+            return n;
+        }
+    }
+    EVENTS
+}
+
 #[tokio::test]
 async fn a_websocket_that_stops_reading_gets_4008_and_resumes_without_loss() {
     let server = start(slow_config()).await;
@@ -29,18 +43,13 @@ async fn a_websocket_that_stops_reading_gets_4008_and_resumes_without_loss() {
     let mut client = WsClient::connect_with(server.addr, true).await;
     client.subscribe(1, &ch, json!({})).await;
     // The client reads nothing while the publisher goes on at full speed.
-    within("publishing never waits on a slow consumer", async {
-        for n in 1..=EVENTS {
-            server.publish(&ch, "big", payload(n)).await;
-        }
-    })
+    let disconnects = "switchyard_slow_consumer_disconnects_total{transport=\"websocket\"}";
+    let published = within(
+        "publishing never waits on a slow consumer",
+        publish_until(&server, &ch, disconnects, 1.0),
+    )
     .await;
-    server
-        .wait_metric(
-            "switchyard_slow_consumer_disconnects_total{transport=\"websocket\"}",
-            1.0,
-        )
-        .await;
+    server.wait_metric(disconnects, 1.0).await;
 
     let (close, frames) = client.until_close().await;
     let close = close.expect("a close frame");
@@ -53,7 +62,7 @@ async fn a_websocket_that_stops_reading_gets_4008_and_resumes_without_loss() {
         .map(|f| f["offset"].as_u64().unwrap())
         .collect();
     assert!(
-        !offsets.is_empty() && (offsets.len() as u64) < EVENTS,
+        !offsets.is_empty() && (offsets.len() as u64) < published,
         "{} delivered",
         offsets.len()
     );
@@ -69,7 +78,7 @@ async fn a_websocket_that_stops_reading_gets_4008_and_resumes_without_loss() {
     let last = frames.last().unwrap()["cursor"].clone();
     let mut again = WsClient::connect(server.addr).await;
     again.subscribe(1, &ch, json!({"cursor": last})).await;
-    for n in offsets.len() as u64 + 1..=EVENTS {
+    for n in offsets.len() as u64 + 1..=published {
         assert_eq!(again.next_event().await["offset"], n);
     }
     server.shutdown().await;
@@ -77,7 +86,11 @@ async fn a_websocket_that_stops_reading_gets_4008_and_resumes_without_loss() {
 
 #[tokio::test]
 async fn an_sse_consumer_that_stops_reading_is_told_and_resumes_without_loss() {
-    let server = start(slow_config()).await;
+    let mut cfg = slow_config();
+    // Once the queue overflowed, the server gives the stream this long to say goodbye:
+    // longer than publishing the rest takes on any engine (the client reads only then).
+    cfg.consumers.send_timeout_secs = 30;
+    let server = start(cfg).await;
     let ch = channel("slow-sse");
     let stream = http::connect(server.addr, true).await;
     let req = http::build(
@@ -161,14 +174,11 @@ async fn a_consumer_that_never_reads_again_is_dropped() {
     server
         .wait_metric("switchyard_connections{transport=\"stream\"}", 1.0)
         .await;
-    for n in 1..=EVENTS {
-        server.publish(&ch, "big", payload(n)).await;
-    }
     // The response is held but never read: the server closes it after its grace period
     // (the only HTTP connection left is the one reading /metrics).
-    server
-        .wait_metric("switchyard_connections{transport=\"stream\"}", 0.0)
-        .await;
+    let streams = "switchyard_connections{transport=\"stream\"}";
+    publish_until(&server, &ch, streams, 0.0).await;
+    server.wait_metric(streams, 0.0).await;
     server.wait_metric("switchyard_http_connections", 1.0).await;
     server.shutdown().await;
 }

@@ -5,6 +5,10 @@
 
 mod support;
 
+/// The engine `support::start` runs servers on; `tests/redis_engine` runs suites of this
+/// directory again on Redis.
+const ENGINE: support::Engine = support::Engine::Embedded;
+
 mod e2e_auth;
 mod e2e_browser;
 mod e2e_cluster;

@@ -21,6 +21,9 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     /// Keeps its data across restarts (AOF, `appendfsync always`).
     persistent: bool,
+    /// Where a persistent server keeps its data when not in `dir`: the caller's directory,
+    /// which outlives this server.
+    data_dir: Option<PathBuf>,
 }
 
 fn binary() -> Option<PathBuf> {
@@ -47,16 +50,22 @@ impl RedisServer {
     /// # Panics
     /// When redis-server is missing but required, or does not answer `PING` in time.
     pub async fn start(test: &str) -> Option<Self> {
-        Self::start_with(test, false).await
+        Self::start_with(test, false, None).await
     }
 
     /// Like [`start`](Self::start), but every write is appended to an AOF and fsync'd before
     /// Redis replies, so a restart (even after a SIGKILL) comes back with all the data.
     pub async fn start_persistent(test: &str) -> Option<Self> {
-        Self::start_with(test, true).await
+        Self::start_with(test, true, None).await
     }
 
-    async fn start_with(test: &str, persistent: bool) -> Option<Self> {
+    /// Like [`start_persistent`](Self::start_persistent), with the data in `dir`: another
+    /// server started in `dir` later (after this one is dropped) finds it.
+    pub async fn start_persistent_in(test: &str, dir: PathBuf) -> Option<Self> {
+        Self::start_with(test, true, Some(dir)).await
+    }
+
+    async fn start_with(test: &str, persistent: bool, data_dir: Option<PathBuf>) -> Option<Self> {
         let Some(binary) = binary() else {
             assert!(
                 !required(),
@@ -77,6 +86,7 @@ impl RedisServer {
             port,
             dir: tempfile::tempdir().unwrap(),
             persistent,
+            data_dir,
         };
         server.restart().await;
         Some(server)
@@ -109,7 +119,7 @@ impl RedisServer {
             .args(["--bind", "127.0.0.1", "--save", ""])
             .args(persistence)
             .arg("--dir")
-            .arg(self.dir.path())
+            .arg(self.data_dir.as_deref().unwrap_or(self.dir.path()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
