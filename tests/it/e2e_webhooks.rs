@@ -367,6 +367,55 @@ async fn a_restart_mid_retry_still_delivers() {
     server.shutdown().await;
 }
 
+/// Deliveries a node had read into its queue but not started when it stopped are sent
+/// promptly by the next run (on Redis: the stopping node hands back their leases instead of
+/// leaving them for `redis.delivery_lease_secs`).
+#[tokio::test]
+async fn deliveries_queued_at_a_restart_are_sent_right_after_it() {
+    let data = tempfile::tempdir().unwrap();
+    let mut cfg = hooks_config();
+    cfg.data_dir = data.path().to_owned();
+    // One attempt at a time overall: a receiver that never answers holds it, so the other
+    // endpoint's deliveries stay queued in the dispatcher.
+    cfg.webhooks.max_concurrency = 1;
+    let mut stuck = Receiver::start(Mode::Hang).await;
+    let mut good = Receiver::start(Mode::Answer).await;
+    let server = start_in(cfg.clone()).await;
+    register(&server, json!({"url": stuck.url("/"), "channels": ["x"]})).await;
+    let ep = register(&server, json!({"url": good.url("/"), "channels": ["y"]})).await;
+    server.publish("x", "t", json!(0)).await;
+    stuck.next().await;
+    let refills = "switchyard_webhook_lane_refills_total";
+    let before = server.metric(refills).await;
+    for n in 1..=3 {
+        server.publish("y", "t", json!(n)).await;
+    }
+    within("the dispatcher to read the queued deliveries", async {
+        while server.metric(refills).await <= before {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    server.shutdown().await;
+    assert!(
+        good.try_next(Duration::ZERO).await.is_none(),
+        "nothing was sent before the restart"
+    );
+
+    cfg.webhooks.max_concurrency = 8;
+    let server = start_in(cfg).await;
+    let mut got: Vec<u64> = Vec::new();
+    for _ in 0..3 {
+        let body: Value = serde_json::from_slice(&good.next().await.body).unwrap();
+        got.push(body["data"].as_u64().unwrap());
+    }
+    got.sort_unstable();
+    assert_eq!(got, [1, 2, 3]);
+    let log = delivery_log(&server, ep["id"].as_str().unwrap()).await;
+    assert_eq!(log.len(), 3);
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn the_ssrf_guard_refuses_internal_urls_unless_allowed() {
     let mut cfg = hooks_config();

@@ -553,9 +553,34 @@ impl Store for RedisStore {
         .boxed()
     }
 
-    /// Nothing to flush: every operation is answered only after Redis applied it, and the
-    /// caller holds its future until then.
-    fn close(&self, _deadline: Duration) -> BoxFuture<'_, ()> {
-        async {}.boxed()
+    /// Nothing to flush (every operation is answered only after Redis applied it), but the
+    /// webhook deliveries this node's dispatcher still held (queued, never started, or
+    /// attempts cut off by the grace period) are handed back, and the other nodes woken:
+    /// otherwise they would wait out `delivery_lease` after every rolling restart.
+    fn close(&self, deadline: Duration) -> BoxFuture<'_, ()> {
+        async move {
+            let release = async {
+                let (_, endpoints) = self.list_all_endpoints().await?;
+                for e in endpoints {
+                    // Settles this node's leases; holding nothing, it hands them all back.
+                    self.due(e.id, super::now_ms(), 0, Vec::new()).await?;
+                }
+                let mut conn = self.conn.clone();
+                self.timed(
+                    redis::cmd("PUBLISH")
+                        .arg(crate::hub::redis::keys::SIGNALS)
+                        .arg("outbox")
+                        .query_async::<i64>(&mut conn),
+                )
+                .await?;
+                Ok::<_, StoreError>(())
+            };
+            match tokio::time::timeout(deadline.max(Duration::from_secs(1)), release).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot hand back webhook delivery leases; other nodes send them once the leases run out"),
+                Err(_) => tracing::warn!("handing back webhook delivery leases timed out; other nodes send them once the leases run out"),
+            }
+        }
+        .boxed()
     }
 }

@@ -210,7 +210,9 @@ impl RedisStore {
         self.timed(call.invoke_async(&mut conn)).await
     }
 
-    async fn list_all_endpoints(&self) -> Result<(i64, Vec<EndpointRecord>), StoreError> {
+    pub(super) async fn list_all_endpoints(
+        &self,
+    ) -> Result<(i64, Vec<EndpointRecord>), StoreError> {
         let reply = self
             .wh(&self.webhook_scripts.list_endpoints, vec![])
             .await?;
@@ -416,7 +418,7 @@ impl RedisStore {
             .collect()
     }
 
-    async fn due(
+    pub(super) async fn due(
         &self,
         endpoint_id: String,
         now_ms: i64,
