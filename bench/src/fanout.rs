@@ -1,6 +1,10 @@
 //! The `fanout` scenario: N subscribers on one fresh channel, one publisher sending E
 //! timestamped events at a rate; every subscriber checks it got offsets `1..=E` exactly once
 //! and in order, and samples publish → receive latency.
+//!
+//! Against a cluster (the Redis engine), the subscribers can be spread over several nodes
+//! (`--url A,B`) and the events published to another node (`--publish-url`), so the figures
+//! include the hop through Redis; the report then adds each node's share.
 
 use std::{
     collections::BTreeMap,
@@ -71,13 +75,19 @@ impl FanoutTransport {
 /// Options of `fanout`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct FanoutOptions {
-    /// Server base URL, e.g. http://127.0.0.1:8080.
+    /// Server base URL, e.g. http://127.0.0.1:8080. Several, comma-separated (nodes of one
+    /// cluster sharing a Redis engine): the subscribers are spread over them in equal
+    /// contiguous blocks (the first N/2 on the first node, ...).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub url: Vec<String>,
+    /// Node the publisher sends its events to [default: the first --url]. Another node of
+    /// the cluster than the subscribers' measures cross-node publish → deliver.
     #[arg(long)]
-    pub url: String,
+    pub publish_url: Option<String>,
     /// Subscriber transport: ws, sse, stream, poll, or mix.
     #[arg(long, value_enum, default_value_t = FanoutTransport::Ws)]
     pub transport: FanoutTransport,
-    /// Subscribers on the channel.
+    /// Subscribers on the channel (over all nodes).
     #[arg(long, default_value_t = 100)]
     pub subscribers: usize,
     /// Events per second to publish; 0 = as fast as the server accepts.
@@ -89,9 +99,15 @@ pub struct FanoutOptions {
     /// Size of each event's data (JSON with a send timestamp and padding), bytes.
     #[arg(long, default_value_t = 200)]
     pub size: usize,
-    /// Server process id: its CPU time and peak RSS are read from /proc/PID.
+    /// Server process id: its CPU time and peak RSS are read from /proc/PID. With several
+    /// nodes, every node's, comma-separated (including the publish node's): CPU time and
+    /// RSS are summed over them, and CPU is also reported per process.
+    #[arg(long = "pid", value_delimiter = ',', required = true)]
+    pub pids: Vec<u32>,
+    /// Process id of the Redis (or Valkey) server behind the nodes: its CPU time over the
+    /// run and its RSS are reported apart (not in the server's figures).
     #[arg(long)]
-    pub pid: u32,
+    pub redis_pid: Option<u32>,
     /// Keep-alive connections the publisher uses (one request in flight on each). At
     /// `--rate 0` fewer than ~8 leave the publisher waiting on round trips instead of
     /// finding the server's limit; at a fixed rate any count that keeps up will do.
@@ -123,7 +139,7 @@ pub struct FanoutOptions {
 }
 
 impl FanoutOptions {
-    /// Options with the command line's defaults.
+    /// Options with the command line's defaults, for one server node.
     pub fn new(
         url: impl Into<String>,
         transport: FanoutTransport,
@@ -132,13 +148,15 @@ impl FanoutOptions {
         pid: u32,
     ) -> Self {
         Self {
-            url: url.into(),
+            url: vec![url.into()],
+            publish_url: None,
             transport,
             subscribers,
             rate: 0.0,
             events,
             size: 200,
-            pid,
+            pids: vec![pid],
+            redis_pid: None,
             publishers: DEFAULT_PUBLISHERS,
             channel: None,
             concurrency: 256,
@@ -149,6 +167,60 @@ impl FanoutOptions {
             stall_secs: 10,
         }
     }
+}
+
+/// The nodes of a run: where subscribers connect, where events are published, and every
+/// distinct one (for `/metrics`).
+struct Nodes {
+    subscribe: Vec<Target>,
+    publish: Target,
+    all: Vec<Target>,
+}
+
+impl Nodes {
+    fn parse(opts: &FanoutOptions) -> anyhow::Result<Self> {
+        let subscribe = opts
+            .url
+            .iter()
+            .map(|u| Target::parse(u))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let Some(first) = subscribe.first() else {
+            bail!("--url needs at least one server URL");
+        };
+        let publish = match &opts.publish_url {
+            Some(u) => Target::parse(u).context("--publish-url")?,
+            None => first.clone(),
+        };
+        let mut all: Vec<Target> = Vec::new();
+        for t in subscribe.iter().chain(std::iter::once(&publish)) {
+            if !all.iter().any(|a| a.addr == t.addr) {
+                all.push(t.clone());
+            }
+        }
+        Ok(Self {
+            subscribe,
+            publish,
+            all,
+        })
+    }
+
+    /// Whether the run involves more than one node.
+    fn several(&self) -> bool {
+        self.all.len() > 1
+    }
+}
+
+/// `/metrics` of every node.
+async fn fetch_all(nodes: &[Target]) -> anyhow::Result<Vec<Metrics>> {
+    let mut out = Vec::with_capacity(nodes.len());
+    for t in nodes {
+        out.push(
+            scrape::fetch(t)
+                .await
+                .with_context(|| format!("reading /metrics of {}", t.authority))?,
+        );
+    }
+    Ok(out)
 }
 
 /// One subscriber's handler: parse, check, count.
@@ -192,10 +264,19 @@ pub async fn run(opts: &FanoutOptions) -> anyhow::Result<FanoutReport> {
     {
         bail!("{}", limits::too_many_message(opts.subscribers));
     }
-    let target = Target::parse(&opts.url)?;
-    let sources = Sources::parse(&opts.source_ips, &target, opts.per_source_ip)?;
-    let server = Proc::pid(opts.pid);
-    server.check()?;
+    let nodes = Nodes::parse(opts)?;
+    let sources = Sources::parse(&opts.source_ips, &nodes.subscribe[0], opts.per_source_ip)?;
+    let servers: Vec<Proc> = opts.pids.iter().map(|&p| Proc::pid(p)).collect();
+    if servers.is_empty() {
+        bail!("--pid needs the server's process id");
+    }
+    for server in &servers {
+        server.check()?;
+    }
+    let redis = opts.redis_pid.map(Proc::pid);
+    if let Some(r) = &redis {
+        r.check().context("--redis-pid")?;
+    }
     let channel = opts
         .channel
         .clone()
@@ -203,7 +284,7 @@ pub async fn run(opts: &FanoutOptions) -> anyhow::Result<FanoutReport> {
     let stall = Duration::from_secs(opts.stall_secs);
     let n = opts.subscribers;
 
-    let metrics_before = scrape::fetch(&target).await.context("reading /metrics")?;
+    let metrics_before = fetch_all(&nodes.all).await?;
     let progress = Arc::new(AtomicU64::new(0));
     let stride = Tracker::stride_for(n as u64, opts.events);
     let members = (0..n)
@@ -216,7 +297,7 @@ pub async fn run(opts: &FanoutOptions) -> anyhow::Result<FanoutReport> {
         })
         .collect();
     let config = SwarmConfig {
-        target: target.clone(),
+        targets: nodes.subscribe.clone(),
         sources,
         client: ClientConfig {
             read_buffer: opts.read_buffer,
@@ -229,7 +310,8 @@ pub async fn run(opts: &FanoutOptions) -> anyhow::Result<FanoutReport> {
     swarm.wait_subscribed(stall).await?;
     let subscribe_secs = started.elapsed().as_secs_f64();
 
-    let cpu = CpuMeter::start(&server)?;
+    let cpu = CpuMeter::start_many(&servers)?;
+    let redis_cpu = redis.as_ref().map(CpuMeter::start).transpose()?;
     let publish_start = Instant::now();
     let plan = PublishPlan {
         channel: channel.clone(),
@@ -240,7 +322,7 @@ pub async fn run(opts: &FanoutOptions) -> anyhow::Result<FanoutReport> {
         event_type: "bench".into(),
         api_key: None,
     };
-    let publishing = Publishing::spawn(&target, plan);
+    let publishing = Publishing::spawn(&nodes.publish, plan);
 
     // Wait for every subscriber to finish, or for nothing to move for `stall`.
     let mut watch = StallWatch::new(stall);
@@ -253,14 +335,20 @@ pub async fn run(opts: &FanoutOptions) -> anyhow::Result<FanoutReport> {
             break;
         }
     }
-    let (server_cpu, bench_cpu) = cpu.read()?;
+    let (server_cpu_each, bench_cpu) = cpu.read_each()?;
+    let server_cpu: f64 = server_cpu_each.iter().sum();
+    let redis_cpu_secs = match &redis_cpu {
+        Some(meter) => Some(meter.read()?.0),
+        None => None,
+    };
 
     let outcome = publishing.finish().await;
     let end_errors = swarm.end_errors.clone();
     let members = swarm.stop(Duration::from_secs(5)).await;
-    let metrics_after = scrape::fetch(&target).await.ok();
+    let metrics_after = fetch_all(&nodes.all).await.ok();
 
     let mut by_transport: BTreeMap<&'static str, (TransportShare, Vec<u32>)> = BTreeMap::new();
+    let mut by_node: BTreeMap<String, (TransportShare, Vec<u32>)> = BTreeMap::new();
     let mut all_samples = Vec::new();
     let mut report = FanoutReport {
         scenario: "fanout",
@@ -270,6 +358,11 @@ pub async fn run(opts: &FanoutOptions) -> anyhow::Result<FanoutReport> {
         rate: opts.rate,
         size: opts.size,
         channel,
+        nodes: opts.url.clone(),
+        publish_url: opts
+            .publish_url
+            .clone()
+            .unwrap_or_else(|| opts.url[0].clone()),
         subscribe_secs,
         published: outcome.published,
         publish_secs: 0.0,
@@ -288,9 +381,16 @@ pub async fn run(opts: &FanoutOptions) -> anyhow::Result<FanoutReport> {
         missing: n - members.len(),
         stalled,
         server_cpu_secs: server_cpu,
+        server_cpu_secs_by_pid: if servers.len() > 1 {
+            opts.pids.iter().copied().zip(server_cpu_each).collect()
+        } else {
+            BTreeMap::new()
+        },
         deliveries_per_server_cpu_sec: 0.0,
-        server_rss_kib: server.rss_kib().unwrap_or(0),
-        server_peak_rss_kib: server.peak_rss_kib().unwrap_or(0),
+        server_rss_kib: servers.iter().map(|s| s.rss_kib().unwrap_or(0)).sum(),
+        server_peak_rss_kib: servers.iter().map(|s| s.peak_rss_kib().unwrap_or(0)).sum(),
+        redis_cpu_secs,
+        redis_rss_kib: redis.as_ref().and_then(|r| r.rss_kib().ok()),
         bench_cpu_secs: bench_cpu,
         bench_busy: 0.0,
         server_deliveries: delta(
@@ -304,6 +404,7 @@ pub async fn run(opts: &FanoutOptions) -> anyhow::Result<FanoutReport> {
             "switchyard_slow_consumer_disconnects_total",
         ),
         by_transport: BTreeMap::new(),
+        by_node: BTreeMap::new(),
         errors: outcome.errors.clone(),
         ok: false,
     };
@@ -332,6 +433,14 @@ pub async fn run(opts: &FanoutOptions) -> anyhow::Result<FanoutReport> {
             share.duplicated += t.duplicated;
             samples.extend_from_slice(&t.samples);
         }
+        if nodes.several() {
+            let (share, samples) = by_node.entry(opts.url[m.node].clone()).or_default();
+            share.subscribers += 1;
+            share.delivered += t.distinct;
+            share.lost += t.lost();
+            share.duplicated += t.duplicated;
+            samples.extend_from_slice(&t.samples);
+        }
         all_samples.append(&mut t.samples);
     }
     report.errors.extend(end_errors);
@@ -342,6 +451,13 @@ pub async fn run(opts: &FanoutOptions) -> anyhow::Result<FanoutReport> {
         .map(|(name, (mut share, mut samples))| {
             share.latency = Latency::from_micros(&mut samples);
             (name, share)
+        })
+        .collect();
+    report.by_node = by_node
+        .into_iter()
+        .map(|(url, (mut share, mut samples))| {
+            share.latency = Latency::from_micros(&mut samples);
+            (url, share)
         })
         .collect();
     let first_publish = outcome.first_at.unwrap_or(publish_start);
@@ -368,6 +484,13 @@ pub async fn run(opts: &FanoutOptions) -> anyhow::Result<FanoutReport> {
     Ok(report)
 }
 
-fn delta(before: &Metrics, after: Option<&Metrics>, name: &str) -> Option<f64> {
-    after.map(|a| a.sum(name) - before.sum(name))
+/// The increase of `name` (summed over its label sets) over every node.
+fn delta(before: &[Metrics], after: Option<&Vec<Metrics>>, name: &str) -> Option<f64> {
+    after.map(|after| {
+        after
+            .iter()
+            .zip(before)
+            .map(|(a, b)| a.sum(name) - b.sum(name))
+            .sum()
+    })
 }

@@ -129,7 +129,7 @@ pub async fn run(opts: &IdleOptions) -> anyhow::Result<IdleReport> {
     let bench_cpu_before = me.cpu_secs()?;
 
     let config = SwarmConfig {
-        target: target.clone(),
+        targets: vec![target.clone()],
         sources,
         client: ClientConfig {
             read_buffer: opts.read_buffer,

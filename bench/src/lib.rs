@@ -3,7 +3,9 @@
 //! # Scenarios
 //! - [`idle`]: hold N subscribed, idle connections; report the server's RSS per connection.
 //! - [`fanout`]: N subscribers on one channel, one publisher; report deliveries per second,
-//!   latency percentiles, loss and duplicates, and the server's CPU per delivery.
+//!   latency percentiles, loss and duplicates, and the server's CPU per delivery. Against
+//!   several nodes of a Redis-engine cluster, subscribers spread over nodes and publishes
+//!   sent to another.
 //! - [`jobs`]: C clients submitting durable jobs; report submits/s, latency and errors.
 //! - [`webhooks`]: signed webhook deliveries to a built-in [`receiver`]; report
 //!   deliveries/s, end-to-end latency, duplicates, loss and bad signatures.

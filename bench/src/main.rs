@@ -53,6 +53,10 @@ enum Scenario {
     /// At `--rate 0` the publisher outruns fan-out: start the server with a consumer queue
     /// that holds every event (e.g. SWITCHYARD_CONSUMERS__QUEUE_CAPACITY=4096 for 2000
     /// events), or subscribers are disconnected as slow consumers.
+    ///
+    /// Several nodes (the Redis engine): `--url A,B` spreads the subscribers over A and B,
+    /// `--publish-url B` publishes to B, `--pid PA,PB` sums both nodes' CPU and memory,
+    /// `--redis-pid` reports Redis's CPU apart; the report adds each node's share.
     Fanout(FanoutOptions),
     /// C clients submitting durable jobs (`POST /v1/jobs`) back to back; report submits/s,
     /// latency percentiles and errors by status.

@@ -77,12 +77,12 @@ impl Proc {
     }
 }
 
-/// CPU seconds the server and this process use over a stretch of a run.
+/// CPU seconds the server (one or several processes) and this process use over a stretch
+/// of a run.
 #[derive(Debug)]
 pub struct CpuMeter {
-    server: Proc,
+    servers: Vec<(Proc, f64)>,
     me: Proc,
-    server_start: f64,
     me_start: f64,
 }
 
@@ -92,24 +92,46 @@ impl CpuMeter {
     /// # Errors
     /// Either process's `stat` is unreadable.
     pub fn start(server: &Proc) -> anyhow::Result<Self> {
+        Self::start_many(std::slice::from_ref(server))
+    }
+
+    /// Starts counting for each of `servers` (e.g. the nodes of a cluster) and this process.
+    ///
+    /// # Errors
+    /// A process's `stat` is unreadable.
+    pub fn start_many(servers: &[Proc]) -> anyhow::Result<Self> {
         let me = Proc::this();
         Ok(Self {
-            server_start: server.cpu_secs()?,
+            servers: servers
+                .iter()
+                .map(|p| Ok((p.clone(), p.cpu_secs()?)))
+                .collect::<anyhow::Result<_>>()?,
             me_start: me.cpu_secs()?,
-            server: server.clone(),
             me,
         })
     }
 
-    /// `(server, bench)` CPU seconds since [`CpuMeter::start`].
+    /// `(server, bench)` CPU seconds since the start; the server's summed over its
+    /// processes.
     ///
     /// # Errors
-    /// Either process's `stat` is unreadable (the server exited?).
+    /// A process's `stat` is unreadable (the server exited?).
     pub fn read(&self) -> anyhow::Result<(f64, f64)> {
-        Ok((
-            self.server.cpu_secs()? - self.server_start,
-            self.me.cpu_secs()? - self.me_start,
-        ))
+        let (each, me) = self.read_each()?;
+        Ok((each.iter().sum(), me))
+    }
+
+    /// `(each server process, bench)` CPU seconds since the start, in the order given.
+    ///
+    /// # Errors
+    /// A process's `stat` is unreadable (the server exited?).
+    pub fn read_each(&self) -> anyhow::Result<(Vec<f64>, f64)> {
+        let each = self
+            .servers
+            .iter()
+            .map(|(p, start)| Ok(p.cpu_secs()? - start))
+            .collect::<anyhow::Result<_>>()?;
+        Ok((each, self.me.cpu_secs()? - self.me_start))
     }
 }
 

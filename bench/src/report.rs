@@ -48,7 +48,8 @@ pub struct IdleReport {
     pub ok: bool,
 }
 
-/// One transport's share of a `mix` fan-out.
+/// One transport's share of a `mix` fan-out, or one node's share of a fan-out over several
+/// nodes.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct TransportShare {
     /// Subscribers on it.
@@ -80,6 +81,10 @@ pub struct FanoutReport {
     pub size: usize,
     /// The channel used.
     pub channel: String,
+    /// The nodes the subscribers were spread over (`--url`), in equal contiguous blocks.
+    pub nodes: Vec<String>,
+    /// The node the events were published to.
+    pub publish_url: String,
     /// Seconds to open and subscribe every subscriber.
     pub subscribe_secs: f64,
     /// Events the server accepted.
@@ -114,14 +119,24 @@ pub struct FanoutReport {
     pub missing: usize,
     /// Whether deliveries stalled (the run was cut short).
     pub stalled: bool,
-    /// Server CPU seconds (utime + stime) from the first publish to the last delivery.
+    /// Server CPU seconds (utime + stime) from the first publish to the last delivery,
+    /// summed over the server processes (`--pid`).
     pub server_cpu_secs: f64,
+    /// The same per server process, when there are several.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub server_cpu_secs_by_pid: BTreeMap<u32, f64>,
     /// `delivered / server_cpu_secs`.
     pub deliveries_per_server_cpu_sec: f64,
-    /// Server VmRSS at the end, KiB.
+    /// Server VmRSS at the end, KiB (summed over the server processes).
     pub server_rss_kib: u64,
-    /// Server VmHWM (peak RSS since it started), KiB.
+    /// Server VmHWM (peak RSS since it started), KiB (summed over the server processes).
     pub server_peak_rss_kib: u64,
+    /// The Redis server's CPU seconds over the same window (`--redis-pid`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_cpu_secs: Option<f64>,
+    /// The Redis server's VmRSS at the end, KiB (`--redis-pid`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_rss_kib: Option<u64>,
     /// The bench's CPU seconds over the same window.
     pub bench_cpu_secs: f64,
     /// `bench_cpu_secs / (window_secs * bench worker threads)`: near 1, the bench itself set
@@ -134,6 +149,9 @@ pub struct FanoutReport {
     /// Per-transport figures (`mix` only).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub by_transport: BTreeMap<&'static str, TransportShare>,
+    /// Per-node figures, by subscriber node URL (only when the run used several nodes).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_node: BTreeMap<String, TransportShare>,
     /// The first few errors (publisher, subscribers).
     pub errors: Vec<String>,
     /// No stall, loss, duplicate or error.
@@ -366,6 +384,14 @@ impl FanoutReport {
             self.size,
             verdict(self.ok)
         );
+        if self.nodes.len() > 1 || self.nodes.first() != Some(&self.publish_url) {
+            let _ = writeln!(
+                s,
+                "  subscribers on {}; publishing to {}",
+                self.nodes.join(", "),
+                self.publish_url
+            );
+        }
         let _ = writeln!(
             s,
             "  subscribed in {:.1}s; published {} in {:.2}s ({:.0}/s)",
@@ -400,7 +426,35 @@ impl FanoutReport {
             opt(self.server_deliveries),
             opt(self.server_slow_consumer_disconnects)
         );
+        if !self.server_cpu_secs_by_pid.is_empty() {
+            let each: Vec<String> = self
+                .server_cpu_secs_by_pid
+                .iter()
+                .map(|(pid, cpu)| format!("{pid}: {cpu:.2}"))
+                .collect();
+            let _ = writeln!(s, "  server CPU s by process: {}", each.join(", "));
+        }
+        if let Some(cpu) = self.redis_cpu_secs {
+            let _ = writeln!(
+                s,
+                "  redis: {cpu:.2} CPU s, RSS {} KiB",
+                self.redis_rss_kib
+                    .map_or_else(|| "?".to_owned(), |r| r.to_string())
+            );
+        }
         bench_line(&mut s, self.bench_cpu_secs, self.bench_busy, &counted);
+        for (url, t) in &self.by_node {
+            let _ = write!(
+                s,
+                "\n  {url}: {} subs, delivered {}, lost {}, dup {}, p50 {:.2} p99 {:.2} ms",
+                t.subscribers,
+                t.delivered,
+                t.lost,
+                t.duplicated,
+                t.latency.p50_ms,
+                t.latency.p99_ms
+            );
+        }
         for (name, t) in &self.by_transport {
             let _ = write!(
                 s,

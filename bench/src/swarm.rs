@@ -40,6 +40,8 @@ pub enum Signal {
 pub struct Member<H> {
     /// Its position in the swarm.
     pub index: usize,
+    /// The index of its server in [`SwarmConfig::targets`].
+    pub node: usize,
     /// Its transport.
     pub transport: Transport,
     /// Its handler, with whatever it recorded.
@@ -53,8 +55,9 @@ pub struct Member<H> {
 /// What every member shares.
 #[derive(Clone, Debug)]
 pub struct SwarmConfig {
-    /// The server.
-    pub target: Target,
+    /// The server node(s): members are spread over them in contiguous blocks (see
+    /// [`node_of`]). At least one.
+    pub targets: Vec<Target>,
     /// Source addresses.
     pub sources: Sources,
     /// Client tuning.
@@ -79,6 +82,17 @@ pub struct Swarm<H> {
 
 /// Errors kept verbatim in reports; the rest are only counted.
 const KEPT_ERRORS: usize = 5;
+
+/// The node (index into [`SwarmConfig::targets`]) that member `index` of `size` connects
+/// to: contiguous blocks, member `i` on node `i * nodes / size`. Blocks rather than
+/// round-robin, so that a per-member pattern such as `mix`'s transport `i % 4` is spread
+/// over every node alike.
+pub fn node_of(index: usize, size: usize, nodes: usize) -> usize {
+    if nodes <= 1 || size == 0 {
+        return 0;
+    }
+    (index * nodes / size).min(nodes - 1)
+}
 
 struct Wrapped<H> {
     inner: H,
@@ -117,8 +131,10 @@ impl<H: Handler + 'static> Swarm<H> {
         let shared = Arc::new(config.clone());
         let size = members.len();
         let mut tasks = JoinSet::new();
+        assert!(!config.targets.is_empty(), "a swarm needs a server");
         for (index, (transport, channel, handler)) in members.into_iter().enumerate() {
             let source = config.sources.for_index(index);
+            let node = node_of(index, size, config.targets.len());
             let wrapped = Wrapped {
                 inner: handler,
                 permit: None,
@@ -129,6 +145,7 @@ impl<H: Handler + 'static> Swarm<H> {
                 index,
                 transport,
                 channel,
+                node,
                 source,
                 wrapped,
                 Arc::clone(&shared),
@@ -244,6 +261,7 @@ async fn member<H: Handler>(
     index: usize,
     transport: Transport,
     channel: String,
+    node: usize,
     source: Option<IpAddr>,
     mut wrapped: Wrapped<H>,
     shared: Arc<SwarmConfig>,
@@ -256,16 +274,15 @@ async fn member<H: Handler>(
                 .await
                 .expect("the gate is never closed"),
         );
-        let stream = target::connect(&shared.target, source)
-            .await
-            .map_err(|e| Failure {
-                fd_exhausted: limits::is_fd_exhausted(&e),
-                error: format!("connect to {} from {source:?}: {e}", shared.target.addr),
-            })?;
+        let server = &shared.targets[node];
+        let stream = target::connect(server, source).await.map_err(|e| Failure {
+            fd_exhausted: limits::is_fd_exhausted(&e),
+            error: format!("connect to {} from {source:?}: {e}", server.addr),
+        })?;
         clients::run(
             transport,
             stream,
-            &shared.target,
+            server,
             &channel,
             &shared.client,
             &mut wrapped,
@@ -306,9 +323,28 @@ async fn member<H: Handler>(
     };
     Member {
         index,
+        node,
         transport,
         subscribed: wrapped.subscribed,
         handler: wrapped.inner,
         error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_of;
+
+    #[test]
+    fn spreads_members_over_nodes_in_blocks() {
+        let nodes: Vec<usize> = (0..8).map(|i| node_of(i, 8, 2)).collect();
+        assert_eq!(nodes, [0, 0, 0, 0, 1, 1, 1, 1]);
+        let nodes: Vec<usize> = (0..5).map(|i| node_of(i, 5, 2)).collect();
+        assert_eq!(nodes, [0, 0, 0, 1, 1]);
+        assert!((0..7).all(|i| node_of(i, 7, 1) == 0));
+        let three: Vec<usize> = (0..7).map(|i| node_of(i, 7, 3)).collect();
+        assert_eq!(three, [0, 0, 0, 1, 1, 2, 2]);
+        // More nodes than members: each member on its own node.
+        assert_eq!((0..2).map(|i| node_of(i, 2, 4)).collect::<Vec<_>>(), [0, 2]);
     }
 }

@@ -1,5 +1,7 @@
 //! Smoke test: every scenario at tiny scale against an in-process switchyard server
-//! (`--pid` is this process, which hosts both the server and the bench).
+//! (`--pid` is this process, which hosts both the server and the bench), and `fanout` over
+//! two in-process nodes sharing a private `redis-server` (skipped loudly when it is not
+//! installed, unless `SWITCHYARD_REQUIRE_REDIS=1` or `CI` is set).
 
 use switchyard_bench::{
     clients::Transport,
@@ -256,5 +258,135 @@ async fn webhooks_explains_the_ssrf_guard() {
     assert!(
         text.contains("SWITCHYARD_WEBHOOKS__ALLOW_PRIVATE_NETWORKS=true"),
         "{text}"
+    );
+}
+
+/// A private `redis-server` on a free loopback port, without persistence; killed when
+/// dropped.
+struct RedisServer {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts one and waits for its `PONG`; `None` (after a loud notice) when
+    /// `redis-server` is not installed and not required.
+    async fn start(test: &str) -> Option<Self> {
+        let required = std::env::var("SWITCHYARD_REQUIRE_REDIS").is_ok_and(|v| v == "1")
+            || std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let spawned = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let child = match spawned {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                eprintln!(
+                    "\n*** SKIPPED {test}: redis-server is not installed (apt-get install \
+                     redis-server); set SWITCHYARD_REQUIRE_REDIS=1 to fail instead ***\n"
+                );
+                return None;
+            }
+            Err(e) => panic!("redis-server does not start: {e}"),
+        };
+        let server = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while !server.pongs().await {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("redis-server answers PING within 10 s");
+        Some(server)
+    }
+
+    async fn pongs(&self) -> bool {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let Ok(mut conn) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
+            return false;
+        };
+        let mut answer = [0u8; 7];
+        conn.write_all(b"PING\r\n").await.is_ok()
+            && conn.read_exact(&mut answer).await.is_ok()
+            && &answer == b"+PONG\r\n"
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_across_two_redis_nodes() {
+    let Some(redis) = RedisServer::start("fanout_across_two_redis_nodes").await else {
+        return;
+    };
+    let (a, _data_a) = start_server_with(|c| c.engine = redis.url()).await;
+    let (b, _data_b) = start_server_with(|c| c.engine = redis.url()).await;
+    let me = std::process::id();
+
+    // Subscribers on A, events published to B: every delivery crossed Redis.
+    let mut opts = FanoutOptions::new(&a, FanoutTransport::Ws, 4, 20, me);
+    opts.publish_url = Some(b.clone());
+    opts.redis_pid = Some(redis.child.id());
+    let r = fanout::run(&opts).await.unwrap();
+    let summary = r.summary();
+    assert!(r.ok, "{summary}");
+    assert_eq!((r.published, r.delivered, r.lost), (20, 80, 0), "{summary}");
+    assert_eq!(r.latency.samples, 80, "{summary}");
+    assert_eq!(
+        (r.nodes.clone(), r.publish_url.clone()),
+        (vec![a.clone()], b.clone())
+    );
+    assert_eq!(r.by_node.len(), 1, "{summary}");
+    assert_eq!(r.by_node[&a].subscribers, 4, "{summary}");
+    assert!(r.redis_cpu_secs.is_some_and(|c| c >= 0.0), "{summary}");
+    assert!(summary.contains(&format!("publishing to {b}")), "{summary}");
+
+    // Subscribers split over A and B (every transport on each), published to B.
+    let mut opts = FanoutOptions::new(&a, FanoutTransport::Mix, 8, 20, me);
+    opts.url.push(b.clone());
+    opts.publish_url = Some(b.clone());
+    let r = fanout::run(&opts).await.unwrap();
+    let summary = r.summary();
+    assert!(r.ok, "{summary}");
+    assert_eq!(
+        (r.published, r.delivered, r.lost),
+        (20, 160, 0),
+        "{summary}"
+    );
+    assert_eq!(r.by_node.len(), 2, "{summary}");
+    for node in [&a, &b] {
+        let share = &r.by_node[node];
+        assert_eq!((share.subscribers, share.delivered), (4, 80), "{summary}");
+        assert_eq!(share.latency.samples, 80, "{summary}");
+    }
+    assert!(
+        r.by_transport
+            .values()
+            .all(|t| t.subscribers == 2 && t.delivered == 40),
+        "{summary}"
     );
 }
