@@ -16,7 +16,7 @@ use crate::{
     },
     store::{
         SqliteStore, Store, WebhookStore,
-        redis::{RedisStore, RedisStoreConfig, router},
+        redis::{RedisStore, RedisStoreConfig, keep_job_token_key, router},
         sqlite::WriterStats,
     },
 };
@@ -121,6 +121,8 @@ impl Engine {
         let (claimable, outbox_ready) = (Arc::clone(&signals.jobs), Arc::clone(&signals.outbox));
         let router_store = Arc::clone(&store);
         let route_wake = store.route_wake();
+        let key_store = Arc::clone(&store);
+        let kept_key = job_key.clone();
         let sweep_hub = Arc::clone(&hub);
         Ok(Self {
             bus: hub,
@@ -131,9 +133,10 @@ impl Engine {
             webhook_store: Arc::clone(&store) as _,
             store: store as _,
             sweep: Box::new(move || sweep_hub.sweep()),
-            tasks: vec![Box::new(move |stop| {
-                tokio::spawn(router::run(router_store, route_wake, stop))
-            })],
+            tasks: vec![
+                Box::new(move |stop| tokio::spawn(router::run(router_store, route_wake, stop))),
+                Box::new(move |stop| tokio::spawn(keep_job_token_key(key_store, kept_key, stop))),
+            ],
         })
     }
 

@@ -1009,6 +1009,54 @@ async fn an_empty_redis_restart_is_survived_and_consumers_are_told_to_reset() {
     shutdown(nodes).await;
 }
 
+/// Submits a job on `at`; returns its id and job token.
+async fn submit_job(at: SocketAddr, admin: &[(&str, &str)]) -> (String, String) {
+    let (status, _, accepted) = post_json(at, "/v1/jobs", admin, &json!({"q": 1})).await;
+    assert_eq!(status, 202, "{accepted}");
+    let field = |k: &str| accepted[k].as_str().unwrap().to_owned();
+    (field("id"), field("token"))
+}
+
+/// The job token key the nodes share, if Redis holds one.
+async fn key_in_redis(redis: &RedisServer) -> Option<String> {
+    redis
+        .query::<Option<String>>(redis::cmd("GET").arg("sy:job-token-key"))
+        .await
+        .ok()
+        .flatten()
+}
+
+#[tokio::test]
+async fn a_node_started_after_an_empty_redis_restart_accepts_the_older_nodes_job_tokens() {
+    let Some(mut redis) = RedisServer::start("cluster job token key").await else {
+        return;
+    };
+    let with_keys = |c: &mut Config| c.auth.api_keys = vec![KEY.to_owned()];
+    let mut nodes = nodes(&redis, 1, with_keys).await;
+    let a = nodes[0].addr;
+    let auth = format!("Bearer {KEY}");
+    let admin = [("authorization", auth.as_str())];
+    let before = until("A to share its job token key", || key_in_redis(&redis)).await;
+
+    redis.restart().await;
+    // A puts the key it signs with back into the empty Redis...
+    let after = until("A to put its job token key back", || key_in_redis(&redis)).await;
+    assert_eq!(after, before);
+    // ...so a node started now signs with it too: tokens work on either node.
+    nodes.extend(self::nodes(&redis, 1, with_keys).await);
+    let b = nodes[1].addr;
+    for (on, read_on) in [(a, b), (b, a)] {
+        let (id, token) = submit_job(on, &admin).await;
+        let (status, job) = get_json(read_on, &format!("/v1/jobs/{id}?token={token}")).await;
+        assert_eq!(
+            (status.as_u16(), job["id"].as_str()),
+            (200, Some(id.as_str())),
+            "a token issued on {on} read on {read_on}: {job}"
+        );
+    }
+    shutdown(nodes).await;
+}
+
 #[tokio::test]
 async fn a_persistent_redis_restart_is_survived_without_a_reset() {
     let Some(mut redis) = RedisServer::start_persistent("cluster persistent redis restart").await

@@ -1,5 +1,4 @@
-//! The job store on Redis (issue #7, phase 2a: not wired into [`crate::run`] yet), so N
-//! gateway nodes share one queue of jobs: the same [`Store`] semantics as
+//! The job store on Redis (`engine = "redis://..."`), so N gateway nodes share one queue of jobs: the same [`Store`] semantics as
 //! [`super::SqliteStore`], with every state change one atomic Lua script.
 //!
 //! # Layout
@@ -8,8 +7,11 @@
 //!   `sy:jobs:idem:{key}`.
 //! - [`scripts`]: submit, claim, report, cancel, expire and prune, one script each.
 //! - [`reply`]: script replies into [`JobRecord`]s and [`StoreError`]s.
-//! - [`webhooks`] (phase 2b) and `webhook_scripts`: the [`super::WebhookStore`] of the same
+//! - [`webhooks`] and `webhook_scripts`: the [`super::WebhookStore`] of the same
 //!   `RedisStore`: endpoints, the delivery outbox and per-delivery leases across nodes.
+//! - [`router`]: creates the deliveries of events no publish path routed (job events, and
+//!   publishes whose node failed between the append and the enqueue).
+//! - `job_token_key`: the job token signing key every node shares.
 //!
 //! # Why sorted sets, not a stream with a consumer group
 //! The embedded store's semantics are: claims take the job queued longest ago (a requeued
@@ -42,12 +44,15 @@
 //! makes it (see docs/operations.md): `appendfsync always` matches the embedded store's
 //! fsync-before-acknowledge, `everysec` may lose the last second on a crash.
 
+mod job_token_key;
 mod keys;
 mod reply;
 pub(crate) mod router;
 mod scripts;
 mod webhook_scripts;
 pub mod webhooks;
+
+pub(crate) use job_token_key::keep_job_token_key;
 
 use std::{sync::Arc, time::Duration};
 
@@ -194,38 +199,6 @@ impl RedisStore {
     /// The notifier that wakes this store's webhook router (for [`router::run`]).
     pub(crate) fn route_wake(&self) -> Arc<Notify> {
         Arc::clone(&self.route_wake)
-    }
-
-    /// The key job tokens are signed with, shared by every node: created by the first node
-    /// that asks (32 random bytes, hex), read by the others.
-    ///
-    /// # Errors
-    /// When Redis cannot be reached or holds something else under the key.
-    pub async fn shared_job_token_key(&self) -> Result<Vec<u8>, StoreError> {
-        let key = format!("{}job-token-key", crate::hub::redis::keys::PREFIX);
-        let mut conn = self.conn.clone();
-        let _: Value = self
-            .timed(
-                redis::cmd("SET")
-                    .arg(&key)
-                    .arg(random_token() + &random_token())
-                    .arg("NX")
-                    .query_async(&mut conn),
-            )
-            .await?;
-        let hex: String = self
-            .timed(redis::cmd("GET").arg(&key).query_async(&mut conn))
-            .await?;
-        let bytes: Option<Vec<u8>> = (0..hex.len())
-            .step_by(2)
-            .map(|i| {
-                hex.get(i..i + 2)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-            })
-            .collect();
-        bytes
-            .filter(|b| b.len() == 32)
-            .ok_or_else(|| StoreError::Unavailable(format!("{key} does not hold 64 hex digits")))
     }
 
     /// Job events may have been marked for webhooks: let the router look (only worth a
