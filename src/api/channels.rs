@@ -77,6 +77,7 @@ pub async fn publish(state: Arc<AppState>, channel: ChannelName, req: Request<In
         Ok(p) => {
             // Webhook deliveries are recorded durably before the publish is acknowledged.
             if !p.replayed
+                && p.to_route
                 && let Err(e) = state
                     .webhooks
                     .enqueue(channel.as_str(), p.offset, event_type, p.envelope.clone())

@@ -438,6 +438,7 @@ impl Bus for MemoryHub {
                 cursor: Cursor::encode_single(req.channel, position),
                 replayed: false,
                 envelope: event.envelope().clone(),
+                to_route: true,
             };
             c.push(event, self.config.history_size);
             if let (Some(key), Some(hash)) = (req.idempotency_key, hash) {

@@ -40,6 +40,9 @@ pub struct Published {
     pub replayed: bool,
     /// The event's envelope (shared, not copied), for the webhook outbox.
     pub envelope: bytes::Bytes,
+    /// Whether the webhook outbox must see the event: false when the engine knows no
+    /// endpoint existed as it appended it (the Redis hub: saves a round trip per publish).
+    pub to_route: bool,
 }
 
 /// Why a publish failed.

@@ -1,7 +1,7 @@
 //! The Redis hub: channel history, offsets, epochs and idempotency keys live in Redis, and
 //! Redis pub/sub carries new events to every gateway node that has subscribers for them, so
-//! N nodes behind a load balancer serve the same channels (issue #7, phase 1: not wired into
-//! [`crate::run`] yet; phase 2 adds the Redis store and the engine switch).
+//! N nodes behind a load balancer serve the same channels (`engine = "redis://..."`, assembled
+//! by [`crate::engine`]).
 //!
 //! # Layout
 //! - [`keys`]: key and topic names (`sy:{channel}:h`, `:meta`, `:idem:{key}`, `:live`).
@@ -481,9 +481,13 @@ impl Bus for RedisHub {
                     req.idempotency_key,
                 ))
                 .await?;
-            let (epoch, offset, replayed) = match appended {
-                Appended::New { epoch, offset } => (epoch, offset, false),
-                Appended::Seen { epoch, offset } => (epoch, offset, true),
+            let (epoch, offset, replayed, to_route) = match appended {
+                Appended::New {
+                    epoch,
+                    offset,
+                    marked,
+                } => (epoch, offset, false, marked),
+                Appended::Seen { epoch, offset } => (epoch, offset, true, false),
                 Appended::Conflict => return Err(PublishError::IdempotencyConflict),
             };
             let position = Position { epoch, offset };
@@ -508,6 +512,7 @@ impl Bus for RedisHub {
                 cursor: Cursor::encode_single(req.channel, position),
                 replayed,
                 envelope,
+                to_route,
             })
         }
         .boxed()

@@ -70,11 +70,13 @@ local function trim_age(stream, cutoff)
 end
 -- While any webhook endpoint exists, every new event is marked for the webhook router
 -- (`sy:wh:unrouted`, scored by when a router may take it): the event and the promise of its
--- deliveries commit together (see store::redis::router).
+-- deliveries commit together (see store::redis::router). Returns whether it marked.
 local function mark_unrouted(channel, offset, at)
   if redis.call('EXISTS', 'sy:wh:endpoints') == 1 then
     redis.call('ZADD', 'sy:wh:unrouted', at, channel .. '\n' .. fmt(offset))
+    return true
   end
+  return false
 end
 -- Wakes every node's waiters of a kind (`jobs`: claimable work; `outbox`: deliveries due).
 local function signal(what)
@@ -89,7 +91,8 @@ pub(crate) const PUBLISH_ROUTE_GRACE_MS: u64 = 2000;
 /// KEYS: meta, history, [idempotency key]. ARGV: epoch for a new history, type, time,
 /// data, history size, history TTL (ms), key lifetime (s), live topic, idempotency TTL (s),
 /// channel name, webhook route grace (ms).
-/// Returns `{'new', epoch, offset}`, `{'seen', epoch, offset}` or `{'conflict'}`.
+/// Returns `{'new', epoch, offset, marked}` (`marked` 1 when the event awaits webhook
+/// routing, else 0), `{'seen', epoch, offset}` or `{'conflict'}`.
 const APPEND: &str = r#"
 local meta, stream, idem = KEYS[1], KEYS[2], KEYS[3]
 local epoch = open_history(meta, stream, ARGV[1])
@@ -108,7 +111,7 @@ local now = now_ms()
 redis.call('XADD', stream, 'MAXLEN', ARGV[5], fmt(offset) .. '-0',
   'ty', ARGV[2], 'tm', ARGV[3], 'ms', fmt(now), 'd', ARGV[4])
 trim_age(stream, now - tonumber(ARGV[6]))
-mark_unrouted(ARGV[10], offset, now + tonumber(ARGV[11]))
+local marked = mark_unrouted(ARGV[10], offset, now + tonumber(ARGV[11]))
 if idem then
   redis.call('SET', idem, digest .. ' ' .. epoch .. ' ' .. fmt(offset), 'NX', 'EX', ARGV[9])
 end
@@ -116,7 +119,7 @@ redis.call('EXPIRE', meta, ARGV[7])
 redis.call('EXPIRE', stream, ARGV[7])
 redis.call('PUBLISH', ARGV[8], epoch .. ' ' .. fmt(offset) .. ' ' .. fmt(#ARGV[2]) .. ' '
   .. fmt(#ARGV[3]) .. '\n' .. ARGV[2] .. ARGV[3] .. ARGV[4])
-return {'new', epoch, offset}
+return {'new', epoch, offset, marked and 1 or 0}
 "#;
 
 /// KEYS: meta, history. ARGV: epoch for a new history ('' = do not create), mode (`now`,
@@ -188,8 +191,13 @@ pub(super) struct Bounds {
 /// What the append script did.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Appended {
-    /// A new event at this position.
-    New { epoch: u64, offset: u64 },
+    /// A new event at this position; `marked` when it awaits webhook routing (some
+    /// endpoint existed).
+    New {
+        epoch: u64,
+        offset: u64,
+        marked: bool,
+    },
     /// The idempotency key was seen with the same request: its first result.
     Seen { epoch: u64, offset: u64 },
     /// The idempotency key was seen with a different request.
@@ -325,7 +333,11 @@ impl Scripts {
                 .ok_or_else(|| malformed("append: position"))
         };
         match kind.as_deref() {
-            Some("new") => position().map(|(epoch, offset)| Appended::New { epoch, offset }),
+            Some("new") => position().map(|(epoch, offset)| Appended::New {
+                epoch,
+                offset,
+                marked: items.get(3).and_then(number) == Some(1),
+            }),
             Some("seen") => position().map(|(epoch, offset)| Appended::Seen { epoch, offset }),
             Some("conflict") => Ok(Appended::Conflict),
             _ => Err(malformed("append: kind")),
