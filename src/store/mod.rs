@@ -1,6 +1,6 @@
 //! Durable storage behind [`Store`]: jobs and their event logs. SQLite (embedded, the
-//! default) fsyncs every acknowledgement; Redis ([`redis::RedisStore`], for several nodes,
-//! not wired into `run()` yet) is as durable as its persistence settings.
+//! default) fsyncs every acknowledgement; Redis ([`redis::RedisStore`], for several nodes)
+//! is as durable as its persistence settings.
 
 pub mod redis;
 pub mod sqlite;

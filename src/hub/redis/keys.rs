@@ -1,5 +1,5 @@
-//! Redis key and pub/sub topic names for a channel, in one place so every node (and phase
-//! 2's store) agrees on them.
+//! Redis key and pub/sub topic names for a channel, in one place so every node (and the
+//! Redis store's scripts) agrees on them.
 //!
 //! The channel name sits between braces: it is the Redis Cluster *hash tag*, so all of a
 //! channel's keys land in one slot and the append script may touch them together. Channel

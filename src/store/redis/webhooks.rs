@@ -1,5 +1,4 @@
-//! The webhook store on Redis (issue #7, phase 2b: not wired into [`crate::run`] yet):
-//! endpoints and the delivery outbox with the semantics of the embedded store
+//! The webhook store on Redis: endpoints and the delivery outbox with the semantics of the embedded store
 //! ([`crate::store::SqliteStore`]'s `WebhookStore`), every change one Lua script
 //! (`webhook_scripts`), plus a per-delivery lease so several nodes never send the
 //! same delivery at once.
@@ -52,23 +51,18 @@
 //! dispatcher holds as due; here leased deliveries are not due (for anyone) until the lease
 //! ends, so a node does not refill for deliveries it or another node already holds.
 //!
-//! # Enqueue in the publish's step (for phase 2c)
-//! The embedded store writes the deliveries in the publish's transaction. Here
-//! [`RedisStore::enqueue_to`] runs the `ENQUEUE` script for an event and the
-//! endpoint ids whose filters match it: one script creates every delivery (re-checking that
-//! each endpoint exists and is enabled) or none. Phase 2c can call it in one of two ways:
-//! - **Inside the hub's append script**: append the enqueue body to the append script and
-//!   pass the endpoint ids (matched by the publishing node beforehand) and delivery ids as
-//!   extra arguments. The event and its deliveries then commit together: every event Redis
-//!   acknowledges has its deliveries (at-least-once without gaps). The catch: the webhook
-//!   body is the envelope, which carries the offset and cursor the script assigns, so the
-//!   script must build the envelope bytes itself (or the deliveries store the event's parts
-//!   and `due_for` builds the envelope).
-//! - **Right after the append script**, with the envelope built from its reply. Simpler,
-//!   but a node that dies between the two steps loses that event's deliveries (at-most-once
-//!   for that window), unless the append script also records the event in an "unrouted"
-//!   set that this enqueue removes and a sweeper re-enqueues from after a grace period,
-//!   which makes it at-least-once again.
+//! # Routing events to deliveries
+//! The embedded store writes the deliveries in the publish's transaction. Here the hub's
+//! append script (and every job script) marks the event in `unrouted` (a sorted set of
+//! `channel\noffset` by when it is due for routing) while any endpoint exists, and
+//! [`RedisStore::enqueue_to`] runs the `ENQUEUE` script for the event and the endpoints
+//! whose filters match: it creates every delivery (re-checking that each endpoint exists
+//! and is enabled) or none, and removes the mark in the same step, or does nothing when the
+//! mark is already gone, so an event is routed exactly once. The publishing node routes its
+//! publishes right after the append; the [`super::router`] on every node routes whatever
+//! is left (job events at once, a publish whose node died or failed after its grace
+//! period). That keeps the guarantee at-least-once without putting the envelope's
+//! construction in Lua.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
