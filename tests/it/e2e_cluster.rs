@@ -424,6 +424,34 @@ async fn long_poll_on_one_node_is_woken_by_publishes_on_the_others() {
     consumer_on_a_gets_what_b_and_c_publish(Transport::LongPoll).await;
 }
 
+#[tokio::test]
+async fn clusters_on_two_databases_of_one_redis_do_not_hear_each_other() {
+    let Some(redis) = RedisServer::start("cluster databases").await else {
+        return;
+    };
+    let mut a = node_config(&redis);
+    let mut other = node_config(&redis);
+    (a.engine, other.engine) = (redis.url_db(0), redis.url_db(1));
+    let nodes = vec![start(a).await, start(other).await];
+    let (a, other) = (nodes[0].addr, nodes[1].addr);
+    let ch = channel("cluster/same-name");
+    let mut ws = WsClient::connect(a).await;
+    ws.subscribe(1, &ch, json!({})).await;
+    // The same channel name in the other database: its own offsets, nothing reaches A.
+    for n in 1..=3 {
+        publish_n(other, &ch, n).await;
+    }
+    publish_at(a, &ch, 100).await;
+    let frame = ws.next_event().await;
+    assert_eq!(
+        (frame["offset"].as_u64(), &frame["data"]),
+        (Some(1), &json!({"n": 100})),
+        "A's subscriber gets A's event first, and only it: {frame}"
+    );
+    drop(ws);
+    shutdown(nodes).await;
+}
+
 // ---------------------------------------------------------------------------------------
 // 2. Jobs across nodes
 // ---------------------------------------------------------------------------------------

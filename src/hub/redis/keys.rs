@@ -10,9 +10,9 @@ use switchyard_protocol::ChannelName;
 /// Prefix of every key and topic this hub writes.
 pub(crate) const PREFIX: &str = "sy:";
 
-/// The pub/sub topic of cross-node wake-ups (`jobs`, `outbox`), published by the store's
-/// scripts (which spell it out: keep them in step).
-pub(crate) const SIGNALS: &str = "sy:signals";
+/// How the scripts' source names the topic of cross-node wake-ups; [`Topics::in_script`]
+/// puts the database's own topic in its place.
+pub(crate) const SIGNALS_IN_SCRIPTS: &str = "'sy:signals'";
 
 /// The channel's history: a stream whose entry ids are `{offset}-0`.
 pub(crate) fn history(channel: &ChannelName) -> String {
@@ -29,22 +29,63 @@ pub(super) fn idempotency(channel: &ChannelName, key: &str) -> String {
     format!("{PREFIX}{{{channel}}}:idem:{key}")
 }
 
-/// The pub/sub topic that carries the channel's new events to every node subscribed to it.
-pub(crate) fn live(channel: &ChannelName) -> String {
-    format!("{PREFIX}{{{channel}}}:live")
+/// The pub/sub topic names of one Redis database.
+///
+/// Keys are per database but pub/sub is per instance: the topics of a database other than 0
+/// carry its number (`sy:db3:...`), so gateway clusters on different databases of one
+/// instance never hear each other's events or wake-ups. Database 0 keeps the plain names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Topics {
+    prefix: String,
+    signals: String,
+}
+
+impl Topics {
+    /// The topics of database `db`.
+    pub(crate) fn for_db(db: i64) -> Self {
+        let prefix = if db == 0 {
+            PREFIX.to_owned()
+        } else {
+            format!("{PREFIX}db{db}:")
+        };
+        Self {
+            signals: format!("{prefix}signals"),
+            prefix,
+        }
+    }
+
+    /// The topics of the database `client` connects to (`redis://host:port/db`, 0 without).
+    pub(crate) fn for_client(client: &redis::Client) -> Self {
+        Self::for_db(client.get_connection_info().redis_settings().db())
+    }
+
+    /// The topic that carries the channel's new events to every node subscribed to it.
+    pub(crate) fn live(&self, channel: &ChannelName) -> String {
+        format!("{}{{{channel}}}:live", self.prefix)
+    }
+
+    /// The topic of cross-node wake-ups (`jobs`, `outbox`), which the scripts publish to.
+    pub(crate) fn signals(&self) -> &str {
+        &self.signals
+    }
+
+    /// The channel a live topic belongs to, or `None` for a topic these names do not use.
+    pub(super) fn channel_of_live(&self, topic: &str) -> Option<ChannelName> {
+        let name = topic.strip_prefix(&self.prefix)?.strip_prefix('{')?;
+        let name = name.strip_suffix("}:live")?;
+        ChannelName::new(name).ok()
+    }
+
+    /// A script's `source` publishing its wake-ups to this database's signals topic.
+    pub(crate) fn in_script(&self, source: &str) -> String {
+        source.replace(SIGNALS_IN_SCRIPTS, &format!("'{}'", self.signals()))
+    }
 }
 
 /// `jobs/*` channels are durable: the job store writes them (the hub refuses publishes) and
 /// their events stay until the store prunes the job, whatever `history.ttl_secs` says.
 pub(crate) fn is_durable(channel: &ChannelName) -> bool {
     channel.as_str().starts_with("jobs/")
-}
-
-/// The channel a live topic belongs to, or `None` for a topic this hub does not use.
-pub(super) fn channel_of_live(topic: &str) -> Option<ChannelName> {
-    let name = topic.strip_prefix(PREFIX)?.strip_prefix('{')?;
-    let name = name.strip_suffix("}:live")?;
-    ChannelName::new(name).ok()
 }
 
 #[cfg(test)]
@@ -57,14 +98,36 @@ mod tests {
         assert_eq!(history(&c), "sy:{orders/eu:1}:h");
         assert_eq!(meta(&c), "sy:{orders/eu:1}:meta");
         assert_eq!(idempotency(&c, "k"), "sy:{orders/eu:1}:idem:k");
-        assert_eq!(channel_of_live(&live(&c)), Some(c));
-        assert_eq!(channel_of_live("sy:{a}:h"), None);
-        assert_eq!(channel_of_live("other"), None);
-        assert_eq!(channel_of_live(SIGNALS), None);
+        let topics = Topics::for_db(0);
+        assert_eq!(topics.live(&c), "sy:{orders/eu:1}:live");
+        assert_eq!(topics.channel_of_live(&topics.live(&c)), Some(c.clone()));
+        assert_eq!(topics.channel_of_live("sy:{a}:h"), None);
+        assert_eq!(topics.channel_of_live("other"), None);
+        assert_eq!(topics.channel_of_live(topics.signals()), None);
         // The scripts write these names literally.
         let prelude = super::super::scripts::PRELUDE;
-        assert!(prelude.contains(&format!("'{SIGNALS}'")));
+        assert!(prelude.contains(SIGNALS_IN_SCRIPTS));
         assert!(prelude.contains(&format!("'{PREFIX}wh:endpoints'")));
         assert!(prelude.contains(&format!("'{PREFIX}wh:unrouted'")));
+    }
+
+    #[test]
+    fn each_database_has_its_own_topics() {
+        let c = ChannelName::new("orders").unwrap();
+        let (zero, three) = (Topics::for_db(0), Topics::for_db(3));
+        let client = |url| redis::Client::open(url).unwrap();
+        assert_eq!(Topics::for_client(&client("redis://h:1")), zero);
+        assert_eq!(Topics::for_client(&client("redis://h:1/3")), three);
+        assert_eq!(three.live(&c), "sy:db3:{orders}:live");
+        assert_eq!(three.signals(), "sy:db3:signals");
+        assert_eq!(zero.channel_of_live(&three.live(&c)), None);
+        assert_eq!(three.channel_of_live(&zero.live(&c)), None);
+        assert_eq!(three.channel_of_live(&three.live(&c)), Some(c));
+        let source = "redis.call('PUBLISH', 'sy:signals', what)";
+        assert_eq!(
+            three.in_script(source),
+            "redis.call('PUBLISH', 'sy:db3:signals', what)"
+        );
+        assert_eq!(zero.in_script(source), source);
     }
 }

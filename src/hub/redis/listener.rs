@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Inner, keys,
+    Inner,
     local::{Dispatched, Known},
     wire,
 };
@@ -145,7 +145,7 @@ async fn serve(
     let (generation, channels) = inner.table().reconnected();
     let mut subscribed = HashSet::new();
     for batch in channels.chunks(SUBSCRIBE_BATCH) {
-        let topics: Vec<String> = batch.iter().map(keys::live).collect();
+        let topics: Vec<String> = batch.iter().map(|c| inner.topics().live(c)).collect();
         if !matches!(
             tokio::time::timeout(timeout, sink.subscribe(&topics)).await,
             Ok(Ok(()))
@@ -155,7 +155,7 @@ async fn serve(
         subscribed.extend(batch.iter().cloned());
     }
     if !matches!(
-        tokio::time::timeout(timeout, sink.subscribe(keys::SIGNALS)).await,
+        tokio::time::timeout(timeout, sink.subscribe(inner.topics().signals())).await,
         Ok(Ok(()))
     ) {
         return End::Lost;
@@ -216,13 +216,13 @@ async fn ensure(
     let wanted = inner.table().wants(channel);
     let timeout = inner.config.op_timeout;
     if wanted && !subscribed.contains(channel) {
-        let r = tokio::time::timeout(timeout, sink.subscribe(keys::live(channel))).await;
+        let r = tokio::time::timeout(timeout, sink.subscribe(inner.topics().live(channel))).await;
         if !matches!(r, Ok(Ok(()))) {
             return false;
         }
         subscribed.insert(channel.clone());
     } else if !wanted && subscribed.contains(channel) {
-        let r = tokio::time::timeout(timeout, sink.unsubscribe(keys::live(channel))).await;
+        let r = tokio::time::timeout(timeout, sink.unsubscribe(inner.topics().live(channel))).await;
         if !matches!(r, Ok(Ok(()))) {
             return false;
         }
@@ -232,11 +232,12 @@ async fn ensure(
 }
 
 async fn on_message(inner: &Inner, msg: &redis::Msg) {
-    if msg.get_channel_name() == keys::SIGNALS {
+    let topics = inner.topics();
+    if msg.get_channel_name() == topics.signals() {
         inner.signals.fire(msg.get_payload_bytes());
         return;
     }
-    let Some(channel) = keys::channel_of_live(msg.get_channel_name()) else {
+    let Some(channel) = topics.channel_of_live(msg.get_channel_name()) else {
         return;
     };
     let Some(event) = wire::decode_live(msg.get_payload_bytes())

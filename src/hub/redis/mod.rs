@@ -39,6 +39,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use self::{
+    keys::Topics,
     listener::Control,
     local::{Known, Read, Table},
     scripts::{Appended, Bounds, ReadFrom, Scripts},
@@ -131,7 +132,7 @@ pub(crate) async fn connection_manager(
     .map_err(|e| ConnectError::Unreachable(e.to_string()))
 }
 
-/// Cross-node wake-ups carried on the [`keys::SIGNALS`] topic, which the store's scripts
+/// Cross-node wake-ups carried on the [`Topics::signals`] topic, which the store's scripts
 /// publish to: a submit or requeue on any node wakes claims waiting on every node, and new
 /// due deliveries (or an endpoint change) wake every node's dispatcher. After the pub/sub
 /// connection is (re)established both fire, since signals may have been missed meanwhile.
@@ -175,6 +176,11 @@ struct Inner {
 }
 
 impl Inner {
+    /// The pub/sub topics of the database this hub is on.
+    fn topics(&self) -> &Topics {
+        &self.scripts.topics
+    }
+
     fn table(&self) -> MutexGuard<'_, Table> {
         // The table's invariants hold between statements that could panic; keep serving.
         self.table
@@ -269,7 +275,7 @@ impl RedisHub {
         let inner = Arc::new(Inner {
             table: Mutex::new(Table::default()),
             conn,
-            scripts: Scripts::new(),
+            scripts: Scripts::new(Topics::for_client(&client)),
             bounds: config.bounds(),
             config,
             live_up: AtomicBool::new(false),

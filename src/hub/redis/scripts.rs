@@ -22,7 +22,10 @@
 use redis::{Script, Value, aio::ConnectionManager};
 use switchyard_protocol::ChannelName;
 
-use super::{keys, wire::Parts};
+use super::{
+    keys::{self, Topics},
+    wire::Parts,
+};
 
 /// How long an idempotency key is remembered, as the memory hub does.
 pub(super) const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
@@ -169,6 +172,8 @@ return {epoch, last, oldest, start, reset, entries}
 pub(super) struct Scripts {
     append: Script,
     read: Script,
+    /// The database's topics: where the append script publishes.
+    pub(super) topics: Topics,
 }
 
 impl std::fmt::Debug for Scripts {
@@ -281,10 +286,11 @@ pub(super) fn entry(v: &Value) -> Option<Parts> {
 }
 
 impl Scripts {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(topics: Topics) -> Self {
         Self {
-            append: Script::new(&format!("{PRELUDE}{APPEND}")),
-            read: Script::new(&format!("{PRELUDE}{READ}")),
+            append: Script::new(&topics.in_script(&format!("{PRELUDE}{APPEND}"))),
+            read: Script::new(&topics.in_script(&format!("{PRELUDE}{READ}"))),
+            topics,
         }
     }
 
@@ -316,7 +322,7 @@ impl Scripts {
             .arg(bounds.history_size.max(1))
             .arg(bounds.history_ttl_ms)
             .arg(bounds.key_lifetime_secs)
-            .arg(keys::live(channel))
+            .arg(self.topics.live(channel))
             .arg(IDEMPOTENCY_TTL_SECS)
             .arg(channel.as_str())
             .arg(PUBLISH_ROUTE_GRACE_MS);

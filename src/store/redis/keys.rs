@@ -6,7 +6,7 @@
 
 use switchyard_protocol::ChannelName;
 
-use crate::hub::redis::keys::{PREFIX, history, live, meta};
+use crate::hub::redis::keys::{PREFIX, Topics, history, meta};
 
 /// Every key a script on one job touches, in the order the scripts expect them.
 #[derive(Debug)]
@@ -22,12 +22,12 @@ pub(super) struct JobKeys {
 }
 
 impl JobKeys {
-    pub(super) fn new(channel: &ChannelName) -> Self {
+    pub(super) fn new(channel: &ChannelName, topics: &Topics) -> Self {
         Self {
             job: format!("{PREFIX}{{{channel}}}:job"),
             meta: meta(channel),
             history: history(channel),
-            live: live(channel),
+            live: topics.live(channel),
         }
     }
 }
@@ -59,7 +59,7 @@ mod tests {
 
     #[test]
     fn a_job_and_its_channel_share_the_hash_tag() {
-        let k = JobKeys::new(&job_channel("abc"));
+        let k = JobKeys::new(&job_channel("abc"), &Topics::for_db(0));
         assert_eq!(k.job, "sy:{jobs/abc}:job");
         assert_eq!(k.meta, "sy:{jobs/abc}:meta");
         assert_eq!(k.history, "sy:{jobs/abc}:h");

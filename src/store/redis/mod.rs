@@ -71,7 +71,7 @@ use crate::{
     hub::{
         memory::random_epoch,
         now_rfc3339,
-        redis::{ConnectError, connection_manager},
+        redis::{ConnectError, connection_manager, keys::Topics},
     },
     store::sqlite::job_channel,
 };
@@ -127,6 +127,8 @@ pub struct RedisStore {
     /// Wakes this node's webhook router ([`router::run`]) after a job operation, whose
     /// event the script may have marked for routing.
     route_wake: Arc<Notify>,
+    /// The pub/sub topics of this database, which job scripts publish to.
+    topics: Topics,
     config: RedisStoreConfig,
 }
 
@@ -154,10 +156,10 @@ struct OnJob {
 }
 
 impl OnJob {
-    fn new(id: &str, now_ms: i64) -> Self {
+    fn new(id: &str, now_ms: i64, topics: &Topics) -> Self {
         Self {
             id: id.to_owned(),
-            keys: JobKeys::new(&job_channel(id)),
+            keys: JobKeys::new(&job_channel(id), topics),
             time: now_rfc3339(),
             now_ms,
             idempotency: None,
@@ -185,10 +187,12 @@ impl RedisStore {
     pub async fn connect(url: &str, config: RedisStoreConfig) -> Result<Self, ConnectError> {
         let client = redis::Client::open(url).map_err(ConnectError::Url)?;
         let conn = connection_manager(&client, config.op_timeout).await?;
+        let topics = Topics::for_client(&client);
         Ok(Self {
             conn,
-            scripts: Scripts::new(),
-            webhook_scripts: webhook_scripts::WebhookScripts::new(),
+            scripts: Scripts::new(&topics),
+            webhook_scripts: webhook_scripts::WebhookScripts::new(&topics),
+            topics,
             webhook_filters: webhooks::FilterCache::new(),
             node_token: random_token(),
             route_wake: Arc::new(Notify::new()),
@@ -263,7 +267,7 @@ impl RedisStore {
     }
 
     async fn read(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
-        let keys = JobKeys::new(&job_channel(id));
+        let keys = JobKeys::new(&job_channel(id), &self.topics);
         let mut conn = self.conn.clone();
         let fields: Value = self
             .timed(
@@ -285,7 +289,7 @@ impl RedisStore {
     }
 
     async fn submit_job(&self, job: NewJob) -> Result<Submitted, StoreError> {
-        let mut on = OnJob::new(&job.id, job.now_ms);
+        let mut on = OnJob::new(&job.id, job.now_ms, &self.topics);
         on.idempotency = job
             .idempotency
             .as_ref()
@@ -342,7 +346,7 @@ impl RedisStore {
                 return Ok(None);
             }
             for id in heads {
-                let on = OnJob::new(&id, now_ms);
+                let on = OnJob::new(&id, now_ms, &self.topics);
                 let (kind, rest) = self
                     .run(Op::Claim, &on, &[lease.as_bytes(), lease_ms_arg.as_bytes()])
                     .await?;
@@ -382,7 +386,7 @@ impl RedisStore {
             Report::Fail { error, retry: true } => ("retry", error),
             Report::Fail { error, .. } => ("fail", error),
         };
-        let on = OnJob::new(&id, now_ms);
+        let on = OnJob::new(&id, now_ms, &self.topics);
         let (answer, rest) = self
             .run(
                 Op::Report,
@@ -401,7 +405,7 @@ impl RedisStore {
     }
 
     async fn cancel_job(&self, id: String, now_ms: i64) -> Result<JobRecord, StoreError> {
-        let on = OnJob::new(&id, now_ms);
+        let on = OnJob::new(&id, now_ms, &self.topics);
         let (answer, rest) = self.run(Op::Cancel, &on, &[]).await?;
         match answer.as_str() {
             "ok" => must_record(&id, rest.first()),
@@ -417,7 +421,7 @@ impl RedisStore {
         let expired = self.ids(keys::leases(), now_ms.to_string(), BATCH).await?;
         let mut requeued = 0;
         for id in expired {
-            let on = OnJob::new(&id, now_ms);
+            let on = OnJob::new(&id, now_ms, &self.topics);
             let (answer, _) = self
                 .run(Op::Expire, &on, &[LEASE_EXPIRED_ERROR.as_bytes()])
                 .await?;
@@ -439,7 +443,7 @@ impl RedisStore {
             let more = ids.len() == BATCH as usize;
             let mut progressed = false;
             for id in ids {
-                let mut on = OnJob::new(&id, super::now_ms());
+                let mut on = OnJob::new(&id, super::now_ms(), &self.topics);
                 let mut conn = self.conn.clone();
                 on.idempotency = self
                     .timed(
@@ -541,7 +545,7 @@ impl Store for RedisStore {
                 let mut conn = self.conn.clone();
                 self.timed(
                     redis::cmd("PUBLISH")
-                        .arg(crate::hub::redis::keys::SIGNALS)
+                        .arg(self.topics.signals())
                         .arg("outbox")
                         .query_async::<i64>(&mut conn),
                 )

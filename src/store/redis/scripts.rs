@@ -12,7 +12,7 @@
 use redis::{Script, Value, aio::ConnectionManager};
 
 use super::keys::{self, JobKeys};
-use crate::hub::redis::scripts::PRELUDE;
+use crate::hub::redis::{keys::Topics, scripts::PRELUDE};
 
 /// Helpers of the job scripts (after the hub's prelude: `fmt`, `now_ms`, `open_history`).
 const JOB_PRELUDE: &str = r#"
@@ -213,8 +213,9 @@ pub(super) enum Op {
 }
 
 impl Scripts {
-    pub(super) fn new() -> Self {
-        let script = |body: &str| Script::new(&format!("{PRELUDE}{JOB_PRELUDE}{body}"));
+    pub(super) fn new(topics: &Topics) -> Self {
+        let script =
+            |body: &str| Script::new(&topics.in_script(&format!("{PRELUDE}{JOB_PRELUDE}{body}")));
         Self {
             submit: script(SUBMIT),
             claim: script(CLAIM),

@@ -8,6 +8,8 @@
 
 use redis::Script;
 
+use crate::hub::redis::keys::Topics;
+
 /// Key helpers shared by every webhook script.
 const PRELUDE: &str = r#"
 local P = table.remove(ARGV, 1)
@@ -300,8 +302,8 @@ impl std::fmt::Debug for WebhookScripts {
 }
 
 impl WebhookScripts {
-    pub(super) fn new() -> Self {
-        let script = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+    pub(super) fn new(topics: &Topics) -> Self {
+        let script = |body: &str| Script::new(&topics.in_script(&format!("{PRELUDE}{body}")));
         Self {
             put_endpoint: script(PUT_ENDPOINT),
             delete_endpoint: script(DELETE_ENDPOINT),

@@ -94,7 +94,12 @@ impl RedisServer {
 
     /// `redis://127.0.0.1:{port}/0`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        self.url_db(0)
+    }
+
+    /// `redis://127.0.0.1:{port}/{db}`.
+    pub fn url_db(&self, db: u8) -> String {
+        format!("redis://127.0.0.1:{}/{db}", self.port)
     }
 
     /// Kills the server at once (SIGKILL: no goodbye to its clients) and waits for it.
