@@ -29,8 +29,11 @@ const NOT_KEYS: [&str; 4] = [
 
 /// Keys whose environment value is taken as text as it is: secrets and origins may look
 /// like numbers (an all-digit key) or lists (`[`), and must not be reinterpreted.
-const TEXT_KEYS: [&str; 7] = [
+const TEXT_KEYS: [&str; 10] = [
     "engine",
+    "redis.tls_ca_file",
+    "redis.tls_client_cert_file",
+    "redis.tls_client_key_file",
     "limits.trusted_proxies",
     "auth.api_keys",
     "auth.jwt_secret",
@@ -86,6 +89,14 @@ pub struct RedisConfig {
     pub op_timeout_ms: u64,
     /// Seconds a webhook delivery picked up by one node's dispatcher stays leased to it.
     pub delivery_lease_secs: u64,
+    /// With `rediss://`: PEM file of the CA certificates that may sign Redis's certificate,
+    /// instead of the system's roots ("" = the system's roots).
+    pub tls_ca_file: String,
+    /// With `rediss://`: PEM certificate chain this node presents to Redis (mutual TLS,
+    /// Redis's `tls-auth-clients yes`), with `tls_client_key_file` ("" = none).
+    pub tls_client_cert_file: String,
+    /// With `rediss://`: PEM private key of `tls_client_cert_file`.
+    pub tls_client_key_file: String,
 }
 
 /// Which engine `engine` names.
@@ -105,6 +116,48 @@ impl Config {
         } else {
             Engine::Redis(self.engine.clone())
         }
+    }
+
+    /// `engine` and the `redis.tls_*` keys: a Redis URL the client accepts, TLS settings
+    /// only with `rediss://`, and certificate checks never turned off.
+    fn check_engine(&self) -> anyhow::Result<()> {
+        let tls = self.engine.starts_with("rediss://");
+        if self.engine != "embedded" {
+            if !tls && !self.engine.starts_with("redis://") {
+                bail!(
+                    "`engine` must be \"embedded\" or a redis://host:port/db (rediss:// for TLS) URL, got {:?}",
+                    self.engine_redacted()
+                );
+            }
+            if tls && self.engine.contains('#') {
+                bail!(
+                    "`engine` {:?}: the Redis server's certificate is always checked (no #insecure); trust a private CA with `redis.tls_ca_file`",
+                    self.engine_redacted()
+                );
+            }
+            redis::Client::open(self.engine.as_str()).map_err(|e| {
+                anyhow::anyhow!(
+                    "`engine` {:?} is not a valid Redis URL: {e}",
+                    self.engine_redacted()
+                )
+            })?;
+        }
+        let r = &self.redis;
+        for (key, value) in [
+            ("redis.tls_ca_file", &r.tls_ca_file),
+            ("redis.tls_client_cert_file", &r.tls_client_cert_file),
+            ("redis.tls_client_key_file", &r.tls_client_key_file),
+        ] {
+            if !value.is_empty() && !tls {
+                bail!("`{key}` is set, but `engine` is not a rediss:// (TLS) URL");
+            }
+        }
+        if r.tls_client_cert_file.is_empty() != r.tls_client_key_file.is_empty() {
+            bail!(
+                "`redis.tls_client_cert_file` and `redis.tls_client_key_file` go together: set both or neither"
+            );
+        }
+        Ok(())
     }
 
     /// `engine` with any password in the URL replaced by [`REDACTED`], for logs and
@@ -450,20 +503,7 @@ impl Config {
             }
             Ok(())
         }
-        if self.engine != "embedded" {
-            if !self.engine.starts_with("redis://") {
-                bail!(
-                    "`engine` must be \"embedded\" or a redis://host:port/db URL (rediss:// is not supported: use a TLS tunnel), got {:?}",
-                    self.engine_redacted()
-                );
-            }
-            redis::Client::open(self.engine.as_str()).map_err(|e| {
-                anyhow::anyhow!(
-                    "`engine` {:?} is not a valid Redis URL: {e}",
-                    self.engine_redacted()
-                )
-            })?;
-        }
+        self.check_engine()?;
         range("redis.op_timeout_ms", self.redis.op_timeout_ms, 10, 60_000)?;
         range(
             "redis.delivery_lease_secs",
@@ -755,9 +795,22 @@ mod tests {
             Engine::Redis("redis://:hunter2@127.0.0.1:6379/2".into())
         );
         assert!(!c.engine_redacted().contains("hunter2"));
+        let tls = Config::load(
+            None,
+            env(&[
+                (
+                    "SWITCHYARD_ENGINE",
+                    "rediss://:hunter2@redis.example:6380/0",
+                ),
+                ("SWITCHYARD_REDIS__TLS_CA_FILE", "/etc/ca.pem"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(tls.redis.tls_ca_file, "/etc/ca.pem");
         let bad = Config::load(
             None,
-            env(&[("SWITCHYARD_ENGINE", "rediss://:hunter2@x/0")]),
+            env(&[("SWITCHYARD_ENGINE", "rediss://:hunter2@x/0#insecure")]),
             &Overrides::default(),
         )
         .unwrap_err();
@@ -884,7 +937,17 @@ mod tests {
         assert!(err(&[("SWITCHYARD_DEMO__DELAY_MS", "60001")]).contains("demo.delay_ms"));
         assert!(err(&[("SWITCHYARD_DEMO__WORKERS", "true")]).contains("workers"));
         assert!(err(&[("SWITCHYARD_ENGINE", "postgres://127.0.0.1/x")]).contains("engine"));
-        assert!(err(&[("SWITCHYARD_ENGINE", "rediss://127.0.0.1/0")]).contains("engine"));
+        assert!(
+            err(&[("SWITCHYARD_ENGINE", "rediss://127.0.0.1/0#insecure")]).contains("#insecure")
+        );
+        assert!(err(&[("SWITCHYARD_REDIS__TLS_CA_FILE", "/ca.pem")]).contains("redis.tls_ca_file"));
+        assert!(
+            err(&[
+                ("SWITCHYARD_ENGINE", "rediss://127.0.0.1/0"),
+                ("SWITCHYARD_REDIS__TLS_CLIENT_CERT_FILE", "/c.pem"),
+            ])
+            .contains("set both or neither")
+        );
         assert!(err(&[("SWITCHYARD_REDIS__DELIVERY_LEASE_SECS", "0")]).contains("delivery_lease"));
         assert!(err(&[("SWITCHYARD_LISTEN", "nowhere")]).contains("listen"));
         let missing = Config::load(

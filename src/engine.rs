@@ -12,7 +12,7 @@ use crate::{
     hub::{
         Bus, MemoryHub,
         memory::MemoryHubConfig,
-        redis::{RedisHub, RedisHubConfig},
+        redis::{RedisHub, RedisHubConfig, client::client as redis_client},
     },
     store::{
         SqliteStore, Store, WebhookStore,
@@ -93,8 +93,9 @@ impl Engine {
         warn_if_leases_can_run_out(config);
         let op_timeout = Duration::from_millis(config.redis.op_timeout_ms);
         let shown = config.engine_redacted();
-        let hub = RedisHub::connect(
-            url,
+        let client = redis_client(url, config)?;
+        let hub = RedisHub::connect_with(
+            client.clone(),
             RedisHubConfig {
                 op_timeout,
                 ..RedisHubConfig::from_config(config)
@@ -102,8 +103,8 @@ impl Engine {
         )
         .await
         .map_err(|e| anyhow::anyhow!("engine {shown}: {e}"))?;
-        let store = RedisStore::connect(
-            url,
+        let store = RedisStore::connect_with(
+            &client,
             RedisStoreConfig {
                 op_timeout,
                 delivery_lease: Duration::from_secs(config.redis.delivery_lease_secs),

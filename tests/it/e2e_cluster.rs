@@ -3,7 +3,9 @@
 //! one node is claimed through a second (waking its held claim) and followed on a third with
 //! the job token; three dispatchers deliver every webhook; a SIGKILLed node loses nothing
 //! (its consumers resume on another node, its in-flight delivery is re-sent after the lease);
-//! a Redis restart is survived, empty (consumers get a reset) or persistent (they do not).
+//! a Redis restart is survived, empty (consumers get a reset) or persistent (they do not);
+//! nodes reach a TLS-only Redis (`rediss://`, private CA, client certificates) and refuse
+//! one whose certificate they cannot verify.
 
 use std::{
     collections::{BTreeSet, HashMap, VecDeque},
@@ -918,6 +920,93 @@ async fn a_delivery_in_flight_on_a_killed_node_is_sent_again_by_another_after_it
             .is_none(),
         "sent once more, not again and again"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// 4b. TLS to Redis
+// ---------------------------------------------------------------------------------------
+
+/// A node's configuration for `redis` (a TLS server): its CA, and a client certificate.
+fn tls_node_config(redis: &RedisServer) -> Config {
+    let mut c = node_config(redis);
+    let file = |name: &str| redis.certs().path(name).display().to_string();
+    c.redis.tls_ca_file = file("ca.crt");
+    c.redis.tls_client_cert_file = file("client.crt");
+    c.redis.tls_client_key_file = file("client.key");
+    c
+}
+
+#[tokio::test]
+async fn nodes_on_a_tls_redis_that_checks_client_certificates_share_channels_and_jobs() {
+    let Some(redis) = RedisServer::start_tls("cluster over TLS", true).await else {
+        return;
+    };
+    assert!(redis.url().starts_with("rediss://"));
+    let nodes = vec![
+        start(tls_node_config(&redis)).await,
+        start(tls_node_config(&redis)).await,
+    ];
+    let (a, b) = (nodes[0].addr, nodes[1].addr);
+    let ch = channel("cluster/tls");
+    let mut ws = WsClient::connect(a).await;
+    ws.subscribe(1, &ch, json!({})).await;
+    for n in 1..=3 {
+        publish_n(b, &ch, n).await;
+        assert_tick(&ws.next_event().await, &ch, n, "WebSocket on A");
+    }
+    let (status, _, job) = post_json(b, "/v1/jobs", &[], &json!({"q": "tls"})).await;
+    assert_eq!(status, 202, "{job}");
+    let (status, _, claimed) = post_json(a, "/v1/jobs/claim", &[], &json!({"wait_ms": 5000})).await;
+    assert_eq!(
+        (status.as_u16(), &claimed["job"]["id"]),
+        (200, &job["id"]),
+        "{claimed}"
+    );
+    assert_eq!(readyz(a).await.0, 200);
+    drop(ws);
+    shutdown(nodes).await;
+}
+
+/// Runs a node with `config` and returns why it would not start.
+async fn start_error(config: Config) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ran = within(
+        "the node to give up",
+        switchyard::run(listener, config, std::future::pending()),
+    )
+    .await;
+    format!("{:#}", ran.expect_err("the node started"))
+}
+
+#[tokio::test]
+async fn a_node_refuses_a_redis_certificate_it_cannot_verify_or_a_tls_redis_that_wants_its_certificate()
+ {
+    let Some(redis) = RedisServer::start_tls("TLS checks", true).await else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let mut c = tls_node_config(&redis);
+    c.data_dir = data.path().to_owned();
+    // Only the system's roots: the private CA's certificate is refused.
+    let mut no_ca = c.clone();
+    no_ca.redis.tls_ca_file = String::new();
+    let err = start_error(no_ca).await;
+    assert!(
+        err.contains("engine rediss://") && err.contains("certificate"),
+        "{err}"
+    );
+    // The server wants a client certificate: without one the node cannot connect.
+    let mut no_client_cert = c.clone();
+    no_client_cert.redis.tls_client_cert_file = String::new();
+    no_client_cert.redis.tls_client_key_file = String::new();
+    let err = start_error(no_client_cert).await;
+    assert!(err.contains("engine rediss://"), "{err}");
+    // Plain TCP to the TLS port gets nowhere either.
+    let mut plain = node_config(&redis);
+    plain.engine = redis.url().replacen("rediss://", "redis://", 1);
+    plain.data_dir = data.path().to_owned();
+    let err = start_error(plain).await;
+    assert!(err.contains("engine redis://"), "{err}");
 }
 
 // ---------------------------------------------------------------------------------------

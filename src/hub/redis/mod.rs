@@ -17,6 +17,7 @@
 //! like the memory hub serves the embedded store's durable channels (never trimmed by age,
 //! the latest `history.size` events replayable).
 
+pub(crate) mod client;
 pub(crate) mod keys;
 mod listener;
 mod local;
@@ -266,6 +267,17 @@ impl RedisHub {
     /// When the URL is invalid or Redis does not answer within `config.op_timeout`.
     pub async fn connect(url: &str, config: RedisHubConfig) -> Result<Self, ConnectError> {
         let client = redis::Client::open(url).map_err(ConnectError::Url)?;
+        Self::connect_with(client, config).await
+    }
+
+    /// [`Self::connect`] with a client already built (TLS settings included).
+    ///
+    /// # Errors
+    /// When Redis does not answer within `config.op_timeout`.
+    pub async fn connect_with(
+        client: redis::Client,
+        config: RedisHubConfig,
+    ) -> Result<Self, ConnectError> {
         let unreachable = |e: String| ConnectError::Unreachable(e);
         let conn = connection_manager(&client, config.op_timeout).await?;
         let pubsub = tokio::time::timeout(config.op_timeout, client.get_async_pubsub())

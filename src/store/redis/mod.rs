@@ -186,8 +186,19 @@ impl RedisStore {
     /// When the URL is invalid or Redis does not answer within `config.op_timeout`.
     pub async fn connect(url: &str, config: RedisStoreConfig) -> Result<Self, ConnectError> {
         let client = redis::Client::open(url).map_err(ConnectError::Url)?;
-        let conn = connection_manager(&client, config.op_timeout).await?;
-        let topics = Topics::for_client(&client);
+        Self::connect_with(&client, config).await
+    }
+
+    /// [`Self::connect`] with a client already built (TLS settings included).
+    ///
+    /// # Errors
+    /// When Redis does not answer within `config.op_timeout`.
+    pub async fn connect_with(
+        client: &redis::Client,
+        config: RedisStoreConfig,
+    ) -> Result<Self, ConnectError> {
+        let conn = connection_manager(client, config.op_timeout).await?;
+        let topics = Topics::for_client(client);
         Ok(Self {
             conn,
             scripts: Scripts::new(&topics),

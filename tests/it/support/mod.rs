@@ -1,5 +1,6 @@
 //! Test harness: start a server on port 0, publish, read metrics, and wait with timeouts.
 
+pub mod certs;
 pub mod http;
 pub mod process;
 pub mod receiver;

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use super::within;
+use super::{certs::Certs, within};
 
 /// A running (or killed, to be restarted) redis-server.
 pub struct RedisServer {
@@ -24,6 +24,14 @@ pub struct RedisServer {
     /// Where a persistent server keeps its data when not in `dir`: the caller's directory,
     /// which outlives this server.
     data_dir: Option<PathBuf>,
+    /// Serves TLS only (`rediss://`), with these certificates.
+    tls: Option<Tls>,
+}
+
+/// A TLS server's certificates, and whether it refuses clients without a certificate.
+struct Tls {
+    certs: Certs,
+    clients_need_certs: bool,
 }
 
 fn binary() -> Option<PathBuf> {
@@ -53,6 +61,34 @@ impl RedisServer {
         Self::start_with(test, false, None).await
     }
 
+    /// Like [`start`](Self::start), serving TLS only, with a certificate from a private CA
+    /// ([`Self::certs`]); with `clients_need_certs`, clients must present one it signed.
+    /// `None` (after a loud notice) also when `openssl` is missing and not required.
+    pub async fn start_tls(test: &str, clients_need_certs: bool) -> Option<Self> {
+        let Some(certs) = Certs::make() else {
+            assert!(
+                !required(),
+                "openssl is not installed, and CI or SWITCHYARD_REQUIRE_REDIS=1 requires it (apt-get install openssl)"
+            );
+            eprintln!(
+                "\n*** SKIPPED {test}: openssl is not installed (apt-get install openssl) ***\n"
+            );
+            return None;
+        };
+        let mut server = Self::new(test, false, None)?;
+        server.tls = Some(Tls {
+            certs,
+            clients_need_certs,
+        });
+        server.restart().await;
+        Some(server)
+    }
+
+    /// The certificates of a [TLS](Self::start_tls) server.
+    pub fn certs(&self) -> &Certs {
+        &self.tls.as_ref().expect("a TLS server").certs
+    }
+
     /// Like [`start`](Self::start), but every write is appended to an AOF and fsync'd before
     /// Redis replies, so a restart (even after a SIGKILL) comes back with all the data.
     pub async fn start_persistent(test: &str) -> Option<Self> {
@@ -66,6 +102,13 @@ impl RedisServer {
     }
 
     async fn start_with(test: &str, persistent: bool, data_dir: Option<PathBuf>) -> Option<Self> {
+        let mut server = Self::new(test, persistent, data_dir)?;
+        server.restart().await;
+        Some(server)
+    }
+
+    /// The server, not started yet.
+    fn new(test: &str, persistent: bool, data_dir: Option<PathBuf>) -> Option<Self> {
         let Some(binary) = binary() else {
             assert!(
                 !required(),
@@ -80,16 +123,15 @@ impl RedisServer {
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let mut server = Self {
+        Some(Self {
             binary,
             child: None,
             port,
             dir: tempfile::tempdir().unwrap(),
             persistent,
             data_dir,
-        };
-        server.restart().await;
-        Some(server)
+            tls: None,
+        })
     }
 
     /// `redis://127.0.0.1:{port}/0`.
@@ -97,9 +139,14 @@ impl RedisServer {
         self.url_db(0)
     }
 
-    /// `redis://127.0.0.1:{port}/{db}`.
+    /// `redis://127.0.0.1:{port}/{db}` (`rediss://` for a TLS server).
     pub fn url_db(&self, db: u8) -> String {
-        format!("redis://127.0.0.1:{}/{db}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/{db}", self.port)
     }
 
     /// Kills the server at once (SIGKILL: no goodbye to its clients) and waits for it.
@@ -119,8 +166,23 @@ impl RedisServer {
         } else {
             &["--appendonly", "no"]
         };
+        let port = self.port.to_string();
+        let mut listen = vec!["--port".into(), port.clone()];
+        if let Some(tls) = &self.tls {
+            let file = |name: &str| tls.certs.path(name).display().to_string();
+            listen = vec!["--port".into(), "0".into(), "--tls-port".into(), port];
+            for (flag, name) in [
+                ("--tls-cert-file", "server.crt"),
+                ("--tls-key-file", "server.key"),
+                ("--tls-ca-cert-file", "ca.crt"),
+            ] {
+                listen.extend([flag.to_owned(), file(name)]);
+            }
+            let need = if tls.clients_need_certs { "yes" } else { "no" };
+            listen.extend(["--tls-auth-clients".into(), need.into()]);
+        }
         let child = Command::new(&self.binary)
-            .args(["--port", &self.port.to_string()])
+            .args(&listen)
             .args(["--bind", "127.0.0.1", "--save", ""])
             .args(persistence)
             .arg("--dir")
@@ -132,7 +194,9 @@ impl RedisServer {
         self.child = Some(child);
         within("redis-server to answer PING", async {
             loop {
-                if self.query::<String>(&mut redis::cmd("PING")).await.is_ok() {
+                let r = self.query::<String>(&mut redis::cmd("PING")).await;
+                eprintln!("PING {r:?}");
+                if r.is_ok() {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -146,7 +210,22 @@ impl RedisServer {
         &self,
         cmd: &mut redis::Cmd,
     ) -> redis::RedisResult<T> {
-        let client = redis::Client::open(self.url())?;
+        let client = match &self.tls {
+            None => redis::Client::open(self.url())?,
+            Some(tls) => {
+                let pem = |name| std::fs::read(tls.certs.path(name)).unwrap();
+                redis::Client::build_with_tls(
+                    self.url(),
+                    redis::TlsCertificates {
+                        client_tls: Some(redis::ClientTlsConfig {
+                            client_cert: pem("client.crt"),
+                            client_key: pem("client.key"),
+                        }),
+                        root_cert: Some(pem("ca.crt")),
+                    },
+                )?
+            }
+        };
         let mut conn = client.get_multiplexed_async_connection().await?;
         cmd.query_async(&mut conn).await
     }
