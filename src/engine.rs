@@ -12,7 +12,7 @@ use crate::{
     hub::{
         Bus, MemoryHub,
         memory::MemoryHubConfig,
-        redis::{RedisHub, RedisHubConfig, client::client as redis_client},
+        redis::{RedisHub, RedisHubConfig, RedisStats, client::client as redis_client},
     },
     store::{
         SqliteStore, Store, WebhookStore,
@@ -35,6 +35,8 @@ pub(crate) struct Engine {
     pub(crate) claimable: Option<Arc<Notify>>,
     /// The embedded store's commit counters (zero on Redis).
     pub(crate) store_stats: Arc<WriterStats>,
+    /// The Redis connections' counters (Redis only).
+    pub(crate) redis_stats: Option<Arc<RedisStats>>,
     /// What job tokens are signed with: per data directory, or shared through Redis.
     pub(crate) job_tokens: JobTokens,
     /// Periodic upkeep of the hub (expired history, idle channels, closed sinks).
@@ -79,6 +81,7 @@ impl Engine {
             store_stats: Arc::clone(&store.stats),
             outbox_ready: Arc::clone(&store.outbox_ready),
             claimable: None,
+            redis_stats: None,
             job_tokens: JobTokens::open(&config.data_dir)?,
             webhook_store: Arc::clone(&store) as _,
             store: store as _,
@@ -103,7 +106,7 @@ impl Engine {
         )
         .await
         .map_err(|e| anyhow::anyhow!("engine {shown}: {e}"))?;
-        let store = RedisStore::connect_with(
+        let mut store = RedisStore::connect_with(
             &client,
             RedisStoreConfig {
                 op_timeout,
@@ -116,6 +119,8 @@ impl Engine {
             .shared_job_token_key()
             .await
             .map_err(|e| anyhow::anyhow!("engine {shown}: {e}"))?;
+        let redis_stats = hub.stats();
+        store.share_stats(Arc::clone(&redis_stats));
         let store = Arc::new(store);
         let hub = Arc::new(hub);
         let signals = hub.signals();
@@ -130,6 +135,7 @@ impl Engine {
             store_stats: Arc::default(),
             outbox_ready,
             claimable: Some(claimable),
+            redis_stats: Some(redis_stats),
             job_tokens: JobTokens::from_key(&job_key),
             webhook_store: Arc::clone(&store) as _,
             store: store as _,

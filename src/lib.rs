@@ -123,6 +123,7 @@ pub async fn run(
         webhooks,
         dispatch_stats: Arc::clone(&dispatcher.stats),
         store_stats,
+        redis_stats: engine.redis_stats.clone(),
         consumers,
         config: Arc::clone(&config),
         shutdown: token.clone(),

@@ -59,6 +59,8 @@ pub struct AppState {
     pub dispatch_stats: Arc<crate::webhooks::dispatcher::DispatchStats>,
     /// The store's commit counters.
     pub store_stats: Arc<crate::store::sqlite::WriterStats>,
+    /// The Redis connections' counters (the Redis engine only).
+    pub redis_stats: Option<Arc<crate::hub::redis::RedisStats>>,
     /// What the consumer transports share.
     pub consumers: Arc<Context>,
     /// The validated configuration.

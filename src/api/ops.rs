@@ -93,6 +93,29 @@ pub fn metrics(state: &AppState) -> Reply {
         "gauge",
         load(&stats.max_batch),
     );
+    if let Some(redis) = &state.redis_stats {
+        write_family(
+            &mut out,
+            "switchyard_redis_up",
+            "1 while this node's Redis pub/sub connection is up (events from other nodes arrive only then).",
+            "gauge",
+            one(u64::from(redis.is_up())),
+        );
+        write_family(
+            &mut out,
+            "switchyard_redis_reconnects_total",
+            "Times this node's Redis pub/sub connection was made again after a loss.",
+            "counter",
+            one(redis.reconnects()),
+        );
+        write_family(
+            &mut out,
+            "switchyard_redis_errors_total",
+            "Redis operations that failed or timed out (answered 503, or retried by a background task).",
+            "counter",
+            one(redis.errors()),
+        );
+    }
     let d = &state.dispatch_stats;
     write_family(
         &mut out,

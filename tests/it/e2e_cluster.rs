@@ -1076,8 +1076,21 @@ async fn an_empty_redis_restart_is_survived_and_consumers_are_told_to_reset() {
         cursor = frame["cursor"].as_str().unwrap().to_owned();
     }
 
+    assert_eq!(metric(a, "switchyard_redis_up", &[]).await, 1.0);
+    assert_eq!(metric(b, "switchyard_redis_errors_total", &[]).await, 0.0);
     kill_redis_and_see_nodes_unavailable(&mut redis, a, b, &ch).await;
+    // What an operator's alert sees: the connection down, the refused publish counted.
+    until("A to report Redis down", || async {
+        (metric(a, "switchyard_redis_up", &[]).await == 0.0).then_some(())
+    })
+    .await;
+    assert!(metric(b, "switchyard_redis_errors_total", &[]).await >= 1.0);
     let first = restart_redis_and_publish(&mut redis, a, b, &ch, json!({"n": 1})).await;
+    until("A to report Redis up again", || async {
+        (metric(a, "switchyard_redis_up", &[]).await == 1.0).then_some(())
+    })
+    .await;
+    assert!(metric(a, "switchyard_redis_reconnects_total", &[]).await >= 1.0);
     assert_eq!(
         first["offset"], 1,
         "the history was lost: a new one starts at 1"

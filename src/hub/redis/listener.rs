@@ -94,6 +94,7 @@ pub(super) async fn run(
         };
         if let Some(pubsub) = pubsub {
             if failures > 0 {
+                inner.stats.reconnected();
                 tracing::info!(
                     attempts = failures,
                     "Redis pub/sub connection re-established"

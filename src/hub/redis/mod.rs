@@ -22,12 +22,13 @@ pub(crate) mod keys;
 mod listener;
 mod local;
 pub(crate) mod scripts;
+mod stats;
 mod wire;
 
 use std::{
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -39,6 +40,7 @@ use switchyard_transports::hub::{Opened, Sink, StartFrom};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+pub use self::stats::RedisStats;
 use self::{
     keys::Topics,
     listener::Control,
@@ -168,8 +170,9 @@ struct Inner {
     scripts: Scripts,
     config: RedisHubConfig,
     bounds: Bounds,
-    /// Whether the pub/sub connection is up with its topics subscribed (for readiness).
-    live_up: AtomicBool,
+    /// Whether the pub/sub connection is up (for readiness), reconnections and failed
+    /// operations, shared with the node's store.
+    stats: Arc<RedisStats>,
     /// Wakes the listener to unsubscribe topics no local subscriber needs any more.
     dirty: Notify,
     published: AtomicU64,
@@ -190,7 +193,7 @@ impl Inner {
     }
 
     fn set_live(&self, up: bool) {
-        self.live_up.store(up, Ordering::Release);
+        self.stats.set_up(up);
     }
 
     fn conn(&self) -> ConnectionManager {
@@ -231,14 +234,16 @@ impl Inner {
         &self,
         op: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, HubError> {
-        match tokio::time::timeout(self.config.op_timeout, op).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(HubError::Unavailable(format!("redis: {e}"))),
-            Err(_) => Err(HubError::Unavailable(format!(
+        let error = match tokio::time::timeout(self.config.op_timeout, op).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => HubError::Unavailable(format!("redis: {e}")),
+            Err(_) => HubError::Unavailable(format!(
                 "redis did not answer within {:?}",
                 self.config.op_timeout
-            ))),
-        }
+            )),
+        };
+        self.stats.failed();
+        Err(error)
     }
 }
 
@@ -290,7 +295,7 @@ impl RedisHub {
             scripts: Scripts::new(Topics::for_client(&client)),
             bounds: config.bounds(),
             config,
-            live_up: AtomicBool::new(false),
+            stats: Arc::default(),
             dirty: Notify::new(),
             published: AtomicU64::new(0),
             signals: Signals::default(),
@@ -320,7 +325,7 @@ impl RedisHub {
         self.inner
             .timed(redis::cmd("PING").query_async::<String>(&mut conn))
             .await?;
-        if !self.inner.live_up.load(Ordering::Acquire) {
+        if !self.inner.stats.is_up() {
             return Err(HubError::Unavailable(
                 "the Redis pub/sub connection is down".into(),
             ));
@@ -331,6 +336,11 @@ impl RedisHub {
     /// The cross-node wake-ups this node's listener receives.
     pub fn signals(&self) -> &Signals {
         &self.inner.signals
+    }
+
+    /// This node's Redis counters, for `/metrics` (hand them to the store too).
+    pub fn stats(&self) -> Arc<RedisStats> {
+        Arc::clone(&self.inner.stats)
     }
 
     /// Drops closed sinks and releases topics nobody here needs; call it periodically.

@@ -71,7 +71,7 @@ use crate::{
     hub::{
         memory::random_epoch,
         now_rfc3339,
-        redis::{ConnectError, connection_manager, keys::Topics},
+        redis::{ConnectError, RedisStats, connection_manager, keys::Topics},
     },
     store::sqlite::job_channel,
 };
@@ -129,6 +129,8 @@ pub struct RedisStore {
     route_wake: Arc<Notify>,
     /// The pub/sub topics of this database, which job scripts publish to.
     topics: Topics,
+    /// Counts failed operations; the node's hub's, from [`Self::share_stats`].
+    stats: Arc<RedisStats>,
     config: RedisStoreConfig,
 }
 
@@ -205,10 +207,17 @@ impl RedisStore {
             webhook_scripts: webhook_scripts::WebhookScripts::new(&topics),
             topics,
             webhook_filters: webhooks::FilterCache::new(),
+            stats: Arc::default(),
             node_token: random_token(),
             route_wake: Arc::new(Notify::new()),
             config,
         })
+    }
+
+    /// Counts this store's failed operations in `stats` (the hub's, so `/metrics` shows
+    /// one figure per node).
+    pub(crate) fn share_stats(&mut self, stats: Arc<RedisStats>) {
+        self.stats = stats;
     }
 
     /// The notifier that wakes this store's webhook router (for [`router::run`]).
@@ -229,14 +238,16 @@ impl RedisStore {
         &self,
         op: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.config.op_timeout, op).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StoreError::Unavailable(format!("redis: {e}"))),
-            Err(_) => Err(StoreError::Unavailable(format!(
+        let error = match tokio::time::timeout(self.config.op_timeout, op).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => StoreError::Unavailable(format!("redis: {e}")),
+            Err(_) => StoreError::Unavailable(format!(
                 "redis did not answer within {:?}",
                 self.config.op_timeout
-            ))),
-        }
+            )),
+        };
+        self.stats.failed();
+        Err(error)
     }
 
     async fn run(
