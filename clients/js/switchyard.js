@@ -27,6 +27,7 @@ const DEFAULTS = {
   pollTimeoutSecs: 25,
   sseIdleTimeoutMs: 45_000,
   wsPingIntervalMs: 20_000,
+  retryPreferredMs: 60_000,
 };
 
 /** An error answered by the gateway (`{"error": {"code", "message"}}`) or a transport. */
@@ -83,6 +84,8 @@ export class Switchyard {
   #seq = 0;
   #token = null;
   #closed = false;
+  #upgradeTimer = null;
+  #upgradeDelay = 0;
   #onOnline = () => { if (this.#timer !== null) this.#retryNow(); };
 
   /**
@@ -91,7 +94,8 @@ export class Switchyard {
    * @param {object} [options] `token` (string, or a function returning one or a promise of
    *   one, called on every (re)connect), `transports` (order of preference, default
    *   `["websocket", "sse", "poll"]`), `headers` (extra headers for `submitJob`),
-   *   `backoff: {initialMs, maxMs}`, `connectTimeoutMs`, `blockedAfter`, `pollTimeoutSecs`.
+   *   `backoff: {initialMs, maxMs}`, `connectTimeoutMs`, `blockedAfter`, `pollTimeoutSecs`,
+   *   `retryPreferredMs` (after a fallback, when to probe WebSocket again; 0: never).
    */
   constructor(baseUrl, options = {}) {
     const here = typeof location !== "undefined" ? location.href : undefined;
@@ -119,7 +123,8 @@ export class Switchyard {
 
   /**
    * Listens to a client event: `connected` `{transport}`, `disconnected`
-   * `{transport, code, reason, retryInMs}`, `fallback` `{from, to, reason}`, `reset`
+   * `{transport, code, reason, retryInMs}`, `fallback` `{from, to, reason}`, `upgrade`
+   * `{from, to}` (back on WebSocket after a fallback), `reset`
    * `{channel, offset, cursor}`, `state` `{state}`, `error` `{error, channel?}`.
    * @returns {() => void} a function that removes the listener
    */
@@ -245,6 +250,8 @@ export class Switchyard {
   #stop() {
     clearTimeout(this.#timer);
     this.#timer = null;
+    clearTimeout(this.#upgradeTimer);
+    this.#upgradeTimer = null;
     const conn = this.#conn;
     this.#conn = null;
     conn?.stop();
@@ -328,6 +335,56 @@ export class Switchyard {
     this.#blocked = 0;
     this.#setState("connected");
     this.#emit("connected", { transport: conn.name, version: VERSION });
+    this.#planUpgrade();
+  }
+
+  // === returning to WebSocket after a fallback ===
+
+  /**
+   * On a fallback transport, probes WebSocket after `retryPreferredMs`, then after twice as
+   * long each time it is still blocked (up to 16 times): a proxy that refused upgrades may
+   * have been fixed, or the page moved to another network. The probe is a socket of its
+   * own; the current connection keeps delivering until the probe has succeeded.
+   */
+  #planUpgrade() {
+    clearTimeout(this.#upgradeTimer);
+    this.#upgradeTimer = null;
+    const every = this.#opts.retryPreferredMs;
+    const preferred = this.#opts.transports.indexOf("websocket");
+    if (!(every > 0) || preferred < 0 || preferred >= this.#index) {
+      this.#upgradeDelay = 0;
+      return;
+    }
+    this.#upgradeDelay = this.#upgradeDelay ? Math.min(this.#upgradeDelay * 2, every * 16) : every;
+    this.#upgradeTimer = setTimeout(() => this.#tryUpgrade(preferred), this.#upgradeDelay);
+  }
+
+  async #tryUpgrade(preferred) {
+    this.#upgradeTimer = null;
+    // A connection that dropped meanwhile plans the next probe when it is back.
+    if (this.#closed || this.#state !== "connected") return;
+    let token;
+    try {
+      token = await this.#credential(false);
+    } catch {
+      this.#planUpgrade();
+      return;
+    }
+    const works = await probeWebSocket(this, token);
+    const current = this.#conn;
+    if (this.#closed || this.#state !== "connected" || this.#upgradeTimer !== null) return;
+    if (!works) {
+      this.#planUpgrade();
+      return;
+    }
+    const from = this.transport;
+    this.#index = preferred;
+    this.#upgradeDelay = 0;
+    this.#emit("upgrade", { from, to: this.transport });
+    // Cursors carry over: the new connection resumes each channel where this one stopped.
+    this.#conn = null;
+    current?.stop();
+    this.#connect();
   }
 
   /**
@@ -473,6 +530,30 @@ export class Switchyard {
 }
 
 // === transports ===
+
+/**
+ * Whether a WebSocket to the gateway gets its first answer now, on a socket that subscribes
+ * to nothing: the client's connection goes on meanwhile.
+ */
+function probeWebSocket(client, token) {
+  return new Promise((resolve) => {
+    const probe = new WsConnection({
+      baseUrl: client.baseUrl,
+      _options: () => client._options(),
+      _channels: () => new Map(),
+      _credential: (fresh) => client._credential(fresh),
+      _isCurrent: () => true,
+      // Stopped once `_opened` has returned: the connection sets its timers right after.
+      _opened: (conn) => queueMicrotask(() => { conn.stop(); resolve(true); }),
+      _ended: () => resolve(false),
+      _position() {},
+      _event() { return false; },
+      _reset() {},
+      _refused() {},
+    }, token);
+    probe.start();
+  });
+}
 
 /** Stands for the connection while a token or a reachability probe is awaited. */
 class Pending {

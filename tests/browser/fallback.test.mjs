@@ -1,6 +1,7 @@
 // When WebSocket is refused (as by a proxy that drops upgrades), the client falls back to
 // SSE and then, if SSE is blocked too, to long-poll, and the application gets every event
-// published before, during and after, in order, exactly once.
+// published before, during and after, in order, exactly once. Once WebSocket works again,
+// the client returns to it, again without a loss or a repeat.
 
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
@@ -47,6 +48,43 @@ describe("fallback", () => {
     await publish(up.server, channel, "tick", { n: 10 });
     const all = await eventsAtLeast(page, 10);
     assert.deepEqual(all.map((e) => e.offset), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    await page.context().close();
+  });
+
+  test("WebSocket unblocked later: the client returns to it and loses nothing", { timeout: 60_000 }, async () => {
+    const channel = "browser/fallback-upgrade";
+    const page = await blankPage(up.browser, up.server);
+    // A proxy refusing upgrades until it is fixed; `sockets` counts the page's attempts.
+    const proxy = { blocked: true, sockets: 0 };
+    await page.routeWebSocket(/\/v1\/ws/, (ws) => {
+      proxy.sockets += 1;
+      if (proxy.blocked) ws.close({ code: 1008, reason: "blocked by proxy" });
+      else ws.connectToServer();
+    });
+    await publishRange(up.server, channel, 1, 3);
+    await follow(page, channel, { backoff: { initialMs: 100, maxMs: 1000 }, retryPreferredMs: 300 }, { after: 0 });
+    await logged(page, "fallback");
+    await eventsAtLeast(page, 3);
+    // Two refused connects made the fallback; wait for two probes more, refused too.
+    const deadline = Date.now() + 20_000;
+    while (proxy.sockets < 4) {
+      assert.ok(Date.now() < deadline, `only ${proxy.sockets} WebSocket attempts`);
+      await page.waitForTimeout(50);
+    }
+    let state = await page.evaluate(() => ({ transport: window.sy.transport, log: window.log }));
+    assert.equal(state.transport, "sse", "a refused probe leaves the client on SSE");
+    assert.ok(!state.log.some((e) => e.type === "upgrade"), JSON.stringify(state.log));
+    await publishRange(up.server, channel, 4, 5);
+
+    proxy.blocked = false;
+    const log = await logged(page, "upgrade");
+    assert.deepEqual(log.filter((e) => e.type === "upgrade").map((e) => `${e.from}->${e.to}`), ["sse->websocket"]);
+    await page.waitForFunction(() => window.sy.transport === "websocket" && window.sy.state === "connected", null, { timeout: 20_000 });
+    await publishRange(up.server, channel, 6, 8);
+    const events = await eventsAtLeast(page, 8);
+    assert.deepEqual(events.map((e) => e.offset), [1, 2, 3, 4, 5, 6, 7, 8]);
+    state = await page.evaluate(() => window.log.filter((e) => e.type === "connected").map((e) => e.transport));
+    assert.deepEqual(state, ["sse", "websocket"]);
     await page.context().close();
   });
 

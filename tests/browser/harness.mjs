@@ -131,7 +131,7 @@ export async function follow(page, channel, options = {}, subscribeOptions = {})
     window.events = [];
     window.log = [];
     const sy = new Switchyard(location.origin, options);
-    for (const type of ["connected", "disconnected", "fallback", "reset", "error"]) {
+    for (const type of ["connected", "disconnected", "fallback", "upgrade", "reset", "error"]) {
       sy.on(type, (detail) => window.log.push({
         type,
         ...detail,
