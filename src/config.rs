@@ -29,12 +29,13 @@ const NOT_KEYS: [&str; 4] = [
 
 /// Keys whose environment value is taken as text as it is: secrets and origins may look
 /// like numbers (an all-digit key) or lists (`[`), and must not be reinterpreted.
-const TEXT_KEYS: [&str; 10] = [
+const TEXT_KEYS: [&str; 11] = [
     "engine",
     "redis.tls_ca_file",
     "redis.tls_client_cert_file",
     "redis.tls_client_key_file",
     "limits.trusted_proxies",
+    "limits.client_ip_header",
     "auth.api_keys",
     "auth.jwt_secret",
     "auth.jwt_algorithm",
@@ -374,9 +375,11 @@ pub struct LimitsConfig {
     pub requests_per_sec_per_key: f64,
     /// Burst above that rate.
     pub request_burst_per_key: u32,
-    /// Reverse proxies (addresses or CIDR blocks) whose `X-Forwarded-For` names the client.
+    /// Reverse proxies (addresses or CIDR blocks) whose forwarding header names the client.
     #[serde(deserialize_with = "string_list")]
     pub trusted_proxies: Vec<String>,
+    /// The header those proxies name the client in: `x-forwarded-for` or `forwarded`.
+    pub client_ip_header: String,
 }
 
 /// `[consumers]`
@@ -491,7 +494,10 @@ impl Config {
         // Credentials are checked here too, so `switchyard config` and a refused start say
         // the same, before anything is created on disk.
         crate::auth::check_config(&self.auth)?;
-        crate::auth::proxies::TrustedProxies::parse(&self.limits.trusted_proxies)?;
+        crate::auth::proxies::TrustedProxies::parse(
+            &self.limits.trusted_proxies,
+            crate::auth::proxies::ClientIpHeader::parse(&self.limits.client_ip_header)?,
+        )?;
         fn range<T: PartialOrd + std::fmt::Display>(
             key: &str,
             v: T,
@@ -950,6 +956,10 @@ mod tests {
         );
         assert!(err(&[("SWITCHYARD_REDIS__DELIVERY_LEASE_SECS", "0")]).contains("delivery_lease"));
         assert!(err(&[("SWITCHYARD_LISTEN", "nowhere")]).contains("listen"));
+        assert!(
+            err(&[("SWITCHYARD_LIMITS__CLIENT_IP_HEADER", "x-real-ip")])
+                .contains("limits.client_ip_header")
+        );
         let missing = Config::load(
             Some(std::path::Path::new("/no/such.toml")),
             env(&[]),

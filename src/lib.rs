@@ -130,7 +130,10 @@ pub async fn run(
         http_connections: AtomicI64::new(0),
         draining: std::sync::atomic::AtomicBool::new(false),
         refusals: api::Refusals::default(),
-        proxies: auth::proxies::TrustedProxies::parse(&config.limits.trusted_proxies)?,
+        proxies: auth::proxies::TrustedProxies::parse(
+            &config.limits.trusted_proxies,
+            auth::proxies::ClientIpHeader::parse(&config.limits.client_ip_header)?,
+        )?,
         ip_limiter: RateLimiter::new(
             config.limits.requests_per_sec_per_ip,
             config.limits.request_burst_per_ip,

@@ -75,7 +75,7 @@ pub struct AppState {
     pub auth: Arc<crate::auth::Auth>,
     /// Requests and connections refused for credentials or limits (for `/metrics`).
     pub refusals: Refusals,
-    /// Reverse proxies whose `X-Forwarded-For` names the client.
+    /// Reverse proxies whose forwarding header names the client.
     pub proxies: crate::auth::proxies::TrustedProxies,
     /// Request rate per client address (callers without an API key).
     pub ip_limiter: crate::auth::rate::RateLimiter<std::net::IpAddr>,

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{
-    config,
+    Config, config,
     http::{self, assert_error},
     start, within,
     ws::WsClient,
@@ -270,41 +270,65 @@ async fn websockets_from_foreign_pages_are_refused() {
     server.shutdown().await;
 }
 
-#[tokio::test]
-async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket() {
-    let status_as = |server: std::net::SocketAddr, client: &'static str| async move {
-        http::request(
-            server,
-            "GET",
-            "/healthz",
-            &[("x-forwarded-for", client)],
-            Vec::new(),
-        )
+/// `GET /healthz` with one forwarding header; its status.
+async fn status_with(server: std::net::SocketAddr, header: &str, value: &str) -> u16 {
+    http::request(server, "GET", "/healthz", &[(header, value)], Vec::new())
         .await
         .0
         .as_u16()
-    };
+}
+
+/// One request per client address (per 100 s), behind `proxies` naming clients in `header`.
+fn one_request_per_client(proxies: &[&str], header: &str) -> Config {
     let mut cfg = config();
     cfg.limits.requests_per_sec_per_ip = 0.01;
     cfg.limits.request_burst_per_ip = 1;
-    cfg.limits.trusted_proxies = vec!["127.0.0.0/8".to_owned()];
-    let server = start(cfg).await;
-    assert_eq!(status_as(server.addr, "203.0.113.1").await, 200);
-    assert_eq!(status_as(server.addr, "203.0.113.1").await, 429);
+    cfg.limits.trusted_proxies = proxies.iter().map(|p| (*p).to_owned()).collect();
+    cfg.limits.client_ip_header = header.to_owned();
+    cfg
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket() {
+    let xff = "x-forwarded-for";
+    let server = start(one_request_per_client(&["127.0.0.0/8"], xff)).await;
+    assert_eq!(status_with(server.addr, xff, "203.0.113.1").await, 200);
+    assert_eq!(status_with(server.addr, xff, "203.0.113.1").await, 429);
     assert_eq!(
-        status_as(server.addr, "203.0.113.2").await,
+        status_with(server.addr, xff, "203.0.113.2").await,
         200,
         "another client behind the same proxy"
     );
     server.shutdown().await;
 
     // Without trusted proxies the header is the client's own claim: ignored.
-    let mut cfg = config();
-    cfg.limits.requests_per_sec_per_ip = 0.01;
-    cfg.limits.request_burst_per_ip = 1;
-    let server = start(cfg).await;
-    assert_eq!(status_as(server.addr, "203.0.113.1").await, 200);
-    assert_eq!(status_as(server.addr, "203.0.113.2").await, 429);
+    let server = start(one_request_per_client(&[], xff)).await;
+    assert_eq!(status_with(server.addr, xff, "203.0.113.1").await, 200);
+    assert_eq!(status_with(server.addr, xff, "203.0.113.2").await, 429);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn proxies_that_write_the_standard_forwarded_header_are_read_when_told() {
+    let server = start(one_request_per_client(&["127.0.0.0/8"], "forwarded")).await;
+    let v6 = r#"for="[2001:db8::7]:4711";proto=https"#;
+    assert_eq!(status_with(server.addr, "forwarded", v6).await, 200);
+    assert_eq!(status_with(server.addr, "forwarded", v6).await, 429);
+    assert_eq!(
+        status_with(server.addr, "forwarded", "for=203.0.113.2").await,
+        200,
+        "another client behind the same proxy"
+    );
+    // X-Forwarded-For is now the client's own claim: both count as the proxy itself.
+    assert_eq!(
+        status_with(server.addr, "x-forwarded-for", "203.0.113.3").await,
+        200
+    );
+    assert_eq!(
+        status_with(server.addr, "x-forwarded-for", "203.0.113.4").await,
+        429,
+        "both counted as the proxy's own address"
+    );
     server.shutdown().await;
 }
 
