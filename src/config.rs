@@ -29,7 +29,7 @@ const NOT_KEYS: [&str; 4] = [
 
 /// Keys whose environment value is taken as text as it is: secrets and origins may look
 /// like numbers (an all-digit key) or lists (`[`), and must not be reinterpreted.
-const TEXT_KEYS: [&str; 11] = [
+const TEXT_KEYS: [&str; 13] = [
     "engine",
     "redis.tls_ca_file",
     "redis.tls_client_cert_file",
@@ -40,6 +40,8 @@ const TEXT_KEYS: [&str; 11] = [
     "auth.jwt_secret",
     "auth.jwt_algorithm",
     "auth.jwt_public_key_file",
+    "auth.jwt_issuer",
+    "auth.jwt_audience",
     "cors.allowed_origins",
 ];
 
@@ -208,6 +210,10 @@ pub struct AuthConfig {
     pub jwt_secret: String,
     /// PEM public key file for RS256 / ES256; empty = none.
     pub jwt_public_key_file: String,
+    /// The `iss` consumer JWTs must carry; empty = not checked.
+    pub jwt_issuer: String,
+    /// What consumer JWTs' `aud` must name; empty = not checked.
+    pub jwt_audience: String,
 }
 
 /// Keeps secrets out of logs and panics: keys and the JWT secret print as `<redacted>`.
@@ -219,6 +225,8 @@ impl std::fmt::Debug for AuthConfig {
             .field("jwt_algorithm", &self.jwt_algorithm)
             .field("jwt_secret", &redacted.jwt_secret)
             .field("jwt_public_key_file", &self.jwt_public_key_file)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
             .finish()
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! Verified with ring (already linked for TLS), so no second crypto stack and no second
 //! version of the hashing crates; claims: `channels` (patterns, required), `exp`
-//! (required), `nbf` (optional); others are ignored.
+//! (required), `nbf` (optional), `iss` and `aud` (required to match when
+//! `auth.jwt_issuer` / `auth.jwt_audience` are set); others are ignored.
 
 use std::{
     fmt,
@@ -71,12 +72,18 @@ enum Key {
 pub struct JwtVerifier {
     algorithm: Algorithm,
     key: Key,
+    /// The `iss` every token must carry, when set.
+    issuer: Option<String>,
+    /// What every token's `aud` must name, when set.
+    audience: Option<String>,
 }
 
 impl fmt::Debug for JwtVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JwtVerifier")
             .field("algorithm", &self.algorithm)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
             .finish_non_exhaustive()
     }
 }
@@ -96,6 +103,8 @@ impl JwtVerifier {
         Ok(Self {
             algorithm: Algorithm::Hs256,
             key: Key::Hmac(hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes())),
+            issuer: None,
+            audience: None,
         })
     }
 
@@ -140,7 +149,21 @@ impl JwtVerifier {
                 verification,
                 key.to_vec(),
             )),
+            issuer: None,
+            audience: None,
         })
+    }
+
+    /// Also requires `iss` to be `issuer` and `aud` to name `audience` ("" = not checked):
+    /// a token the same identity provider issued for another service is refused.
+    #[must_use]
+    pub fn expecting(self, issuer: &str, audience: &str) -> Self {
+        let set = |v: &str| (!v.is_empty()).then(|| v.to_owned());
+        Self {
+            issuer: set(issuer),
+            audience: set(audience),
+            ..self
+        }
     }
 
     /// The grant of a valid `token` at time `now`.
@@ -201,6 +224,16 @@ impl JwtVerifier {
         if claims.nbf.is_some_and(|nbf| nbf > now_secs) {
             return Err(refuse("token is not valid yet (`nbf`)"));
         }
+        if let Some(issuer) = &self.issuer
+            && claims.iss.as_deref() != Some(issuer.as_str())
+        {
+            return Err(refuse(&format!("token `iss` is not {issuer:?}")));
+        }
+        if let Some(audience) = &self.audience
+            && !claims.aud.is_some_and(|aud| aud.names(audience))
+        {
+            return Err(refuse(&format!("token `aud` does not name {audience:?}")));
+        }
         let Some(channels) = claims.channels else {
             return Err(refuse("token has no `channels` claim"));
         };
@@ -233,7 +266,26 @@ struct Header {
 struct Claims {
     exp: Option<f64>,
     nbf: Option<f64>,
+    iss: Option<String>,
+    aud: Option<Audience>,
     channels: Option<Vec<String>>,
+}
+
+/// `aud`: one string or a list of them (RFC 7519 §4.1.3).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn names(&self, audience: &str) -> bool {
+        match self {
+            Self::One(one) => one == audience,
+            Self::Many(many) => many.iter().any(|a| a == audience),
+        }
+    }
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(part: &str, what: &str) -> Result<T, ParamError> {
@@ -285,6 +337,49 @@ uKab7/H580GNKVZBTwIDAQAB
         assert_eq!(
             grant.expires_at(),
             Some(UNIX_EPOCH + Duration::from_secs(1_800_000_060))
+        );
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_configured() {
+        let verifier = || JwtVerifier::hs256(SECRET).unwrap();
+        let token = |extra: serde_json::Value| {
+            let mut c = claims(1_800_000_060);
+            c.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            hs256(SECRET, "HS256", &c)
+        };
+        let ours = token(serde_json::json!({"iss": "https://id.example", "aud": "switchyard"}));
+        let listed =
+            token(serde_json::json!({"iss": "https://id.example", "aud": ["crm", "switchyard"]}));
+        let strict = verifier().expecting("https://id.example", "switchyard");
+        assert!(strict.verify(&ours, now()).is_ok());
+        assert!(strict.verify(&listed, now()).is_ok(), "aud as a list");
+        for (token, why) in [
+            (
+                token(serde_json::json!({"iss": "https://id.example", "aud": "crm"})),
+                "aud",
+            ),
+            (
+                token(serde_json::json!({"iss": "https://id.example"})),
+                "aud",
+            ),
+            (
+                token(serde_json::json!({"iss": "https://evil.example", "aud": "switchyard"})),
+                "iss",
+            ),
+            (token(serde_json::json!({"aud": "switchyard"})), "iss"),
+        ] {
+            let err = strict.verify(&token, now()).unwrap_err();
+            assert_eq!(err.code, ErrorCode::Unauthorized);
+            assert!(err.message.contains(why), "{}", err.message);
+        }
+        // Not configured: not checked.
+        let lax = verifier().expecting("", "");
+        assert!(
+            lax.verify(&token(serde_json::json!({"aud": "crm"})), now())
+                .is_ok()
         );
     }
 

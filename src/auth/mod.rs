@@ -90,7 +90,7 @@ fn jwt_verifier(a: &crate::config::AuthConfig) -> anyhow::Result<Option<JwtVerif
             a.jwt_algorithm
         )
     })?;
-    Ok(match algorithm {
+    let verifier = match algorithm {
         Algorithm::Hs256 if a.jwt_secret.is_empty() => None,
         Algorithm::Hs256 => Some(JwtVerifier::hs256(&a.jwt_secret)?),
         _ if a.jwt_public_key_file.is_empty() => anyhow::bail!(
@@ -102,7 +102,8 @@ fn jwt_verifier(a: &crate::config::AuthConfig) -> anyhow::Result<Option<JwtVerif
                 .with_context(|| format!("reading {}", a.jwt_public_key_file))?;
             Some(JwtVerifier::public_key(algorithm, &pem)?)
         }
-    })
+    };
+    Ok(verifier.map(|v| v.expecting(&a.jwt_issuer, &a.jwt_audience)))
 }
 
 /// Every credential the server accepts.

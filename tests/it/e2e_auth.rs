@@ -389,6 +389,47 @@ async fn rs256_and_es256_tokens_verify_with_the_configured_public_key() {
 }
 
 #[tokio::test]
+async fn tokens_for_another_issuer_or_audience_are_refused_when_configured() {
+    let mut cfg = secured();
+    cfg.auth.jwt_issuer = "https://id.example".to_owned();
+    cfg.auth.jwt_audience = "switchyard".to_owned();
+    let server = start(cfg).await;
+    let ch = channel("auth-aud");
+    let token_with = |iss: &str, aud: Value| {
+        let mut c = claims(&[&ch], 300);
+        c["iss"] = json!(iss);
+        c["aud"] = aud;
+        tokens::hs256(HS256_SECRET, &c)
+    };
+    let ours = token_with("https://id.example", json!(["crm", "switchyard"]));
+    let mut sse =
+        SseClient::connect(server.addr, &format!("channel={ch}&token={ours}"), None).await;
+    for (token, why) in [
+        (token_with("https://id.example", json!("crm")), "aud"),
+        (
+            token_with("https://other.example", json!("switchyard")),
+            "iss",
+        ),
+        // Well signed, right channels, but no audience at all.
+        (tokens::hs256(HS256_SECRET, &claims(&[&ch], 300)), "iss"),
+    ] {
+        let (status, body) =
+            WsClient::connect_to(server.addr, &format!("/v1/ws?token={token}"), &[])
+                .await
+                .err()
+                .expect("refused");
+        assert_eq!(status, 401, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(why), "{message}");
+    }
+    assert_eq!(publish_as(&server, PUBLISHER, &ch, 1).await.0, 201);
+    let (_, event) = sse.next_json().await;
+    assert_eq!(event["data"], json!({"n": 1}));
+    drop(sse);
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_job_token_reads_its_job_and_nothing_else() {
     let server = start(secured()).await;
     let submit = || async {
