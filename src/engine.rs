@@ -97,21 +97,24 @@ impl Engine {
         let op_timeout = Duration::from_millis(config.redis.op_timeout_ms);
         let shown = config.engine_redacted();
         let client = redis_client(url, config)?;
+        let redis_stats = Arc::new(RedisStats::default());
         let hub = RedisHub::connect_with(
             client.clone(),
             RedisHubConfig {
                 op_timeout,
                 ..RedisHubConfig::from_config(config)
             },
+            Arc::clone(&redis_stats),
         )
         .await
         .map_err(|e| anyhow::anyhow!("engine {shown}: {e}"))?;
-        let mut store = RedisStore::connect_with(
+        let store = RedisStore::connect_with(
             &client,
             RedisStoreConfig {
                 op_timeout,
                 delivery_lease: Duration::from_secs(config.redis.delivery_lease_secs),
             },
+            Arc::clone(&redis_stats),
         )
         .await
         .map_err(|e| anyhow::anyhow!("engine {shown}: {e}"))?;
@@ -119,8 +122,6 @@ impl Engine {
             .shared_job_token_key()
             .await
             .map_err(|e| anyhow::anyhow!("engine {shown}: {e}"))?;
-        let redis_stats = hub.stats();
-        store.share_stats(Arc::clone(&redis_stats));
         let store = Arc::new(store);
         let hub = Arc::new(hub);
         let signals = hub.signals();

@@ -3,7 +3,7 @@
 
 use anyhow::Context as _;
 
-use crate::config::Config;
+use crate::config::{Config, RedisConfig};
 
 /// The client for `url` (the `engine`), with the `redis.tls_*` files read when set.
 ///
@@ -11,12 +11,23 @@ use crate::config::Config;
 /// When a TLS file cannot be read or holds no PEM data, or the client rejects the URL.
 pub(crate) fn client(url: &str, config: &Config) -> anyhow::Result<redis::Client> {
     let shown = config.engine_redacted();
-    if !url.starts_with("rediss://") {
-        return redis::Client::open(url).with_context(|| format!("engine {shown}"));
+    let certificates = if url.starts_with("rediss://") {
+        // rustls wants one crypto provider per process; a second install is a no-op error.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        tls_certificates(&config.redis)?
+    } else {
+        None
+    };
+    match certificates {
+        None => redis::Client::open(url).with_context(|| format!("engine {shown}")),
+        Some(certificates) => redis::Client::build_with_tls(url, certificates)
+            .with_context(|| format!("engine {shown}: TLS settings in [redis]")),
     }
-    // rustls wants one crypto provider per process; a second install is a harmless error.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let tls = &config.redis;
+}
+
+/// The CA and client certificate `[redis]` names; `None` when it names neither (the
+/// system's roots, no client certificate: what a plain `rediss://` URL does by itself).
+fn tls_certificates(tls: &RedisConfig) -> anyhow::Result<Option<redis::TlsCertificates>> {
     let root_cert = pem_file("redis.tls_ca_file", &tls.tls_ca_file)?;
     let client_tls = match (
         pem_file("redis.tls_client_cert_file", &tls.tls_client_cert_file)?,
@@ -28,17 +39,12 @@ pub(crate) fn client(url: &str, config: &Config) -> anyhow::Result<redis::Client
         }),
         _ => None,
     };
-    if root_cert.is_none() && client_tls.is_none() {
-        return redis::Client::open(url).with_context(|| format!("engine {shown}"));
-    }
-    redis::Client::build_with_tls(
-        url,
-        redis::TlsCertificates {
+    Ok(
+        (root_cert.is_some() || client_tls.is_some()).then_some(redis::TlsCertificates {
             client_tls,
             root_cert,
-        },
+        }),
     )
-    .with_context(|| format!("engine {shown}: TLS settings in [redis]"))
 }
 
 /// The contents of the PEM file at `path` ("" = not set).

@@ -234,16 +234,10 @@ impl Inner {
         &self,
         op: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, HubError> {
-        let error = match tokio::time::timeout(self.config.op_timeout, op).await {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => HubError::Unavailable(format!("redis: {e}")),
-            Err(_) => HubError::Unavailable(format!(
-                "redis did not answer within {:?}",
-                self.config.op_timeout
-            )),
-        };
-        self.stats.failed();
-        Err(error)
+        self.stats
+            .bounded(self.config.op_timeout, op)
+            .await
+            .map_err(HubError::Unavailable)
     }
 }
 
@@ -272,16 +266,18 @@ impl RedisHub {
     /// When the URL is invalid or Redis does not answer within `config.op_timeout`.
     pub async fn connect(url: &str, config: RedisHubConfig) -> Result<Self, ConnectError> {
         let client = redis::Client::open(url).map_err(ConnectError::Url)?;
-        Self::connect_with(client, config).await
+        Self::connect_with(client, config, Arc::default()).await
     }
 
-    /// [`Self::connect`] with a client already built (TLS settings included).
+    /// [`Self::connect`] with a client already built (TLS settings included), counting in
+    /// `stats` (shared with the node's store, so `/metrics` shows one figure per node).
     ///
     /// # Errors
     /// When Redis does not answer within `config.op_timeout`.
     pub async fn connect_with(
         client: redis::Client,
         config: RedisHubConfig,
+        stats: Arc<RedisStats>,
     ) -> Result<Self, ConnectError> {
         let unreachable = |e: String| ConnectError::Unreachable(e);
         let conn = connection_manager(&client, config.op_timeout).await?;
@@ -295,7 +291,7 @@ impl RedisHub {
             scripts: Scripts::new(Topics::for_client(&client)),
             bounds: config.bounds(),
             config,
-            stats: Arc::default(),
+            stats,
             dirty: Notify::new(),
             published: AtomicU64::new(0),
             signals: Signals::default(),
@@ -336,11 +332,6 @@ impl RedisHub {
     /// The cross-node wake-ups this node's listener receives.
     pub fn signals(&self) -> &Signals {
         &self.inner.signals
-    }
-
-    /// This node's Redis counters, for `/metrics` (hand them to the store too).
-    pub fn stats(&self) -> Arc<RedisStats> {
-        Arc::clone(&self.inner.stats)
     }
 
     /// Drops closed sinks and releases topics nobody here needs; call it periodically.

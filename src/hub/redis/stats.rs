@@ -1,6 +1,9 @@
 //! Counters of one node's Redis connections, shared by its hub and store, for `/metrics`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::{
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::Duration,
+};
 
 /// What `/metrics` reports of Redis on this node.
 #[derive(Debug, Default)]
@@ -15,6 +18,22 @@ pub struct RedisStats {
 }
 
 impl RedisStats {
+    /// Runs one Redis operation within `limit`; a failure or a timeout is counted and
+    /// described, for the caller to answer as unavailable.
+    pub(crate) async fn bounded<T>(
+        &self,
+        limit: Duration,
+        op: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, String> {
+        let error = match tokio::time::timeout(limit, op).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => format!("redis: {e}"),
+            Err(_) => format!("redis did not answer within {limit:?}"),
+        };
+        self.failed();
+        Err(error)
+    }
+
     pub(crate) fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::Release);
     }
@@ -27,7 +46,7 @@ impl RedisStats {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn failed(&self) {
+    fn failed(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
 

@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use redis::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::{RedisStore, StoreError, random_token};
+use super::{RedisStore, StoreError, hex, random_token};
 
 /// How often a node puts its key back if Redis lost it.
 const KEEP_EVERY: Duration = Duration::from_secs(2);
@@ -46,7 +46,7 @@ impl RedisStore {
     /// different one.
     async fn reassert_job_token_key(&self, key: &[u8]) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
-        let ours = encode_key(key);
+        let ours = hex(key);
         let set: Value = self
             .timed(
                 redis::cmd("SET")
@@ -96,10 +96,6 @@ pub(crate) async fn keep_job_token_key(
     }
 }
 
-fn encode_key(key: &[u8]) -> String {
-    key.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn decode_key(hex: &str) -> Option<Vec<u8>> {
     let bytes: Option<Vec<u8>> = (0..hex.len())
         .step_by(2)
@@ -118,7 +114,7 @@ mod tests {
     #[test]
     fn keys_round_trip_through_hex_and_bad_ones_are_refused() {
         let key: Vec<u8> = (0..32).collect();
-        assert_eq!(decode_key(&encode_key(&key)), Some(key));
+        assert_eq!(decode_key(&hex(&key)), Some(key));
         assert_eq!(decode_key("abc"), None);
         assert_eq!(decode_key(&"zz".repeat(32)), None);
         assert_eq!(decode_key(&"00".repeat(31)), None);

@@ -1,5 +1,6 @@
-//! The job store on Redis (`engine = "redis://..."`), so N gateway nodes share one queue of jobs: the same [`Store`] semantics as
-//! [`super::SqliteStore`], with every state change one atomic Lua script.
+//! The job store on Redis (`engine = "redis://..."`), so N gateway nodes share one queue of
+//! jobs: the same [`Store`] semantics as [`super::SqliteStore`], with every state change one
+//! atomic Lua script.
 //!
 //! # Layout
 //! - [`keys`]: `sy:{jobs/ID}:job` (the job's hash, beside its channel's `meta`/`h` keys),
@@ -129,7 +130,7 @@ pub struct RedisStore {
     route_wake: Arc<Notify>,
     /// The pub/sub topics of this database, which job scripts publish to.
     topics: Topics,
-    /// Counts failed operations; the node's hub's, from [`Self::share_stats`].
+    /// Counts failed operations (shared with the node's hub).
     stats: Arc<RedisStats>,
     config: RedisStoreConfig,
 }
@@ -145,6 +146,11 @@ impl std::fmt::Debug for RedisStore {
 fn random_token() -> String {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("the OS random source works");
+    hex(&bytes)
+}
+
+/// Lowercase hex digits of `bytes`.
+fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -188,16 +194,18 @@ impl RedisStore {
     /// When the URL is invalid or Redis does not answer within `config.op_timeout`.
     pub async fn connect(url: &str, config: RedisStoreConfig) -> Result<Self, ConnectError> {
         let client = redis::Client::open(url).map_err(ConnectError::Url)?;
-        Self::connect_with(&client, config).await
+        Self::connect_with(&client, config, Arc::default()).await
     }
 
-    /// [`Self::connect`] with a client already built (TLS settings included).
+    /// [`Self::connect`] with a client already built (TLS settings included), counting in
+    /// `stats` (the node's hub's).
     ///
     /// # Errors
     /// When Redis does not answer within `config.op_timeout`.
     pub async fn connect_with(
         client: &redis::Client,
         config: RedisStoreConfig,
+        stats: Arc<RedisStats>,
     ) -> Result<Self, ConnectError> {
         let conn = connection_manager(client, config.op_timeout).await?;
         let topics = Topics::for_client(client);
@@ -207,17 +215,11 @@ impl RedisStore {
             webhook_scripts: webhook_scripts::WebhookScripts::new(&topics),
             topics,
             webhook_filters: webhooks::FilterCache::new(),
-            stats: Arc::default(),
+            stats,
             node_token: random_token(),
             route_wake: Arc::new(Notify::new()),
             config,
         })
-    }
-
-    /// Counts this store's failed operations in `stats` (the hub's, so `/metrics` shows
-    /// one figure per node).
-    pub(crate) fn share_stats(&mut self, stats: Arc<RedisStats>) {
-        self.stats = stats;
     }
 
     /// The notifier that wakes this store's webhook router (for [`router::run`]).
@@ -238,16 +240,10 @@ impl RedisStore {
         &self,
         op: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        let error = match tokio::time::timeout(self.config.op_timeout, op).await {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => StoreError::Unavailable(format!("redis: {e}")),
-            Err(_) => StoreError::Unavailable(format!(
-                "redis did not answer within {:?}",
-                self.config.op_timeout
-            )),
-        };
-        self.stats.failed();
-        Err(error)
+        self.stats
+            .bounded(self.config.op_timeout, op)
+            .await
+            .map_err(StoreError::Unavailable)
     }
 
     async fn run(

@@ -1,6 +1,6 @@
-//! The webhook store on Redis: endpoints and the delivery outbox with the semantics of the embedded store
-//! ([`crate::store::SqliteStore`]'s `WebhookStore`), every change one Lua script
-//! (`webhook_scripts`), plus a per-delivery lease so several nodes never send the
+//! The webhook store on Redis: endpoints and the delivery outbox with the semantics of the
+//! embedded store ([`crate::store::SqliteStore`]'s `WebhookStore`), every change one Lua
+//! script (`webhook_scripts`), plus a per-delivery lease so several nodes never send the
 //! same delivery at once.
 //!
 //! # Keys (prefix `sy:wh:`)
