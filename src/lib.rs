@@ -2,17 +2,19 @@
 //!
 //! # Layout
 //! - [`config`]: layered configuration (defaults, file, env, flags) and its validation.
-//! - [`hub`]: channels, offsets, bounded history and fan-out ([`hub::Bus`]), in memory;
-//!   `jobs/*` channels are durable (loaded from and fed by the store).
-//! - [`store`]: durable storage ([`store::Store`], [`store::WebhookStore`]): SQLite with one
-//!   group-committing writer; webhook deliveries are recorded in the event's transaction.
+//! - [`hub`] and [`store`]: the contracts every engine offers: channels with offsets,
+//!   history and fan-out ([`hub::Bus`]); jobs and the webhook outbox ([`store::Store`],
+//!   [`store::WebhookStore`]).
+//! - [`engine`]: the engines behind them, one folder each: `embedded` (in-memory hub and
+//!   SQLite, the default) and `redis` (several nodes on one Redis), as one closed
+//!   [`engine::Engine`].
 //! - [`jobs`]: submit, claim with leases, report, cancel, wait for a change.
 //! - [`webhooks`]: endpoint management, the SSRF guard, and the signing dispatcher.
 //! - [`api`]: the HTTP routes (publish, history, jobs, webhooks, ops) and the consumer
 //!   transports' entry.
 //! - [`auth`]: API keys and scopes, consumer JWTs, job tokens, rate limits.
+//! - [`ids`] and [`time`]: every identifier the gateway makes, and how it writes times.
 //! - [`demo`]: the optional built-in worker behind the `/demo` page (`demo.worker`).
-//! - `engine`: the embedded engine (SQLite + in-memory hub) or Redis, assembled.
 //! - [`server`]: the accept loop, connection limits and per-connection service.
 //! - [`shutdown`]: SIGINT / SIGTERM.
 //!
@@ -22,12 +24,14 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod demo;
-mod engine;
+pub mod engine;
 pub mod hub;
+pub mod ids;
 pub mod jobs;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod time;
 pub mod webhooks;
 
 use std::{
@@ -72,8 +76,8 @@ pub async fn run(
             "refusing to start in open mode on {local}: with no `auth.api_keys` anyone who reaches this address could publish, read and cancel jobs; set `auth.api_keys` (SWITCHYARD_AUTH__API_KEYS) or listen on a loopback address"
         );
     }
-    let mut engine = Engine::open(&config).await?;
-    let auth = Arc::new(Auth::from_config(&config, engine.job_tokens.clone())?);
+    let engine = Engine::open(&config).await?;
+    let auth = Arc::new(Auth::from_config(&config, engine.job_tokens())?);
     if auth.is_open() {
         tracing::warn!(
             %local,
@@ -82,31 +86,25 @@ pub async fn run(
     } else {
         tracing::info!(keys = auth.keys.len(), "API keys required");
     }
-    let hub = Arc::clone(&engine.bus);
-    let store_stats = Arc::clone(&engine.store_stats);
-    let prune_store = Arc::clone(&engine.store);
     let webhooks = Arc::new(Webhooks::new(
-        Arc::clone(&engine.webhook_store),
+        Arc::clone(&engine) as _,
         config.webhooks.clone(),
     ));
     let dispatcher = Arc::new(Dispatcher::new(
-        Arc::clone(&engine.webhook_store),
+        Arc::clone(&engine) as _,
         config.webhooks.clone(),
-        Arc::clone(&engine.outbox_ready),
+        engine.outbox_changed(),
     )?);
-    let mut jobs = Jobs::new(
-        Arc::clone(&engine.store),
-        Arc::clone(&hub) as _,
+    let jobs = Arc::new(Jobs::new(
+        Arc::clone(&engine) as _,
+        Arc::clone(&engine) as _,
         config.jobs.clone(),
-    );
-    if let Some(claimable) = &engine.claimable {
-        jobs = jobs.with_claimable_signal(Arc::clone(claimable));
-    }
-    let jobs = Arc::new(jobs);
+        engine.claimable(),
+    ));
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let consumers = Arc::new(Context {
-        hub: Arc::clone(&hub) as _,
+        hub: Arc::clone(&engine) as _,
         config: config.transport_config(),
         metrics: Arc::new(TransportMetrics::default()),
         shutdown: token.clone(),
@@ -118,12 +116,10 @@ pub async fn run(
         },
     });
     let state = Arc::new(AppState {
-        bus: Arc::clone(&hub) as _,
+        engine: Arc::clone(&engine),
         jobs: Arc::clone(&jobs),
         webhooks,
         dispatch_stats: Arc::clone(&dispatcher.stats),
-        store_stats,
-        redis_stats: engine.redis_stats.clone(),
         consumers,
         config: Arc::clone(&config),
         shutdown: token.clone(),
@@ -149,14 +145,14 @@ pub async fn run(
     let sweeper = {
         let token = token.clone();
         let sweep_state = Arc::clone(&state);
-        let sweep_hub = engine.sweep;
+        let sweep_engine = Arc::clone(&engine);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
             loop {
                 tokio::select! {
                     () = token.cancelled() => return,
                     _ = tick.tick() => {
-                        sweep_hub();
+                        sweep_engine.sweep();
                         let now = std::time::Instant::now();
                         sweep_state.ip_limiter.sweep(now);
                         sweep_state.key_limiter.sweep(now);
@@ -168,7 +164,7 @@ pub async fn run(
 
     let lease_sweeper = tokio::spawn(Arc::clone(&jobs).sweep_leases(token.clone()));
     let pruner = tokio::spawn(jobs::prune_periodically(
-        prune_store,
+        Arc::clone(&engine) as _,
         Duration::from_secs(config.jobs.retention_secs),
         Duration::from_secs(config.webhooks.delivery_retention_secs),
         token.clone(),
@@ -225,7 +221,7 @@ pub async fn run(
         Err(_) => tracing::warn!(?grace, open = tracker.len(), "graceful shutdown timed out"),
     }
     // Last, flush storage: nothing can write any more.
-    jobs.store().close(grace).await;
+    engine.close(grace).await;
     tracing::info!("shutdown complete");
     Ok(())
 }

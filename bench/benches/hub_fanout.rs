@@ -7,7 +7,10 @@ use std::{hint::black_box, time::Duration};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::FutureExt as _;
 use serde_json::value::RawValue;
-use switchyard::hub::{Bus, Hub, MemoryHub, Publish, memory::MemoryHubConfig};
+use switchyard::{
+    engine::embedded::{MemoryHub, MemoryHubConfig},
+    hub::{Bus, Hub, Publish},
+};
 use switchyard_protocol::ChannelName;
 use switchyard_transports::hub::{Inbox, StartFrom, new_pair};
 

@@ -20,11 +20,7 @@ const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The declared `Content-Length`, if any.
 pub fn content_length(parts: &Parts) -> Option<u64> {
-    parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
+    super::headers::content_length(&parts.headers)
 }
 
 /// Checks that the content type, when given, is JSON.
@@ -33,18 +29,10 @@ pub fn content_length(parts: &Parts) -> Option<u64> {
 /// 415 for another content type.
 #[allow(clippy::result_large_err)]
 pub fn check_json_content_type(parts: &Parts) -> Result<(), Reply> {
-    let Some(ct) = parts.headers.get(header::CONTENT_TYPE) else {
+    let Some(essence) = super::headers::media_type(&parts.headers) else {
         return Ok(());
     };
-    let essence = ct
-        .to_str()
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if essence == "application/json" || essence.ends_with("+json") {
+    if super::headers::is_json(&essence) {
         Ok(())
     } else {
         Err(error(

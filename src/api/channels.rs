@@ -16,12 +16,10 @@ use switchyard_transports::{
 use super::{
     AppState,
     body::{parse_object, read_json},
+    headers::idempotency_key,
     router::Reply,
 };
-use crate::hub::{Publish, PublishError};
-
-/// Longest `Idempotency-Key` accepted.
-const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+use crate::hub::{Bus, Publish, PublishError};
 /// Default and maximum events in one history page.
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
@@ -37,17 +35,9 @@ struct PublishBody<'a> {
 
 /// Publishes one event.
 pub async fn publish(state: Arc<AppState>, channel: ChannelName, req: Request<Incoming>) -> Reply {
-    let key = match req.headers().get("idempotency-key").map(|v| v.to_str()) {
-        None => None,
-        Some(Ok(k)) if !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY_LEN => Some(k.to_owned()),
-        Some(_) => {
-            return error(
-                ErrorCode::InvalidParameter,
-                format!(
-                    "Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
-                ),
-            );
-        }
+    let key = match idempotency_key(req.headers()) {
+        Ok(key) => key.map(str::to_owned),
+        Err(e) => return error(ErrorCode::InvalidParameter, e.to_string()),
     };
     let (_, body) = match read_json(req, state.config.limits.max_event_bytes).await {
         Ok(b) => b,
@@ -65,7 +55,7 @@ pub async fn publish(state: Arc<AppState>, channel: ChannelName, req: Request<In
         );
     }
     let published = state
-        .bus
+        .engine
         .publish(Publish {
             channel: &channel,
             event_type,
@@ -75,20 +65,6 @@ pub async fn publish(state: Arc<AppState>, channel: ChannelName, req: Request<In
         .await;
     match published {
         Ok(p) => {
-            // Webhook deliveries are recorded durably before the publish is acknowledged.
-            if !p.replayed
-                && p.to_route
-                && let Err(e) = state
-                    .webhooks
-                    .enqueue(channel.as_str(), p.offset, event_type, p.envelope.clone())
-                    .await
-            {
-                tracing::error!(error = %e, "cannot record webhook deliveries");
-                return error(
-                    ErrorCode::Unavailable,
-                    "the event reached live consumers, but its webhook deliveries could not be recorded (store unavailable)",
-                );
-            }
             let mut res = json(
                 StatusCode::CREATED,
                 &serde_json::json!({
@@ -137,7 +113,7 @@ pub async fn history(state: Arc<AppState>, channel: ChannelName, query: Option<&
             _ => {}
         }
     }
-    let page = match state.bus.history(&channel, after, limit).await {
+    let page = match state.engine.history(&channel, after, limit).await {
         Ok(p) => p,
         Err(e) => return error(ErrorCode::Unavailable, e.to_string()),
     };

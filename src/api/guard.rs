@@ -94,7 +94,8 @@ pub fn authorize(
                 .auth
                 .grant(&token)
                 .map_err(|e| error(e.code, e.message))?;
-            let channel = format!("jobs/{}", params.first().copied().unwrap_or_default());
+            let job = params.first().copied().unwrap_or_default();
+            let channel = format!("{}{job}", crate::jobs::channel::PREFIX);
             if grant.allows(&channel) {
                 Ok(())
             } else {

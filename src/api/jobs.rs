@@ -20,28 +20,25 @@ use super::{
         body_timeout, check_json_content_type, content_length, json_error, parse_object, read_json,
         read_limited, refuse,
     },
+    headers::idempotency_key,
     router::Reply,
 };
-use crate::store::{Claimed, JobRecord, JobStatus, Report, StoreError};
-
-/// Longest `Idempotency-Key` accepted.
-const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+use crate::{
+    jobs::channel::job_channel,
+    store::{Claimed, JobRecord, JobStatus, Report, StoreError},
+    time::rfc3339,
+};
 /// Longest `?wait=` on `GET /v1/jobs/{id}` and `wait_ms` on a claim.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 /// Largest worker report body (progress data, result, error); results above this belong in
 /// your own storage, with a link in the result.
 const MAX_REPORT_BYTES: usize = 1024 * 1024;
 
-fn rfc3339(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
 #[derive(Serialize)]
 struct JobView<'a> {
     id: &'a str,
     status: &'static str,
-    channel: String,
+    channel: switchyard_protocol::ChannelName,
     created_at: String,
     updated_at: String,
     attempts: u32,
@@ -57,7 +54,7 @@ impl<'a> From<&'a JobRecord> for JobView<'a> {
         Self {
             id: &job.id,
             status: job.status.as_str(),
-            channel: format!("jobs/{}", job.id),
+            channel: job_channel(&job.id),
             created_at: rfc3339(job.created_at_ms),
             updated_at: rfc3339(job.updated_at_ms),
             attempts: job.attempts,
@@ -96,16 +93,10 @@ fn store_error(e: StoreError, id: &str) -> Reply {
 pub async fn submit(state: Arc<AppState>, req: Request<Incoming>) -> Reply {
     let (parts, body) = req.into_parts();
     let declared = content_length(&parts);
-    let key = match parts.headers.get("idempotency-key").map(|v| v.to_str()) {
-        None => None,
-        Some(Ok(k)) if !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY_LEN => Some(k.to_owned()),
-        Some(_) => {
-            let reply = error(
-                ErrorCode::InvalidParameter,
-                format!(
-                    "Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters"
-                ),
-            );
+    let key = match idempotency_key(&parts.headers) {
+        Ok(key) => key.map(str::to_owned),
+        Err(e) => {
+            let reply = error(ErrorCode::InvalidParameter, e.to_string());
             return refuse(body, declared, reply).await;
         }
     };
@@ -130,7 +121,7 @@ pub async fn submit(state: Arc<AppState>, req: Request<Incoming>) -> Reply {
         Ok(submitted) => {
             let job = &submitted.job;
             let id = &job.id;
-            let channel = format!("jobs/{id}");
+            let channel = job_channel(id);
             let body = serde_json::json!({
                 "id": id,
                 "status": job.status.as_str(),

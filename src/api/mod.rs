@@ -5,6 +5,7 @@ pub mod body;
 pub mod channels;
 pub mod cors;
 pub mod guard;
+pub mod headers;
 pub mod jobs;
 pub mod openapi;
 pub mod ops;
@@ -17,7 +18,7 @@ use std::sync::{Arc, atomic::AtomicI64};
 use switchyard_transports::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::Config, hub::Bus};
+use crate::{config::Config, engine::Engine};
 
 /// Counts of refusals operators watch: credential failures and limits hit.
 #[derive(Debug, Default)]
@@ -49,18 +50,14 @@ impl Refusals {
 
 /// Everything a request handler may use; built once by [`crate::run`].
 pub struct AppState {
-    /// The event hub.
-    pub bus: Arc<dyn Bus>,
+    /// The engine: publish and history, its readiness and metrics.
+    pub engine: Arc<Engine>,
     /// The jobs service.
     pub jobs: Arc<crate::jobs::Jobs>,
     /// Webhook endpoints and the outbox.
     pub webhooks: Arc<crate::webhooks::Webhooks>,
     /// Webhook attempt counters.
     pub dispatch_stats: Arc<crate::webhooks::dispatcher::DispatchStats>,
-    /// The store's commit counters.
-    pub store_stats: Arc<crate::store::sqlite::WriterStats>,
-    /// The Redis connections' counters (the Redis engine only).
-    pub redis_stats: Option<Arc<crate::hub::redis::RedisStats>>,
     /// What the consumer transports share.
     pub consumers: Arc<Context>,
     /// The validated configuration.

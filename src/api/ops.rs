@@ -21,45 +21,20 @@ pub async fn readyz(state: &AppState) -> Reply {
     if state.shutdown.is_cancelled() || state.draining.load(Ordering::Relaxed) {
         return error(ErrorCode::ShuttingDown, "the server is shutting down");
     }
-    if let Err(e) = state.jobs.store().ping().await {
-        return error(
-            ErrorCode::Unavailable,
-            format!("the store does not answer: {e}"),
-        );
-    }
-    if let Err(e) = state.bus.ready().await {
-        return error(ErrorCode::Unavailable, format!("the hub is not ready: {e}"));
+    if let Err(e) = state.engine.ready().await {
+        return error(ErrorCode::Unavailable, e);
     }
     // The kind of engine only: a Redis URL may carry a password.
-    let engine = match state.config.engine() {
-        crate::config::Engine::Embedded => "embedded",
-        crate::config::Engine::Redis(_) => "redis",
-    };
     json(
         StatusCode::OK,
-        &serde_json::json!({"status": "ready", "engine": engine}),
+        &serde_json::json!({"status": "ready", "engine": state.engine.kind()}),
     )
 }
 
 /// Prometheus text exposition.
 pub fn metrics(state: &AppState) -> Reply {
     let mut out = String::with_capacity(4096);
-    let bus = &state.bus;
-    let one = |v: u64| [(String::new(), v)];
-    write_family(
-        &mut out,
-        "switchyard_events_published_total",
-        "Events published.",
-        "counter",
-        one(bus.published_count()),
-    );
-    write_family(
-        &mut out,
-        "switchyard_channels",
-        "Channels held in memory.",
-        "gauge",
-        one(bus.channel_count() as u64),
-    );
+    state.engine.write_metrics(&mut out);
     write_family(
         &mut out,
         "switchyard_http_connections",
@@ -70,52 +45,6 @@ pub fn metrics(state: &AppState) -> Reply {
             state.http_connections.load(Ordering::Relaxed),
         )],
     );
-    let stats = &state.store_stats;
-    let load = |v: &std::sync::atomic::AtomicU64| one(v.load(Ordering::Relaxed));
-    write_family(
-        &mut out,
-        "switchyard_store_commits_total",
-        "Store transactions committed (one fsync each).",
-        "counter",
-        load(&stats.commits),
-    );
-    write_family(
-        &mut out,
-        "switchyard_store_ops_total",
-        "Store write operations committed (group commit: several per transaction).",
-        "counter",
-        load(&stats.ops),
-    );
-    write_family(
-        &mut out,
-        "switchyard_store_max_batch",
-        "Most operations committed in one transaction.",
-        "gauge",
-        load(&stats.max_batch),
-    );
-    if let Some(redis) = &state.redis_stats {
-        write_family(
-            &mut out,
-            "switchyard_redis_up",
-            "1 while this node's Redis pub/sub connection is up (events from other nodes arrive only then).",
-            "gauge",
-            one(u64::from(redis.is_up())),
-        );
-        write_family(
-            &mut out,
-            "switchyard_redis_reconnects_total",
-            "Times this node's Redis pub/sub connection was made again after a loss.",
-            "counter",
-            one(redis.reconnects()),
-        );
-        write_family(
-            &mut out,
-            "switchyard_redis_errors_total",
-            "Redis operations that failed or timed out (answered 503, or retried by a background task).",
-            "counter",
-            one(redis.errors()),
-        );
-    }
     let d = &state.dispatch_stats;
     write_family(
         &mut out,

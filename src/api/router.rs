@@ -20,7 +20,7 @@ use super::{
     routes::{self, Op, Resolved},
     webhooks,
 };
-use crate::jobs::is_job_id;
+use crate::ids::is_job_id;
 
 /// What every handler returns.
 pub type Reply = Response<Body>;

@@ -18,6 +18,7 @@ use super::{
 };
 use crate::{
     store::{Delivery, EndpointRecord, StoreError},
+    time::rfc3339,
     webhooks::{EndpointInput, WebhookError},
 };
 
@@ -26,11 +27,6 @@ const MAX_BODY: usize = 64 * 1024;
 /// Default and most deliveries in one delivery-log page.
 const DEFAULT_DELIVERIES: usize = 50;
 const MAX_DELIVERIES: usize = 500;
-
-fn rfc3339(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
-}
 
 #[derive(Serialize)]
 struct EndpointView<'a> {

@@ -163,7 +163,7 @@ impl Auth {
                 .job_tokens
                 .verify(token)
                 .ok_or_else(|| refuse("job token is not valid"))?;
-            let pattern = ChannelPattern::new(&format!("jobs/{id}"))
+            let pattern = ChannelPattern::new(crate::jobs::channel::job_channel(id).as_str())
                 .map_err(|_| refuse("job token is not valid"))?;
             return Ok(Grant::channels(vec![pattern], None));
         }

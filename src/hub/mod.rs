@@ -1,9 +1,6 @@
-//! The event hub: channels with offsets, bounded history and live fan-out. [`Bus`] is what
-//! the API publishes through; transports only see its [`Hub`] side.
-
-mod idempotency;
-pub mod memory;
-pub mod redis;
+//! The event hub's contract, whatever engine runs it: channels with offsets, bounded
+//! history and live fan-out. [`Bus`] is what the API publishes through; transports only see
+//! its [`Hub`] side. The engines implement it in [`crate::engine`].
 
 use std::sync::Arc;
 
@@ -11,8 +8,6 @@ use futures_util::future::BoxFuture;
 use serde_json::value::RawValue;
 use switchyard_protocol::ChannelName;
 pub use switchyard_transports::hub::{Event, Hub, HubError};
-
-pub use memory::{DurableChannels, LoadedChannel, MemoryHub, StoredEvent};
 
 /// A publish request.
 #[derive(Debug)]
@@ -94,9 +89,4 @@ pub trait Bus: Hub {
     fn ready(&self) -> BoxFuture<'_, Result<(), HubError>> {
         Box::pin(async { Ok(()) })
     }
-}
-
-/// The RFC 3339 UTC time with milliseconds, as envelopes carry it.
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }

@@ -1,6 +1,8 @@
 //! The jobs service: submit, claim (with a wait), report, cancel and read jobs over a
 //! [`Store`], plus the lease sweeper and waiting for a job's next status change.
 
+pub mod channel;
+
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
@@ -10,11 +12,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::JobsConfig,
-    store::{
-        Claimed, JobRecord, JobStatus, NewJob, Report, Store, StoreError, Submitted, now_ms,
-        sqlite::job_channel,
-    },
+    ids,
+    store::{Claimed, JobRecord, JobStatus, NewJob, Report, Store, StoreError, Submitted},
+    time::now_ms,
 };
+use channel::job_channel;
 
 /// How often expired leases are looked for.
 const LEASE_SWEEP_INTERVAL: Duration = Duration::from_millis(200);
@@ -31,31 +33,6 @@ pub struct Jobs {
     inflight: Arc<Semaphore>,
 }
 
-/// Length of a job id: 12 hex digits of milliseconds, then 24 of randomness.
-const ID_LEN: usize = 36;
-
-/// A new job id: the time in milliseconds (48 bits) then 96 random bits, in hex. The random
-/// part makes it unguessable; the time prefix makes ids sort by creation, so the store's
-/// indexes grow at their end instead of touching a random page per insert.
-fn new_id() -> String {
-    let mut random = [0u8; 12];
-    getrandom::fill(&mut random).expect("the OS random source works");
-    let millis = now_ms().max(0) as u64 & 0xffff_ffff_ffff;
-    let mut id = format!("{millis:012x}");
-    for b in random {
-        id.push_str(&format!("{b:02x}"));
-    }
-    id
-}
-
-/// Whether `id` looks like a job id (so paths with anything else are a plain 404).
-pub fn is_job_id(id: &str) -> bool {
-    id.len() == ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-}
-
 /// FNV-1a: a stable hash of a request (std's hasher may change between Rust versions, and
 /// this one is stored).
 fn request_hash(bytes: &[u8]) -> i64 {
@@ -68,28 +45,22 @@ fn request_hash(bytes: &[u8]) -> i64 {
 }
 
 impl Jobs {
-    /// The service over `store`, publishing through the hub that `store` feeds.
-    pub fn new(store: Arc<dyn Store>, hub: Arc<dyn Hub>, config: JobsConfig) -> Self {
+    /// The service over `store`, whose job events reach `hub`; claims wait on `claimable`,
+    /// which fires when a job may have become claimable (on Redis: on any node).
+    pub fn new(
+        store: Arc<dyn Store>,
+        hub: Arc<dyn Hub>,
+        config: JobsConfig,
+        claimable: Arc<Notify>,
+    ) -> Self {
         let inflight = Arc::new(Semaphore::new(config.max_inflight_bytes));
         Self {
             store,
             hub,
             config,
-            claimable: Arc::new(Notify::new()),
+            claimable,
             inflight,
         }
-    }
-
-    /// Claims also wake when `claimable` fires (the Redis engine's cross-node signal).
-    #[must_use]
-    pub fn with_claimable_signal(mut self, claimable: Arc<Notify>) -> Self {
-        self.claimable = claimable;
-        self
-    }
-
-    /// The store behind the jobs.
-    pub fn store(&self) -> &dyn Store {
-        &*self.store
     }
 
     /// The configuration.
@@ -116,7 +87,7 @@ impl Jobs {
         let submitted = self
             .store
             .submit(NewJob {
-                id: new_id(),
+                id: ids::job_id(now_ms()),
                 payload,
                 idempotency,
                 max_attempts: self.config.max_attempts,
@@ -283,21 +254,6 @@ impl Drop for Unsubscribe<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids_are_unguessable_and_sort_by_time() {
-        let id = new_id();
-        assert!(is_job_id(&id), "{id}");
-        assert_ne!(id, new_id());
-        std::thread::sleep(Duration::from_millis(2));
-        let later = new_id();
-        assert!(
-            later > id,
-            "later ids sort after earlier ones: {id} then {later}"
-        );
-        assert!(!is_job_id("claim"));
-        assert!(!is_job_id(&id.to_uppercase()));
-    }
 
     #[test]
     fn request_hash_is_stable() {

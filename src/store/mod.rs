@@ -1,15 +1,11 @@
-//! Durable storage behind [`Store`]: jobs and their event logs. SQLite (embedded, the
-//! default) fsyncs every acknowledgement; Redis ([`redis::RedisStore`], for several nodes)
-//! is as durable as its persistence settings.
-
-pub mod redis;
-pub mod sqlite;
+//! The contract of durable storage, whatever engine runs it: jobs and their event logs
+//! ([`Store`]), webhook endpoints and the delivery outbox ([`WebhookStore`]), and the
+//! records they exchange. The engines implement it in [`crate::engine`]: the embedded one
+//! fsyncs every acknowledgement; Redis is as durable as its persistence settings.
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use serde_json::value::RawValue;
-
-pub use sqlite::SqliteStore;
 
 /// A job's lifecycle state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,12 +149,6 @@ pub enum StoreError {
     Unavailable(String),
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        Self::Unavailable(e.to_string())
-    }
-}
-
 /// Durable job storage.
 pub trait Store: Send + Sync + 'static {
     /// Stores a new job (and its `job.queued` event), durably, before resolving.
@@ -196,13 +186,6 @@ pub trait Store: Send + Sync + 'static {
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Finishes pending writes and closes, waiting up to `deadline`.
     fn close(&self, deadline: std::time::Duration) -> BoxFuture<'_, ()>;
-}
-
-/// Unix milliseconds now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A registered webhook endpoint, as stored.

@@ -33,7 +33,8 @@ use super::{
 };
 use crate::{
     config::WebhooksConfig,
-    store::{AttemptOutcome, DueDelivery, StoreError, WebhookStore, now_ms},
+    store::{AttemptOutcome, DueDelivery, StoreError, WebhookStore},
+    time::now_ms,
 };
 
 /// Longest time between scans of the outbox. Nothing should depend on it: every change of

@@ -5,6 +5,8 @@ use std::sync::RwLock;
 
 use switchyard_protocol::ChannelPattern;
 
+use crate::store::EndpointRecord;
+
 /// One endpoint's filter.
 #[derive(Clone, Debug)]
 pub struct Filter {
@@ -17,6 +19,23 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// The filters of the enabled endpoints among `endpoints`.
+    pub fn of_enabled(endpoints: Vec<EndpointRecord>) -> Vec<Self> {
+        endpoints
+            .into_iter()
+            .filter(|e| e.enabled)
+            .map(|e| Self {
+                endpoint_id: e.id,
+                channels: e
+                    .channels
+                    .iter()
+                    .filter_map(|p| ChannelPattern::new(p).ok())
+                    .collect(),
+                types: e.types,
+            })
+            .collect()
+    }
+
     /// Whether an event of `event_type` on `channel` goes to this endpoint.
     pub fn matches(&self, channel: &str, event_type: &str) -> bool {
         self.channels.iter().any(|p| p.matches(channel))

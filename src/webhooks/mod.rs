@@ -15,7 +15,8 @@ use switchyard_protocol::{ChannelPattern, envelope::is_valid_event_type, webhook
 
 use crate::{
     config::WebhooksConfig,
-    store::{Delivery, EndpointRecord, StoreError, WebhookStore, now_ms},
+    store::{Delivery, EndpointRecord, StoreError, WebhookStore},
+    time::now_ms,
 };
 
 /// How long the secret before a rotation keeps signing deliveries (beside the new one).
@@ -61,16 +62,8 @@ pub struct Webhooks {
     config: WebhooksConfig,
 }
 
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).expect("the OS random source works");
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn new_secret() -> String {
-    let mut key = vec![0u8; 32];
-    getrandom::fill(&mut key).expect("the OS random source works");
-    WebhookSecret::from_bytes(key)
+    WebhookSecret::from_bytes(crate::ids::random_bytes::<32>().to_vec())
         .expect("32 bytes is a valid key")
         .as_whsec()
 }
@@ -177,7 +170,7 @@ impl Webhooks {
         };
         let now = now_ms();
         let endpoint = EndpointRecord {
-            id: format!("ep_{}", random_hex(12)),
+            id: crate::ids::endpoint_id(),
             url,
             channels,
             types: input.types.unwrap_or_default(),

@@ -5,9 +5,9 @@
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use serde_json::value::RawValue;
-use switchyard::hub::{
-    Bus, Event, HubError, Publish, PublishError, Published,
-    redis::{RedisHub, RedisHubConfig},
+use switchyard::{
+    engine::redis::{RedisHub, RedisHubConfig},
+    hub::{Bus, Event, HubError, Publish, PublishError, Published},
 };
 use switchyard_protocol::{ChannelName, Cursor, Position};
 use switchyard_transports::hub::{Hub, Inbox, Received, Sink, StartFrom, new_pair};

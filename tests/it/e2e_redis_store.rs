@@ -8,15 +8,10 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 use bytes::Bytes;
 use serde_json::{Value, json, value::RawValue};
 use switchyard::{
-    hub::{
-        Bus, Event,
-        redis::{RedisHub, RedisHubConfig},
-    },
-    store::{
-        Claimed, JobStatus, NewJob, Report, Store, StoreError,
-        redis::{RedisStore, RedisStoreConfig},
-        sqlite::job_channel,
-    },
+    engine::redis::{RedisHub, RedisHubConfig, RedisStore, RedisStoreConfig},
+    hub::{Bus, Event},
+    jobs::channel::job_channel,
+    store::{Claimed, JobStatus, NewJob, Report, Store, StoreError},
 };
 use switchyard_transports::hub::{Hub, Inbox, Received, Sink, StartFrom, new_pair};
 

@@ -7,9 +7,9 @@
 use std::{collections::HashSet, time::Duration};
 
 use bytes::Bytes;
-use switchyard::store::{
-    AttemptOutcome, EndpointRecord, Store, StoreError, WebhookStore,
-    redis::{RedisStore, RedisStoreConfig},
+use switchyard::{
+    engine::redis::{RedisStore, RedisStoreConfig},
+    store::{AttemptOutcome, EndpointRecord, Store, StoreError, WebhookStore},
 };
 
 use crate::support::redis::RedisServer;

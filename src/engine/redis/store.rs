@@ -45,16 +45,6 @@
 //! makes it (see docs/operations.md): `appendfsync always` matches the embedded store's
 //! fsync-before-acknowledge, `everysec` may lose the last second on a crash.
 
-mod job_token_key;
-mod keys;
-mod reply;
-pub(crate) mod router;
-mod scripts;
-mod webhook_scripts;
-pub mod webhooks;
-
-pub(crate) use job_token_key::keep_job_token_key;
-
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
@@ -62,19 +52,20 @@ use futures_util::future::{BoxFuture, FutureExt};
 use redis::{Value, aio::ConnectionManager};
 use tokio::sync::Notify;
 
-use self::{
-    keys::JobKeys,
-    reply::{int, malformed, must_record, split},
-    scripts::{Common, Op, Scripts},
+use super::{
+    RedisStats,
+    client::{ConnectError, connection_manager},
+    job_keys::{self as keys, JobKeys},
+    job_scripts::{Common, Op, Scripts},
+    keys::Topics,
+    reply::{self, int, malformed, must_record, split},
+    webhook_scripts, webhooks,
 };
-use super::{Claimed, JobRecord, NewJob, Report, Store, StoreError, Submitted};
 use crate::{
-    hub::{
-        memory::random_epoch,
-        now_rfc3339,
-        redis::{ConnectError, RedisStats, connection_manager, keys::Topics},
-    },
-    store::sqlite::job_channel,
+    ids::epoch as random_epoch,
+    jobs::channel::job_channel,
+    store::{Claimed, JobRecord, NewJob, Report, Store, StoreError, Submitted},
+    time::{now_ms, now_rfc3339},
 };
 
 /// Default for [`RedisStoreConfig::op_timeout`].
@@ -118,21 +109,21 @@ impl Default for RedisStoreConfig {
 /// Redis-backed [`Store`] of one gateway node; see the module docs.
 pub struct RedisStore {
     /// Multiplexed, and re-established by the manager itself.
-    conn: ConnectionManager,
-    scripts: Scripts,
-    webhook_scripts: webhook_scripts::WebhookScripts,
+    pub(super) conn: ConnectionManager,
+    pub(super) scripts: Scripts,
+    pub(super) webhook_scripts: webhook_scripts::WebhookScripts,
     /// The enabled endpoints' filters, for `enqueue`; reloaded when an endpoint changed.
-    webhook_filters: webhooks::FilterCache,
+    pub(super) webhook_filters: webhooks::FilterCache,
     /// Random per store: marks the webhook deliveries this node's dispatcher leased.
-    node_token: String,
+    pub(super) node_token: String,
     /// Wakes this node's webhook router ([`router::run`]) after a job operation, whose
     /// event the script may have marked for routing.
-    route_wake: Arc<Notify>,
+    pub(super) route_wake: Arc<Notify>,
     /// The pub/sub topics of this database, which job scripts publish to.
-    topics: Topics,
+    pub(super) topics: Topics,
     /// Counts failed operations (shared with the node's hub).
-    stats: Arc<RedisStats>,
-    config: RedisStoreConfig,
+    pub(super) stats: Arc<RedisStats>,
+    pub(super) config: RedisStoreConfig,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -141,17 +132,6 @@ impl std::fmt::Debug for RedisStore {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
-}
-
-fn random_token() -> String {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).expect("the OS random source works");
-    hex(&bytes)
-}
-
-/// Lowercase hex digits of `bytes`.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A job's keys and the common script arguments for one operation.
@@ -216,7 +196,7 @@ impl RedisStore {
             topics,
             webhook_filters: webhooks::FilterCache::new(),
             stats,
-            node_token: random_token(),
+            node_token: crate::ids::token(),
             route_wake: Arc::new(Notify::new()),
             config,
         })
@@ -236,7 +216,7 @@ impl RedisStore {
     }
 
     /// Runs one Redis operation within `op_timeout`.
-    async fn timed<T>(
+    pub(super) async fn timed<T>(
         &self,
         op: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
@@ -263,7 +243,7 @@ impl RedisStore {
     }
 
     /// Up to `count` ids of an index scored at most `max` (`(x` excludes `x`), lowest first.
-    async fn ids(
+    pub(super) async fn ids(
         &self,
         index: String,
         max: String,
@@ -347,7 +327,7 @@ impl RedisStore {
     }
 
     async fn claim_job(&self, lease_ms: u64, now_ms: i64) -> Result<Option<Claimed>, StoreError> {
-        let lease = random_token();
+        let lease = crate::ids::token();
         let lease_ms_arg = lease_ms.to_string();
         for _ in 0..CLAIM_ROUNDS {
             let mut conn = self.conn.clone();
@@ -461,7 +441,7 @@ impl RedisStore {
             let more = ids.len() == BATCH as usize;
             let mut progressed = false;
             for id in ids {
-                let mut on = OnJob::new(&id, super::now_ms(), &self.topics);
+                let mut on = OnJob::new(&id, now_ms(), &self.topics);
                 let mut conn = self.conn.clone();
                 on.idempotency = self
                     .timed(
@@ -558,7 +538,7 @@ impl Store for RedisStore {
                 let (_, endpoints) = self.list_all_endpoints().await?;
                 for e in endpoints {
                     // Settles this node's leases; holding nothing, it hands them all back.
-                    self.due(e.id, super::now_ms(), 0, Vec::new()).await?;
+                    self.due(e.id, now_ms(), 0, Vec::new()).await?;
                 }
                 let mut conn = self.conn.clone();
                 self.timed(

@@ -1,7 +1,11 @@
 //! The Redis client a node connects with: the `engine` URL, plus TLS from `[redis]` for a
-//! `rediss://` URL (a private CA, a client certificate for mutual TLS).
+//! `rediss://` URL (a private CA, a client certificate for mutual TLS), and its command
+//! connection.
+
+use std::time::Duration;
 
 use anyhow::Context as _;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::{Config, RedisConfig};
 
@@ -57,6 +61,41 @@ fn pem_file(key: &str, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
         anyhow::bail!("`{key}`: {path} holds no PEM data");
     }
     Ok(Some(pem))
+}
+
+/// Why connecting to Redis failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The URL is not a Redis URL.
+    #[error("invalid Redis URL: {0}")]
+    Url(#[source] redis::RedisError),
+    /// Redis did not answer.
+    #[error("cannot reach Redis: {0}")]
+    Unreachable(String),
+}
+
+/// A command connection to `client` that reconnects on its own, every call bounded by
+/// `op_timeout`: shared by the hub and the Redis store so both fail the same way.
+///
+/// # Errors
+/// When Redis does not answer within three `op_timeout`s.
+pub(crate) async fn connection_manager(
+    client: &redis::Client,
+    op_timeout: Duration,
+) -> Result<ConnectionManager, ConnectError> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(op_timeout))
+        .set_response_timeout(Some(op_timeout))
+        .set_number_of_retries(2)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_secs(1));
+    tokio::time::timeout(
+        op_timeout * 3,
+        client.get_connection_manager_with_config(config),
+    )
+    .await
+    .map_err(|_| ConnectError::Unreachable("timed out".into()))?
+    .map_err(|e| ConnectError::Unreachable(e.to_string()))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 
 use switchyard_protocol::ChannelName;
 
-use crate::hub::redis::keys::{PREFIX, Topics, history, meta};
+use super::keys::{PREFIX, Topics, history, meta};
 
 /// Every key a script on one job touches, in the order the scripts expect them.
 #[derive(Debug)]
@@ -55,7 +55,7 @@ pub(super) fn idempotency(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::sqlite::job_channel;
+    use crate::jobs::channel::job_channel;
 
     #[test]
     fn a_job_and_its_channel_share_the_hash_tag() {

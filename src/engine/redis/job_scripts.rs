@@ -11,8 +11,11 @@
 
 use redis::{Script, Value, aio::ConnectionManager};
 
-use super::keys::{self, JobKeys};
-use crate::hub::redis::{keys::Topics, scripts::PRELUDE};
+use super::{
+    channel_scripts::PRELUDE,
+    job_keys::{self as keys, JobKeys},
+    keys::Topics,
+};
 
 /// Helpers of the job scripts (after the hub's prelude: `fmt`, `now_ms`, `open_history`).
 const JOB_PRELUDE: &str = r#"

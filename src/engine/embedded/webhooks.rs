@@ -114,7 +114,7 @@ pub(super) fn enqueue(
     )?;
     for endpoint in endpoints {
         stmt.execute(params![
-            new_delivery_id(now_ms),
+            crate::ids::delivery_id(now_ms),
             endpoint,
             channel,
             offset as i64,
@@ -124,18 +124,6 @@ pub(super) fn enqueue(
         ])?;
     }
     Ok(())
-}
-
-/// `msg_` + 12 hex digits of milliseconds + 80 random bits: unguessable, and sorted by time
-/// so the outbox's index grows at its end.
-fn new_delivery_id(now_ms: i64) -> String {
-    let mut random = [0u8; 10];
-    getrandom::fill(&mut random).expect("the OS random source works");
-    let mut id = format!("msg_{:012x}", now_ms.max(0) as u64 & 0xffff_ffff_ffff);
-    for b in random {
-        id.push_str(&format!("{b:02x}"));
-    }
-    id
 }
 
 /// Every enabled endpoint with whether it has a pending delivery due at `now_ms` and when

@@ -24,13 +24,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     RedisStore,
+    hub::event_from_entry,
     reply::{malformed, text},
     webhooks::prefix,
 };
-use crate::{
-    hub::redis::event_from_entry,
-    store::{StoreError, now_ms},
-};
+use crate::{store::StoreError, time::now_ms};
 
 /// Marks taken per round trip.
 const TAKE_BATCH: usize = 256;

@@ -8,7 +8,7 @@
 
 use redis::Script;
 
-use crate::hub::redis::keys::Topics;
+use super::keys::Topics;
 
 /// Key helpers shared by every webhook script.
 const PRELUDE: &str = r#"

@@ -1,12 +1,6 @@
 //! The embedded store: SQLite in `data_dir`, one group-committing writer thread, one
 //! reader connection, and the job channels' logs served to the hub.
 
-mod jobs;
-mod retention;
-mod schema;
-mod webhooks;
-mod writer;
-
 use std::{
     path::Path,
     sync::{Arc, Mutex},
@@ -16,22 +10,33 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use rusqlite::{Connection, OpenFlags};
-use switchyard_protocol::{ChannelName, ChannelPattern, Cursor, Position, envelope};
+use switchyard_protocol::{ChannelName, Cursor, Position, envelope};
 use tokio::sync::Notify;
 
-pub use jobs::job_channel;
-pub use writer::{EventSink, WriterStats};
-
 use super::{
-    AttemptOutcome, Claimed, Delivery, DueDelivery, EndpointRecord, JobRecord, NewJob, OutboxHead,
-    Report, Store, StoreError, Submitted, WebhookStore, now_ms,
+    hub::{DurableChannels, LoadedChannel},
+    jobs, retention, schema, webhooks,
+    writer::{self, EventSink, Writer, WriterStats},
 };
-use crate::hub::{DurableChannels, HubError, LoadedChannel};
-use crate::webhooks::filter::{Filter, Filters};
-use writer::Writer;
+use crate::{
+    hub::HubError,
+    jobs::channel::{is_job_channel, job_id_of},
+    store::{
+        AttemptOutcome, Claimed, Delivery, DueDelivery, EndpointRecord, JobRecord, NewJob,
+        OutboxHead, Report, Store, StoreError, Submitted, WebhookStore,
+    },
+    time::now_ms,
+    webhooks::filter::{Filter, Filters},
+};
 
 /// Rows deleted per transaction when pruning, so pruning never holds the writer long.
 const PRUNE_BATCH: usize = 1000;
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
 
 /// The store's file inside `data_dir`.
 pub const DB_FILE: &str = "switchyard.db";
@@ -166,12 +171,6 @@ impl SqliteStore {
     }
 }
 
-fn random_token() -> String {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).expect("the OS random source works");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl Store for SqliteStore {
     fn submit(&self, job: NewJob) -> BoxFuture<'_, Result<Submitted, StoreError>> {
         self.write(move |conn| jobs::submit(conn, &job)).boxed()
@@ -186,7 +185,7 @@ impl Store for SqliteStore {
         lease_ms: u64,
         now_ms: i64,
     ) -> BoxFuture<'_, Result<Option<Claimed>, StoreError>> {
-        let lease = random_token();
+        let lease = crate::ids::token();
         self.write(move |conn| jobs::claim(conn, lease, lease_ms, now_ms))
             .boxed()
     }
@@ -276,7 +275,7 @@ impl SqliteStore {
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
     }
 
-    async fn close_now(&self, deadline: std::time::Duration) {
+    pub(super) async fn close_now(&self, deadline: std::time::Duration) {
         // Dropping the last sender ends the writer after what is queued; closing its
         // connection checkpoints the WAL into the database file.
         self.writer.lock().expect("not poisoned").take();
@@ -293,11 +292,11 @@ impl SqliteStore {
 
 impl DurableChannels for SqliteStore {
     fn owns(&self, channel: &str) -> bool {
-        channel.starts_with("jobs/")
+        is_job_channel(channel)
     }
 
     fn load(&self, channel: &ChannelName, max_events: usize) -> Result<LoadedChannel, HubError> {
-        let id = channel.as_str().strip_prefix("jobs/").unwrap_or("");
+        let id = job_id_of(channel.as_str()).unwrap_or("");
         let (last_offset, events) = self
             .read(|conn| jobs::load_events(conn, id, max_events))
             .map_err(|e| HubError::Unavailable(e.to_string()))?;
@@ -316,20 +315,7 @@ impl SqliteStore {
     /// When the store cannot be read.
     pub fn refresh_filters(&self) -> Result<(), StoreError> {
         let endpoints = self.read(webhooks::list_endpoints)?;
-        let filters = endpoints
-            .into_iter()
-            .filter(|e| e.enabled)
-            .map(|e| Filter {
-                endpoint_id: e.id,
-                channels: e
-                    .channels
-                    .iter()
-                    .filter_map(|p| ChannelPattern::new(p).ok())
-                    .collect(),
-                types: e.types,
-            })
-            .collect();
-        self.webhook_filters.replace(filters);
+        self.webhook_filters.replace(Filter::of_enabled(endpoints));
         Ok(())
     }
 }

@@ -1,5 +1,5 @@
 //! The webhook store on Redis: endpoints and the delivery outbox with the semantics of the
-//! embedded store ([`crate::store::SqliteStore`]'s `WebhookStore`), every change one Lua
+//! embedded store ([`crate::engine::embedded::SqliteStore`]'s `WebhookStore`), every change one Lua
 //! script (`webhook_scripts`), plus a per-delivery lease so several nodes never send the
 //! same delivery at once.
 //!
@@ -69,18 +69,18 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use redis::{Script, Value};
-use switchyard_protocol::ChannelPattern;
 
+use super::keys::PREFIX;
 use super::{
     RedisStore,
     reply::{malformed, split, text},
 };
 use crate::{
-    hub::redis::keys::PREFIX,
     store::{
         AttemptOutcome, Delivery, DeliveryAttempt, DueDelivery, EndpointRecord, OutboxHead,
-        StoreError, WebhookStore, now_ms,
+        StoreError, WebhookStore,
     },
+    time::now_ms,
     webhooks::filter::{Filter, Filters},
 };
 
@@ -90,17 +90,6 @@ const PRUNE_BATCH: isize = 1000;
 /// The key prefix of the webhook store.
 pub(super) fn prefix() -> String {
     format!("{PREFIX}wh:")
-}
-
-/// `msg_` + 12 hex digits of milliseconds + 80 random bits, as the embedded store makes them.
-fn new_delivery_id(now_ms: i64) -> String {
-    let mut random = [0u8; 10];
-    getrandom::fill(&mut random).expect("the OS random source works");
-    let mut id = format!("msg_{:012x}", now_ms.max(0) as u64 & 0xffff_ffff_ffff);
-    for b in random {
-        id.push_str(&format!("{b:02x}"));
-    }
-    id
 }
 
 /// This node's copy of the enabled endpoints' filters, and the `version` it was read at.
@@ -332,20 +321,7 @@ impl RedisStore {
         if cache.version.load(Ordering::Acquire) != version.unwrap_or(0) {
             let (version, endpoints) = self.list_all_endpoints().await?;
             cache.any.store(!endpoints.is_empty(), Ordering::Release);
-            let filters = endpoints
-                .into_iter()
-                .filter(|e| e.enabled)
-                .map(|e| Filter {
-                    endpoint_id: e.id,
-                    channels: e
-                        .channels
-                        .iter()
-                        .filter_map(|p| ChannelPattern::new(p).ok())
-                        .collect(),
-                    types: e.types,
-                })
-                .collect();
-            cache.filters.replace(filters);
+            cache.filters.replace(Filter::of_enabled(endpoints));
             cache.version.store(version, Ordering::Release);
         }
         Ok(())
@@ -382,7 +358,7 @@ impl RedisStore {
         ];
         for ep in endpoints {
             args.push(ep.clone().into());
-            args.push(new_delivery_id(now_ms).into());
+            args.push(crate::ids::delivery_id(now_ms).into());
         }
         let reply = self.wh(&self.webhook_scripts.enqueue, args).await?;
         Ok(opt_int(Some(&reply)).ok_or_else(|| malformed("enqueue"))? as usize)

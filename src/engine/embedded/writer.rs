@@ -15,8 +15,8 @@ use rusqlite::Connection;
 use switchyard_protocol::ChannelName;
 use tokio::sync::{mpsc, oneshot};
 
-use super::super::StoreError;
-use crate::hub::StoredEvent;
+use super::hub::StoredEvent;
+use crate::store::StoreError;
 
 /// Operations waiting for the writer; past it, callers wait (backpressure).
 const QUEUE: usize = 4096;

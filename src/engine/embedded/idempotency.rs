@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::Published;
+use crate::hub::Published;
 
 /// How long a key is remembered.
 pub(super) const KEY_TTL: Duration = Duration::from_secs(24 * 3600);

@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::hub::memory::random_epoch;
+use crate::ids::epoch as random_epoch;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 use switchyard_protocol::{ChannelName, Position};
 
-use super::super::Event;
+use crate::hub::Event;
 
 /// One event's parts as stored in the history stream or carried on the live topic.
 #[derive(Clone, Debug, PartialEq, Eq)]

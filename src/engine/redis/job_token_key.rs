@@ -7,13 +7,17 @@ use std::{sync::Arc, time::Duration};
 use redis::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::{RedisStore, StoreError, hex, random_token};
+use super::RedisStore;
+use crate::{
+    ids::{hex, token as random_token},
+    store::StoreError,
+};
 
 /// How often a node puts its key back if Redis lost it.
 const KEEP_EVERY: Duration = Duration::from_secs(2);
 
 fn redis_key() -> String {
-    format!("{}job-token-key", crate::hub::redis::keys::PREFIX)
+    format!("{}job-token-key", super::keys::PREFIX)
 }
 
 impl RedisStore {

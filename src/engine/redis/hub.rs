@@ -17,14 +17,6 @@
 //! like the memory hub serves the embedded store's durable channels (never trimmed by age,
 //! the latest `history.size` events replayable).
 
-pub(crate) mod client;
-pub(crate) mod keys;
-mod listener;
-mod local;
-pub(crate) mod scripts;
-mod stats;
-mod wire;
-
 use std::{
     sync::{
         Arc, Mutex, MutexGuard,
@@ -34,24 +26,26 @@ use std::{
 };
 
 use futures_util::future::{BoxFuture, FutureExt};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use switchyard_protocol::{ChannelName, Cursor, Position};
 use switchyard_transports::hub::{Opened, Sink, StartFrom};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-pub use self::stats::RedisStats;
-use self::{
-    keys::Topics,
-    listener::Control,
-    local::{Known, Read, Table},
-    scripts::{Appended, Bounds, ReadFrom, Scripts},
-};
 use super::{
-    Bus, Event, HistoryPage, Hub, HubError, Publish, PublishError, Published, memory::random_epoch,
-    now_rfc3339,
+    RedisStats,
+    channel_scripts::{self as scripts, Appended, Bounds, ReadFrom, Scripts},
+    client::{ConnectError, connection_manager},
+    keys::{self, Topics},
+    listener::{self, Control},
+    local::{self, Known, Read, Table},
 };
-use crate::config::Config;
+use crate::{
+    config::Config,
+    hub::{Bus, Event, HistoryPage, Hub, HubError, Publish, PublishError, Published},
+    ids::epoch as random_epoch,
+    time::now_rfc3339,
+};
 
 /// Default for [`RedisHubConfig::op_timeout`].
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -100,41 +94,6 @@ impl RedisHubConfig {
     }
 }
 
-/// Why [`RedisHub::connect`] failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// The URL is not a Redis URL.
-    #[error("invalid Redis URL: {0}")]
-    Url(#[source] redis::RedisError),
-    /// Redis did not answer.
-    #[error("cannot reach Redis: {0}")]
-    Unreachable(String),
-}
-
-/// A command connection to `client` that reconnects on its own, every call bounded by
-/// `op_timeout`: shared by the hub and the Redis store so both fail the same way.
-///
-/// # Errors
-/// When Redis does not answer within three `op_timeout`s.
-pub(crate) async fn connection_manager(
-    client: &redis::Client,
-    op_timeout: Duration,
-) -> Result<ConnectionManager, ConnectError> {
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(op_timeout))
-        .set_response_timeout(Some(op_timeout))
-        .set_number_of_retries(2)
-        .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_secs(1));
-    tokio::time::timeout(
-        op_timeout * 3,
-        client.get_connection_manager_with_config(config),
-    )
-    .await
-    .map_err(|_| ConnectError::Unreachable("timed out".into()))?
-    .map_err(|e| ConnectError::Unreachable(e.to_string()))
-}
-
 /// Cross-node wake-ups carried on the [`Topics::signals`] topic, which the store's scripts
 /// publish to: a submit or requeue on any node wakes claims waiting on every node, and new
 /// due deliveries (or an endpoint change) wake every node's dispatcher. After the pub/sub
@@ -148,7 +107,7 @@ pub struct Signals {
 }
 
 impl Signals {
-    fn fire(&self, what: &[u8]) {
+    pub(super) fn fire(&self, what: &[u8]) {
         match what {
             b"jobs" => self.jobs.notify_waiters(),
             b"outbox" => self.outbox.notify_one(),
@@ -156,43 +115,43 @@ impl Signals {
         }
     }
 
-    fn fire_all(&self) {
+    pub(super) fn fire_all(&self) {
         self.jobs.notify_waiters();
         self.outbox.notify_one();
     }
 }
 
 /// The state shared by the hub's handle and its listener task.
-struct Inner {
+pub(super) struct Inner {
     table: Mutex<Table>,
     /// Commands (scripts, PING): multiplexed, and re-established by the manager itself.
     conn: ConnectionManager,
     scripts: Scripts,
-    config: RedisHubConfig,
+    pub(super) config: RedisHubConfig,
     bounds: Bounds,
     /// Whether the pub/sub connection is up (for readiness), reconnections and failed
     /// operations, shared with the node's store.
-    stats: Arc<RedisStats>,
+    pub(super) stats: Arc<RedisStats>,
     /// Wakes the listener to unsubscribe topics no local subscriber needs any more.
-    dirty: Notify,
+    pub(super) dirty: Notify,
     published: AtomicU64,
-    signals: Signals,
+    pub(super) signals: Signals,
 }
 
 impl Inner {
     /// The pub/sub topics of the database this hub is on.
-    fn topics(&self) -> &Topics {
+    pub(super) fn topics(&self) -> &Topics {
         &self.scripts.topics
     }
 
-    fn table(&self) -> MutexGuard<'_, Table> {
+    pub(super) fn table(&self) -> MutexGuard<'_, Table> {
         // The table's invariants hold between statements that could panic; keep serving.
         self.table
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn set_live(&self, up: bool) {
+    pub(super) fn set_live(&self, up: bool) {
         self.stats.set_up(up);
     }
 
@@ -201,7 +160,7 @@ impl Inner {
     }
 
     /// The events after `known` in its epoch; `Ok(None)` when history no longer reaches it.
-    async fn read_after(
+    pub(super) async fn read_after(
         &self,
         channel: &ChannelName,
         known: Known,

@@ -3,18 +3,13 @@
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::value::RawValue;
-use switchyard_protocol::ChannelName;
 
-use super::writer::Appended;
+use super::{hub::StoredEvent, writer::Appended};
 use crate::{
-    hub::{StoredEvent, now_rfc3339},
+    jobs::channel::job_channel,
     store::{Claimed, JobRecord, JobStatus, NewJob, Report, StoreError, Submitted},
+    time::now_rfc3339,
 };
-
-/// The channel a job's events go to.
-pub fn job_channel(id: &str) -> ChannelName {
-    ChannelName::new(&format!("jobs/{id}")).expect("job ids are valid channel segments")
-}
 
 const GET_JOB: &str = "SELECT id, status, created_at, updated_at, attempts, max_attempts, result, error FROM jobs WHERE id = ?1";
 

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Inner,
+    hub::Inner,
     local::{Dispatched, Known},
     wire,
 };

@@ -18,10 +18,11 @@ use serde_json::value::RawValue;
 use switchyard_protocol::{ChannelName, Cursor, Position};
 use switchyard_transports::hub::{Opened, Sink, StartFrom};
 
-use super::{
-    Bus, Event, HistoryPage, Hub, HubError, Publish, PublishError, Published,
-    idempotency::{IdempotencyKeys, Seen},
-    now_rfc3339,
+use super::idempotency::{IdempotencyKeys, Seen};
+use crate::{
+    hub::{Bus, Event, HistoryPage, Hub, HubError, Publish, PublishError, Published},
+    ids,
+    time::now_rfc3339,
 };
 
 /// An event already written to a durable log, with its offset assigned there.
@@ -112,7 +113,7 @@ struct Channel {
 impl Channel {
     fn new(durable: bool) -> Self {
         Self {
-            epoch: random_epoch(),
+            epoch: ids::epoch(),
             last_offset: 0,
             history: VecDeque::new(),
             sinks: Vec::new(),
@@ -200,14 +201,6 @@ fn stored_to_event(channel: &ChannelName, epoch: u64, e: StoredEvent) -> Event {
         offset: e.offset,
     };
     Event::new(channel.clone(), position, &e.event_type, &e.time, &e.data)
-}
-
-/// A random epoch for a history that starts now.
-pub fn random_epoch() -> u64 {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).expect("the OS random source works");
-    // Keep cursors short: 53 bits are plenty to tell incarnations apart.
-    u64::from_le_bytes(bytes) >> 11
 }
 
 fn lock(channel: &Mutex<Channel>) -> MutexGuard<'_, Channel> {

@@ -1,0 +1,172 @@
+//! The embedded engine: one node, no external service. Channels live in memory ([`hub`]);
+//! jobs, their event logs, webhook endpoints and the delivery outbox live in SQLite under
+//! `data_dir` ([`store`]), written by one group-committing thread ([`writer`]).
+//!
+//! # Layout
+//! - [`hub`]: channels with offsets, bounded history and fan-out ([`MemoryHub`]); job
+//!   channels are read from the store on first use and fed by its commits.
+//! - `idempotency`: the per-channel memory of `Idempotency-Key`s.
+//! - [`store`]: the SQLite store ([`SqliteStore`]): a reader connection, the writer, and
+//!   the [`crate::store`] contracts over the SQL of `jobs`, `webhooks` and `retention`.
+//! - [`writer`]: group commit: one transaction and one fsync for whatever is pending.
+//! - `schema`: tables, indexes and the store's epoch.
+
+pub mod hub;
+mod idempotency;
+mod jobs;
+mod retention;
+mod schema;
+pub mod store;
+mod webhooks;
+pub mod writer;
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::future::{BoxFuture, FutureExt};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use self::{
+    hub::{MemoryHub, MemoryHubConfig},
+    store::SqliteStore,
+};
+use crate::{
+    auth::job_token::JobTokens,
+    config::Config,
+    hub::{Bus as _, Publish, PublishError, Published},
+    store::{Store, WebhookStore},
+};
+use switchyard_transports::metrics::write_family;
+
+/// The embedded engine's parts, wired; see the module docs.
+pub struct Embedded {
+    hub: Arc<MemoryHub>,
+    store: Arc<SqliteStore>,
+    job_tokens: JobTokens,
+    /// Claims wait on it; only this node's submits and requeues fire it.
+    claimable: Arc<Notify>,
+}
+
+impl Embedded {
+    /// Opens (creating when missing) the store in `config.data_dir` and starts its writer.
+    ///
+    /// # Errors
+    /// When the data directory, the database or the job token key cannot be opened.
+    pub fn open(config: &Config) -> anyhow::Result<Self> {
+        let store = SqliteStore::open(&config.data_dir)?;
+        let hub = Arc::new(MemoryHub::new(
+            MemoryHubConfig {
+                history_size: config.history.size,
+                history_ttl: Duration::from_secs(config.history.ttl_secs),
+                max_channels: config.limits.max_channels,
+            },
+            Some(Arc::clone(&store) as _),
+        ));
+        // Committed job events reach the hub in commit order, straight from the writer.
+        let hub_for_store = Arc::clone(&hub);
+        store.start(Box::new(move |channel, event| {
+            hub_for_store.append_stored(channel, event)
+        }));
+        Ok(Self {
+            hub,
+            store,
+            job_tokens: JobTokens::open(&config.data_dir)?,
+            claimable: Arc::new(Notify::new()),
+        })
+    }
+
+    pub(super) fn hub(&self) -> &MemoryHub {
+        &self.hub
+    }
+
+    pub(super) fn store(&self) -> &SqliteStore {
+        &self.store
+    }
+
+    pub(super) fn publish<'a>(
+        &'a self,
+        req: Publish<'a>,
+    ) -> BoxFuture<'a, Result<Published, PublishError>> {
+        async move {
+            let channel = req.channel;
+            let event_type = req.event_type;
+            let published = self.hub.publish(req).await?;
+            if !published.replayed {
+                self.store
+                    .enqueue(
+                        channel.to_string(),
+                        published.offset,
+                        event_type.to_owned(),
+                        published.envelope.clone(),
+                    )
+                    .await
+                    .map_err(|e| {
+                        PublishError::Hub(crate::hub::HubError::Unavailable(e.to_string()))
+                    })?;
+            }
+            Ok(published)
+        }
+        .boxed()
+    }
+
+    pub(super) fn job_tokens(&self) -> JobTokens {
+        self.job_tokens.clone()
+    }
+
+    pub(super) fn claimable(&self) -> Arc<Notify> {
+        Arc::clone(&self.claimable)
+    }
+
+    pub(super) fn outbox_changed(&self) -> Arc<Notify> {
+        Arc::clone(&self.store.outbox_ready)
+    }
+
+    pub(super) async fn ready(&self) -> Result<(), String> {
+        self.store
+            .ping()
+            .await
+            .map_err(|e| format!("the store does not answer: {e}"))
+    }
+
+    pub(super) fn write_metrics(&self, out: &mut String) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let one = |v: u64| [(String::new(), v)];
+        let stats = &self.store.stats;
+        write_family(
+            out,
+            "switchyard_store_commits_total",
+            "Store transactions committed (one fsync each).",
+            "counter",
+            one(stats.commits.load(Relaxed)),
+        );
+        write_family(
+            out,
+            "switchyard_store_ops_total",
+            "Store write operations committed (group commit: several per transaction).",
+            "counter",
+            one(stats.ops.load(Relaxed)),
+        );
+        write_family(
+            out,
+            "switchyard_store_max_batch",
+            "Most operations committed in one transaction.",
+            "gauge",
+            one(stats.max_batch.load(Relaxed)),
+        );
+    }
+
+    pub(super) fn sweep(&self) {
+        self.hub.sweep();
+    }
+
+    pub(super) fn spawn_tasks(
+        &self,
+        _stop: &CancellationToken,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        Vec::new()
+    }
+
+    pub(super) async fn close(&self, deadline: Duration) {
+        self.store.close_now(deadline).await;
+    }
+}

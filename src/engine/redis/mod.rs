@@ -1,0 +1,231 @@
+//! The Redis engine (`engine = "redis://..."`): several gateway nodes share one Redis (or
+//! Valkey) primary. Channel history, offsets, epochs and idempotency keys, jobs, webhook
+//! endpoints and the delivery outbox live in Redis, every change one atomic Lua script; Redis
+//! pub/sub carries new events and wake-ups between nodes.
+//!
+//! # Layout
+//! - [`client`]: the client from the `engine` URL and `[redis]` TLS settings, and the
+//!   command connection every part shares.
+//! - [`keys`] and `job_keys`: key and topic names, in one place so every node agrees.
+//! - `channel_scripts`, `job_scripts`, `webhook_scripts`: the Lua scripts, one per change.
+//! - [`hub`]: channels ([`RedisHub`]); `local` holds this node's subscribers and the
+//!   history → live handover, `listener` the node's one pub/sub connection, `wire` an
+//!   event's parts as Redis carries them.
+//! - [`store`]: jobs ([`RedisStore`]); `webhooks`: the endpoints and the outbox of the same
+//!   store; `router`: turns events marked by the scripts into webhook deliveries.
+//! - `job_token_key`: the job token signing key every node shares.
+//! - `stats`: connection health and failed operations, for `/metrics`.
+//!
+//! The scripts touch global keys and a job's keys together, so the engine needs a single
+//! Redis (or Valkey) primary, not Redis Cluster.
+
+mod channel_scripts;
+pub mod client;
+pub mod hub;
+mod job_keys;
+mod job_scripts;
+mod job_token_key;
+pub mod keys;
+mod listener;
+mod local;
+mod reply;
+mod router;
+mod stats;
+pub mod store;
+mod webhook_scripts;
+mod webhooks;
+mod wire;
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::future::{BoxFuture, FutureExt};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use self::{
+    client::ConnectError,
+    hub::{RedisHub, RedisHubConfig},
+    stats::RedisStats,
+    store::{RedisStore, RedisStoreConfig},
+};
+use crate::{
+    auth::job_token::JobTokens,
+    config::Config,
+    hub::{Bus as _, Publish, PublishError, Published},
+    store::{Store, WebhookStore},
+};
+use switchyard_transports::metrics::write_family;
+
+/// The Redis engine of one node; see the module docs.
+pub struct Redis {
+    hub: Arc<RedisHub>,
+    store: Arc<RedisStore>,
+    stats: Arc<RedisStats>,
+    /// The job token key every node shares, kept in Redis by a background task.
+    job_key: Vec<u8>,
+}
+
+impl Redis {
+    /// Connects the hub and the store to the Redis at `url` and reads (or creates) the
+    /// shared job token key.
+    ///
+    /// # Errors
+    /// When the URL or its TLS settings are invalid, or Redis does not answer.
+    pub async fn connect(config: &Config, url: &str) -> anyhow::Result<Self> {
+        warn_if_leases_can_run_out(config);
+        let op_timeout = Duration::from_millis(config.redis.op_timeout_ms);
+        let shown = config.engine_redacted();
+        let client = client::client(url, config)?;
+        let stats = Arc::new(RedisStats::default());
+        let hub = RedisHub::connect_with(
+            client.clone(),
+            RedisHubConfig {
+                op_timeout,
+                ..RedisHubConfig::from_config(config)
+            },
+            Arc::clone(&stats),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("engine {shown}: {e}"))?;
+        let store = RedisStore::connect_with(
+            &client,
+            RedisStoreConfig {
+                op_timeout,
+                delivery_lease: Duration::from_secs(config.redis.delivery_lease_secs),
+            },
+            Arc::clone(&stats),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("engine {shown}: {e}"))?;
+        let job_key = store
+            .shared_job_token_key()
+            .await
+            .map_err(|e| anyhow::anyhow!("engine {shown}: {e}"))?;
+        Ok(Self {
+            hub: Arc::new(hub),
+            store: Arc::new(store),
+            stats,
+            job_key,
+        })
+    }
+
+    pub(super) fn hub(&self) -> &RedisHub {
+        &self.hub
+    }
+
+    pub(super) fn store(&self) -> &RedisStore {
+        &self.store
+    }
+
+    pub(super) fn publish<'a>(
+        &'a self,
+        req: Publish<'a>,
+    ) -> BoxFuture<'a, Result<Published, PublishError>> {
+        async move {
+            let channel = req.channel;
+            let event_type = req.event_type;
+            let published = self.hub.publish(req).await?;
+            if !published.replayed && published.to_route {
+                // Never fails: the mark the append left is routed later if this cannot.
+                let _ = self
+                    .store
+                    .enqueue(
+                        channel.to_string(),
+                        published.offset,
+                        event_type.to_owned(),
+                        published.envelope.clone(),
+                    )
+                    .await;
+            }
+            Ok(published)
+        }
+        .boxed()
+    }
+
+    pub(super) fn job_tokens(&self) -> JobTokens {
+        JobTokens::from_key(&self.job_key)
+    }
+
+    pub(super) fn claimable(&self) -> Arc<Notify> {
+        Arc::clone(&self.hub.signals().jobs)
+    }
+
+    pub(super) fn outbox_changed(&self) -> Arc<Notify> {
+        Arc::clone(&self.hub.signals().outbox)
+    }
+
+    pub(super) async fn ready(&self) -> Result<(), String> {
+        self.store
+            .ping()
+            .await
+            .map_err(|e| format!("the store does not answer: {e}"))?;
+        self.hub
+            .ping()
+            .await
+            .map_err(|e| format!("the hub is not ready: {e}"))
+    }
+
+    pub(super) fn write_metrics(&self, out: &mut String) {
+        let one = |v: u64| [(String::new(), v)];
+        write_family(
+            out,
+            "switchyard_redis_up",
+            "1 while this node's Redis pub/sub connection is up (events from other nodes arrive only then).",
+            "gauge",
+            one(u64::from(self.stats.is_up())),
+        );
+        write_family(
+            out,
+            "switchyard_redis_reconnects_total",
+            "Times this node's Redis pub/sub connection was made again after a loss.",
+            "counter",
+            one(self.stats.reconnects()),
+        );
+        write_family(
+            out,
+            "switchyard_redis_errors_total",
+            "Redis operations that failed or timed out (answered 503, or retried by a background task).",
+            "counter",
+            one(self.stats.errors()),
+        );
+    }
+
+    pub(super) fn sweep(&self) {
+        self.hub.sweep();
+    }
+
+    pub(super) fn spawn_tasks(&self, stop: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        let router = tokio::spawn(router::run(
+            Arc::clone(&self.store),
+            self.store.route_wake(),
+            stop.clone(),
+        ));
+        let key_keeper = tokio::spawn(job_token_key::keep_job_token_key(
+            Arc::clone(&self.store),
+            self.job_key.clone(),
+            stop.clone(),
+        ));
+        vec![router, key_keeper]
+    }
+
+    pub(super) async fn close(&self, deadline: Duration) {
+        self.store.close(deadline).await;
+    }
+}
+
+/// A delivery leased to this node waits in its endpoint's lane (at most two refills) behind
+/// `max_per_endpoint` attempts of up to `attempt_timeout_secs` each. If that can outlast
+/// `redis.delivery_lease_secs`, another node may send it too (at least once still holds, but
+/// receivers see more duplicates): say so at startup.
+fn warn_if_leases_can_run_out(config: &Config) {
+    let queued = 2 * crate::webhooks::lanes::REFILL;
+    let per_endpoint = config.webhooks.max_per_endpoint.max(1);
+    let worst = (queued.div_ceil(per_endpoint) + 1) as f64 * config.webhooks.attempt_timeout_secs;
+    if worst > config.redis.delivery_lease_secs as f64 {
+        tracing::warn!(
+            worst_wait_secs = worst,
+            delivery_lease_secs = config.redis.delivery_lease_secs,
+            "a webhook delivery can wait longer than redis.delivery_lease_secs behind a slow endpoint, and then be sent by another node too; raise redis.delivery_lease_secs or webhooks.max_per_endpoint"
+        );
+    }
+}
