@@ -261,16 +261,6 @@ impl WebhookStore for Engine {
         on_engine!(self, e => e.store().delete_endpoint(id))
     }
 
-    fn enqueue(
-        &self,
-        channel: String,
-        offset: u64,
-        event_type: String,
-        body: bytes::Bytes,
-    ) -> BoxFuture<'_, Result<usize, StoreError>> {
-        on_engine!(self, e => e.store().enqueue(channel, offset, event_type, body))
-    }
-
     fn outbox_heads(&self, now_ms: i64) -> BoxFuture<'_, Result<Vec<OutboxHead>, StoreError>> {
         on_engine!(self, e => e.store().outbox_heads(now_ms))
     }

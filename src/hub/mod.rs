@@ -40,6 +40,20 @@ pub struct Published {
     pub to_route: bool,
 }
 
+impl Published {
+    /// What publishing `event` produced (`replayed` when an earlier publish is returned).
+    pub fn of(event: &Event, replayed: bool) -> Self {
+        Self {
+            offset: event.offset(),
+            id: format!("{}:{}", event.channel(), event.offset()),
+            cursor: event.cursor().to_owned(),
+            replayed,
+            envelope: event.envelope().clone(),
+            to_route: true,
+        }
+    }
+}
+
 /// Why a publish failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {

@@ -316,7 +316,8 @@ pub struct DeliveryAttempt {
     pub error: Option<String>,
 }
 
-/// Durable webhook endpoints and delivery outbox.
+/// Durable webhook endpoints and the delivery outbox. Deliveries are recorded by the
+/// engine, in the same atomic step as the event they deliver (see [`crate::engine`]).
 pub trait WebhookStore: Send + Sync + 'static {
     /// Every endpoint.
     fn list_endpoints(&self) -> BoxFuture<'_, Result<Vec<EndpointRecord>, StoreError>>;
@@ -333,14 +334,6 @@ pub trait WebhookStore: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Deletes an endpoint and its deliveries; false when it did not exist.
     fn delete_endpoint(&self, id: String) -> BoxFuture<'_, Result<bool, StoreError>>;
-    /// Records deliveries of an event for the endpoints that want it, durably; returns how many.
-    fn enqueue(
-        &self,
-        channel: String,
-        offset: u64,
-        event_type: String,
-        body: Bytes,
-    ) -> BoxFuture<'_, Result<usize, StoreError>>;
     /// Every enabled endpoint, with whether it has pending deliveries due at `now_ms` and
     /// when its next one after that falls due. Cheap: two index seeks per endpoint.
     fn outbox_heads(&self, now_ms: i64) -> BoxFuture<'_, Result<Vec<OutboxHead>, StoreError>>;

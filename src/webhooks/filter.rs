@@ -53,6 +53,15 @@ impl Filters {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = filters;
     }
 
+    /// Whether any endpoint wants this event (no allocation: checked on every publish).
+    pub fn any_matching(&self, channel: &str, event_type: &str) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|f| f.matches(channel, event_type))
+    }
+
     /// The endpoints that want this event.
     pub fn matching(&self, channel: &str, event_type: &str) -> Vec<String> {
         self.0

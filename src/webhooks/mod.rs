@@ -10,7 +10,6 @@ pub mod url_syntax;
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use switchyard_protocol::{ChannelPattern, envelope::is_valid_event_type, webhook::WebhookSecret};
 
 use crate::{
@@ -267,20 +266,6 @@ impl Webhooks {
     pub async fn retry(&self, id: &str, delivery: &str) -> Result<(), StoreError> {
         self.store
             .retry_delivery(id.to_owned(), delivery.to_owned(), now_ms())
-            .await
-    }
-
-    /// Records the deliveries a published event calls for, durably, before the publish is
-    /// acknowledged.
-    pub async fn enqueue(
-        &self,
-        channel: &str,
-        offset: u64,
-        event_type: &str,
-        envelope: Bytes,
-    ) -> Result<usize, StoreError> {
-        self.store
-            .enqueue(channel.to_owned(), offset, event_type.to_owned(), envelope)
             .await
     }
 }

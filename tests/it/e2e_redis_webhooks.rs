@@ -172,7 +172,7 @@ async fn enqueue_matches_filters_and_follows_endpoint_changes_from_any_node() {
     let (a, b) = (store(&redis).await, store(&redis).await);
     let body = Bytes::from_static(b"{}");
     assert_eq!(
-        a.enqueue("orders/1".into(), 1, "order.paid".into(), body.clone())
+        a.route_published("orders/1".into(), 1, "order.paid".into(), body.clone())
             .await
             .unwrap(),
         0
@@ -184,7 +184,7 @@ async fn enqueue_matches_filters_and_follows_endpoint_changes_from_any_node() {
         let (a, body, redis) = (&a, body.clone(), &redis);
         async move {
             mark(redis, ch, 1).await;
-            a.enqueue(ch.into(), 1, ty.into(), body).await.unwrap()
+            a.route_published(ch.into(), 1, ty.into(), body).await.unwrap()
         }
     };
     assert_eq!(
@@ -193,7 +193,7 @@ async fn enqueue_matches_filters_and_follows_endpoint_changes_from_any_node() {
         "another node's endpoint"
     );
     assert_eq!(
-        a.enqueue("orders/1".into(), 1, "order.paid".into(), body.clone())
+        a.route_published("orders/1".into(), 1, "order.paid".into(), body.clone())
             .await
             .unwrap(),
         0,
@@ -394,7 +394,7 @@ async fn a_disabled_endpoint_keeps_its_deliveries_pending_but_unsent() {
     assert_eq!(statuses, ["pending", "pending", "pending"]);
     mark(&redis, "orders/1", 9).await;
     assert_eq!(
-        s.enqueue("orders/1".into(), 9, "t".into(), Bytes::from_static(b"{}"))
+        s.route_published("orders/1".into(), 9, "t".into(), Bytes::from_static(b"{}"))
             .await
             .unwrap(),
         0,

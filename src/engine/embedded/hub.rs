@@ -1,6 +1,22 @@
 //! The in-process hub: each channel is a mutex-guarded log (bounded by count and age) plus
 //! its subscribers' sinks. Publishing appends and offers the shared event to every sink
 //! under the channel's lock, which is what makes "replay, then live" gap- and duplicate-free.
+//!
+//! # Publishes that wait for the store
+//! A publish that owes webhook deliveries must not reach a consumer before those are
+//! durable, nor be acknowledged without them. Such a publish goes through the store's
+//! writer ([`super::writer`]), which is then the channel's sequencer:
+//! 1. [`MemoryHub::ticket`] marks the channel as having work in the writer, so every later
+//!    publish on it goes through the writer too and order is kept;
+//! 2. in the writer's transaction, [`MemoryHub::assign`] gives the event the next offset
+//!    (nobody can see it yet: subscribers start after the last *released* offset) and the
+//!    writer records its deliveries;
+//! 3. after the commit [`Pending::release`] appends it to history and fans it out, in
+//!    commit order; if the transaction fails, [`Pending::withdraw`] takes the offset back,
+//!    so no consumer ever saw it and no offset is skipped.
+//!
+//! A publish that owes no delivery, on a channel with nothing in the writer, is appended
+//! and fanned out at once ([`MemoryHub::publish_now`]).
 
 use std::{
     collections::VecDeque,
@@ -15,7 +31,7 @@ use std::{
 use dashmap::DashMap;
 use futures_util::future::{BoxFuture, FutureExt};
 use serde_json::value::RawValue;
-use switchyard_protocol::{ChannelName, Cursor, Position};
+use switchyard_protocol::{ChannelName, Position};
 use switchyard_transports::hub::{Opened, Sink, StartFrom};
 
 use super::idempotency::{IdempotencyKeys, Seen};
@@ -96,7 +112,13 @@ struct Channel {
     /// Random per channel incarnation: a channel dropped and created again starts a new
     /// history, and cursors into the old one get `reset` rather than wrong events.
     epoch: u64,
+    /// The last offset consumers can see (released).
     last_offset: u64,
+    /// The last offset given out; above `last_offset` while publishes wait for the writer.
+    assigned: u64,
+    /// Publishes of this channel in the store's writer (queued, or assigned and not yet
+    /// released or withdrawn): while any is, every publish goes through the writer.
+    in_writer: usize,
     history: VecDeque<Arc<Event>>,
     sinks: Vec<Sink>,
     idempotency: IdempotencyKeys,
@@ -115,6 +137,8 @@ impl Channel {
         Self {
             epoch: ids::epoch(),
             last_offset: 0,
+            assigned: 0,
+            in_writer: 0,
             history: VecDeque::new(),
             sinks: Vec::new(),
             idempotency: IdempotencyKeys::default(),
@@ -134,6 +158,7 @@ impl Channel {
         let loaded = log.load(channel, size)?;
         self.epoch = loaded.epoch;
         self.last_offset = loaded.last_offset;
+        self.assigned = loaded.last_offset;
         self.history = loaded
             .events
             .into_iter()
@@ -143,7 +168,20 @@ impl Channel {
         Ok(())
     }
 
+    /// The next offset, with its event; visible only once pushed.
+    fn assign(&mut self, req: &Publish<'_>) -> Arc<Event> {
+        self.assigned += 1;
+        Arc::new(Event::new(
+            req.channel.clone(),
+            self.position(self.assigned),
+            req.event_type,
+            &now_rfc3339(),
+            req.data,
+        ))
+    }
+
     fn push(&mut self, event: Arc<Event>, size: usize) {
+        self.last_offset = event.offset();
         self.sinks.retain(|sink| sink.offer(&event));
         if self.history.len() >= size {
             self.history.pop_front();
@@ -195,12 +233,111 @@ impl Channel {
     }
 }
 
-fn stored_to_event(channel: &ChannelName, epoch: u64, e: StoredEvent) -> Event {
+/// The event a durable store's log holds, as consumers receive it.
+pub fn stored_to_event(channel: &ChannelName, epoch: u64, e: StoredEvent) -> Event {
     let position = Position {
         epoch,
         offset: e.offset,
     };
     Event::new(channel.clone(), position, &e.event_type, &e.time, &e.data)
+}
+
+impl Channel {
+    /// The first result of a publish with the same idempotency key, if any.
+    fn seen(
+        &self,
+        req: &Publish<'_>,
+        hash: Option<u64>,
+    ) -> Result<Option<Published>, PublishError> {
+        let (Some(key), Some(hash)) = (req.idempotency_key, hash) else {
+            return Ok(None);
+        };
+        match self.idempotency.check(key, hash) {
+            Seen::New => Ok(None),
+            Seen::Same(first) => Ok(Some(Published {
+                replayed: true,
+                ..first
+            })),
+            Seen::Different => Err(PublishError::IdempotencyConflict),
+        }
+    }
+
+    fn remember(&mut self, req: &Publish<'_>, hash: Option<u64>, published: &Published) {
+        if let (Some(key), Some(hash)) = (req.idempotency_key, hash) {
+            // Remembered without the envelope: a replay re-sends nothing, and 10,000 keys
+            // must not pin 10,000 event bodies.
+            let remembered = Published {
+                envelope: bytes::Bytes::new(),
+                ..published.clone()
+            };
+            self.idempotency
+                .remember(key, hash, remembered, Instant::now());
+        }
+    }
+}
+
+/// A channel's mark while one of its publishes is in the store's writer (see the module
+/// docs); dropping it removes the mark.
+pub struct Ticket {
+    channel: Arc<Mutex<Channel>>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        lock(&self.channel).in_writer -= 1;
+    }
+}
+
+/// What [`MemoryHub::assign`] made of a publish.
+pub enum Assigned {
+    /// A new event, waiting for the transaction.
+    New(Pending),
+    /// The first result of a publish with the same idempotency key.
+    Replayed(Published),
+    /// The publish cannot be taken (an idempotency conflict).
+    Refused(PublishError),
+}
+
+/// A publish with its offset, not yet visible: released after its transaction commits, or
+/// withdrawn if it fails.
+pub struct Pending {
+    event: Arc<Event>,
+    key: Option<Box<str>>,
+    history_size: usize,
+    published: Published,
+    ticket: Ticket,
+}
+
+impl Pending {
+    /// The event as consumers will receive it.
+    pub fn event(&self) -> &Arc<Event> {
+        &self.event
+    }
+
+    /// What the publisher is answered once the event is released.
+    pub fn published(&self) -> &Published {
+        &self.published
+    }
+
+    /// Makes the event visible: history and fan-out, in the order the writer commits.
+    pub fn release(self, hub: &MemoryHub) {
+        let mut c = lock(&self.ticket.channel);
+        debug_assert_eq!(self.event.offset(), c.last_offset + 1);
+        c.push(Arc::clone(&self.event), self.history_size);
+        drop(c);
+        hub.published.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes the offset back: the transaction failed and nobody saw the event. Withdrawn
+    /// newest first, so the channel's next offset is the one before them again.
+    pub fn withdraw(self) {
+        let mut c = lock(&self.ticket.channel);
+        debug_assert_eq!(self.event.offset(), c.assigned);
+        c.assigned = self.event.offset() - 1;
+        if let Some(key) = &self.key {
+            c.idempotency.forget(key);
+        }
+    }
 }
 
 fn lock(channel: &Mutex<Channel>) -> MutexGuard<'_, Channel> {
@@ -228,25 +365,92 @@ impl MemoryHub {
 
     /// Takes in an event a durable store has committed (in commit order) and fans it out.
     /// A channel not in memory is skipped: it is read from the store when next used.
-    pub fn append_stored(&self, name: &ChannelName, stored: StoredEvent) {
+    pub fn append_stored(&self, event: Arc<Event>) {
+        let name = event.channel();
         let Some(channel) = self.channels.get(name).map(|c| Arc::clone(&c)) else {
             return;
         };
         let mut c = lock(&channel);
-        if c.removed || !c.loaded || stored.offset <= c.last_offset {
+        if c.removed || !c.loaded || event.offset() <= c.last_offset {
             return;
         }
-        if stored.offset != c.last_offset + 1 {
+        if event.offset() != c.last_offset + 1 || event.position().epoch != c.epoch {
             // Should not happen (the store commits in order); read the log again next time.
-            tracing::warn!(channel = %name, offset = stored.offset, last = c.last_offset, "gap in a durable channel; reloading");
+            tracing::warn!(channel = %name, offset = event.offset(), last = c.last_offset, "gap in a durable channel; reloading");
             c.loaded = false;
             return;
         }
-        c.last_offset = stored.offset;
+        c.assigned = event.offset();
         c.last_used = Instant::now();
-        let event = Arc::new(stored_to_event(name, c.epoch, stored));
         c.push(event, self.config.history_size);
         self.published.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Publishes at once, unless the channel has publishes in the store's writer (`None`:
+    /// this one must follow them through the writer, see the module docs).
+    ///
+    /// # Errors
+    /// An idempotency conflict, or a channel the hub cannot hold.
+    pub fn publish_now(
+        &self,
+        req: &Publish<'_>,
+    ) -> Result<Option<Published>, PublishError> {
+        let hash = req.idempotency_key.map(|_| request_hash(req));
+        let size = self.config.history_size;
+        let published = self.with_channel(req.channel, true, |c| {
+            if c.in_writer > 0 {
+                return Ok(None);
+            }
+            if let Some(first) = c.seen(req, hash)? {
+                return Ok(Some(first));
+            }
+            let event = c.assign(req);
+            let published = Published::of(&event, false);
+            c.remember(req, hash, &published);
+            c.push(event, size);
+            self.published.fetch_add(1, Ordering::Relaxed);
+            Ok(Some(published))
+        })?;
+        published.expect("created on demand")
+    }
+
+    /// Marks `channel` (created if need be) as having a publish in the store's writer,
+    /// until the [`Ticket`] is dropped.
+    ///
+    /// # Errors
+    /// When the hub holds the most channels it may.
+    pub fn ticket(&self, channel: &ChannelName) -> Result<Ticket, HubError> {
+        let ticket = self.with_channel_handle(channel, true, |handle, c| {
+            c.in_writer += 1;
+            Ticket {
+                channel: Arc::clone(handle),
+            }
+        })?;
+        Ok(ticket.expect("created on demand"))
+    }
+
+    /// In the writer's transaction: gives the publish its offset without showing it (see
+    /// the module docs), or answers it from its idempotency key.
+    pub fn assign(&self, ticket: Ticket, req: &Publish<'_>) -> Assigned {
+        let hash = req.idempotency_key.map(|_| request_hash(req));
+        let mut c = lock(&ticket.channel);
+        c.expire(self.config.history_ttl, Instant::now());
+        match c.seen(req, hash) {
+            Err(e) => return Assigned::Refused(e),
+            Ok(Some(first)) => return Assigned::Replayed(first),
+            Ok(None) => {}
+        }
+        let event = c.assign(req);
+        let published = Published::of(&event, false);
+        c.remember(req, hash, &published);
+        drop(c);
+        Assigned::New(Pending {
+            event,
+            key: req.idempotency_key.map(Box::from),
+            history_size: self.config.history_size,
+            published,
+            ticket,
+        })
     }
 
     /// Runs `f` on the live channel named `name`, creating it when `create` allows.
@@ -255,6 +459,16 @@ impl MemoryHub {
         name: &ChannelName,
         create: bool,
         f: impl FnOnce(&mut Channel) -> T,
+    ) -> Result<Option<T>, HubError> {
+        self.with_channel_handle(name, create, |_, c| f(c))
+    }
+
+    /// [`Self::with_channel`], with the channel's shared handle too.
+    fn with_channel_handle<T>(
+        &self,
+        name: &ChannelName,
+        create: bool,
+        f: impl FnOnce(&Arc<Mutex<Channel>>, &mut Channel) -> T,
     ) -> Result<Option<T>, HubError> {
         loop {
             let channel = match self.channels.get(name) {
@@ -285,7 +499,7 @@ impl MemoryHub {
             let now = Instant::now();
             guard.expire(self.config.history_ttl, now);
             guard.last_used = now;
-            return Ok(Some(f(&mut guard)));
+            return Ok(Some(f(&channel, &mut guard)));
         }
     }
 
@@ -340,7 +554,7 @@ enum Idle {
 
 impl Channel {
     fn idleness(&self, now: Instant) -> Idle {
-        if !self.sinks.is_empty() {
+        if !self.sinks.is_empty() || self.in_writer > 0 {
             Idle::No
         } else if self.durable {
             if now.duration_since(self.last_used) > DURABLE_IDLE {
@@ -397,63 +611,21 @@ impl Hub for MemoryHub {
 }
 
 impl Bus for MemoryHub {
+    /// Publishes at once (the hub alone knows no webhooks; the embedded engine's publish
+    /// goes through the store when an event owes deliveries).
     fn publish<'a>(&'a self, req: Publish<'a>) -> BoxFuture<'a, Result<Published, PublishError>> {
-        if self.is_durable(req.channel.as_str()) {
-            return async { Err(PublishError::Reserved) }.boxed();
-        }
-        let hash = req.idempotency_key.map(|_| request_hash(&req));
-        let result = self.with_channel(req.channel, true, |c| {
-            let now = Instant::now();
-            if let (Some(key), Some(hash)) = (req.idempotency_key, hash) {
-                match c.idempotency.check(key, hash) {
-                    Seen::New => {}
-                    Seen::Same(first) => {
-                        return Ok(Published {
-                            replayed: true,
-                            ..first
-                        });
-                    }
-                    Seen::Different => return Err(PublishError::IdempotencyConflict),
-                }
-            }
-            c.last_offset += 1;
-            let position = c.position(c.last_offset);
-            let event = Arc::new(Event::new(
-                req.channel.clone(),
-                position,
-                req.event_type,
-                &now_rfc3339(),
-                req.data,
-            ));
-            let published = Published {
-                offset: position.offset,
-                id: format!("{}:{}", req.channel, position.offset),
-                cursor: Cursor::encode_single(req.channel, position),
-                replayed: false,
-                envelope: event.envelope().clone(),
-                to_route: true,
-            };
-            c.push(event, self.config.history_size);
-            if let (Some(key), Some(hash)) = (req.idempotency_key, hash) {
-                // Remembered without the envelope: a replay re-sends nothing, and 10,000 keys must
-                // not pin 10,000 event bodies.
-                let remembered = Published {
-                    envelope: bytes::Bytes::new(),
-                    ..published.clone()
-                };
-                c.idempotency.remember(key, hash, remembered, now);
-            }
-            self.published.fetch_add(1, Ordering::Relaxed);
-            Ok(published)
-        });
-        async move {
-            match result {
-                Ok(Some(r)) => r,
-                Ok(None) => unreachable!("created on demand"),
-                Err(e) => Err(e.into()),
-            }
-        }
-        .boxed()
+        let published = if self.is_durable(req.channel.as_str()) {
+            Err(PublishError::Reserved)
+        } else {
+            self.publish_now(&req).and_then(|p| {
+                p.ok_or_else(|| {
+                    PublishError::Hub(HubError::Unavailable(
+                        "the channel has publishes waiting for the store".into(),
+                    ))
+                })
+            })
+        };
+        async move { published }.boxed()
     }
 
     fn history<'a>(
@@ -503,6 +675,7 @@ impl Bus for MemoryHub {
 
 #[cfg(test)]
 mod tests {
+    use switchyard_protocol::Cursor;
     use switchyard_transports::hub::{Received, new_pair};
 
     use super::*;

@@ -53,6 +53,14 @@ impl IdempotencyKeys {
         self.order.push_back((now, key.into()));
     }
 
+    /// Forgets the key remembered last (its publish was withdrawn).
+    pub(super) fn forget(&mut self, key: &str) {
+        if self.order.back().is_some_and(|(_, k)| &**k == key) {
+            self.order.pop_back();
+            self.entries.remove(key);
+        }
+    }
+
     pub(super) fn expire(&mut self, now: Instant) {
         while let Some((at, key)) = self.order.front() {
             if now.duration_since(*at) < KEY_TTL {

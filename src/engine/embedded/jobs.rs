@@ -4,12 +4,18 @@ use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::value::RawValue;
 
-use super::{hub::StoredEvent, writer::Appended};
+use switchyard_protocol::ChannelName;
+
+use super::hub::StoredEvent;
 use crate::{
     jobs::channel::job_channel,
     store::{Claimed, JobRecord, JobStatus, NewJob, Report, StoreError, Submitted},
     time::now_rfc3339,
 };
+
+/// An event a job operation appended to its job's log: the writer hands it to the hub after
+/// the commit.
+pub(super) type JobEvent = (ChannelName, StoredEvent);
 
 const GET_JOB: &str = "SELECT id, status, created_at, updated_at, attempts, max_attempts, result, error FROM jobs WHERE id = ?1";
 
@@ -48,7 +54,7 @@ fn append(
     id: &str,
     event_type: &str,
     data: String,
-) -> Result<Appended, StoreError> {
+) -> Result<JobEvent, StoreError> {
     let offset: i64 = conn
         .prepare_cached(
             "UPDATE jobs SET last_offset = last_offset + 1 WHERE id = ?1 RETURNING last_offset",
@@ -74,7 +80,7 @@ fn append(
 pub(super) fn submit(
     conn: &Connection,
     job: &NewJob,
-) -> Result<(Submitted, Vec<Appended>), StoreError> {
+) -> Result<(Submitted, Vec<JobEvent>), StoreError> {
     if let Some((key, hash)) = &job.idempotency {
         let existing: Option<(String, i64)> = conn
             .prepare_cached("SELECT id, request_hash FROM jobs WHERE idempotency_key = ?1")?
@@ -122,7 +128,7 @@ pub(super) fn claim(
     lease: String,
     lease_ms: u64,
     now_ms: i64,
-) -> Result<(Option<Claimed>, Vec<Appended>), StoreError> {
+) -> Result<(Option<Claimed>, Vec<JobEvent>), StoreError> {
     let next: Option<String> = conn
         .prepare_cached(
             "SELECT id FROM jobs WHERE status = 'queued' ORDER BY queued_at, rowid LIMIT 1",
@@ -179,7 +185,7 @@ pub(super) fn report(
     lease: &str,
     report: Report,
     now_ms: i64,
-) -> Result<(JobRecord, Vec<Appended>), StoreError> {
+) -> Result<(JobRecord, Vec<JobEvent>), StoreError> {
     let job = check_lease(conn, id, lease)?;
     let event = match report {
         Report::Progress(data) => {
@@ -216,7 +222,7 @@ fn requeue(
     reason: &str,
     error: Option<&str>,
     now_ms: i64,
-) -> Result<Appended, StoreError> {
+) -> Result<JobEvent, StoreError> {
     conn.prepare_cached(
         "UPDATE jobs SET status = 'queued', lease = NULL, lease_expires_at = NULL, queued_at = ?2,
                 updated_at = ?2 WHERE id = ?1",
@@ -237,7 +243,7 @@ fn fail(
     attempts: u32,
     error: &str,
     now_ms: i64,
-) -> Result<Appended, StoreError> {
+) -> Result<JobEvent, StoreError> {
     conn.prepare_cached(
         "UPDATE jobs SET status = 'failed', error = ?2, lease = NULL, lease_expires_at = NULL,
                 updated_at = ?3 WHERE id = ?1",
@@ -251,7 +257,7 @@ pub(super) fn cancel(
     conn: &Connection,
     id: &str,
     now_ms: i64,
-) -> Result<(JobRecord, Vec<Appended>), StoreError> {
+) -> Result<(JobRecord, Vec<JobEvent>), StoreError> {
     let job = must_get(conn, id)?;
     if job.status.is_terminal() {
         return Err(StoreError::Finished(job.status.as_str()));
@@ -286,7 +292,7 @@ pub(super) fn has_expired_leases(conn: &Connection, now_ms: i64) -> Result<bool,
 pub(super) fn expire_leases(
     conn: &Connection,
     now_ms: i64,
-) -> Result<(usize, Vec<Appended>), StoreError> {
+) -> Result<(usize, Vec<JobEvent>), StoreError> {
     let mut stmt = conn.prepare(
         "SELECT id, attempts, max_attempts FROM jobs
          WHERE status = 'running' AND lease_expires_at <= ?1 LIMIT 1000",

@@ -23,6 +23,8 @@ pub mod writer;
 use std::{sync::Arc, time::Duration};
 
 use futures_util::future::{BoxFuture, FutureExt};
+use serde_json::value::RawValue;
+use switchyard_protocol::ChannelName;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -33,8 +35,9 @@ pub use self::{
 use crate::{
     auth::job_token::JobTokens,
     config::Config,
-    hub::{Bus as _, Publish, PublishError, Published},
-    store::{Store, WebhookStore},
+    hub::{HubError, Publish, PublishError, Published},
+    jobs::channel::is_job_channel,
+    store::Store,
 };
 use switchyard_transports::metrics::write_family;
 
@@ -62,11 +65,8 @@ impl Embedded {
             },
             Some(Arc::clone(&store) as _),
         ));
-        // Committed job events reach the hub in commit order, straight from the writer.
-        let hub_for_store = Arc::clone(&hub);
-        store.start(Box::new(move |channel, event| {
-            hub_for_store.append_stored(channel, event)
-        }));
+        // Committed events reach the hub in commit order, straight from the writer.
+        store.start(Arc::clone(&hub));
         Ok(Self {
             hub,
             store,
@@ -83,28 +83,35 @@ impl Embedded {
         &self.store
     }
 
+    /// Publishes one event: at once when it owes no webhook delivery and its channel has
+    /// nothing in the writer; otherwise through the writer, so its deliveries are durable
+    /// before anyone sees it (see [`hub`]).
     pub(super) fn publish<'a>(
         &'a self,
         req: Publish<'a>,
     ) -> BoxFuture<'a, Result<Published, PublishError>> {
         async move {
-            let channel = req.channel;
-            let event_type = req.event_type;
-            let published = self.hub.publish(req).await?;
-            if !published.replayed {
-                self.store
-                    .enqueue(
-                        channel.to_string(),
-                        published.offset,
-                        event_type.to_owned(),
-                        published.envelope.clone(),
-                    )
-                    .await
-                    .map_err(|e| {
-                        PublishError::Hub(crate::hub::HubError::Unavailable(e.to_string()))
-                    })?;
+            if is_job_channel(req.channel.as_str()) {
+                return Err(PublishError::Reserved);
             }
-            Ok(published)
+            let owes_deliveries = self
+                .store
+                .webhook_filters
+                .any_matching(req.channel.as_str(), req.event_type);
+            if !owes_deliveries && let Some(published) = self.hub.publish_now(&req)? {
+                return Ok(published);
+            }
+            let ticket = self.hub.ticket(req.channel)?;
+            let owned = OwnedPublish::from(&req);
+            let hub = Arc::clone(&self.hub);
+            self.store
+                .publish(move || hub.assign(ticket, &owned.as_publish()))
+                .await
+                .map_err(|e| {
+                    PublishError::Hub(HubError::Unavailable(format!(
+                        "the event and its webhook deliveries could not be stored: {e}"
+                    )))
+                })?
         }
         .boxed()
     }
@@ -168,5 +175,33 @@ impl Embedded {
 
     pub(super) async fn close(&self, deadline: Duration) {
         self.store.close_now(deadline).await;
+    }
+}
+
+/// A publish request the writer thread can own.
+struct OwnedPublish {
+    channel: ChannelName,
+    event_type: String,
+    data: Box<RawValue>,
+    idempotency_key: Option<String>,
+}
+
+impl OwnedPublish {
+    fn from(req: &Publish<'_>) -> Self {
+        Self {
+            channel: req.channel.clone(),
+            event_type: req.event_type.to_owned(),
+            data: req.data.to_owned(),
+            idempotency_key: req.idempotency_key.map(str::to_owned),
+        }
+    }
+
+    fn as_publish(&self) -> Publish<'_> {
+        Publish {
+            channel: &self.channel,
+            event_type: &self.event_type,
+            data: &self.data,
+            idempotency_key: self.idempotency_key.as_deref(),
+        }
     }
 }

@@ -7,19 +7,19 @@ use std::{
 };
 
 use anyhow::Context as _;
-use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use rusqlite::{Connection, OpenFlags};
-use switchyard_protocol::{ChannelName, Cursor, Position, envelope};
+use switchyard_protocol::ChannelName;
 use tokio::sync::Notify;
 
 use super::{
-    hub::{DurableChannels, LoadedChannel},
-    jobs, retention, schema, webhooks,
-    writer::{self, EventSink, Writer, WriterStats},
+    hub::{Assigned, DurableChannels, LoadedChannel, MemoryHub, stored_to_event},
+    jobs::{self, JobEvent},
+    retention, schema, webhooks,
+    writer::{self, Writer, WriterStats},
 };
 use crate::{
-    hub::HubError,
+    hub::{HubError, PublishError, Published},
     jobs::channel::{is_job_channel, job_id_of},
     store::{
         AttemptOutcome, Claimed, Delivery, DueDelivery, EndpointRecord, JobRecord, NewJob,
@@ -89,11 +89,11 @@ impl SqliteStore {
         }))
     }
 
-    /// Starts the writer; committed events go to `sink` in commit order.
+    /// Starts the writer; committed events reach `hub` in commit order.
     ///
     /// # Panics
     /// When called twice.
-    pub fn start(&self, sink: EventSink) {
+    pub fn start(&self, hub: Arc<MemoryHub>) {
         if let Err(e) = self.refresh_filters() {
             tracing::error!(error = %e, "cannot load webhook endpoints");
         }
@@ -104,40 +104,17 @@ impl SqliteStore {
             .take()
             .expect("started once");
         let filters = Arc::clone(&self.webhook_filters);
-        let epoch = self.epoch;
-        let outbox: writer::OutboxHook = Box::new(move |conn, channel, event| {
-            let endpoints = filters.matching(channel.as_str(), &event.event_type);
+        let outbox: writer::OutboxHook = Box::new(move |conn, event| {
+            let channel = event.channel().as_str();
+            let endpoints = filters.matching(channel, event.event_type());
             if endpoints.is_empty() {
                 return Ok(false);
             }
-            let cursor = Cursor::encode_single(
-                channel,
-                Position {
-                    epoch,
-                    offset: event.offset,
-                },
-            );
-            let body = envelope::encode(
-                channel.as_str(),
-                event.offset,
-                &cursor,
-                &event.event_type,
-                &event.time,
-                &event.data,
-            );
-            webhooks::enqueue(
-                conn,
-                &endpoints,
-                channel.as_str(),
-                event.offset,
-                &event.event_type,
-                &body,
-                now_ms(),
-            )?;
+            webhooks::enqueue(conn, &endpoints, event, now_ms())?;
             Ok(true)
         });
         let parts = writer::WriterParts {
-            sink,
+            hub,
             outbox,
             outbox_ready: Arc::clone(&self.outbox_ready),
             stats: Arc::clone(&self.stats),
@@ -145,6 +122,31 @@ impl SqliteStore {
         let (writer, thread) = Writer::start(conn, parts);
         *self.writer.lock().expect("not poisoned") = Some(writer);
         *self.writer_thread.lock().expect("not poisoned") = Some(thread);
+    }
+
+    /// Publishes through the writer (see [`super::hub`]): `assign` runs in the transaction
+    /// and gives the event its offset; the writer records the deliveries the event owes;
+    /// the answer comes once the event is committed and visible, or failed and seen by
+    /// nobody.
+    ///
+    /// # Errors
+    /// When the transaction fails or the writer has stopped.
+    pub(super) async fn publish(
+        &self,
+        assign: impl FnOnce() -> Assigned + Send + 'static,
+    ) -> Result<Result<Published, PublishError>, StoreError> {
+        self.writer()?
+            .write(move |_| {
+                Ok(match assign() {
+                    Assigned::New(pending) => {
+                        let published = pending.published().clone();
+                        (Ok(published), vec![writer::Appended::Publish(pending)])
+                    }
+                    Assigned::Replayed(first) => (Ok(first), Vec::new()),
+                    Assigned::Refused(e) => (Err(e), Vec::new()),
+                })
+            })
+            .await
     }
 
     fn writer(&self) -> Result<Writer, StoreError> {
@@ -163,11 +165,25 @@ impl SqliteStore {
         f(&conn)
     }
 
+    /// Runs a job or webhook operation `f` in the writer's next transaction; the job events
+    /// it appends reach the hub after the commit.
     async fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<(T, Vec<writer::Appended>), StoreError> + Send + 'static,
+        f: impl FnOnce(&Connection) -> Result<(T, Vec<JobEvent>), StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        self.writer()?.write(f).await
+        let epoch = self.epoch;
+        self.writer()?
+            .write(move |conn| {
+                let (value, events) = f(conn)?;
+                let events = events
+                    .into_iter()
+                    .map(|(channel, e)| {
+                        writer::Appended::Job(Arc::new(stored_to_event(&channel, epoch, e)))
+                    })
+                    .collect();
+                Ok((value, events))
+            })
+            .await
     }
 }
 
@@ -366,38 +382,6 @@ impl WebhookStore for SqliteStore {
             self.outbox_ready.notify_one();
             self.refresh_filters()?;
             Ok(deleted)
-        }
-        .boxed()
-    }
-
-    fn enqueue(
-        &self,
-        channel: String,
-        offset: u64,
-        event_type: String,
-        body: Bytes,
-    ) -> BoxFuture<'_, Result<usize, StoreError>> {
-        async move {
-            let endpoints = self.webhook_filters.matching(&channel, &event_type);
-            if endpoints.is_empty() {
-                return Ok(0);
-            }
-            let n = endpoints.len();
-            self.write(move |conn| {
-                webhooks::enqueue(
-                    conn,
-                    &endpoints,
-                    &channel,
-                    offset,
-                    &event_type,
-                    &body,
-                    now_ms(),
-                )?;
-                Ok(((), Vec::new()))
-            })
-            .await?;
-            self.outbox_ready.notify_one();
-            Ok(n)
         }
         .boxed()
     }

@@ -2,6 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+use crate::hub::Event;
 use crate::store::{
     AttemptOutcome, Delivery, DeliveryAttempt, DueDelivery, EndpointRecord, OutboxHead, StoreError,
 };
@@ -97,16 +98,15 @@ pub(super) fn delete_endpoint(conn: &Connection, id: &str) -> Result<bool, Store
         > 0)
 }
 
-/// Records one delivery per endpoint for an event (the outbox).
+/// Records one delivery of `event` per endpoint (the outbox), its body the event's envelope.
 pub(super) fn enqueue(
     conn: &Connection,
     endpoints: &[String],
-    channel: &str,
-    offset: u64,
-    event_type: &str,
-    body: &[u8],
+    event: &Event,
     now_ms: i64,
 ) -> Result<(), StoreError> {
+    let channel = event.channel().as_str();
+    let (offset, event_type, body) = (event.offset(), event.event_type(), &event.envelope()[..]);
     let mut stmt = conn.prepare_cached(
         "INSERT INTO webhook_deliveries (id, endpoint_id, channel, event_offset, event_type, body, status,
              attempts, next_attempt_at, created_at, updated_at)

@@ -1,7 +1,13 @@
 //! The single writer: one thread owns the write connection and commits whatever is pending
 //! as one transaction with one fsync (group commit), each operation in its own savepoint so
-//! one failure does not undo the others. After the commit, events go to the hub in commit
-//! order, then each caller gets its answer.
+//! one failure does not undo the others.
+//!
+//! Every event an operation appends (a job's event, or a publish the hub sequenced through
+//! here, see [`super::hub`]) takes one path: inside the operation's savepoint the outbox hook
+//! records the webhook deliveries it owes; after the commit the events reach the hub in
+//! commit order (history, then fan-out), and only then does each caller get its answer. If
+//! an operation or the commit fails, its events never reach anyone: a publish's offset is
+//! withdrawn before the next operation runs, so no offset is skipped.
 
 use std::{
     sync::{
@@ -12,44 +18,73 @@ use std::{
 };
 
 use rusqlite::Connection;
-use switchyard_protocol::ChannelName;
 use tokio::sync::{mpsc, oneshot};
 
-use super::hub::StoredEvent;
-use crate::store::StoreError;
+use super::hub::{MemoryHub, Pending};
+use crate::{hub::Event, store::StoreError};
 
 /// Operations waiting for the writer; past it, callers wait (backpressure).
 const QUEUE: usize = 4096;
 /// Most operations in one transaction.
 const MAX_BATCH: usize = 512;
 
-/// An event appended by an operation, handed to the hub after the commit.
-pub(super) type Appended = (ChannelName, StoredEvent);
+/// An event an operation appended, handed to the hub after the commit.
+pub(crate) enum Appended {
+    /// A job's event, written to the job's log in this transaction.
+    Job(Arc<Event>),
+    /// A publish on an in-memory channel whose offset the operation assigned.
+    Publish(Pending),
+}
 
-/// Receives committed events, in commit order (the hub's `append_stored`).
-pub type EventSink = Box<dyn Fn(&ChannelName, StoredEvent) + Send>;
+impl Appended {
+    fn event(&self) -> &Event {
+        match self {
+            Self::Job(event) => event,
+            Self::Publish(pending) => pending.event(),
+        }
+    }
 
-/// Runs inside an operation's transaction for each event it appends: records the webhook
+    /// After the commit: the event joins its channel.
+    fn commit(self, hub: &MemoryHub) {
+        match self {
+            Self::Job(event) => hub.append_stored(event),
+            Self::Publish(pending) => pending.release(hub),
+        }
+    }
+
+    /// The transaction did not happen: nobody sees the event.
+    fn abandon(self) {
+        if let Self::Publish(pending) = self {
+            pending.withdraw();
+        }
+    }
+}
+
+/// Runs inside an operation's savepoint for each event it appends: records the webhook
 /// deliveries the event calls for, so they commit (or roll back) with it. Returns whether
 /// it recorded any.
-pub(super) type OutboxHook =
-    Box<dyn Fn(&Connection, &ChannelName, &StoredEvent) -> Result<bool, StoreError> + Send>;
+pub(super) type OutboxHook = Box<dyn Fn(&Connection, &Event) -> Result<bool, StoreError> + Send>;
 
 /// What the writer thread runs with.
 pub(super) struct WriterParts {
-    pub(super) sink: EventSink,
+    /// Where committed events go, in commit order.
+    pub(super) hub: Arc<MemoryHub>,
     pub(super) outbox: OutboxHook,
     /// Woken after a commit that recorded webhook deliveries.
     pub(super) outbox_ready: Arc<tokio::sync::Notify>,
     pub(super) stats: Arc<WriterStats>,
 }
 
+/// An operation that ran in the transaction: its events, and how to answer its caller.
 struct Applied {
     events: Vec<Appended>,
     finish: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
 }
 
-type Op = Box<dyn FnOnce(&Connection) -> Result<Applied, Applied> + Send>;
+type Op = Box<dyn FnOnce(&Connection) -> Result<Applied, Failed> + Send>;
+
+/// An operation that failed on its own (rolled back to its savepoint): its caller's answer.
+struct Failed(Box<dyn FnOnce() + Send>);
 
 /// Counters of the writer, for `/metrics`.
 #[derive(Debug, Default)]
@@ -82,7 +117,8 @@ impl Writer {
         (Self { tx }, thread)
     }
 
-    /// Runs `f` in the next transaction; resolves once it is committed (fsync'd) or failed.
+    /// Runs `f` in the next transaction; resolves once it is committed (fsync'd) and its
+    /// events reached the hub, or failed (and its events reached nobody).
     pub(super) async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<(T, Vec<Appended>), StoreError> + Send + 'static,
@@ -95,20 +131,13 @@ impl Writer {
                     let _ = reply_tx.send(committed.map(|()| value));
                 }),
             }),
-            Err(e) => Err(Applied {
-                events: Vec::new(),
-                finish: Box::new(move |_| {
-                    let _ = reply_tx.send(Err(e));
-                }),
-            }),
+            Err(e) => Err(Failed(Box::new(move || {
+                let _ = reply_tx.send(Err(e));
+            }))),
         });
-        self.tx
-            .send(op)
-            .await
-            .map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?;
-        reply_rx
-            .await
-            .map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?
+        let stopped = || StoreError::Unavailable("the store writer has stopped".into());
+        self.tx.send(op).await.map_err(|_| stopped())?;
+        reply_rx.await.map_err(|_| stopped())?
     }
 }
 
@@ -137,67 +166,79 @@ fn statement(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
+/// Runs one operation in its own savepoint, with the outbox hook on each event it appends.
+/// A failure rolls the savepoint back and withdraws the operation's events at once, before
+/// the next operation runs (it may publish on the same channel).
+fn apply(conn: &Connection, op: Op, parts: &WriterParts, enqueued: &mut bool) -> Option<Applied> {
+    let _ = statement(conn, "SAVEPOINT op");
+    let outcome = op(conn).and_then(|applied| {
+        let mut failure = None;
+        for appended in &applied.events {
+            match (parts.outbox)(conn, appended.event()) {
+                Ok(any) => *enqueued |= any,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let Some(e) = failure else {
+            return Ok(applied);
+        };
+        tracing::error!(error = %e, "cannot record webhook deliveries");
+        let Applied { events, finish } = applied;
+        events.into_iter().rev().for_each(Appended::abandon);
+        Err(Failed(Box::new(move || finish(Err(e)))))
+    });
+    match outcome {
+        Ok(applied) => {
+            let _ = statement(conn, "RELEASE op");
+            Some(applied)
+        }
+        Err(Failed(answer)) => {
+            let _ = statement(conn, "ROLLBACK TO op").and_then(|()| statement(conn, "RELEASE op"));
+            answer();
+            None
+        }
+    }
+}
+
 /// Commits the batch; returns whether the commit succeeded.
 fn commit_batch(conn: &Connection, batch: &mut Vec<Op>, parts: &WriterParts) -> bool {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         tracing::error!(error = %e, ops = batch.len(), "cannot begin a store transaction");
-        // Dropping an op drops its reply channel: each caller gets `Unavailable`.
+        // Dropping an op drops its reply channel (each caller gets `Unavailable`) and, for a
+        // publish, its ticket on the channel; nothing was assigned yet.
         batch.clear();
         return false;
     }
-    let mut applied = Vec::with_capacity(batch.len());
     let mut enqueued = false;
-    for op in batch.drain(..) {
-        let _ = statement(conn, "SAVEPOINT op");
-        let result = op(conn).and_then(|a| {
-            for (channel, event) in &a.events {
-                match (parts.outbox)(conn, channel, event) {
-                    Ok(any) => enqueued |= any,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot record webhook deliveries");
-                        (a.finish)(Err(e));
-                        return Err(Applied {
-                            events: Vec::new(),
-                            finish: Box::new(|_| {}),
-                        });
-                    }
+    let applied: Vec<Applied> = batch
+        .drain(..)
+        .filter_map(|op| apply(conn, op, parts, &mut enqueued))
+        .collect();
+    match conn.execute_batch("COMMIT") {
+        Ok(()) => {
+            if enqueued {
+                parts.outbox_ready.notify_one();
+            }
+            for Applied { events, finish } in applied {
+                for appended in events {
+                    appended.commit(&parts.hub);
                 }
+                finish(Ok(()));
             }
-            Ok(a)
-        });
-        match result {
-            Ok(a) => {
-                let _ = statement(conn, "RELEASE op");
-                applied.push(Ok(a));
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "store commit failed");
+            let _ = conn.execute_batch("ROLLBACK");
+            // Newest first, so each channel's offsets go back to where the batch found them.
+            for Applied { events, finish } in applied.into_iter().rev() {
+                events.into_iter().rev().for_each(Appended::abandon);
+                finish(Err(StoreError::Unavailable(format!("commit failed: {e}"))));
             }
-            Err(a) => {
-                let _ =
-                    statement(conn, "ROLLBACK TO op").and_then(|()| statement(conn, "RELEASE op"));
-                applied.push(Err(a));
-            }
+            false
         }
     }
-    let committed = conn.execute_batch("COMMIT").map_err(|e| {
-        tracing::error!(error = %e, "store commit failed");
-        let _ = conn.execute_batch("ROLLBACK");
-        e.to_string()
-    });
-    if enqueued && committed.is_ok() {
-        parts.outbox_ready.notify_one();
-    }
-    for result in applied {
-        match (result, &committed) {
-            (Ok(a), Ok(())) => {
-                for (channel, event) in a.events {
-                    (parts.sink)(&channel, event);
-                }
-                (a.finish)(Ok(()));
-            }
-            (Ok(a), Err(e)) => {
-                (a.finish)(Err(StoreError::Unavailable(format!("commit failed: {e}"))))
-            }
-            (Err(a), _) => (a.finish)(Ok(())),
-        }
-    }
-    committed.is_ok()
 }

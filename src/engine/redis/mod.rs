@@ -52,7 +52,7 @@ use crate::{
     auth::job_token::JobTokens,
     config::Config,
     hub::{Bus as _, Publish, PublishError, Published},
-    store::{Store, WebhookStore},
+    store::Store,
 };
 use switchyard_transports::metrics::write_family;
 
@@ -129,7 +129,7 @@ impl Redis {
                 // Never fails: the mark the append left is routed later if this cannot.
                 let _ = self
                     .store
-                    .enqueue(
+                    .route_published(
                         channel.to_string(),
                         published.offset,
                         event_type.to_owned(),

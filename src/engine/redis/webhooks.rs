@@ -574,36 +574,13 @@ impl RedisStore {
     }
 }
 
-impl WebhookStore for RedisStore {
-    fn list_endpoints(&self) -> BoxFuture<'_, Result<Vec<EndpointRecord>, StoreError>> {
-        async move { Ok(self.list_all_endpoints().await?.1) }.boxed()
-    }
-
-    fn get_endpoint<'a>(
-        &'a self,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<EndpointRecord>, StoreError>> {
-        self.read_endpoint(id).boxed()
-    }
-
-    fn put_endpoint(
-        &self,
-        endpoint: EndpointRecord,
-        max: Option<usize>,
-    ) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.store_endpoint(endpoint, max).boxed()
-    }
-
-    fn delete_endpoint(&self, id: String) -> BoxFuture<'_, Result<bool, StoreError>> {
-        self.remove_endpoint(id).boxed()
-    }
-
+impl RedisStore {
     /// Routes a just-published event inline: its append script marked it (when any
     /// endpoint existed), and this removes the mark as it records the deliveries. The mark
     /// committed with the event is already the durable promise of its deliveries, so a
     /// failure here is not the publisher's: a router (this node's, or any other's if this
     /// one dies) routes the mark later, and the publish is still acknowledged.
-    fn enqueue(
+    pub fn route_published(
         &self,
         channel: String,
         offset: u64,
@@ -637,6 +614,32 @@ impl WebhookStore for RedisStore {
             }
         }
         .boxed()
+    }
+
+}
+
+impl WebhookStore for RedisStore {
+    fn list_endpoints(&self) -> BoxFuture<'_, Result<Vec<EndpointRecord>, StoreError>> {
+        async move { Ok(self.list_all_endpoints().await?.1) }.boxed()
+    }
+
+    fn get_endpoint<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<EndpointRecord>, StoreError>> {
+        self.read_endpoint(id).boxed()
+    }
+
+    fn put_endpoint(
+        &self,
+        endpoint: EndpointRecord,
+        max: Option<usize>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.store_endpoint(endpoint, max).boxed()
+    }
+
+    fn delete_endpoint(&self, id: String) -> BoxFuture<'_, Result<bool, StoreError>> {
+        self.remove_endpoint(id).boxed()
     }
 
     fn outbox_heads(&self, now_ms: i64) -> BoxFuture<'_, Result<Vec<OutboxHead>, StoreError>> {
