@@ -184,7 +184,9 @@ async fn enqueue_matches_filters_and_follows_endpoint_changes_from_any_node() {
         let (a, body, redis) = (&a, body.clone(), &redis);
         async move {
             mark(redis, ch, 1).await;
-            a.route_published(ch.into(), 1, ty.into(), body).await.unwrap()
+            a.route_published(ch.into(), 1, ty.into(), body)
+                .await
+                .unwrap()
         }
     };
     assert_eq!(

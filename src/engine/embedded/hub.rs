@@ -391,10 +391,7 @@ impl MemoryHub {
     ///
     /// # Errors
     /// An idempotency conflict, or a channel the hub cannot hold.
-    pub fn publish_now(
-        &self,
-        req: &Publish<'_>,
-    ) -> Result<Option<Published>, PublishError> {
+    pub fn publish_now(&self, req: &Publish<'_>) -> Result<Option<Published>, PublishError> {
         let hash = req.idempotency_key.map(|_| request_hash(req));
         let size = self.config.history_size;
         let published = self.with_channel(req.channel, true, |c| {

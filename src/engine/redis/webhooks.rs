@@ -615,7 +615,6 @@ impl RedisStore {
         }
         .boxed()
     }
-
 }
 
 impl WebhookStore for RedisStore {
