@@ -20,7 +20,7 @@ use tokio_tungstenite::{
 };
 
 use crate::{
-    Context,
+    Context, TransportConfig,
     access::{self, Grant},
     context::ConnectionHandle,
     http::{Body, empty, error},
@@ -69,20 +69,10 @@ pub fn upgrade(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Body> {
         let _held = held;
         match on_upgrade.await {
             Ok(upgraded) => {
-                let config = WebSocketConfig::default()
-                    .read_buffer_size(ctx.config.ws_read_buffer_bytes)
-                    // Frames collect up to 4 KiB before a socket write, and each batch of events ends with a
-                    // flush: a burst costs a few writes, not one per event (3x the fan-out
-                    // throughput of writing each frame at once). The buffer is only allocated
-                    // once a connection receives something.
-                    .write_buffer_size(4096)
-                    .max_write_buffer_size(ctx.config.ws_max_message_bytes.max(1 << 20) * 4)
-                    .max_message_size(Some(ctx.config.ws_max_message_bytes))
-                    .max_frame_size(Some(ctx.config.ws_max_message_bytes));
                 let ws = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
                     Role::Server,
-                    Some(config),
+                    Some(ws_config(&ctx.config)),
                 )
                 .await;
                 run(ctx, ws, grant).await;
@@ -100,6 +90,20 @@ pub fn upgrade(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Body> {
         HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
     );
     res
+}
+
+/// tungstenite's limits and buffers for a session's connection.
+fn ws_config(config: &TransportConfig) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(config.ws_read_buffer_bytes)
+        // Frames collect up to 4 KiB before a socket write, and each batch of events ends with a
+        // flush: a burst costs a few writes, not one per event (3x the fan-out
+        // throughput of writing each frame at once). The buffer is only allocated
+        // once a connection receives something.
+        .write_buffer_size(4096)
+        .max_write_buffer_size(config.ws_max_message_bytes.max(1 << 20) * 4)
+        .max_message_size(Some(config.ws_max_message_bytes))
+        .max_frame_size(Some(config.ws_max_message_bytes))
 }
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -558,3 +562,6 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
