@@ -506,6 +506,12 @@ async fn a_peer_that_stops_reading_is_closed_as_soon_as_its_inbox_overflows() {
     for n in 2..=6 {
         hub.publish(&event("a", n));
     }
+    settle().await;
+    assert_eq!(
+        metric(&ctx, SLOW_CONSUMERS),
+        "1",
+        "the blocked write is abandoned at the overflow, before the peer reads again"
+    );
     let (close, frames) = until_close(&mut client).await;
     assert_eq!(close, (4008, "slow_consumer".to_owned()));
     let offsets: Vec<_> = frames
@@ -758,6 +764,50 @@ async fn an_auth_frame_lifts_the_deadline() {
     send(&mut client, json!({"op": "ping", "id": 3})).await;
     assert_eq!(next_json(&mut client).await, json!({"op": "pong", "id": 3}));
     assert!(!session.is_finished());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_auth_frame_moves_the_deadline_to_the_new_token_s_expiry() {
+    let hub = FakeHub::new();
+    let life = Duration::from_secs(60);
+    let expiring = Grant::channels(
+        vec![ChannelPattern::new("a").unwrap()],
+        Some(std::time::SystemTime::now() + life),
+    );
+    let mut tokens = tokens();
+    tokens.0.insert("expiring", expiring);
+    let ctx = context_with_tokens(&hub, TransportConfig::default(), tokens);
+    let (mut client, _session) = connect_with(&ctx, None, ROOMY).await;
+    let start = Instant::now();
+    tokio::time::advance(Duration::from_secs(5)).await;
+    send(
+        &mut client,
+        json!({"op": "auth", "id": 1, "token": "expiring"}),
+    )
+    .await;
+    let authed = next_json(&mut client).await;
+    assert_eq!(
+        (&authed["op"], &authed["id"]),
+        (&json!("authed"), &json!(1))
+    );
+    assert!(
+        authed["expires_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{authed}"
+    );
+    let (close, frames) = until_close(&mut client).await;
+    // Not at the auth deadline (10 s) but when the token runs out, 60 s after the frame.
+    let at = start.elapsed();
+    assert!(
+        at > Duration::from_secs(64) && at <= Duration::from_secs(65),
+        "{at:?}"
+    );
+    assert_eq!(
+        frames,
+        [error_frame(None, "token_expired", access::EXPIRED)]
+    );
+    assert_eq!(close, (4003, "token_expired".to_owned()));
 }
 
 #[tokio::test(start_paused = true)]
