@@ -1,4 +1,4 @@
-//! Test doubles for the transports' unit tests: a scripted in-memory [`Hub`], a fixed-token [`Verifier`], events, and a [`Context`] around them.
+//! Test doubles for the transports' unit tests: a scripted in-memory [`Hub`], a fixed-token [`Verifier`], events, a [`Context`], requests and bodies.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -8,14 +8,17 @@ use std::{
 };
 
 use futures_util::future::BoxFuture;
+use http::request::Parts;
+use http_body_util::BodyExt;
 use serde_json::value::RawValue;
-use switchyard_protocol::{ChannelName, ErrorCode, Position};
+use switchyard_protocol::{ChannelName, Cursor, ErrorCode, Position};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     Context, TransportConfig,
     access::{Grant, Verifier},
+    http::Body,
     hub::{Event, Hub, HubError, Opened, Sink, StartFrom},
     metrics::TransportMetrics,
     params::ParamError,
@@ -72,6 +75,28 @@ pub(crate) fn big_event(channel: &str, offset: u64, bytes: usize) -> Arc<Event> 
 pub(crate) fn event_at(channel: &str, position: Position, data: &str) -> Arc<Event> {
     let data = RawValue::from_string(data.to_owned()).expect("valid JSON");
     Arc::new(Event::new(name(channel), position, "tick", TIME, &data))
+}
+
+/// The cursor a consumer holds after reaching each `(channel, offset)` of the test epoch.
+pub(crate) fn cursor(positions: &[(&str, u64)]) -> String {
+    let mut cursor = Cursor::new();
+    for (channel, offset) in positions {
+        cursor.set(name(channel), pos(*offset));
+    }
+    cursor.encode()
+}
+
+/// The envelope a consumer receives for [`event`]`(channel, offset)`, written out by hand.
+pub(crate) fn envelope(channel: &str, offset: u64) -> serde_json::Value {
+    serde_json::json!({
+        "id": format!("{channel}:{offset}"),
+        "channel": channel,
+        "offset": offset,
+        "cursor": cursor(&[(channel, offset)]),
+        "type": "tick",
+        "time": TIME,
+        "data": {"n": offset},
+    })
 }
 
 // === impl FakeHub ===
@@ -319,4 +344,32 @@ pub(crate) fn metric(ctx: &Context, series: &str) -> String {
         .find_map(|line| line.strip_prefix(&prefix))
         .unwrap_or_else(|| panic!("no series {series}"))
         .to_owned()
+}
+
+/// The head of a `GET` request to `uri` with `headers`, as the server hands it to a transport.
+pub(crate) fn request(uri: &str, headers: &[(&str, &str)]) -> Parts {
+    let mut req = http::Request::get(uri);
+    for (key, value) in headers {
+        req = req.header(*key, *value);
+    }
+    req.body(()).expect("valid request").into_parts().0
+}
+
+/// The next data frame of a streaming body as text; `None` once the body ended.
+pub(crate) async fn next_chunk(body: &mut Body) -> Option<String> {
+    let frame = within("a body frame", body.frame()).await?;
+    let data = frame
+        .expect("infallible")
+        .into_data()
+        .expect("a data frame");
+    Some(String::from_utf8(data.to_vec()).expect("UTF-8"))
+}
+
+/// A whole (non-streaming) body as JSON.
+pub(crate) async fn json_body(body: Body) -> serde_json::Value {
+    let bytes = within("the body", body.collect())
+        .await
+        .expect("infallible")
+        .to_bytes();
+    serde_json::from_slice(&bytes).expect("a JSON body")
 }

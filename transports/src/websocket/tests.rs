@@ -4,7 +4,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use switchyard_protocol::{ChannelPattern, Cursor};
+use switchyard_protocol::ChannelPattern;
 use tokio::{
     io::{AsyncReadExt, DuplexStream},
     task::JoinHandle,
@@ -22,8 +22,8 @@ use crate::{
     hub::StartFrom,
     metrics::Transport,
     testing::{
-        FakeHub, TIME, Tokens, big_event, context, context_with_tokens, event, metric, name, pos,
-        settle, within,
+        FakeHub, Tokens, big_event, context, context_with_tokens, cursor, envelope, event, metric,
+        pos, settle, within,
     },
 };
 
@@ -119,22 +119,14 @@ async fn subscribe(client: &mut Client, id: u64, channel: &str, extra: Value) ->
     reply
 }
 
-fn cursor(channel: &str, offset: u64) -> String {
-    Cursor::encode_single(&name(channel), pos(offset))
-}
-
 /// The frame a client receives for `testing::event(channel, offset)`.
 fn event_frame(channel: &str, offset: u64) -> Value {
-    json!({
-        "op": "event",
-        "id": format!("{channel}:{offset}"),
-        "channel": channel,
-        "offset": offset,
-        "cursor": cursor(channel, offset),
-        "type": "tick",
-        "time": TIME,
-        "data": {"n": offset},
-    })
+    let mut frame = json!({"op": "event"});
+    frame
+        .as_object_mut()
+        .unwrap()
+        .extend(envelope(channel, offset).as_object().unwrap().clone());
+    frame
 }
 
 fn error_frame(id: Option<u64>, code: &str, message: &str) -> Value {
@@ -161,7 +153,7 @@ async fn subscribed_comes_first_then_live_events_in_order() {
     let subscribed = subscribe(&mut client, 1, "a", json!({})).await;
     assert_eq!(
         subscribed,
-        json!({"op": "subscribed", "id": 1, "channel": "a", "offset": 0, "cursor": cursor("a", 0)})
+        json!({"op": "subscribed", "id": 1, "channel": "a", "offset": 0, "cursor": cursor(&[("a", 0)])})
     );
     assert_eq!(hub.subscribed(), [("a".to_owned(), StartFrom::Now)]);
     for n in 1..=3 {
@@ -179,13 +171,13 @@ async fn after_and_cursor_choose_where_a_subscription_starts() {
     let ctx = context(&hub, TransportConfig::default());
     let (mut client, _session) = connect(&ctx).await;
     subscribe(&mut client, 1, "a", json!({"after": 4})).await;
-    subscribe(&mut client, 2, "b", json!({"cursor": cursor("b", 2)})).await;
-    subscribe(&mut client, 3, "c", json!({"cursor": cursor("a", 9)})).await;
+    subscribe(&mut client, 2, "b", json!({"cursor": cursor(&[("b", 2)])})).await;
+    subscribe(&mut client, 3, "c", json!({"cursor": cursor(&[("a", 9)])})).await;
     subscribe(
         &mut client,
         4,
         "d",
-        json!({"cursor": cursor("d", 7), "after": 1}),
+        json!({"cursor": cursor(&[("d", 7)]), "after": 1}),
     )
     .await;
     assert_eq!(
@@ -206,15 +198,15 @@ async fn a_reset_follows_subscribed_and_precedes_the_replay_then_live() {
     let ctx = context(&hub, TransportConfig::default());
     let (mut client, _session) = connect(&ctx).await;
     hub.answer("a", pos(3), Some(4), vec![event("a", 4), event("a", 5)]);
-    let subscribed = subscribe(&mut client, 1, "a", json!({"cursor": cursor("a", 1)})).await;
+    let subscribed = subscribe(&mut client, 1, "a", json!({"cursor": cursor(&[("a", 1)])})).await;
     assert_eq!(
         subscribed,
-        json!({"op": "subscribed", "id": 1, "channel": "a", "offset": 5, "cursor": cursor("a", 3)}),
+        json!({"op": "subscribed", "id": 1, "channel": "a", "offset": 5, "cursor": cursor(&[("a", 3)])}),
         "offset: where the replay ends; cursor: where it starts"
     );
     assert_eq!(
         next_json(&mut client).await,
-        json!({"op": "reset", "channel": "a", "offset": 4, "cursor": cursor("a", 3)})
+        json!({"op": "reset", "channel": "a", "offset": 4, "cursor": cursor(&[("a", 3)])})
     );
     assert_eq!(next_json(&mut client).await, event_frame("a", 4));
     assert_eq!(next_json(&mut client).await, event_frame("a", 5));
