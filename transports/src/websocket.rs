@@ -45,20 +45,10 @@ const BATCH: usize = 64;
 /// Answers the upgrade request and runs the session on the upgraded connection, tracked by
 /// `ctx.tracker` so shutdown waits for its close frame.
 pub fn upgrade(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Body> {
-    let key = match check_handshake(req.headers()) {
-        Ok(key) => key,
+    let (accept, grant) = match admit_upgrade(&ctx, req.headers(), req.uri().query()) {
+        Ok(admitted) => admitted,
         Err(res) => return res,
     };
-    // A bad credential is refused before the upgrade; a missing one may still come in
-    // the first frame (browsers cannot set headers on a WebSocket).
-    let grant = match access::admit(&ctx, req.headers(), req.uri().query()) {
-        Ok(g) => g,
-        Err(e) => return error(e.code, e.message),
-    };
-    if ctx.shutdown.is_cancelled() {
-        return error(ErrorCode::ShuttingDown, "the server is shutting down");
-    }
-    let accept = derive_accept_key(key.as_bytes());
     let held = req
         .extensions()
         .get::<ConnectionHandle>()
@@ -90,6 +80,28 @@ pub fn upgrade(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Body> {
         HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
     );
     res
+}
+
+/// Checks an upgrade request before accepting it: the handshake, the credential and
+/// shutdown. Returns the `Sec-WebSocket-Accept` value and the grant (`None`: the credential
+/// must come in an `auth` frame), or the refusal to answer instead.
+#[allow(clippy::result_large_err)]
+fn admit_upgrade(
+    ctx: &Context,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<(String, Option<Grant>), Response<Body>> {
+    let key = check_handshake(headers)?;
+    // A bad credential is refused before the upgrade; a missing one may still come in
+    // the first frame (browsers cannot set headers on a WebSocket).
+    let grant = access::admit(ctx, headers, query).map_err(|e| error(e.code, e.message))?;
+    if ctx.shutdown.is_cancelled() {
+        return Err(error(
+            ErrorCode::ShuttingDown,
+            "the server is shutting down",
+        ));
+    }
+    Ok((derive_accept_key(key.as_bytes()), grant))
 }
 
 /// tungstenite's limits and buffers for a session's connection.

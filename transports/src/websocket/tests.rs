@@ -15,15 +15,15 @@ use tokio_tungstenite::{
     tungstenite::{Message, protocol::Role},
 };
 
-use super::{run, ws_config};
+use super::{admit_upgrade, run, ws_config};
 use crate::{
     Context, TransportConfig,
     access::{self, Grant},
     hub::StartFrom,
     metrics::Transport,
     testing::{
-        FakeHub, Tokens, big_event, context, context_with_tokens, cursor, envelope, event, metric,
-        pos, settle, within,
+        FakeHub, Tokens, big_event, context, context_with_tokens, cursor, envelope, event,
+        json_body, metric, pos, settle, within,
     },
 };
 
@@ -143,6 +143,89 @@ fn assert_error(frame: &Value, id: Option<u64>, code: &str) {
     assert_eq!(frame.get("id").and_then(Value::as_u64), id, "{frame}");
 }
 
+// === the upgrade request ===
+
+/// A request header: name and value.
+type Header = (&'static str, &'static str);
+
+fn upgrade_headers(pairs: &[Header]) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    for (key, value) in pairs {
+        headers.append(*key, value.parse().unwrap());
+    }
+    headers
+}
+
+/// A valid handshake: RFC 6455's sample key, with tokens lists as browsers send them.
+const HANDSHAKE: [Header; 4] = [
+    ("connection", "keep-alive, Upgrade"),
+    ("upgrade", "websocket"),
+    ("sec-websocket-version", "13"),
+    ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+];
+
+#[tokio::test(start_paused = true)]
+async fn an_upgrade_without_a_valid_handshake_is_refused() {
+    let hub = FakeHub::new();
+    let ctx = context(&hub, TransportConfig::default());
+    let version_8 = [
+        HANDSHAKE[0],
+        HANDSHAKE[1],
+        ("sec-websocket-version", "8"),
+        HANDSHAKE[3],
+    ];
+    let refusals: [(&[Header], u16, &str); 3] = [
+        (
+            &HANDSHAKE[2..],
+            400,
+            "this endpoint speaks WebSocket: send `Connection: Upgrade` and `Upgrade: websocket`",
+        ),
+        (&version_8, 426, "only WebSocket version 13 is supported"),
+        (&HANDSHAKE[..3], 400, "missing Sec-WebSocket-Key"),
+    ];
+    for (pairs, status, message) in refusals {
+        let res = admit_upgrade(&ctx, &upgrade_headers(pairs), None).unwrap_err();
+        assert_eq!(res.status(), status, "{pairs:?}");
+        if status == 426 {
+            assert_eq!(res.headers()["sec-websocket-version"], "13");
+        }
+        assert_eq!(
+            json_body(res.into_body()).await,
+            json!({"error": {"code": "invalid_request", "message": message}})
+        );
+    }
+    let (accept, grant) = admit_upgrade(&ctx, &upgrade_headers(&HANDSHAKE), None).unwrap();
+    assert_eq!(
+        accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=",
+        "RFC 6455's sample answer"
+    );
+    assert!(grant.is_some_and(|g| g.allows("anything")), "open mode");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_upgrade_refuses_a_bad_credential_but_not_a_missing_one() {
+    let hub = FakeHub::new();
+    let ctx = context_with_tokens(&hub, TransportConfig::default(), tokens());
+    let headers = upgrade_headers(&HANDSHAKE);
+    let res = admit_upgrade(&ctx, &headers, Some("token=nope")).unwrap_err();
+    assert_eq!(res.status(), 401);
+    assert_eq!(
+        json_body(res.into_body()).await["error"]["code"],
+        "unauthorized"
+    );
+    let (_, missing) = admit_upgrade(&ctx, &headers, None).unwrap();
+    assert!(missing.is_none(), "it may come in an auth frame");
+    let (_, given) = admit_upgrade(&ctx, &headers, Some("token=only-a")).unwrap();
+    assert!(given.is_some_and(|g| g.allows("a") && !g.allows("b")));
+    ctx.shutdown.cancel();
+    let res = admit_upgrade(&ctx, &headers, Some("token=only-a")).unwrap_err();
+    assert_eq!(res.status(), 503);
+    assert_eq!(
+        json_body(res.into_body()).await["error"]["code"],
+        "shutting_down"
+    );
+}
+
 // === subscriptions ===
 
 #[tokio::test(start_paused = true)]
@@ -163,6 +246,21 @@ async fn subscribed_comes_first_then_live_events_in_order() {
         assert_eq!(next_json(&mut client).await, event_frame("a", n));
     }
     assert_eq!(metric(&ctx, DELIVERIES), "3");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_longer_than_a_batch_arrives_whole_and_in_order() {
+    let hub = FakeHub::new();
+    let ctx = context(&hub, TransportConfig::default());
+    let (mut client, _session) = connect(&ctx).await;
+    subscribe(&mut client, 1, "a", json!({})).await;
+    for n in 1..=150 {
+        hub.publish(&event("a", n));
+    }
+    for n in 1..=150 {
+        assert_eq!(next_json(&mut client).await, event_frame("a", n));
+    }
+    assert_eq!(metric(&ctx, DELIVERIES), "150");
 }
 
 #[tokio::test(start_paused = true)]
