@@ -105,8 +105,17 @@ mod tests {
     use crate::{
         TransportConfig,
         hub::HubError,
-        testing::{FakeHub, context, event, event_at, name, pos},
+        testing::{FakeHub, context, event, event_at, name, pos, within},
     };
+
+    async fn open(
+        session: &mut Session,
+        ctx: &Context,
+        channel: &ChannelName,
+        from: StartFrom,
+    ) -> Result<Opened, ParamError> {
+        within("the subscription", session.open(ctx, channel, from)).await
+    }
 
     #[tokio::test(start_paused = true)]
     async fn open_subscribes_from_the_start_asked_and_records_the_start() {
@@ -114,8 +123,7 @@ mod tests {
         let ctx = context(&hub, TransportConfig::default());
         let mut session = Session::new(&ctx, None);
         hub.answer("a", pos(3), None, vec![event("a", 4), event("a", 5)]);
-        let opened = session
-            .open(&ctx, &name("a"), StartFrom::Position(pos(3)))
+        let opened = open(&mut session, &ctx, &name("a"), StartFrom::Position(pos(3)))
             .await
             .unwrap();
         assert_eq!(opened.current(), pos(5), "the replay's last event");
@@ -137,8 +145,7 @@ mod tests {
         let hub = FakeHub::new();
         let ctx = context(&hub, TransportConfig::default());
         let mut session = Session::new(&ctx, None);
-        session
-            .open(&ctx, &name("a"), StartFrom::Offset(2))
+        open(&mut session, &ctx, &name("a"), StartFrom::Offset(2))
             .await
             .unwrap();
         assert!(!session.accept(&event("a", 1)), "before the start");
@@ -159,8 +166,7 @@ mod tests {
         let hub = FakeHub::new();
         let ctx = context(&hub, TransportConfig::default());
         let mut session = Session::new(&ctx, None);
-        session
-            .open(&ctx, &name("a"), StartFrom::Position(pos(7)))
+        open(&mut session, &ctx, &name("a"), StartFrom::Position(pos(7)))
             .await
             .unwrap();
         let restarted = Position {
@@ -176,12 +182,10 @@ mod tests {
         let hub = FakeHub::new();
         let ctx = context(&hub, TransportConfig::default());
         let mut session = Session::new(&ctx, None);
-        session
-            .open(&ctx, &name("a"), StartFrom::Now)
+        open(&mut session, &ctx, &name("a"), StartFrom::Now)
             .await
             .unwrap();
-        session
-            .open(&ctx, &name("b"), StartFrom::Now)
+        open(&mut session, &ctx, &name("b"), StartFrom::Now)
             .await
             .unwrap();
         assert_eq!(hub.publish(&event("a", 1)), 1);
@@ -199,8 +203,7 @@ mod tests {
         let hub = FakeHub::new();
         let ctx = context(&hub, TransportConfig::default());
         let mut session = Session::new(&ctx, None);
-        session
-            .open(&ctx, &name("a"), StartFrom::Now)
+        open(&mut session, &ctx, &name("a"), StartFrom::Now)
             .await
             .unwrap();
         for n in 1..=3 {
@@ -208,8 +211,7 @@ mod tests {
         }
         session.close(&name("a"));
         hub.answer("a", pos(2), None, vec![event("a", 3)]);
-        let opened = session
-            .open(&ctx, &name("a"), StartFrom::Offset(2))
+        let opened = open(&mut session, &ctx, &name("a"), StartFrom::Offset(2))
             .await
             .unwrap();
         let mut delivered = Vec::new();
@@ -235,12 +237,10 @@ mod tests {
         let hub = FakeHub::new();
         let ctx = context(&hub, TransportConfig::default());
         let mut session = Session::new(&ctx, None);
-        session
-            .open(&ctx, &name("a"), StartFrom::Offset(4))
+        open(&mut session, &ctx, &name("a"), StartFrom::Offset(4))
             .await
             .unwrap();
-        session
-            .open(&ctx, &name("b"), StartFrom::Now)
+        open(&mut session, &ctx, &name("b"), StartFrom::Now)
             .await
             .unwrap();
         assert!(session.accept(&event("b", 1)));
@@ -256,8 +256,7 @@ mod tests {
         let ctx = context(&hub, TransportConfig::default());
         let mut session = Session::new(&ctx, None);
         hub.fail("a", HubError::Unavailable("redis is down".into()));
-        let err = session
-            .open(&ctx, &name("a"), StartFrom::Now)
+        let err = open(&mut session, &ctx, &name("a"), StartFrom::Now)
             .await
             .unwrap_err();
         assert_eq!(err.code, ErrorCode::Unavailable);
@@ -272,8 +271,7 @@ mod tests {
         let ctx = context(&hub, TransportConfig::default());
         let mut session = Session::new(&ctx, None);
         for channel in ["a", "b"] {
-            session
-                .open(&ctx, &name(channel), StartFrom::Now)
+            open(&mut session, &ctx, &name(channel), StartFrom::Now)
                 .await
                 .unwrap();
         }

@@ -85,11 +85,15 @@ mod tests {
     use crate::{
         TransportConfig,
         hub::StartFrom,
-        testing::{FakeHub, context, cursor, envelope, event, next_chunk, pos, request},
+        testing::{FakeHub, context, cursor, envelope, event, next_chunk, pos, request, within},
     };
 
     async fn open(ctx: &Arc<Context>, uri: &str, headers: &[(&str, &str)]) -> Body {
-        let res = respond(Arc::clone(ctx), &request(uri, headers)).await;
+        let res = within(
+            "the response",
+            respond(Arc::clone(ctx), &request(uri, headers)),
+        )
+        .await;
         assert_eq!(res.status(), 200);
         let h = res.headers();
         assert_eq!(h["content-type"], "application/x-ndjson");

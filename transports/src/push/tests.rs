@@ -20,7 +20,7 @@ use crate::{
     session::Session,
     testing::{
         FakeHub, Tokens, context, context_with_tokens, event, json_body, metric, next_chunk, pos,
-        request,
+        request, within,
     },
 };
 
@@ -65,9 +65,24 @@ const DELIVERIES: &str = "switchyard_deliveries_total{transport=\"stream\"}";
 
 /// Opens a stream at `uri` (which must succeed) and returns its body.
 async fn open(ctx: &Arc<Context>, uri: &str) -> Body {
-    let res = respond(Arc::clone(ctx), &request(uri, &[]), Labels).await;
+    let res = within(
+        "the response",
+        respond(Arc::clone(ctx), &request(uri, &[]), Labels),
+    )
+    .await;
     assert_eq!(res.status(), 200);
     res.into_body()
+}
+
+/// Asks for a stream at `uri` that must be refused: the status and the JSON error.
+async fn refused(ctx: &Arc<Context>, uri: &str) -> (u16, serde_json::Value) {
+    let res = within(
+        "the response",
+        respond(Arc::clone(ctx), &request(uri, &[]), Labels),
+    )
+    .await;
+    assert_ne!(res.status(), 200, "{uri}");
+    (res.status().as_u16(), json_body(res.into_body()).await)
 }
 
 async fn chunk(body: &mut Body) -> String {
@@ -120,13 +135,16 @@ async fn events_published_during_the_replay_arrive_once_and_in_order() {
     );
     let release = hub.hold("a");
     let parts = request("/v1/stream?channel=a&after=0", &[]);
-    let (res, ()) = tokio::join!(respond(Arc::clone(&ctx), &parts, Labels), async {
-        hub.until_sinks("a", 1).await;
-        // Live while the replay is still being read: 3 is in both, 4 only live.
-        hub.publish(&event("a", 3));
-        hub.publish(&event("a", 4));
-        release.send(()).unwrap();
-    });
+    let replay_and_live = async {
+        tokio::join!(respond(Arc::clone(&ctx), &parts, Labels), async {
+            hub.until_sinks("a", 1).await;
+            // Live while the replay is still being read: 3 is in both, 4 only live.
+            hub.publish(&event("a", 3));
+            hub.publish(&event("a", 4));
+            release.send(()).unwrap();
+        })
+    };
+    let (res, ()) = within("the response", replay_and_live).await;
     let mut body = res.into_body();
     assert_eq!(chunk(&mut body).await, "head a@3");
     for n in 1..=4 {
@@ -207,7 +225,8 @@ async fn an_overflow_says_goodbye_slow_consumer_and_asks_the_server_to_close() {
         hold: Arc::new(()),
         peer: "127.0.0.1:9".parse().unwrap(),
     });
-    let mut body = respond(Arc::clone(&ctx), &parts, Labels).await.into_body();
+    let res = within("the response", respond(Arc::clone(&ctx), &parts, Labels)).await;
+    let mut body = res.into_body();
     assert_eq!(chunk(&mut body).await, "head a@0");
     for n in 1..=3 {
         hub.publish(&event("a", n));
@@ -293,7 +312,11 @@ async fn refusals_come_before_the_stream_as_json_errors() {
         ("/v1/stream?token=only-a", 400, "invalid_request"),
     ];
     for (uri, status, code) in cases {
-        let res = respond(Arc::clone(&ctx), &request(uri, &[]), Labels).await;
+        let res = within(
+            "the response",
+            respond(Arc::clone(&ctx), &request(uri, &[]), Labels),
+        )
+        .await;
         assert_eq!(res.status(), status, "{uri}");
         assert_eq!(
             json_body(res.into_body()).await["error"]["code"],
@@ -309,15 +332,10 @@ async fn a_hub_refusal_is_a_503_and_releases_the_channels_already_subscribed() {
     let hub = FakeHub::new();
     let ctx = context(&hub, TransportConfig::default());
     hub.fail("b", HubError::TooManyChannels);
-    let res = respond(
-        Arc::clone(&ctx),
-        &request("/v1/stream?channel=a,b", &[]),
-        Labels,
-    )
-    .await;
-    assert_eq!(res.status(), 503);
+    let (status, body) = refused(&ctx, "/v1/stream?channel=a,b").await;
+    assert_eq!(status, 503);
     assert_eq!(
-        json_body(res.into_body()).await,
+        body,
         json!({"error": {"code": "unavailable", "message": "the server holds the most channels it may"}})
     );
     assert_eq!(hub.subscribed().len(), 2);
@@ -329,17 +347,9 @@ async fn a_stream_opened_during_shutdown_is_refused() {
     let hub = FakeHub::new();
     let ctx = context(&hub, TransportConfig::default());
     ctx.shutdown.cancel();
-    let res = respond(
-        Arc::clone(&ctx),
-        &request("/v1/stream?channel=a", &[]),
-        Labels,
-    )
-    .await;
-    assert_eq!(res.status(), 503);
-    assert_eq!(
-        json_body(res.into_body()).await["error"]["code"],
-        "shutting_down"
-    );
+    let (status, body) = refused(&ctx, "/v1/stream?channel=a").await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["code"], "shutting_down");
     assert!(hub.subscribed().is_empty());
 }
 

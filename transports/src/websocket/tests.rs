@@ -457,7 +457,9 @@ async fn bad_frames_get_error_frames_and_the_session_goes_on() {
     let hub = FakeHub::new();
     let ctx = context(&hub, TransportConfig::default());
     let (mut client, session) = connect(&ctx).await;
-    client.send(Message::text("{nope")).await.unwrap();
+    within("a frame to be sent", client.send(Message::text("{nope")))
+        .await
+        .unwrap();
     assert_error(&next_json(&mut client).await, None, "bad_json");
     send(&mut client, json!({"op": "dance", "id": 7})).await;
     assert_error(&next_json(&mut client).await, Some(7), "unknown_op");
@@ -484,7 +486,12 @@ async fn bad_frames_get_error_frames_and_the_session_goes_on() {
         next_json(&mut client).await,
         error_frame(Some(11), "invalid_request", "not subscribed to \"never\"")
     );
-    client.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    within(
+        "a frame to be sent",
+        client.send(Message::binary(vec![1, 2, 3])),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         next_json(&mut client).await,
         error_frame(
@@ -531,7 +538,12 @@ async fn an_oversized_message_closes_with_1009() {
     let ctx = context(&hub, config);
     let (mut client, session) = connect(&ctx).await;
     let big = json!({"op": "ping", "id": 1, "pad": "x".repeat(2000)});
-    client.send(Message::text(big.to_string())).await.unwrap();
+    within(
+        "a frame to be sent",
+        client.send(Message::text(big.to_string())),
+    )
+    .await
+    .unwrap();
     let (close, frames) = until_close(&mut client).await;
     assert_eq!(close, (1009, "message too big".to_owned()));
     assert!(frames.is_empty(), "{frames:?}");
@@ -545,7 +557,9 @@ async fn a_client_close_is_answered_and_ends_the_session() {
     let (mut client, session) = connect(&ctx).await;
     subscribe(&mut client, 1, "a", json!({})).await;
     assert_eq!(ctx.metrics.connections(Transport::WebSocket), 1);
-    client.close(None).await.unwrap();
+    within("the close to be sent", client.close(None))
+        .await
+        .unwrap();
     let reply = within("the close reply", client.next()).await;
     assert!(matches!(reply, Some(Ok(Message::Close(_)))), "{reply:?}");
     within("the session to end", session).await.unwrap();
