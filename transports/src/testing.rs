@@ -1,4 +1,4 @@
-//! Test doubles for the transports' unit tests: a scripted in-memory [`Hub`], a fixed-token [`Verifier`], events, a [`Context`], requests and bodies.
+//! Test doubles for the transports' unit tests: a scripted in-memory hub, tokens, events, requests.
 
 use std::{
     collections::{HashMap, VecDeque},

@@ -1,4 +1,4 @@
-//! Unit tests of the long-poll request ([`super::respond`]): immediate answers, holds, limits, resets and shutdown, with a fake hub and the clock paused.
+//! Unit tests of the long-poll request: answers, holds, limits, resets and shutdown, clock paused.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 

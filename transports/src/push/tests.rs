@@ -1,4 +1,4 @@
-//! Unit tests of the push-stream driver ([`super::respond`]) behind SSE and NDJSON, with a framing that labels each part, a fake hub and the clock paused.
+//! Unit tests of the push-stream driver behind SSE and NDJSON, with the clock paused.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
