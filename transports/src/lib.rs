@@ -27,5 +27,7 @@ pub mod stream;
 pub mod websocket;
 
 mod session;
+#[cfg(test)]
+mod testing;
 
 pub use context::{Context, TransportConfig};

@@ -121,3 +121,6 @@ pub async fn respond(ctx: Arc<Context>, parts: &Parts) -> Response<Body> {
     );
     res
 }
+
+#[cfg(test)]
+mod tests;

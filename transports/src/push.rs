@@ -165,3 +165,6 @@ pub(crate) async fn respond<F: Framing>(
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     res
 }
+
+#[cfg(test)]
+mod tests;

@@ -96,3 +96,189 @@ impl Session {
 pub(crate) fn hub_error(e: HubError) -> ParamError {
     ParamError::new(ErrorCode::Unavailable, e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use switchyard_protocol::{Cursor, ErrorCode, Position};
+
+    use super::*;
+    use crate::{
+        TransportConfig,
+        hub::HubError,
+        testing::{FakeHub, context, event, event_at, name, pos, within},
+    };
+
+    async fn open(
+        session: &mut Session,
+        ctx: &Context,
+        channel: &ChannelName,
+        from: StartFrom,
+    ) -> Result<Opened, ParamError> {
+        within("the subscription", session.open(ctx, channel, from)).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_subscribes_from_the_start_asked_and_records_the_start() {
+        let hub = FakeHub::new();
+        let ctx = context(&hub, TransportConfig::default());
+        let mut session = Session::new(&ctx, None);
+        hub.answer("a", pos(3), None, vec![event("a", 4), event("a", 5)]);
+        let opened = open(&mut session, &ctx, &name("a"), StartFrom::Position(pos(3)))
+            .await
+            .unwrap();
+        assert_eq!(opened.current(), pos(5), "the replay's last event");
+        assert_eq!(
+            hub.subscribed(),
+            [("a".to_owned(), StartFrom::Position(pos(3)))]
+        );
+        assert_eq!(hub.sinks("a"), 1);
+        assert!(session.is_subscribed("a"));
+        assert_eq!(session.len(), 1);
+        // The replay is not delivered yet: the position is the start, so a cursor taken now
+        // resumes without losing it.
+        assert_eq!(session.position("a"), Some(pos(3)));
+        assert_eq!(session.cursor(), Cursor::single(name("a"), pos(3)).encode());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn accept_advances_in_order_and_drops_stale_duplicates() {
+        let hub = FakeHub::new();
+        let ctx = context(&hub, TransportConfig::default());
+        let mut session = Session::new(&ctx, None);
+        open(&mut session, &ctx, &name("a"), StartFrom::Offset(2))
+            .await
+            .unwrap();
+        assert!(!session.accept(&event("a", 1)), "before the start");
+        assert!(!session.accept(&event("a", 2)), "the start itself");
+        assert!(session.accept(&event("a", 3)));
+        assert!(!session.accept(&event("a", 3)), "a duplicate");
+        assert!(session.accept(&event("a", 5)), "a later offset");
+        assert!(!session.accept(&event("a", 4)), "an earlier offset");
+        assert_eq!(session.position("a"), Some(pos(5)));
+        assert!(
+            !session.accept(&event("b", 1)),
+            "a channel it does not hold"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_history_is_accepted_even_at_a_lower_offset() {
+        let hub = FakeHub::new();
+        let ctx = context(&hub, TransportConfig::default());
+        let mut session = Session::new(&ctx, None);
+        open(&mut session, &ctx, &name("a"), StartFrom::Position(pos(7)))
+            .await
+            .unwrap();
+        let restarted = Position {
+            epoch: 2,
+            offset: 1,
+        };
+        assert!(session.accept(&event_at("a", restarted, "null")));
+        assert_eq!(session.position("a"), Some(restarted));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_unsubscribes_and_drops_what_is_still_queued_for_the_channel() {
+        let hub = FakeHub::new();
+        let ctx = context(&hub, TransportConfig::default());
+        let mut session = Session::new(&ctx, None);
+        open(&mut session, &ctx, &name("a"), StartFrom::Now)
+            .await
+            .unwrap();
+        open(&mut session, &ctx, &name("b"), StartFrom::Now)
+            .await
+            .unwrap();
+        assert_eq!(hub.publish(&event("a", 1)), 1);
+        session.close(&name("a"));
+        assert_eq!(hub.unsubscribed(), ["a"]);
+        assert_eq!(hub.sinks("a"), 0);
+        assert!(!session.is_subscribed("a"));
+        assert_eq!(session.channels(), [name("b")]);
+        let queued = session.inbox.try_recv().expect("queued before the close");
+        assert!(!session.accept(&queued), "stale once unsubscribed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resubscription_drops_the_copies_queued_by_the_old_one() {
+        let hub = FakeHub::new();
+        let ctx = context(&hub, TransportConfig::default());
+        let mut session = Session::new(&ctx, None);
+        open(&mut session, &ctx, &name("a"), StartFrom::Now)
+            .await
+            .unwrap();
+        for n in 1..=3 {
+            hub.publish(&event("a", n));
+        }
+        session.close(&name("a"));
+        hub.answer("a", pos(2), None, vec![event("a", 3)]);
+        let opened = open(&mut session, &ctx, &name("a"), StartFrom::Offset(2))
+            .await
+            .unwrap();
+        let mut delivered = Vec::new();
+        for event in &opened.replay {
+            if session.accept(event) {
+                delivered.push(event.offset());
+            }
+        }
+        while let Some(event) = session.inbox.try_recv() {
+            if session.accept(&event) {
+                delivered.push(event.offset());
+            }
+        }
+        assert_eq!(
+            delivered,
+            [3],
+            "1 and 2 are behind the new start, 3 a duplicate"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_cursor_combines_every_channel() {
+        let hub = FakeHub::new();
+        let ctx = context(&hub, TransportConfig::default());
+        let mut session = Session::new(&ctx, None);
+        open(&mut session, &ctx, &name("a"), StartFrom::Offset(4))
+            .await
+            .unwrap();
+        open(&mut session, &ctx, &name("b"), StartFrom::Now)
+            .await
+            .unwrap();
+        assert!(session.accept(&event("b", 1)));
+        let cursor = Cursor::decode(&session.cursor()).unwrap();
+        assert_eq!(cursor.get("a"), Some(pos(4)));
+        assert_eq!(cursor.get("b"), Some(pos(1)));
+        assert_eq!(cursor.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hub_refusal_is_unavailable_and_subscribes_nothing() {
+        let hub = FakeHub::new();
+        let ctx = context(&hub, TransportConfig::default());
+        let mut session = Session::new(&ctx, None);
+        hub.fail("a", HubError::Unavailable("redis is down".into()));
+        let err = open(&mut session, &ctx, &name("a"), StartFrom::Now)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::Unavailable);
+        assert_eq!(err.message, "event hub unavailable: redis is down");
+        assert!(!session.is_subscribed("a"));
+        assert_eq!(session.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_session_unsubscribes_every_channel() {
+        let hub = FakeHub::new();
+        let ctx = context(&hub, TransportConfig::default());
+        let mut session = Session::new(&ctx, None);
+        for channel in ["a", "b"] {
+            open(&mut session, &ctx, &name(channel), StartFrom::Now)
+                .await
+                .unwrap();
+        }
+        drop(session);
+        assert_eq!((hub.sinks("a"), hub.sinks("b")), (0, 0));
+        let mut gone = hub.unsubscribed();
+        gone.sort();
+        assert_eq!(gone, ["a", "b"]);
+    }
+}

@@ -20,7 +20,7 @@ use tokio_tungstenite::{
 };
 
 use crate::{
-    Context,
+    Context, TransportConfig,
     access::{self, Grant},
     context::ConnectionHandle,
     http::{Body, empty, error},
@@ -45,20 +45,10 @@ const BATCH: usize = 64;
 /// Answers the upgrade request and runs the session on the upgraded connection, tracked by
 /// `ctx.tracker` so shutdown waits for its close frame.
 pub fn upgrade(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Body> {
-    let key = match check_handshake(req.headers()) {
-        Ok(key) => key,
+    let (accept, grant) = match admit_upgrade(&ctx, req.headers(), req.uri().query()) {
+        Ok(admitted) => admitted,
         Err(res) => return res,
     };
-    // A bad credential is refused before the upgrade; a missing one may still come in
-    // the first frame (browsers cannot set headers on a WebSocket).
-    let grant = match access::admit(&ctx, req.headers(), req.uri().query()) {
-        Ok(g) => g,
-        Err(e) => return error(e.code, e.message),
-    };
-    if ctx.shutdown.is_cancelled() {
-        return error(ErrorCode::ShuttingDown, "the server is shutting down");
-    }
-    let accept = derive_accept_key(key.as_bytes());
     let held = req
         .extensions()
         .get::<ConnectionHandle>()
@@ -69,20 +59,10 @@ pub fn upgrade(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Body> {
         let _held = held;
         match on_upgrade.await {
             Ok(upgraded) => {
-                let config = WebSocketConfig::default()
-                    .read_buffer_size(ctx.config.ws_read_buffer_bytes)
-                    // Frames collect up to 4 KiB before a socket write, and each batch of events ends with a
-                    // flush: a burst costs a few writes, not one per event (3x the fan-out
-                    // throughput of writing each frame at once). The buffer is only allocated
-                    // once a connection receives something.
-                    .write_buffer_size(4096)
-                    .max_write_buffer_size(ctx.config.ws_max_message_bytes.max(1 << 20) * 4)
-                    .max_message_size(Some(ctx.config.ws_max_message_bytes))
-                    .max_frame_size(Some(ctx.config.ws_max_message_bytes));
                 let ws = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
                     Role::Server,
-                    Some(config),
+                    Some(ws_config(&ctx.config)),
                 )
                 .await;
                 run(ctx, ws, grant).await;
@@ -100,6 +80,42 @@ pub fn upgrade(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Body> {
         HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
     );
     res
+}
+
+/// Checks an upgrade request before accepting it: the handshake, the credential and
+/// shutdown. Returns the `Sec-WebSocket-Accept` value and the grant (`None`: the credential
+/// must come in an `auth` frame), or the refusal to answer instead.
+#[allow(clippy::result_large_err)]
+fn admit_upgrade(
+    ctx: &Context,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<(String, Option<Grant>), Response<Body>> {
+    let key = check_handshake(headers)?;
+    // A bad credential is refused before the upgrade; a missing one may still come in
+    // the first frame (browsers cannot set headers on a WebSocket).
+    let grant = access::admit(ctx, headers, query).map_err(|e| error(e.code, e.message))?;
+    if ctx.shutdown.is_cancelled() {
+        return Err(error(
+            ErrorCode::ShuttingDown,
+            "the server is shutting down",
+        ));
+    }
+    Ok((derive_accept_key(key.as_bytes()), grant))
+}
+
+/// tungstenite's limits and buffers for a session's connection.
+fn ws_config(config: &TransportConfig) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(config.ws_read_buffer_bytes)
+        // Frames collect up to 4 KiB before a socket write, and each batch of events ends with a
+        // flush: a burst costs a few writes, not one per event (3x the fan-out
+        // throughput of writing each frame at once). The buffer is only allocated
+        // once a connection receives something.
+        .write_buffer_size(4096)
+        .max_write_buffer_size(config.ws_max_message_bytes.max(1 << 20) * 4)
+        .max_message_size(Some(config.ws_max_message_bytes))
+        .max_frame_size(Some(config.ws_max_message_bytes))
 }
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -558,3 +574,6 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
