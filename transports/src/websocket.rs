@@ -275,8 +275,10 @@ where
                 };
                 let written = tokio::select! {
                     biased;
-                    // A peer that stopped reading blocks the write; its queue overflowing
-                    // meanwhile decides at once instead of after the send timeout.
+                    // A peer that stopped reading blocks the write; a shutdown, or its queue
+                    // overflowing, meanwhile decides at once instead of after the send
+                    // timeout (which would outlast the server's shutdown grace).
+                    () = &mut shutdown => Err(End::Close(1001, "server shutting down")),
                     () = &mut overflowed => Err(if overflow.interrupted() {
                         interrupted()
                     } else {
