@@ -33,11 +33,6 @@ pub struct Published {
     pub cursor: String,
     /// True when an earlier publish with the same idempotency key is being returned.
     pub replayed: bool,
-    /// The event's envelope (shared, not copied), for the webhook outbox.
-    pub envelope: bytes::Bytes,
-    /// Whether the webhook outbox must see the event: false when the engine knows no
-    /// endpoint existed as it appended it (the Redis hub: saves a round trip per publish).
-    pub to_route: bool,
 }
 
 impl Published {
@@ -48,8 +43,6 @@ impl Published {
             id: format!("{}:{}", event.channel(), event.offset()),
             cursor: event.cursor().to_owned(),
             replayed,
-            envelope: event.envelope().clone(),
-            to_route: true,
         }
     }
 }

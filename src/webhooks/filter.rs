@@ -38,8 +38,13 @@ impl Filter {
 
     /// Whether an event of `event_type` on `channel` goes to this endpoint.
     pub fn matches(&self, channel: &str, event_type: &str) -> bool {
-        self.channels.iter().any(|p| p.matches(channel))
+        self.matches_channel(channel)
             && (self.types.is_empty() || self.types.iter().any(|t| t == event_type))
+    }
+
+    /// Whether events of some type on `channel` go to this endpoint.
+    pub fn matches_channel(&self, channel: &str) -> bool {
+        self.channels.iter().any(|p| p.matches(channel))
     }
 }
 

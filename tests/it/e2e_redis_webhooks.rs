@@ -4,31 +4,78 @@
 //! per-delivery leases (no two nodes hold a delivery at once; an expired lease is taken
 //! over). Times are explicit (`now_ms` arguments), never slept.
 
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashSet, sync::Arc};
 
-use bytes::Bytes;
+use serde_json::{Value, json};
 use switchyard::{
-    engine::redis::{RedisStore, RedisStoreConfig},
+    engine::Engine,
+    hub::{Bus, Publish},
     store::{AttemptOutcome, EndpointRecord, Store, StoreError, WebhookStore},
+    time::now_ms,
 };
+use switchyard_protocol::ChannelName;
 
 use crate::support::redis::RedisServer;
 
-/// Leases of the stores under test.
+/// Leases of the nodes under test.
 const LEASE_MS: i64 = 10_000;
-/// A fixed "now" the tests count from.
-const T0: i64 = 1_700_000_000_000;
 
-async fn store(redis: &RedisServer) -> RedisStore {
-    RedisStore::connect(
-        &redis.url(),
-        RedisStoreConfig {
-            op_timeout: Duration::from_millis(1000),
-            delivery_lease: Duration::from_millis(LEASE_MS as u64),
-        },
-    )
-    .await
-    .expect("connects to redis")
+/// One gateway node's engine on `redis`.
+async fn node(redis: &RedisServer) -> Arc<Engine> {
+    let mut config = crate::support::config();
+    config.engine = redis.url();
+    config.redis.op_timeout_ms = 1000;
+    config.redis.delivery_lease_secs = (LEASE_MS / 1000) as u64;
+    Engine::open(&config).await.expect("connects to redis")
+}
+
+/// Publishes an event of `event_type` with `{"n": n}` on `channel` through `node`.
+async fn publish(node: &Engine, channel: &str, event_type: &str, n: u64) -> u64 {
+    let channel = ChannelName::new(channel).unwrap();
+    let data = serde_json::value::RawValue::from_string(json!({ "n": n }).to_string()).unwrap();
+    let published = node
+        .publish(Publish {
+            channel: &channel,
+            event_type,
+            data: &data,
+            idempotency_key: None,
+        })
+        .await
+        .unwrap();
+    published.offset
+}
+
+/// Publishes `n` events (`{"n": 0}`, ...) on `orders/1`, each in a later millisecond than
+/// the one before, so their deliveries are created, and listed, in publish order. Returns
+/// when the first and the last deliveries were created (unix ms).
+async fn publish_n(node: &Engine, n: u64) -> (i64, i64) {
+    let mut created = Vec::new();
+    for i in 0..n {
+        let last = now_ms();
+        while now_ms() == last {
+            tokio::task::yield_now().await;
+        }
+        created.push(now_ms());
+        publish(node, "orders/1", "order.paid", i).await;
+    }
+    // The deliveries' own times, which a publish took just after `created`.
+    let mut times: Vec<i64> = Vec::new();
+    for e in node.list_endpoints().await.unwrap() {
+        times.extend(
+            node.deliveries(&e.id, 500)
+                .await
+                .unwrap()
+                .iter()
+                .map(|d| d.created_at_ms),
+        );
+    }
+    let first = times.iter().copied().filter(|t| *t >= created[0]).min();
+    let last = times.iter().copied().max();
+    (first.expect("deliveries recorded"), last.unwrap())
+}
+
+fn envelope(body: &[u8]) -> Value {
+    serde_json::from_slice(body).expect("a delivery's body is its event's envelope")
 }
 
 fn endpoint(id: &str, channels: &[&str], types: &[&str], created_at_ms: i64) -> EndpointRecord {
@@ -69,45 +116,12 @@ fn outcome(
     }
 }
 
-/// Marks an event for routing, as the append scripts do when it is published.
-async fn mark(redis: &RedisServer, channel: &str, offset: u64) {
-    let _: i64 = redis
-        .query(
-            redis::cmd("ZADD")
-                .arg("sy:wh:unrouted")
-                .arg(0)
-                .arg(format!("{channel}\n{offset}")),
-        )
-        .await
-        .unwrap();
-}
-
-/// Enqueues `n` events of `orders/1` for `ep`, one per millisecond from `at`.
-async fn enqueue_n(s: &RedisStore, ep: &str, n: u64, at: i64) {
-    for i in 0..n {
-        let body = format!("{{\"offset\":{i}}}");
-        let made = s
-            .enqueue_to(
-                &[ep.to_owned()],
-                "orders/1",
-                i,
-                "order.paid",
-                body.as_bytes(),
-                at + i as i64,
-                None,
-            )
-            .await
-            .unwrap();
-        assert_eq!(made, 1);
-    }
-}
-
 #[tokio::test]
 async fn endpoints_are_created_listed_replaced_limited_and_deleted() {
     let Some(redis) = RedisServer::start("endpoints_crud").await else {
         return;
     };
-    let s = store(&redis).await;
+    let s = node(&redis).await;
     s.put_endpoint(endpoint("ep_b", &["orders/*"], &[], 20), Some(2))
         .await
         .unwrap();
@@ -148,7 +162,7 @@ async fn endpoints_are_created_listed_replaced_limited_and_deleted() {
     assert_eq!(a.previous_secret_until_ms, Some(99));
     assert_eq!(a.updated_at_ms, 50);
 
-    enqueue_n(&s, "ep_b", 2, T0).await;
+    publish_n(&s, 2).await;
     assert!(s.delete_endpoint("ep_b".into()).await.unwrap());
     assert!(!s.delete_endpoint("ep_b".into()).await.unwrap());
     assert!(s.get_endpoint("ep_b").await.unwrap().is_none());
@@ -165,69 +179,40 @@ async fn endpoints_are_created_listed_replaced_limited_and_deleted() {
 }
 
 #[tokio::test]
-async fn enqueue_matches_filters_and_follows_endpoint_changes_from_any_node() {
-    let Some(redis) = RedisServer::start("enqueue_filters").await else {
+async fn a_publish_records_the_deliveries_of_the_endpoints_that_want_it_on_any_node() {
+    let Some(redis) = RedisServer::start("publish_routes").await else {
         return;
     };
-    let (a, b) = (store(&redis).await, store(&redis).await);
-    let body = Bytes::from_static(b"{}");
-    assert_eq!(
-        a.route_published("orders/1".into(), 1, "order.paid".into(), body.clone())
-            .await
-            .unwrap(),
-        0
-    );
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    publish(&a, "orders/1", "order.paid", 0).await;
     b.put_endpoint(endpoint("ep_1", &["orders/*"], &["order.paid"], 1), None)
         .await
         .unwrap();
-    let n = |ch: &'static str, ty: &'static str| {
-        let (a, body, redis) = (&a, body.clone(), &redis);
-        async move {
-            mark(redis, ch, 1).await;
-            a.route_published(ch.into(), 1, ty.into(), body)
-                .await
-                .unwrap()
-        }
-    };
-    assert_eq!(
-        n("orders/1", "order.paid").await,
-        1,
-        "another node's endpoint"
-    );
-    assert_eq!(
-        a.route_published("orders/1".into(), 1, "order.paid".into(), body.clone())
-            .await
-            .unwrap(),
-        0,
-        "a routed event is not routed again"
-    );
-    assert_eq!(n("orders/1", "order.shipped").await, 0, "type filter");
-    assert_eq!(n("users/1", "order.paid").await, 0, "channel filter");
+    // A matched its routes before B's endpoint existed: its script sees the endpoints
+    // changed, writes nothing, and A publishes again with fresh routes.
+    assert_eq!(publish(&a, "orders/1", "order.paid", 1).await, 2);
+    publish(&a, "orders/1", "order.shipped", 2).await;
+    publish(&a, "users/1", "order.paid", 3).await;
     let mut off = b.get_endpoint("ep_1").await.unwrap().unwrap();
     off.enabled = false;
     b.put_endpoint(off, None).await.unwrap();
-    assert_eq!(n("orders/1", "order.paid").await, 0, "a disabled endpoint");
-    // The script re-checks: an endpoint disabled after the filters were read gets nothing.
-    let stale = a
-        .enqueue_to(
-            &["ep_1".into(), "ep_gone".into()],
-            "orders/1",
-            2,
-            "t",
-            b"{}",
-            T0,
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(stale, 0);
+    publish(&a, "orders/1", "order.paid", 4).await;
     let d = a.deliveries("ep_1", 10).await.unwrap();
-    assert_eq!(d.len(), 1);
+    let recorded: Vec<_> = d
+        .iter()
+        .map(|d| (d.channel.as_str(), d.offset, d.event_type.as_str()))
+        .collect();
     assert_eq!(
-        (d[0].channel.as_str(), d[0].offset, d[0].event_type.as_str()),
-        ("orders/1", 1, "order.paid")
+        recorded,
+        [("orders/1", 2, "order.paid")],
+        "only the publish the endpoint wanted while enabled: another node's endpoint, its type and channel filters"
     );
     assert_eq!((d[0].status.as_str(), d[0].attempts), ("pending", 0));
+    let due = a.due_for("ep_1".into(), now_ms() + 1, 10, vec![]).await;
+    assert!(
+        due.unwrap().is_empty(),
+        "a disabled endpoint's delivery is not sent"
+    );
 }
 
 #[tokio::test]
@@ -235,26 +220,35 @@ async fn a_delivery_backs_off_fails_for_good_is_retried_and_succeeds() {
     let Some(redis) = RedisServer::start("delivery_lifecycle").await else {
         return;
     };
-    let s = store(&redis).await;
+    let s = node(&redis).await;
     s.put_endpoint(endpoint("ep_1", &["orders/*"], &[], 1), None)
         .await
         .unwrap();
-    enqueue_n(&s, "ep_1", 1, T0).await;
+    let (_, t0) = publish_n(&s, 1).await;
 
-    let heads = s.outbox_heads(T0).await.unwrap();
+    let heads = s.outbox_heads(t0).await.unwrap();
     assert_eq!(heads.len(), 1);
     assert!(heads[0].has_due && heads[0].next_due_ms.is_none());
     assert_eq!(heads[0].updated_at_ms, 1);
     assert!(
-        !s.outbox_heads(T0 - 1).await.unwrap()[0].has_due,
+        !s.outbox_heads(t0 - 1).await.unwrap()[0].has_due,
         "not due yet"
     );
 
-    let due = s.due_for("ep_1".into(), T0, 10, vec![]).await.unwrap();
+    let due = s.due_for("ep_1".into(), t0, 10, vec![]).await.unwrap();
     assert_eq!(due.len(), 1);
     let d = &due[0];
     assert!(d.id.starts_with("msg_"));
-    assert_eq!(d.body, Bytes::from_static(b"{\"offset\":0}"));
+    let body = envelope(&d.body);
+    assert_eq!(
+        (
+            body["channel"].clone(),
+            body["offset"].clone(),
+            body["data"].clone()
+        ),
+        (json!("orders/1"), json!(1), json!({"n": 0})),
+        "the envelope consumers got: {body}"
+    );
     assert_eq!(
         (d.attempts, d.url.as_str()),
         (0, "https://example.com/ep_1")
@@ -263,37 +257,37 @@ async fn a_delivery_backs_off_fails_for_good_is_retried_and_succeeds() {
     let id = d.id.clone();
 
     // Attempt 1 fails: pending again at its next attempt, the endpoint failing since then.
-    s.record(outcome(&id, "ep_1", T0 + 5, Some(500), Some(T0 + 1000)))
+    s.record(outcome(&id, "ep_1", t0 + 5, Some(500), Some(t0 + 1000)))
         .await
         .unwrap();
-    let head = &s.outbox_heads(T0 + 10).await.unwrap()[0];
+    let head = &s.outbox_heads(t0 + 10).await.unwrap()[0];
     assert!(!head.has_due);
-    assert_eq!(head.next_due_ms, Some(T0 + 1000));
+    assert_eq!(head.next_due_ms, Some(t0 + 1000));
     assert!(
-        s.due_for("ep_1".into(), T0 + 999, 10, vec![])
+        s.due_for("ep_1".into(), t0 + 999, 10, vec![])
             .await
             .unwrap()
             .is_empty()
     );
     let ep = s.get_endpoint("ep_1").await.unwrap().unwrap();
-    assert_eq!(ep.failing_since_ms, Some(T0 + 5));
+    assert_eq!(ep.failing_since_ms, Some(t0 + 5));
     let log = &s.deliveries("ep_1", 10).await.unwrap()[0];
     assert_eq!((log.status.as_str(), log.attempts), ("pending", 1));
-    assert_eq!(log.next_attempt_at_ms, Some(T0 + 1000));
-    assert_eq!((log.created_at_ms, log.updated_at_ms), (T0, T0 + 5));
+    assert_eq!(log.next_attempt_at_ms, Some(t0 + 1000));
+    assert_eq!((log.created_at_ms, log.updated_at_ms), (t0, t0 + 5));
     assert_eq!(log.log.len(), 1);
     assert_eq!(log.log[0].n, 1);
     assert_eq!(log.log[0].status_code, Some(500));
     assert_eq!(log.log[0].error.as_deref(), Some("HTTP 500"));
-    assert_eq!((log.log[0].at_ms, log.log[0].latency_ms), (T0 + 5, 12));
+    assert_eq!((log.log[0].at_ms, log.log[0].latency_ms), (t0 + 5, 12));
 
     // Attempt 2 (the last one) times out: failed for good.
     let due = s
-        .due_for("ep_1".into(), T0 + 1000, 10, vec![])
+        .due_for("ep_1".into(), t0 + 1000, 10, vec![])
         .await
         .unwrap();
     assert_eq!((due.len(), due[0].attempts), (1, 1));
-    let mut last = outcome(&id, "ep_1", T0 + 1000, None, None);
+    let mut last = outcome(&id, "ep_1", t0 + 1000, None, None);
     last.error = Some("timed out".into());
     s.record(last).await.unwrap();
     let log = &s.deliveries("ep_1", 10).await.unwrap()[0];
@@ -302,7 +296,7 @@ async fn a_delivery_backs_off_fails_for_good_is_retried_and_succeeds() {
     assert_eq!(log.log[1].n, 2);
     assert_eq!(log.log[1].status_code, None);
     assert_eq!(log.log[1].error.as_deref(), Some("timed out"));
-    let head = &s.outbox_heads(T0 + 5000).await.unwrap()[0];
+    let head = &s.outbox_heads(t0 + 5000).await.unwrap()[0];
     assert!(!head.has_due && head.next_due_ms.is_none());
     assert_eq!(
         s.get_endpoint("ep_1")
@@ -310,31 +304,31 @@ async fn a_delivery_backs_off_fails_for_good_is_retried_and_succeeds() {
             .unwrap()
             .unwrap()
             .failing_since_ms,
-        Some(T0 + 5),
+        Some(t0 + 5),
         "the first failure since the last success"
     );
 
     // A manual retry makes it due now; a success ends it and the endpoint's failing streak.
     let err = s
-        .retry_delivery("ep_other".into(), id.clone(), T0 + 6000)
+        .retry_delivery("ep_other".into(), id.clone(), t0 + 6000)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::NotFound));
-    s.retry_delivery("ep_1".into(), id.clone(), T0 + 6000)
+    s.retry_delivery("ep_1".into(), id.clone(), t0 + 6000)
         .await
         .unwrap();
     let log = &s.deliveries("ep_1", 10).await.unwrap()[0];
     assert_eq!(
         (log.status.as_str(), log.next_attempt_at_ms),
-        ("pending", Some(T0 + 6000))
+        ("pending", Some(t0 + 6000))
     );
-    assert!(s.outbox_heads(T0 + 6000).await.unwrap()[0].has_due);
+    assert!(s.outbox_heads(t0 + 6000).await.unwrap()[0].has_due);
     let due = s
-        .due_for("ep_1".into(), T0 + 6000, 10, vec![])
+        .due_for("ep_1".into(), t0 + 6000, 10, vec![])
         .await
         .unwrap();
     assert_eq!((due.len(), due[0].attempts), (1, 2));
-    s.record(outcome(&id, "ep_1", T0 + 6001, Some(200), None))
+    s.record(outcome(&id, "ep_1", t0 + 6001, Some(200), None))
         .await
         .unwrap();
     let log = &s.deliveries("ep_1", 10).await.unwrap()[0];
@@ -349,7 +343,7 @@ async fn a_delivery_backs_off_fails_for_good_is_retried_and_succeeds() {
         None
     );
     let missing = s
-        .record(outcome("msg_nope", "ep_1", T0, Some(200), None))
+        .record(outcome("msg_nope", "ep_1", t0, Some(200), None))
         .await
         .unwrap_err();
     assert!(matches!(missing, StoreError::NotFound));
@@ -360,13 +354,13 @@ async fn a_disabled_endpoint_keeps_its_deliveries_pending_but_unsent() {
     let Some(redis) = RedisServer::start("disable").await else {
         return;
     };
-    let s = store(&redis).await;
+    let s = node(&redis).await;
     s.put_endpoint(endpoint("ep_1", &["orders/*"], &[], 1), None)
         .await
         .unwrap();
-    enqueue_n(&s, "ep_1", 3, T0).await;
-    let due = s.due_for("ep_1".into(), T0 + 10, 1, vec![]).await.unwrap();
-    let mut o = outcome(&due[0].id, "ep_1", T0 + 20, Some(500), Some(T0 + 100));
+    let (_, t0) = publish_n(&s, 3).await;
+    let due = s.due_for("ep_1".into(), t0 + 10, 1, vec![]).await.unwrap();
+    let mut o = outcome(&due[0].id, "ep_1", t0 + 20, Some(500), Some(t0 + 100));
     o.disable_endpoint = Some("failing for more than 60 s".into());
     s.record(o).await.unwrap();
     let ep = s.get_endpoint("ep_1").await.unwrap().unwrap();
@@ -377,11 +371,11 @@ async fn a_disabled_endpoint_keeps_its_deliveries_pending_but_unsent() {
     );
     assert_eq!(
         (ep.updated_at_ms, ep.failing_since_ms),
-        (T0 + 20, Some(T0 + 20))
+        (t0 + 20, Some(t0 + 20))
     );
-    assert!(s.outbox_heads(T0 + 200).await.unwrap().is_empty());
+    assert!(s.outbox_heads(t0 + 200).await.unwrap().is_empty());
     assert!(
-        s.due_for("ep_1".into(), T0 + 200, 10, vec![])
+        s.due_for("ep_1".into(), t0 + 200, 10, vec![])
             .await
             .unwrap()
             .is_empty()
@@ -394,25 +388,23 @@ async fn a_disabled_endpoint_keeps_its_deliveries_pending_but_unsent() {
         .map(|d| d.status)
         .collect();
     assert_eq!(statuses, ["pending", "pending", "pending"]);
-    mark(&redis, "orders/1", 9).await;
+    publish(&s, "orders/1", "order.paid", 9).await;
     assert_eq!(
-        s.route_published("orders/1".into(), 9, "t".into(), Bytes::from_static(b"{}"))
-            .await
-            .unwrap(),
-        0,
-        "enqueue saw the change"
+        s.deliveries("ep_1", 10).await.unwrap().len(),
+        3,
+        "a disabled endpoint gets no new deliveries"
     );
     // Re-enabled (by the API, as a put), it has all three due again.
     let mut on = ep;
     on.enabled = true;
     on.disabled_reason = None;
-    on.updated_at_ms = T0 + 300;
+    on.updated_at_ms = t0 + 300;
     s.put_endpoint(on, None).await.unwrap();
-    let head = &s.outbox_heads(T0 + 300).await.unwrap()[0];
+    let head = &s.outbox_heads(t0 + 300).await.unwrap()[0];
     assert!(head.has_due);
-    assert_eq!(head.updated_at_ms, T0 + 300);
+    assert_eq!(head.updated_at_ms, t0 + 300);
     assert_eq!(
-        s.due_for("ep_1".into(), T0 + 300, 10, vec![])
+        s.due_for("ep_1".into(), t0 + 300, 10, vec![])
             .await
             .unwrap()
             .len(),
@@ -425,47 +417,47 @@ async fn the_delivery_log_pages_newest_first_and_prune_keeps_what_is_pending() {
     let Some(redis) = RedisServer::start("log_and_prune").await else {
         return;
     };
-    let s = store(&redis).await;
+    let s = node(&redis).await;
     s.put_endpoint(endpoint("ep_1", &["orders/*"], &[], 1), None)
         .await
         .unwrap();
-    enqueue_n(&s, "ep_1", 5, T0).await;
+    let (_, t0) = publish_n(&s, 5).await;
     let page = s.deliveries("ep_1", 3).await.unwrap();
     assert_eq!(
         page.iter().map(|d| d.offset).collect::<Vec<_>>(),
-        [4, 3, 2],
+        [5, 4, 3],
         "newest first, limited"
     );
     assert!(s.deliveries("ep_1", 0).await.unwrap().is_empty());
     assert_eq!(s.deliveries("ep_1", 100).await.unwrap().len(), 5);
 
-    // Offsets 0 and 1 end (succeeded at T0+100, failed at T0+200); the rest stay pending.
-    let due = s.due_for("ep_1".into(), T0 + 10, 2, vec![]).await.unwrap();
-    s.record(outcome(&due[0].id, "ep_1", T0 + 100, Some(204), None))
+    // Offsets 1 and 2 end (succeeded at t0+100, failed at t0+200); the rest stay pending.
+    let due = s.due_for("ep_1".into(), t0 + 10, 2, vec![]).await.unwrap();
+    s.record(outcome(&due[0].id, "ep_1", t0 + 100, Some(204), None))
         .await
         .unwrap();
-    s.record(outcome(&due[1].id, "ep_1", T0 + 200, Some(400), None))
+    s.record(outcome(&due[1].id, "ep_1", t0 + 200, Some(400), None))
         .await
         .unwrap();
     assert_eq!(
-        s.prune(0, T0 + 100).await.unwrap(),
+        s.prune(0, t0 + 100).await.unwrap(),
         (0, 0),
         "strictly before"
     );
-    assert_eq!(s.prune(0, T0 + 101).await.unwrap(), (0, 1));
-    assert_eq!(s.prune(0, T0 + 10_000).await.unwrap(), (0, 1));
+    assert_eq!(s.prune(0, t0 + 101).await.unwrap(), (0, 1));
+    assert_eq!(s.prune(0, t0 + 10_000).await.unwrap(), (0, 1));
     let left = s.deliveries("ep_1", 100).await.unwrap();
-    assert_eq!(left.iter().map(|d| d.offset).collect::<Vec<_>>(), [4, 3, 2]);
+    assert_eq!(left.iter().map(|d| d.offset).collect::<Vec<_>>(), [5, 4, 3]);
     assert!(left.iter().all(|d| d.status == "pending"));
     // A retried delivery is pending again: not pruned.
-    let due = s.due_for("ep_1".into(), T0 + 10, 1, vec![]).await.unwrap();
-    s.record(outcome(&due[0].id, "ep_1", T0 + 300, Some(410), None))
+    let due = s.due_for("ep_1".into(), t0 + 10, 1, vec![]).await.unwrap();
+    s.record(outcome(&due[0].id, "ep_1", t0 + 300, Some(410), None))
         .await
         .unwrap();
-    s.retry_delivery("ep_1".into(), due[0].id.clone(), T0 + 400)
+    s.retry_delivery("ep_1".into(), due[0].id.clone(), t0 + 400)
         .await
         .unwrap();
-    assert_eq!(s.prune(0, T0 + 10_000).await.unwrap(), (0, 0));
+    assert_eq!(s.prune(0, t0 + 10_000).await.unwrap(), (0, 0));
     let logs: Vec<String> = redis
         .query(redis::cmd("KEYS").arg("sy:wh:log:*"))
         .await
@@ -482,12 +474,12 @@ async fn two_nodes_never_hold_the_same_delivery_and_an_expired_lease_is_taken_ov
     let Some(redis) = RedisServer::start("leases").await else {
         return;
     };
-    let (a, b) = (store(&redis).await, store(&redis).await);
+    let (a, b) = (node(&redis).await, node(&redis).await);
     a.put_endpoint(endpoint("ep_1", &["orders/*"], &[], 1), None)
         .await
         .unwrap();
-    enqueue_n(&a, "ep_1", 40, T0).await;
-    let now = T0 + 100;
+    let (_, t0) = publish_n(&a, 40).await;
+    let now = t0 + 100;
 
     // Both nodes race for the same due deliveries: disjoint, and together all of them.
     let (got_a, got_b) = tokio::join!(

@@ -264,14 +264,8 @@ impl Channel {
 
     fn remember(&mut self, req: &Publish<'_>, hash: Option<u64>, published: &Published) {
         if let (Some(key), Some(hash)) = (req.idempotency_key, hash) {
-            // Remembered without the envelope: a replay re-sends nothing, and 10,000 keys
-            // must not pin 10,000 event bodies.
-            let remembered = Published {
-                envelope: bytes::Bytes::new(),
-                ..published.clone()
-            };
             self.idempotency
-                .remember(key, hash, remembered, Instant::now());
+                .remember(key, hash, published.clone(), Instant::now());
         }
     }
 }

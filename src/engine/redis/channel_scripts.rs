@@ -24,81 +24,24 @@ use switchyard_protocol::ChannelName;
 
 use super::{
     keys::{self, Topics},
+    routes::Routes,
+    scripts::script,
     wire::Parts,
 };
 
 /// How long an idempotency key is remembered, as the memory hub does.
 pub(super) const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
 
-/// Helpers shared by both scripts (and by the Redis job store's scripts, which append to
-/// `jobs/*` channels in this same layout).
-pub(crate) const PRELUDE: &str = r#"
-local function fmt(n) return string.format('%d', n) end
-local function id_offset(id) return tonumber(string.match(id, '^(%d+)')) end
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function field(fields, name)
-  for i = 1, #fields, 2 do
-    if fields[i] == name then return fields[i + 1] end
-  end
-  return nil
-end
--- The channel's epoch; a missing history starts with `candidate` (none when '').
-local function open_history(meta, stream, candidate)
-  local epoch = redis.call('HGET', meta, 'epoch')
-  if epoch then return epoch end
-  if candidate == '' then return nil end
-  redis.call('DEL', stream)
-  redis.call('HSET', meta, 'epoch', candidate, 'last', 0)
-  return candidate
-end
--- Drops entries older than `cutoff` (ms, Redis clock) from the front of the stream.
-local function trim_age(stream, cutoff)
-  local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
-  if not first or tonumber(field(first[2], 'ms') or 0) > cutoff then return end
-  local from, last_old = '-', nil
-  for _ = 1, 1000 do
-    local batch = redis.call('XRANGE', stream, from, '+', 'COUNT', 64)
-    local young = false
-    for _, entry in ipairs(batch) do
-      if tonumber(field(entry[2], 'ms') or 0) > cutoff then young = true break end
-      last_old = id_offset(entry[1])
-    end
-    if young or #batch < 64 then break end
-    from = '(' .. batch[#batch][1]
-  end
-  if last_old then redis.call('XTRIM', stream, 'MINID', fmt(last_old + 1) .. '-0') end
-end
--- While any webhook endpoint exists, every new event is marked for the webhook router
--- (`sy:wh:unrouted`, scored by when a router may take it): the event and the promise of its
--- deliveries commit together (see store::redis::router). Returns whether it marked.
-local function mark_unrouted(channel, offset, at)
-  if redis.call('EXISTS', 'sy:wh:endpoints') == 1 then
-    redis.call('ZADD', 'sy:wh:unrouted', at, channel .. '\n' .. fmt(offset))
-    return true
-  end
-  return false
-end
--- Wakes every node's waiters of a kind (`jobs`: claimable work; `outbox`: deliveries due).
-local function signal(what)
-  redis.call('PUBLISH', 'sy:signals', what)
-end
-"#;
-
-/// Milliseconds a publish's webhook mark waits for its publishing node, which routes it
-/// inline, before any node's router takes it (the node died or Redis failed in between).
-pub(crate) const PUBLISH_ROUTE_GRACE_MS: u64 = 2000;
-
 /// KEYS: meta, history, [idempotency key]. ARGV: epoch for a new history, type, time,
 /// data, history size, history TTL (ms), key lifetime (s), live topic, idempotency TTL (s),
-/// channel name, webhook route grace (ms).
-/// Returns `{'new', epoch, offset, marked}` (`marked` 1 when the event awaits webhook
-/// routing, else 0), `{'seen', epoch, offset}` or `{'conflict'}`.
+/// channel name, the routes' endpoints version (`''`: record no deliveries, check nothing),
+/// now (unix ms, for the deliveries), the number of routes, then the routes (see
+/// [`super::scripts`]).
+/// Returns `{'new', epoch, offset, deliveries}`, `{'seen', epoch, offset}`,
+/// `{'conflict'}`, or `{'reroute'}` (the endpoints changed: nothing was written).
 const APPEND: &str = r#"
 local meta, stream, idem = KEYS[1], KEYS[2], KEYS[3]
-local epoch = open_history(meta, stream, ARGV[1])
+if not routes_current(ARGV[11]) then return {'reroute'} end
 local digest
 if idem then
   digest = redis.sha1hex(ARGV[2] .. '\0' .. ARGV[4])
@@ -109,12 +52,14 @@ if idem then
     return {'conflict'}
   end
 end
+local epoch = open_history(meta, stream, ARGV[1])
 local offset = redis.call('HINCRBY', meta, 'last', 1)
 local now = now_ms()
 redis.call('XADD', stream, 'MAXLEN', ARGV[5], fmt(offset) .. '-0',
   'ty', ARGV[2], 'tm', ARGV[3], 'ms', fmt(now), 'd', ARGV[4])
 trim_age(stream, now - tonumber(ARGV[6]))
-local marked = mark_unrouted(ARGV[10], offset, now + tonumber(ARGV[11]))
+local n = record_deliveries(14, tonumber(ARGV[13]), ARGV[10], epoch, offset, ARGV[2], ARGV[3],
+  ARGV[4], ARGV[12])
 if idem then
   redis.call('SET', idem, digest .. ' ' .. epoch .. ' ' .. fmt(offset), 'NX', 'EX', ARGV[9])
 end
@@ -122,7 +67,7 @@ redis.call('EXPIRE', meta, ARGV[7])
 redis.call('EXPIRE', stream, ARGV[7])
 redis.call('PUBLISH', ARGV[8], epoch .. ' ' .. fmt(offset) .. ' ' .. fmt(#ARGV[2]) .. ' '
   .. fmt(#ARGV[3]) .. '\n' .. ARGV[2] .. ARGV[3] .. ARGV[4])
-return {'new', epoch, offset, marked and 1 or 0}
+return {'new', epoch, offset, n}
 "#;
 
 /// KEYS: meta, history. ARGV: epoch for a new history ('' = do not create), mode (`now`,
@@ -196,17 +141,14 @@ pub(super) struct Bounds {
 /// What the append script did.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Appended {
-    /// A new event at this position; `marked` when it awaits webhook routing (some
-    /// endpoint existed).
-    New {
-        epoch: u64,
-        offset: u64,
-        marked: bool,
-    },
+    /// A new event at this position, with the deliveries its routes owe.
+    New { epoch: u64, offset: u64 },
     /// The idempotency key was seen with the same request: its first result.
     Seen { epoch: u64, offset: u64 },
     /// The idempotency key was seen with a different request.
     Conflict,
+    /// The endpoints changed since the routes were matched: nothing was written.
+    Stale,
 }
 
 /// Where a read starts.
@@ -288,8 +230,8 @@ pub(super) fn entry(v: &Value) -> Option<Parts> {
 impl Scripts {
     pub(super) fn new(topics: Topics) -> Self {
         Self {
-            append: Script::new(&topics.in_script(&format!("{PRELUDE}{APPEND}"))),
-            read: Script::new(&topics.in_script(&format!("{PRELUDE}{READ}"))),
+            append: script(&topics, APPEND),
+            read: script(&topics, READ),
             topics,
         }
     }
@@ -309,6 +251,7 @@ impl Scripts {
         time: &str,
         data: &str,
         idempotency_key: Option<&str>,
+        routes: &Routes,
     ) -> redis::RedisResult<Appended> {
         let mut call = self.append.prepare_invoke();
         call.key(keys::meta(channel)).key(keys::history(channel));
@@ -324,8 +267,8 @@ impl Scripts {
             .arg(bounds.key_lifetime_secs)
             .arg(self.topics.live(channel))
             .arg(IDEMPOTENCY_TTL_SECS)
-            .arg(channel.as_str())
-            .arg(PUBLISH_ROUTE_GRACE_MS);
+            .arg(channel.as_str());
+        routes.add_args(&mut call);
         let reply: Value = call.invoke_async(conn).await?;
         let Value::Array(items) = reply else {
             return Err(malformed("append: not an array"));
@@ -339,11 +282,8 @@ impl Scripts {
                 .ok_or_else(|| malformed("append: position"))
         };
         match kind.as_deref() {
-            Some("new") => position().map(|(epoch, offset)| Appended::New {
-                epoch,
-                offset,
-                marked: items.get(3).and_then(number) == Some(1),
-            }),
+            Some("new") => position().map(|(epoch, offset)| Appended::New { epoch, offset }),
+            Some("reroute") => Ok(Appended::Stale),
             Some("seen") => position().map(|(epoch, offset)| Appended::Seen { epoch, offset }),
             Some("conflict") => Ok(Appended::Conflict),
             _ => Err(malformed("append: kind")),

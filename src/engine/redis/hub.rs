@@ -39,6 +39,7 @@ use super::{
     keys::{self, Topics},
     listener::{self, Control},
     local::{self, Known, Read, Table},
+    routes::Routes,
 };
 use crate::{
     config::Config,
@@ -300,6 +301,52 @@ impl RedisHub {
         }
     }
 
+    /// Appends an event and records the webhook deliveries `routes` say it owes, in one
+    /// script; `None` when the endpoints changed since the routes were matched (nothing was
+    /// written: match again and retry).
+    ///
+    /// # Errors
+    /// A job channel, an idempotency conflict, or Redis unavailable.
+    pub(super) async fn append(
+        &self,
+        req: &Publish<'_>,
+        routes: &Routes,
+    ) -> Result<Option<Published>, PublishError> {
+        if is_reserved(req.channel) {
+            return Err(PublishError::Reserved);
+        }
+        let inner = &self.inner;
+        let appended = inner
+            .timed(inner.scripts.append(
+                &mut inner.conn(),
+                inner.bounds,
+                req.channel,
+                random_epoch(),
+                req.event_type,
+                &now_rfc3339(),
+                req.data.get(),
+                req.idempotency_key,
+                routes,
+            ))
+            .await?;
+        let (epoch, offset, replayed) = match appended {
+            Appended::New { epoch, offset } => (epoch, offset, false),
+            Appended::Seen { epoch, offset } => (epoch, offset, true),
+            Appended::Conflict => return Err(PublishError::IdempotencyConflict),
+            Appended::Stale => return Ok(None),
+        };
+        if !replayed {
+            inner.published.fetch_add(1, Ordering::Relaxed);
+        }
+        let position = Position { epoch, offset };
+        Ok(Some(Published {
+            offset,
+            id: format!("{}:{offset}", req.channel),
+            cursor: Cursor::encode_single(req.channel, position),
+            replayed,
+        }))
+    }
+
     /// One subscribe attempt; see [`local`] for the handover.
     async fn try_open(
         &self,
@@ -395,17 +442,6 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
-/// An event rebuilt from one history stream entry (`[id, [field, value, ...]]`) of
-/// `channel` in `epoch`, byte for byte the envelope every node serves (for the webhook
-/// router, which reads events back from history).
-pub(crate) fn event_from_entry(
-    channel: &ChannelName,
-    epoch: u64,
-    entry: &redis::Value,
-) -> Option<Arc<Event>> {
-    scripts::entry(entry)?.into_event(channel, epoch)
-}
-
 /// `jobs/*` channels belong to the job store ([`crate::store::redis`] appends their events
 /// in this hub's layout); the hub only reads them.
 fn is_reserved(channel: &ChannelName) -> bool {
@@ -440,58 +476,13 @@ impl Hub for RedisHub {
 }
 
 impl Bus for RedisHub {
+    /// Appends without webhook deliveries (a hub on its own); the engine appends through
+    /// [`RedisHub::append`] with the event's routes.
     fn publish<'a>(&'a self, req: Publish<'a>) -> BoxFuture<'a, Result<Published, PublishError>> {
         async move {
-            if is_reserved(req.channel) {
-                return Err(PublishError::Reserved);
-            }
-            let inner = &self.inner;
-            let time = now_rfc3339();
-            let appended = inner
-                .timed(inner.scripts.append(
-                    &mut inner.conn(),
-                    inner.bounds,
-                    req.channel,
-                    random_epoch(),
-                    req.event_type,
-                    &time,
-                    req.data.get(),
-                    req.idempotency_key,
-                ))
-                .await?;
-            let (epoch, offset, replayed, to_route) = match appended {
-                Appended::New {
-                    epoch,
-                    offset,
-                    marked,
-                } => (epoch, offset, false, marked),
-                Appended::Seen { epoch, offset } => (epoch, offset, true, false),
-                Appended::Conflict => return Err(PublishError::IdempotencyConflict),
-            };
-            let position = Position { epoch, offset };
-            let envelope = if replayed {
-                // As the memory hub: a replayed result re-sends nothing.
-                bytes::Bytes::new()
-            } else {
-                inner.published.fetch_add(1, Ordering::Relaxed);
-                Event::new(
-                    req.channel.clone(),
-                    position,
-                    req.event_type,
-                    &time,
-                    req.data,
-                )
-                .envelope()
-                .clone()
-            };
-            Ok(Published {
-                offset,
-                id: format!("{}:{offset}", req.channel),
-                cursor: Cursor::encode_single(req.channel, position),
-                replayed,
-                envelope,
-                to_route,
-            })
+            self.append(&req, &Routes::none())
+                .await?
+                .ok_or_else(|| unreachable!("nothing to check: never stale"))
         }
         .boxed()
     }

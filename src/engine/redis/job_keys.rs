@@ -11,6 +11,8 @@ use super::keys::{PREFIX, Topics, history, meta};
 /// Every key a script on one job touches, in the order the scripts expect them.
 #[derive(Debug)]
 pub(super) struct JobKeys {
+    /// `jobs/ID`, the job's channel.
+    pub(super) channel: String,
     /// `sy:{jobs/ID}:job`, the job's hash.
     pub(super) job: String,
     /// `sy:{jobs/ID}:meta`, the channel's epoch and last offset (the hub's layout).
@@ -24,6 +26,7 @@ pub(super) struct JobKeys {
 impl JobKeys {
     pub(super) fn new(channel: &ChannelName, topics: &Topics) -> Self {
         Self {
+            channel: channel.to_string(),
             job: format!("{PREFIX}{{{channel}}}:job"),
             meta: meta(channel),
             history: history(channel),

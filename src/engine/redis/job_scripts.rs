@@ -4,29 +4,38 @@
 //!
 //! Every per-job script takes the same keys (job hash, channel meta, channel history,
 //! queue, leases, ended, then an optional idempotency key) and starts with the same
-//! arguments (job id, live topic, epoch for a new channel, event time, now in unix ms), so
-//! the helpers below can be shared. A script only ever touches the keys it is given: the
+//! arguments (job id, the job's channel, live topic, epoch for a new channel, event time,
+//! now in unix ms, then the routes block of [`super::scripts`]: endpoints version, now,
+//! count, routes), so the helpers below can be shared; the script's own arguments follow
+//! the routes (`ARGV[X]`, `ARGV[X + 1]`, ...). The event a script appends records its
+//! webhook deliveries in the same step. A script only ever touches the keys it is given: the
 //! claim, lease-expiry and prune paths first read candidate ids from an index, then run
 //! the script on one id, which re-checks it (another node may have taken it meanwhile).
 
 use redis::{Script, Value, aio::ConnectionManager};
 
 use super::{
-    channel_scripts::PRELUDE,
     job_keys::{self as keys, JobKeys},
     keys::Topics,
+    routes::Routes,
+    scripts::script,
 };
 
-/// Helpers of the job scripts (after the hub's prelude: `fmt`, `now_ms`, `open_history`).
+/// Helpers of the job scripts (after the shared prelude: `fmt`, `now_ms`, `open_history`,
+/// `record_deliveries`); a script whose routes are stale stops here, having written nothing.
 const JOB_PRELUDE: &str = r#"
 local job, meta, stream, queue, leases, ended, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local id, live, new_epoch, time, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
--- The next event of the job's channel, exactly as the hub's append script writes one.
+local id, channel, live, new_epoch, time, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local routes = tonumber(ARGV[9])
+local X = 10 + 3 * routes
+if not routes_current(ARGV[7]) then return {'reroute'} end
+-- The next event of the job's channel, exactly as the hub's append script writes one, with
+-- the webhook deliveries it owes.
 local function append_event(ty, data)
   local epoch = open_history(meta, stream, new_epoch)
   local offset = redis.call('HINCRBY', meta, 'last', 1)
   redis.call('XADD', stream, fmt(offset) .. '-0', 'ty', ty, 'tm', time, 'ms', fmt(now_ms()), 'd', data)
-  mark_unrouted('jobs/' .. id, offset, tonumber(now))
+  record_deliveries(10, routes, channel, epoch, offset, ty, time, data, ARGV[8])
   redis.call('PUBLISH', live, epoch .. ' ' .. fmt(offset) .. ' ' .. fmt(#ty) .. ' ' .. fmt(#time)
     .. '\n' .. ty .. time .. data)
 end
@@ -62,22 +71,22 @@ local function fail(attempts, err)
 end
 "#;
 
-/// ARGV 6: payload, 7: max attempts, 8: request hash. Returns `{'ok', record}`,
+/// ARGV X: payload, X + 1: max attempts, X + 2: request hash. Returns `{'ok', record}`,
 /// `{'seen', first job id}` or `{'conflict'}`.
 const SUBMIT: &str = r#"
 if idem then
   local seen = redis.call('GET', idem)
   if seen then
     local hash, first = string.match(seen, '^(%S+) (%S+)$')
-    if hash ~= ARGV[8] then return {'conflict'} end
+    if hash ~= ARGV[X + 2] then return {'conflict'} end
     return {'seen', first}
   end
 end
-redis.call('HSET', job, 'status', 'queued', 'payload', ARGV[6], 'attempts', 0,
-  'max_attempts', ARGV[7], 'queued_at', now, 'created_at', now, 'updated_at', now)
+redis.call('HSET', job, 'status', 'queued', 'payload', ARGV[X], 'attempts', 0,
+  'max_attempts', ARGV[X + 1], 'queued_at', now, 'created_at', now, 'updated_at', now)
 if idem then
   redis.call('HSET', job, 'idempotency_key', idem)
-  redis.call('SET', idem, ARGV[8] .. ' ' .. id)
+  redis.call('SET', idem, ARGV[X + 2] .. ' ' .. id)
 end
 redis.call('ZADD', queue, now, id)
 signal('jobs')
@@ -88,28 +97,28 @@ redis.call('PERSIST', stream)
 return {'ok', record()}
 "#;
 
-/// ARGV 6: lease, 7: lease ms. Returns `{'ok', record, payload, lease expiry}` or
+/// ARGV X: lease, X + 1: lease ms. Returns `{'ok', record, payload, lease expiry}` or
 /// `{'gone'}` when the job is no longer queued (another node claimed or canceled it).
 const CLAIM: &str = r#"
 if not redis.call('ZSCORE', queue, id) then return {'gone'} end
 redis.call('ZREM', queue, id)
 if redis.call('HGET', job, 'status') ~= 'queued' then return {'gone'} end
-local expires = fmt(tonumber(now) + tonumber(ARGV[7]))
+local expires = fmt(tonumber(now) + tonumber(ARGV[X + 1]))
 local attempts = redis.call('HINCRBY', job, 'attempts', 1)
-redis.call('HSET', job, 'status', 'running', 'lease', ARGV[6], 'lease_ms', ARGV[7],
+redis.call('HSET', job, 'status', 'running', 'lease', ARGV[X], 'lease_ms', ARGV[X + 1],
   'lease_expires_at', expires, 'updated_at', now)
 redis.call('ZADD', leases, expires, id)
 append_event('job.started', '{"status":"running","attempt":' .. fmt(attempts) .. '}')
 return {'ok', record(), redis.call('HGET', job, 'payload'), expires}
 "#;
 
-/// ARGV 6: lease, 7: `progress`, `complete`, `retry` or `fail`, 8: the worker's JSON.
+/// ARGV X: lease, X + 1: `progress`, `complete`, `retry` or `fail`, X + 2: the worker's JSON.
 /// Returns `{'ok', record}`, `{'not_found'}` or `{'stale', status}`.
 const REPORT: &str = r#"
 local st, lease, attempts, max = unpack(redis.call('HMGET', job, 'status', 'lease', 'attempts', 'max_attempts'))
 if not st then return {'not_found'} end
-if st ~= 'running' or lease ~= ARGV[6] then return {'stale', st} end
-local kind, data = ARGV[7], ARGV[8]
+if st ~= 'running' or lease ~= ARGV[X] then return {'stale', st} end
+local kind, data = ARGV[X + 1], ARGV[X + 2]
 if kind == 'progress' then
   local expires = fmt(tonumber(now) + tonumber(redis.call('HGET', job, 'lease_ms')))
   redis.call('HSET', job, 'lease_expires_at', expires, 'updated_at', now)
@@ -136,7 +145,7 @@ append_event('job.canceled', '{"status":"canceled"}')
 return {'ok', record()}
 "#;
 
-/// ARGV 6: the error of a last attempt whose lease ran out. Returns `{'requeued'}`,
+/// ARGV X: the error of a last attempt whose lease ran out. Returns `{'requeued'}`,
 /// `{'failed'}` or `{'skip'}` (the lease was extended, or the job ended, meanwhile).
 const EXPIRE: &str = r#"
 local st, expires, attempts, max = unpack(redis.call('HMGET', job, 'status', 'lease_expires_at', 'attempts', 'max_attempts'))
@@ -152,11 +161,11 @@ if tonumber(attempts) < tonumber(max) then
   requeue(attempts, 'lease_expired', nil)
   return {'requeued'}
 end
-fail(attempts, ARGV[6])
+fail(attempts, ARGV[X])
 return {'failed'}
 "#;
 
-/// ARGV 6: the cut-off (unix ms). Deletes the job, its channel and its idempotency key
+/// ARGV X: the cut-off (unix ms). Deletes the job, its channel and its idempotency key
 /// when it is still finished and ended before the cut-off. Returns `{'deleted'}`,
 /// `{'kept'}` or `{'raced'}` (its idempotency key is not the one given).
 const PRUNE: &str = r#"
@@ -166,7 +175,7 @@ if not st then
   redis.call('ZREM', ended, id)
   return {'deleted'}
 end
-if not is_terminal(st) or tonumber(updated) >= tonumber(ARGV[6]) then return {'kept'} end
+if not is_terminal(st) or tonumber(updated) >= tonumber(ARGV[X]) then return {'kept'} end
 if key and key ~= idem then return {'raced'} end
 redis.call('DEL', job, meta, stream)
 if key then redis.call('DEL', idem) end
@@ -217,8 +226,7 @@ pub(super) enum Op {
 
 impl Scripts {
     pub(super) fn new(topics: &Topics) -> Self {
-        let script =
-            |body: &str| Script::new(&topics.in_script(&format!("{PRELUDE}{JOB_PRELUDE}{body}")));
+        let script = |body: &str| script(topics, &format!("{JOB_PRELUDE}{body}"));
         Self {
             submit: script(SUBMIT),
             claim: script(CLAIM),
@@ -238,6 +246,7 @@ impl Scripts {
         conn: &mut ConnectionManager,
         op: Op,
         common: &Common<'_>,
+        routes: &Routes,
         extra: &[&[u8]],
     ) -> redis::RedisResult<Value> {
         let script = match op {
@@ -260,10 +269,12 @@ impl Scripts {
             call.key(idem);
         }
         call.arg(common.id)
+            .arg(&k.channel)
             .arg(&k.live)
             .arg(common.new_epoch)
             .arg(common.time)
             .arg(common.now_ms);
+        routes.add_args(&mut call);
         for a in extra {
             call.arg(*a);
         }

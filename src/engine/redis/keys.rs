@@ -105,10 +105,9 @@ mod tests {
         assert_eq!(topics.channel_of_live("other"), None);
         assert_eq!(topics.channel_of_live(topics.signals()), None);
         // The scripts write these names literally.
-        let prelude = super::super::channel_scripts::PRELUDE;
+        let prelude = super::super::scripts::PRELUDE;
         assert!(prelude.contains(SIGNALS_IN_SCRIPTS));
-        assert!(prelude.contains(&format!("'{PREFIX}wh:endpoints'")));
-        assert!(prelude.contains(&format!("'{PREFIX}wh:unrouted'")));
+        assert!(prelude.contains(&format!("local WH = '{PREFIX}wh:'")));
     }
 
     #[test]

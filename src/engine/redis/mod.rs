@@ -7,12 +7,16 @@
 //! - [`client`]: the client from the `engine` URL and `[redis]` TLS settings, and the
 //!   command connection every part shares.
 //! - [`keys`] and `job_keys`: key and topic names, in one place so every node agrees.
-//! - `channel_scripts`, `job_scripts`, `webhook_scripts`: the Lua scripts, one per change.
+//! - `scripts`: the prelude every Lua script shares, and how an event's webhook
+//!   deliveries are recorded in the script that appends it; `channel_scripts`,
+//!   `job_scripts`, `webhook_scripts`: the scripts, one per change.
+//! - `routes`: which endpoints an event owes deliveries to, matched by this node against
+//!   its copy of the endpoints' filters.
 //! - [`hub`]: channels ([`RedisHub`]); `local` holds this node's subscribers and the
 //!   history → live handover, `listener` the node's one pub/sub connection, `wire` an
 //!   event's parts as Redis carries them.
 //! - [`store`]: jobs ([`RedisStore`]); `webhooks`: the endpoints and the outbox of the same
-//!   store; `router`: turns events marked by the scripts into webhook deliveries.
+//!   store.
 //! - `job_token_key`: the job token signing key every node shares.
 //! - `stats`: connection health and failed operations, for `/metrics`.
 //!
@@ -29,7 +33,8 @@ pub mod keys;
 mod listener;
 mod local;
 mod reply;
-mod router;
+mod routes;
+mod scripts;
 mod stats;
 pub mod store;
 mod webhook_scripts;
@@ -51,7 +56,7 @@ pub use self::{
 use crate::{
     auth::job_token::JobTokens,
     config::Config,
-    hub::{Bus as _, Publish, PublishError, Published},
+    hub::{HubError, Publish, PublishError, Published},
     store::Store,
 };
 use switchyard_transports::metrics::write_family;
@@ -117,27 +122,26 @@ impl Redis {
         &self.store
     }
 
+    /// Publishes one event with the webhook deliveries it owes, in one script (see
+    /// [`scripts`]); matched again and retried if the endpoints changed meanwhile.
     pub(super) fn publish<'a>(
         &'a self,
         req: Publish<'a>,
     ) -> BoxFuture<'a, Result<Published, PublishError>> {
         async move {
-            let channel = req.channel;
-            let event_type = req.event_type;
-            let published = self.hub.publish(req).await?;
-            if !published.replayed && published.to_route {
-                // Never fails: the mark the append left is routed later if this cannot.
-                let _ = self
-                    .store
-                    .route_published(
-                        channel.to_string(),
-                        published.offset,
-                        event_type.to_owned(),
-                        published.envelope.clone(),
-                    )
-                    .await;
+            for _ in 0..routes::REROUTE_ATTEMPTS {
+                let routes = self.store.routes_for(req.channel, Some(req.event_type));
+                if let Some(published) = self.hub.append(&req, &routes).await? {
+                    return Ok(published);
+                }
+                self.store
+                    .reload_routes()
+                    .await
+                    .map_err(|e| PublishError::Hub(HubError::Unavailable(e.to_string())))?;
             }
-            Ok(published)
+            Err(PublishError::Hub(HubError::Unavailable(
+                "the webhook endpoints kept changing while the event was published; retry".into(),
+            )))
         }
         .boxed()
     }
@@ -195,17 +199,12 @@ impl Redis {
     }
 
     pub(super) fn spawn_tasks(&self, stop: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
-        let router = tokio::spawn(router::run(
-            Arc::clone(&self.store),
-            self.store.route_wake(),
-            stop.clone(),
-        ));
         let key_keeper = tokio::spawn(job_token_key::keep_job_token_key(
             Arc::clone(&self.store),
             self.job_key.clone(),
             stop.clone(),
         ));
-        vec![router, key_keeper]
+        vec![key_keeper]
     }
 
     pub(super) async fn close(&self, deadline: Duration) {

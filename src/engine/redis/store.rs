@@ -50,7 +50,7 @@ use std::{sync::Arc, time::Duration};
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use redis::{Value, aio::ConnectionManager};
-use tokio::sync::Notify;
+use switchyard_protocol::ChannelName;
 
 use super::{
     RedisStats,
@@ -59,7 +59,8 @@ use super::{
     job_scripts::{Common, Op, Scripts},
     keys::Topics,
     reply::{self, int, malformed, must_record, split},
-    webhook_scripts, webhooks,
+    routes::{FilterCache, REROUTE_ATTEMPTS, Routes},
+    webhook_scripts,
 };
 use crate::{
     ids::epoch as random_epoch,
@@ -112,13 +113,10 @@ pub struct RedisStore {
     pub(super) conn: ConnectionManager,
     pub(super) scripts: Scripts,
     pub(super) webhook_scripts: webhook_scripts::WebhookScripts,
-    /// The enabled endpoints' filters, for `enqueue`; reloaded when an endpoint changed.
-    pub(super) webhook_filters: webhooks::FilterCache,
+    /// This node's copy of the endpoints' filters: which deliveries an event owes.
+    pub(super) routes: FilterCache,
     /// Random per store: marks the webhook deliveries this node's dispatcher leased.
     pub(super) node_token: String,
-    /// Wakes this node's webhook router ([`router::run`]) after a job operation, whose
-    /// event the script may have marked for routing.
-    pub(super) route_wake: Arc<Notify>,
     /// The pub/sub topics of this database, which job scripts publish to.
     pub(super) topics: Topics,
     /// Counts failed operations (shared with the node's hub).
@@ -189,30 +187,27 @@ impl RedisStore {
     ) -> Result<Self, ConnectError> {
         let conn = connection_manager(client, config.op_timeout).await?;
         let topics = Topics::for_client(client);
-        Ok(Self {
+        let store = Self {
             conn,
             scripts: Scripts::new(&topics),
             webhook_scripts: webhook_scripts::WebhookScripts::new(&topics),
             topics,
-            webhook_filters: webhooks::FilterCache::new(),
+            routes: FilterCache::default(),
             stats,
             node_token: crate::ids::token(),
-            route_wake: Arc::new(Notify::new()),
             config,
-        })
+        };
+        store
+            .reload_routes()
+            .await
+            .map_err(|e| ConnectError::Unreachable(e.to_string()))?;
+        Ok(store)
     }
 
-    /// The notifier that wakes this store's webhook router (for [`router::run`]).
-    pub(crate) fn route_wake(&self) -> Arc<Notify> {
-        Arc::clone(&self.route_wake)
-    }
-
-    /// Job events may have been marked for webhooks: let the router look (only worth a
-    /// round trip while some endpoint exists).
-    fn job_event_appended(&self) {
-        if self.webhook_filters.any_endpoints() {
-            self.route_wake.notify_one();
-        }
+    /// The webhook routes of an event of `event_type` on `channel`, for a script that
+    /// appends it (see [`super::scripts`]).
+    pub(super) fn routes_for(&self, channel: &ChannelName, event_type: Option<&str>) -> Routes {
+        self.routes.routes(channel.as_str(), event_type, now_ms())
     }
 
     /// Runs one Redis operation within `op_timeout`.
@@ -226,20 +221,36 @@ impl RedisStore {
             .map_err(StoreError::Unavailable)
     }
 
+    /// Runs `op` on one job with the webhook routes of the event it may append (every type
+    /// its channel's endpoints take: the script picks by the event's type), and again with
+    /// fresh routes if the endpoints changed since they were matched.
     async fn run(
         &self,
         op: Op,
         on: &OnJob,
         extra: &[&[u8]],
     ) -> Result<(String, Vec<Value>), StoreError> {
-        let mut conn = self.conn.clone();
-        let reply = self
-            .timed(self.scripts.run(&mut conn, op, &on.common(), extra))
-            .await;
-        if !matches!(op, Op::Prune) {
-            self.job_event_appended();
+        for _ in 0..REROUTE_ATTEMPTS {
+            let routes = match op {
+                Op::Prune => Routes::none(),
+                _ => self.routes.routes(&on.keys.channel, None, on.now_ms),
+            };
+            let mut conn = self.conn.clone();
+            let reply = self
+                .timed(
+                    self.scripts
+                        .run(&mut conn, op, &on.common(), &routes, extra),
+                )
+                .await?;
+            let (kind, rest) = split(reply)?;
+            if kind != "reroute" {
+                return Ok((kind, rest));
+            }
+            self.reload_routes().await?;
         }
-        split(reply?)
+        Err(StoreError::Unavailable(
+            "the webhook endpoints kept changing while the job was written; retry".into(),
+        ))
     }
 
     /// Up to `count` ids of an index scored at most `max` (`(x` excludes `x`), lowest first.

@@ -1,27 +1,15 @@
-//! The Lua scripts of the webhook store: one per operation, each one atomic step.
-//!
-//! Every script gets the key prefix (`sy:wh:`) as `ARGV[1]` (removed before the body runs,
-//! so the operation's own arguments start at `ARGV[1]`) and builds its key names from it
-//! with the helpers below, because which delivery and endpoint keys it touches depends on
-//! what it reads. So, like the job scripts, they need one Redis (or Valkey) primary, not
-//! Redis Cluster. Key layout: see [`super::webhooks`].
+//! The Lua scripts of the webhook store: one per operation, each one atomic step, on the
+//! keys of the shared prelude ([`super::scripts`]; layout in `webhooks`). Which delivery
+//! and endpoint keys a script touches depends on what it reads, so, like the job scripts,
+//! they need one Redis (or Valkey) primary, not Redis Cluster. Deliveries are created by the
+//! scripts that append their events (see [`super::scripts`]), not here.
 
 use redis::Script;
 
-use super::keys::Topics;
+use super::{keys::Topics, scripts::script};
 
-/// Key helpers shared by every webhook script.
-const PRELUDE: &str = r#"
-local P = table.remove(ARGV, 1)
-local index, finished, version = P .. 'endpoints', P .. 'finished', P .. 'version'
-local unrouted = P .. 'unrouted'
-local function signal(what) redis.call('PUBLISH', 'sy:signals', what) end
-local function ep_key(id) return P .. 'ep:' .. id end
-local function d_key(id) return P .. 'd:' .. id end
-local function log_key(id) return P .. 'log:' .. id end
-local function pending_key(ep) return P .. 'pending:' .. ep end
-local function leased_key(ep) return P .. 'leased:' .. ep end
-local function all_key(ep) return P .. 'all:' .. ep end
+/// The fields of an endpoint's hash, in the order [`LIST_ENDPOINTS`] returns them.
+const ENDPOINT_FIELDS: &str = r#"
 local ENDPOINT_FIELDS = {'url', 'channels', 'types', 'secret', 'previous_secret',
   'previous_secret_until', 'enabled', 'disabled_reason', 'failing_since', 'created_at', 'updated_at'}
 "#;
@@ -65,54 +53,6 @@ end
 return {redis.call('GET', version) or '0', out}
 "#;
 
-/// ARGV: channel, offset, event type, body (the envelope), now, the event's mark in
-/// `unrouted` (`''`: none), then `endpoint id, delivery id` pairs. With a mark, does
-/// nothing unless the mark is still there (it is removed): an event is routed once, by
-/// whichever node gets there first. Creates one pending delivery per endpoint that still
-/// exists and is enabled. Returns how many.
-pub(super) const ENQUEUE: &str = r#"
-local channel, offset, ty, body, now, mark = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-if mark ~= '' and redis.call('ZREM', unrouted, mark) == 0 then return 0 end
-local n = 0
-for i = 7, #ARGV, 2 do
-  local ep, id = ARGV[i], ARGV[i + 1]
-  if redis.call('HGET', ep_key(ep), 'enabled') == '1' then
-    redis.call('HSET', d_key(id), 'endpoint', ep, 'channel', channel, 'offset', offset,
-      'type', ty, 'body', body, 'status', 'pending', 'attempts', 0, 'next_attempt_at', now,
-      'created_at', now, 'updated_at', now)
-    redis.call('ZADD', pending_key(ep), now, id)
-    redis.call('ZADD', all_key(ep), now, id)
-    n = n + 1
-  end
-end
-if n > 0 then signal('outbox') end
-return n
-"#;
-
-/// ARGV: now, limit, when a taken mark may be taken again. Takes up to `limit` marks of
-/// `unrouted` due at `now` (re-scoring them, so no other router takes them meanwhile) and
-/// returns `{{mark, channel, epoch, offset, entry}, ...}` with each event's history entry,
-/// or `{mark}` for an event no longer in history (its mark is dropped).
-const TAKE_UNROUTED: &str = r#"
-local out = {}
-for _, mark in ipairs(redis.call('ZRANGE', unrouted, '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[2]))) do
-  local channel, offset = string.match(mark, '^(.*)\n(%d+)$')
-  local epoch, entry
-  if channel then
-    epoch = redis.call('HGET', 'sy:{' .. channel .. '}:meta', 'epoch')
-    entry = redis.call('XRANGE', 'sy:{' .. channel .. '}:h', offset .. '-0', offset .. '-0')[1]
-  end
-  if epoch and entry then
-    redis.call('ZADD', unrouted, 'XX', ARGV[3], mark)
-    table.insert(out, {mark, channel, epoch, offset, entry})
-  else
-    redis.call('ZREM', unrouted, mark)
-    table.insert(out, {mark})
-  end
-end
-return out
-"#;
-
 /// ARGV: now. For each enabled endpoint: `{id, updated_at, has_due (0/1), first pending
 /// score after now or false, first lease expiry or false}`. An expired lease counts as due.
 const HEADS: &str = r#"
@@ -141,7 +81,9 @@ return out
 /// leases and leases of deleted deliveries go back to the pending set (if still pending).
 /// Then leases up to `limit` due, unskipped deliveries to this node, oldest due first.
 /// Returns `{endpoint fields (enabled, url, secret, previous_secret, previous_secret_until),
-/// {{id, body, attempts}, ...}}`; no deliveries for a missing or disabled endpoint.
+/// {{id, attempts, body, channel, epoch, offset, type, time, data}, ...}}`: a delivery
+/// recorded before deliveries kept their event's parts has its `body` (the envelope), the
+/// others have the parts; no deliveries for a missing or disabled endpoint.
 const DUE_FOR: &str = r#"
 local ep, now_s, limit, lease_until, token = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local now = tonumber(now_s)
@@ -174,12 +116,13 @@ for _, id in ipairs(ids) do
   if #out >= limit then break end
   if not skip[id] then
     local d = d_key(id)
-    local body, attempts = unpack(redis.call('HMGET', d, 'body', 'attempts'))
+    local f = redis.call('HMGET', d, 'attempts', 'body', 'channel', 'epoch', 'offset', 'type',
+      'time', 'data')
     redis.call('ZREM', pending, id)
-    if body then
+    if f[1] then
       redis.call('ZADD', leased, lease_until, id)
       redis.call('HSET', d, 'lease', token)
-      table.insert(out, {id, body, attempts})
+      table.insert(out, {id, unpack(f)})
     end
   end
 end
@@ -285,14 +228,12 @@ pub(super) struct WebhookScripts {
     pub(super) put_endpoint: Script,
     pub(super) delete_endpoint: Script,
     pub(super) list_endpoints: Script,
-    pub(super) enqueue: Script,
     pub(super) heads: Script,
     pub(super) due_for: Script,
     pub(super) record: Script,
     pub(super) retry: Script,
     pub(super) deliveries: Script,
     pub(super) prune: Script,
-    pub(super) take_unrouted: Script,
 }
 
 impl std::fmt::Debug for WebhookScripts {
@@ -303,19 +244,17 @@ impl std::fmt::Debug for WebhookScripts {
 
 impl WebhookScripts {
     pub(super) fn new(topics: &Topics) -> Self {
-        let script = |body: &str| Script::new(&topics.in_script(&format!("{PRELUDE}{body}")));
+        let make = |body: &str| script(topics, &format!("{ENDPOINT_FIELDS}{body}"));
         Self {
-            put_endpoint: script(PUT_ENDPOINT),
-            delete_endpoint: script(DELETE_ENDPOINT),
-            list_endpoints: script(LIST_ENDPOINTS),
-            enqueue: script(ENQUEUE),
-            heads: script(HEADS),
-            due_for: script(DUE_FOR),
-            record: script(RECORD),
-            retry: script(RETRY),
-            deliveries: script(DELIVERIES),
-            prune: script(PRUNE),
-            take_unrouted: script(TAKE_UNROUTED),
+            put_endpoint: make(PUT_ENDPOINT),
+            delete_endpoint: make(DELETE_ENDPOINT),
+            list_endpoints: make(LIST_ENDPOINTS),
+            heads: make(HEADS),
+            due_for: make(DUE_FOR),
+            record: make(RECORD),
+            retry: make(RETRY),
+            deliveries: make(DELIVERIES),
+            prune: make(PRUNE),
         }
     }
 }

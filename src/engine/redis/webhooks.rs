@@ -9,11 +9,11 @@
 //!   `failing_since`, `created_at`, `updated_at` (secrets as the embedded store keeps them:
 //!   as given). Absent fields are `None`.
 //! - `endpoints`: sorted set of endpoint ids by `created_at` (listing order: created, id).
-//! - `version`: counter bumped by every endpoint change, so each node reloads its copy of
-//!   the endpoints' filters (for [`WebhookStore::enqueue`]) only when one changed.
-//! - `d:{msg id}`: hash of a delivery: `endpoint`, `channel`, `offset`, `type`, `body`,
-//!   `status`, `attempts`, `next_attempt_at`, `created_at`, `updated_at`, `lease` (the
-//!   node token holding it).
+//! - `version`: counter bumped by every endpoint change; a script that records deliveries
+//!   checks it against the version the node's routes were matched at.
+//! - `d:{msg id}`: hash of a delivery: `endpoint`, its event's `channel`, `epoch`,
+//!   `offset`, `type`, `time` and `data`, `status`, `attempts`, `next_attempt_at`,
+//!   `created_at`, `updated_at`, `lease` (the node token holding it).
 //! - `log:{msg id}`: hash of its attempts, `n` → JSON `{at, status_code, latency_ms, error}`.
 //! - `pending:{endpoint}`: sorted set of its pending, unleased deliveries by
 //!   `next_attempt_at`: [`WebhookStore::outbox_heads`] is two `ZRANGE ... LIMIT 0 1` per
@@ -51,37 +51,31 @@
 //! dispatcher holds as due; here leased deliveries are not due (for anyone) until the lease
 //! ends, so a node does not refill for deliveries it or another node already holds.
 //!
-//! # Routing events to deliveries
-//! The embedded store writes the deliveries in the publish's transaction. Here the hub's
-//! append script (and every job script) marks the event in `unrouted` (a sorted set of
-//! `channel\noffset` by when it is due for routing) while any endpoint exists, and
-//! [`RedisStore::enqueue_to`] runs the `ENQUEUE` script for the event and the endpoints
-//! whose filters match: it creates every delivery (re-checking that each endpoint exists
-//! and is enabled) or none, and removes the mark in the same step, or does nothing when the
-//! mark is already gone, so an event is routed exactly once. The publishing node routes its
-//! publishes right after the append; the [`super::router`] on every node routes whatever
-//! is left (job events at once, a publish whose node died or failed after its grace
-//! period). That keeps the guarantee at-least-once without putting the envelope's
-//! construction in Lua.
-
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+//! # Where deliveries come from
+//! As on the embedded engine, an event's deliveries are recorded in the same atomic step
+//! as the event: the append script of a publish and every job script create them (see
+//! [`super::scripts`]), from the routes this node matched against its copy of the
+//! endpoints' filters ([`super::routes::FilterCache`], reloaded when a script says the
+//! endpoints changed). A delivery keeps its event's parts; [`RedisStore::due`] rebuilds the
+//! envelope the dispatcher signs and sends, byte for byte the one consumers receive.
+//! Deliveries recorded by an older version kept the envelope itself (`body`), and are sent
+//! as they are.
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use redis::{Script, Value};
 
-use super::keys::PREFIX;
+use switchyard_protocol::ChannelName;
+
 use super::{
     RedisStore,
+    keys::PREFIX,
     reply::{malformed, split, text},
+    wire::Parts,
 };
-use crate::{
-    store::{
-        AttemptOutcome, Delivery, DeliveryAttempt, DueDelivery, EndpointRecord, OutboxHead,
-        StoreError, WebhookStore,
-    },
-    time::now_ms,
-    webhooks::filter::{Filter, Filters},
+use crate::store::{
+    AttemptOutcome, Delivery, DeliveryAttempt, DueDelivery, EndpointRecord, OutboxHead, StoreError,
+    WebhookStore,
 };
 
 /// Ids read from the `finished` index at once by pruning (as the embedded store's batches).
@@ -92,41 +86,29 @@ pub(super) fn prefix() -> String {
     format!("{PREFIX}wh:")
 }
 
-/// This node's copy of the enabled endpoints' filters, and the `version` it was read at.
-#[derive(Debug, Default)]
-pub(super) struct FilterCache {
-    filters: Filters,
-    /// The `version` key's value when `filters` was loaded; -1 before the first load.
-    version: AtomicI64,
-    /// Whether any endpoint (enabled or not) existed at that version: only then do the
-    /// scripts mark events for the router, so only then is waking it worth a round trip.
-    any: AtomicBool,
-}
-
-impl FilterCache {
-    pub(super) fn new() -> Self {
-        Self {
-            filters: Filters::default(),
-            version: AtomicI64::new(-1),
-            // Until the first load, assume there may be work.
-            any: AtomicBool::new(true),
-        }
+/// A due delivery's body from `[body, channel, epoch, offset, type, time, data]`: the
+/// envelope an older version stored, or the one rebuilt from the event's parts (the same
+/// bytes consumers got).
+fn envelope(f: &[Value]) -> Result<Bytes, StoreError> {
+    if let Some(Value::BulkString(body)) = f.first() {
+        return Ok(Bytes::from(body.clone()));
     }
-
-    /// The enabled endpoints (as last loaded) that want this event.
-    pub(super) fn matching(&self, channel: &str, event_type: &str) -> Vec<String> {
-        self.filters.matching(channel, event_type)
-    }
-
-    /// Whether an endpoint existed when the filters were last loaded.
-    pub(super) fn any_endpoints(&self) -> bool {
-        self.any.load(Ordering::Acquire)
-    }
-}
-
-/// An event's mark in `unrouted`: `{channel}\n{offset}`, as the append scripts write it.
-pub(super) fn route_mark(channel: &str, offset: u64) -> String {
-    format!("{channel}\n{offset}")
+    let channel = opt_text(f.get(1))
+        .and_then(|c| ChannelName::new(&c).ok())
+        .ok_or_else(|| malformed("delivery channel"))?;
+    let parts = Parts {
+        offset: need_int(f.get(3), "delivery offset")? as u64,
+        event_type: opt_text(f.get(4)).ok_or_else(|| malformed("delivery type"))?,
+        time: opt_text(f.get(5)).ok_or_else(|| malformed("delivery time"))?,
+        data: opt_text(f.get(6)).ok_or_else(|| malformed("delivery data"))?,
+    };
+    let epoch = opt_text(f.get(2))
+        .and_then(|e| e.parse().ok())
+        .ok_or_else(|| malformed("delivery epoch"))?;
+    let event = parts
+        .into_event(&channel, epoch)
+        .ok_or_else(|| malformed("delivery data is not JSON"))?;
+    Ok(event.envelope().clone())
 }
 
 fn opt_text(v: Option<&Value>) -> Option<String> {
@@ -185,7 +167,6 @@ impl RedisStore {
     /// Runs a webhook script with the key prefix and `args`.
     async fn wh(&self, script: &Script, args: Vec<Vec<u8>>) -> Result<Value, StoreError> {
         let mut call = script.prepare_invoke();
-        call.arg(prefix());
         for a in &args {
             call.arg(a.as_slice());
         }
@@ -292,76 +273,15 @@ impl RedisStore {
         Ok(opt_int(Some(&reply)).ok_or_else(|| malformed("delete endpoint"))? > 0)
     }
 
-    /// The enabled endpoints whose filters match an event, from this node's copy of the
-    /// filters, reloaded first if any endpoint changed since (one `GET` otherwise).
+    /// Reads the endpoints again into this node's copy of their filters (at start, and when
+    /// a script answered that the endpoints changed since the copy was read).
     ///
     /// # Errors
     /// When Redis cannot be reached.
-    pub async fn matching_endpoints(
-        &self,
-        channel: &str,
-        event_type: &str,
-    ) -> Result<Vec<String>, StoreError> {
-        self.refresh_filters().await?;
-        Ok(self.webhook_filters.filters.matching(channel, event_type))
-    }
-
-    /// Reloads this node's copy of the endpoints' filters if any endpoint changed since it
-    /// was loaded (one `GET` otherwise).
-    pub(super) async fn refresh_filters(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let version: Option<i64> = self
-            .timed(
-                redis::cmd("GET")
-                    .arg(format!("{}version", prefix()))
-                    .query_async(&mut conn),
-            )
-            .await?;
-        let cache = &self.webhook_filters;
-        if cache.version.load(Ordering::Acquire) != version.unwrap_or(0) {
-            let (version, endpoints) = self.list_all_endpoints().await?;
-            cache.any.store(!endpoints.is_empty(), Ordering::Release);
-            cache.filters.replace(Filter::of_enabled(endpoints));
-            cache.version.store(version, Ordering::Release);
-        }
+    pub(super) async fn reload_routes(&self) -> Result<(), StoreError> {
+        let (version, endpoints) = self.list_all_endpoints().await?;
+        self.routes.replace(version, endpoints);
         Ok(())
-    }
-
-    /// Records one pending delivery of an event per endpoint in `endpoints` that exists and
-    /// is enabled, in one atomic step (all or none); returns how many. With `mark` (the
-    /// event's [`route_mark`]), only if the mark is still unrouted, and it is removed: each
-    /// marked event is routed once, whichever node routes it (see the module docs).
-    ///
-    /// # Errors
-    /// When Redis cannot be reached.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn enqueue_to(
-        &self,
-        endpoints: &[String],
-        channel: &str,
-        offset: u64,
-        event_type: &str,
-        body: &[u8],
-        now_ms: i64,
-        mark: Option<&str>,
-    ) -> Result<usize, StoreError> {
-        if endpoints.is_empty() && mark.is_none() {
-            return Ok(0);
-        }
-        let mut args: Vec<Vec<u8>> = vec![
-            channel.into(),
-            offset.to_string().into(),
-            event_type.into(),
-            body.to_vec(),
-            now_ms.to_string().into(),
-            mark.unwrap_or_default().into(),
-        ];
-        for ep in endpoints {
-            args.push(ep.clone().into());
-            args.push(crate::ids::delivery_id(now_ms).into());
-        }
-        let reply = self.wh(&self.webhook_scripts.enqueue, args).await?;
-        Ok(opt_int(Some(&reply)).ok_or_else(|| malformed("enqueue"))? as usize)
     }
 
     async fn heads(&self, now_ms: i64) -> Result<Vec<OutboxHead>, StoreError> {
@@ -418,15 +338,11 @@ impl RedisStore {
         rows.iter()
             .map(|row| {
                 let row = array(row)?;
-                let body = match row.get(1) {
-                    Some(Value::BulkString(b)) => Bytes::from(b.clone()),
-                    _ => return Err(malformed("body")),
-                };
                 Ok(DueDelivery {
                     id: opt_text(row.first()).ok_or_else(|| malformed("delivery id"))?,
                     endpoint_id: endpoint_id.clone(),
-                    body,
-                    attempts: need_int(row.get(2), "attempts")? as u32,
+                    attempts: need_int(row.get(1), "attempts")? as u32,
+                    body: envelope(&row[2..])?,
                     url: url.clone(),
                     secret: secret.clone(),
                     previous_secret: previous_secret.clone(),
@@ -571,49 +487,6 @@ impl RedisStore {
                 return Ok(deleted);
             }
         }
-    }
-}
-
-impl RedisStore {
-    /// Routes a just-published event inline: its append script marked it (when any
-    /// endpoint existed), and this removes the mark as it records the deliveries. The mark
-    /// committed with the event is already the durable promise of its deliveries, so a
-    /// failure here is not the publisher's: a router (this node's, or any other's if this
-    /// one dies) routes the mark later, and the publish is still acknowledged.
-    pub fn route_published(
-        &self,
-        channel: String,
-        offset: u64,
-        event_type: String,
-        body: Bytes,
-    ) -> BoxFuture<'_, Result<usize, StoreError>> {
-        async move {
-            let routed = async {
-                let endpoints = self.matching_endpoints(&channel, &event_type).await?;
-                if !self.webhook_filters.any_endpoints() {
-                    return Ok(0);
-                }
-                let mark = route_mark(&channel, offset);
-                self.enqueue_to(
-                    &endpoints,
-                    &channel,
-                    offset,
-                    &event_type,
-                    &body,
-                    now_ms(),
-                    Some(&mark),
-                )
-                .await
-            };
-            match routed.await {
-                Ok(n) => Ok(n),
-                Err(e) => {
-                    tracing::warn!(error = %e, %channel, offset, "cannot route an event's webhook deliveries now; the router will");
-                    Ok(0)
-                }
-            }
-        }
-        .boxed()
     }
 }
 
