@@ -15,8 +15,7 @@
 use redis::{Script, Value, aio::ConnectionManager};
 
 use super::{
-    job_keys::{self as keys, JobKeys},
-    keys::Topics,
+    keys::{self, JobKeys, Topics},
     routes::Routes,
     scripts::script,
 };

@@ -6,7 +6,7 @@
 //! # Layout
 //! - [`client`]: the client from the `engine` URL and `[redis]` TLS settings, and the
 //!   command connection every part shares.
-//! - [`keys`] and `job_keys`: key and topic names, in one place so every node agrees.
+//! - [`keys`]: key and topic names, in one place so every node agrees.
 //! - `scripts`: the prelude every Lua script shares, and how an event's webhook
 //!   deliveries are recorded in the script that appends it; `channel_scripts`,
 //!   `job_scripts`, `webhook_scripts`: the scripts, one per change.
@@ -15,8 +15,8 @@
 //! - [`hub`]: channels ([`RedisHub`]); `local` holds this node's subscribers and the
 //!   history → live handover, `listener` the node's one pub/sub connection, `wire` an
 //!   event's parts as Redis carries them.
-//! - [`store`]: jobs ([`RedisStore`]); `webhooks`: the endpoints and the outbox of the same
-//!   store.
+//! - [`store`]: the node's store ([`RedisStore`]): `jobs` (the queue, leases, one script
+//!   per change) and `webhooks` (endpoints, the outbox, per-delivery leases across nodes).
 //! - `job_token_key`: the job token signing key every node shares.
 //! - `stats`: connection health and failed operations, for `/metrics`.
 //!
@@ -26,9 +26,9 @@
 mod channel_scripts;
 pub mod client;
 pub mod hub;
-mod job_keys;
 mod job_scripts;
 mod job_token_key;
+mod jobs;
 pub mod keys;
 mod listener;
 mod local;

@@ -69,7 +69,7 @@ use switchyard_protocol::ChannelName;
 
 use super::{
     RedisStore,
-    keys::PREFIX,
+    keys::webhooks_prefix,
     reply::{malformed, split, text},
     wire::Parts,
 };
@@ -80,11 +80,6 @@ use crate::store::{
 
 /// Ids read from the `finished` index at once by pruning (as the embedded store's batches).
 const PRUNE_BATCH: isize = 1000;
-
-/// The key prefix of the webhook store.
-pub(super) fn prefix() -> String {
-    format!("{PREFIX}wh:")
-}
 
 /// A due delivery's body from `[body, channel, epoch, offset, type, time, data]`: the
 /// envelope an older version stored, or the one rebuilt from the event's parts (the same
@@ -196,7 +191,7 @@ impl RedisStore {
         let fields: Vec<Value> = self
             .timed(
                 redis::cmd("HMGET")
-                    .arg(format!("{}ep:{id}", prefix()))
+                    .arg(format!("{}ep:{id}", webhooks_prefix()))
                     .arg(&[
                         "url",
                         "channels",
@@ -468,7 +463,7 @@ impl RedisStore {
         loop {
             let ids = self
                 .ids(
-                    format!("{}finished", prefix()),
+                    format!("{}finished", webhooks_prefix()),
                     format!("({before_ms}"),
                     PRUNE_BATCH,
                 )
