@@ -882,4 +882,105 @@ mod tests {
         let p = hub.history(&ch("never"), Some(3), 10).await.unwrap();
         assert!(p.reset && p.events.is_empty());
     }
+
+    fn request<'a>(
+        channel: &'a ChannelName,
+        data: &'a RawValue,
+        key: Option<&'a str>,
+    ) -> Publish<'a> {
+        Publish {
+            channel,
+            event_type: "t",
+            data,
+            idempotency_key: key,
+        }
+    }
+
+    fn assigned(a: Assigned) -> Pending {
+        match a {
+            Assigned::New(pending) => pending,
+            _ => panic!("expected a new event"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_publish_waiting_for_the_writer_is_seen_by_nobody_until_released_in_order() {
+        let hub = hub(100);
+        let c = ch("a");
+        publish(&hub, &c, 1).await;
+        let (sink, mut inbox) = new_pair(16, None);
+        hub.subscribe(&c, StartFrom::Now, &sink).await.unwrap();
+        let data = RawValue::from_string("2".into()).unwrap();
+        let first = assigned(hub.assign(hub.ticket(&c).unwrap(), &request(&c, &data, None)));
+        assert_eq!(first.published().offset, 2);
+        // Later publishes queue behind it (through the writer), whatever they owe.
+        assert!(
+            hub.publish_now(&request(&c, &data, None))
+                .unwrap()
+                .is_none()
+        );
+        let second = assigned(hub.assign(hub.ticket(&c).unwrap(), &request(&c, &data, None)));
+        assert_eq!(second.published().offset, 3);
+        let page = hub.history(&c, Some(0), 10).await.unwrap();
+        assert_eq!((page.events.len(), page.next), (1, 1), "not visible yet");
+        let (late, _late_inbox) = new_pair(16, None);
+        let o = hub.subscribe(&c, StartFrom::Now, &late).await.unwrap();
+        assert_eq!(
+            o.start.offset, 1,
+            "a new subscriber starts after what is visible"
+        );
+        assert!(inbox.try_recv().is_none());
+        first.release(&hub);
+        second.release(&hub);
+        for want in [2, 3] {
+            let Received::Event(e) = inbox.recv().await else {
+                panic!("overflow")
+            };
+            assert_eq!(e.offset(), want);
+        }
+        assert_eq!(
+            publish(&hub, &c, 4).await.offset,
+            4,
+            "the writer's publishes done, the channel publishes at once again"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_withdrawn_publish_takes_back_its_offset_and_its_idempotency_key() {
+        let hub = hub(100);
+        let c = ch("a");
+        let data = RawValue::from_string("1".into()).unwrap();
+        let first = assigned(hub.assign(hub.ticket(&c).unwrap(), &request(&c, &data, Some("k"))));
+        let second = assigned(hub.assign(hub.ticket(&c).unwrap(), &request(&c, &data, None)));
+        // The transaction failed: newest first, as the writer withdraws them.
+        second.withdraw();
+        first.withdraw();
+        let again = hub
+            .publish_now(&request(&c, &data, Some("k")))
+            .unwrap()
+            .expect("nothing left in the writer");
+        assert_eq!(
+            (again.offset, again.replayed),
+            (1, false),
+            "no offset skipped, key free"
+        );
+        assert_eq!(hub.published_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_channel_with_publishes_in_the_writer_is_never_evicted() {
+        let hub = MemoryHub::new(
+            MemoryHubConfig {
+                history_size: 10,
+                history_ttl: Duration::from_millis(1),
+                max_channels: 1,
+            },
+            None,
+        );
+        let c = ch("a");
+        let ticket = hub.ticket(&c).unwrap();
+        assert_eq!(hub.sweep(), 0);
+        drop(ticket);
+        assert_eq!(hub.sweep(), 1, "idle once its ticket is gone");
+    }
 }

@@ -242,3 +242,104 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Op>, parts: &WriterParts) -> 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::value::RawValue;
+    use switchyard_protocol::ChannelName;
+    use switchyard_transports::hub::{Hub as _, Received, StartFrom, new_pair};
+
+    use super::*;
+    use crate::{
+        engine::embedded::hub::{Assigned, MemoryHubConfig},
+        hub::{Bus as _, Publish, Published},
+    };
+
+    /// A writer whose outbox refuses events of type `refused`, over an in-memory database.
+    fn writer(hub: &Arc<MemoryHub>) -> (Writer, WriterThread) {
+        let outbox: OutboxHook = Box::new(|_, event| {
+            if event.event_type() == "refused" {
+                Err(StoreError::Unavailable("injected".into()))
+            } else {
+                Ok(false)
+            }
+        });
+        let parts = WriterParts {
+            hub: Arc::clone(hub),
+            outbox,
+            outbox_ready: Arc::default(),
+            stats: Arc::default(),
+        };
+        Writer::start(Connection::open_in_memory().unwrap(), parts)
+    }
+
+    async fn publish(
+        writer: &Writer,
+        hub: &Arc<MemoryHub>,
+        channel: &ChannelName,
+        event_type: &'static str,
+    ) -> Result<Published, StoreError> {
+        let ticket = hub.ticket(channel).unwrap();
+        let (hub, channel) = (Arc::clone(hub), channel.clone());
+        writer
+            .write(move |_| {
+                let data = RawValue::from_string("{}".into()).unwrap();
+                let req = Publish {
+                    channel: &channel,
+                    event_type,
+                    data: &data,
+                    idempotency_key: None,
+                };
+                match hub.assign(ticket, &req) {
+                    Assigned::New(pending) => Ok((
+                        pending.published().clone(),
+                        vec![Appended::Publish(pending)],
+                    )),
+                    _ => unreachable!("no idempotency key"),
+                }
+            })
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_failed_operation_is_withdrawn_before_the_next_one_runs() {
+        let hub = Arc::new(MemoryHub::new(
+            MemoryHubConfig {
+                history_size: 10,
+                history_ttl: Duration::from_secs(60),
+                max_channels: 10,
+            },
+            None,
+        ));
+        let c = ChannelName::new("a").unwrap();
+        let (sink, mut inbox) = new_pair(16, None);
+        hub.subscribe(&c, StartFrom::Now, &sink).await.unwrap();
+        let (writer, thread) = writer(&hub);
+        // Sent together, they may share a transaction: each is settled on its own.
+        let (ok, refused, after) = tokio::join!(
+            publish(&writer, &hub, &c, "ok"),
+            publish(&writer, &hub, &c, "refused"),
+            publish(&writer, &hub, &c, "ok"),
+        );
+        assert!(refused.is_err(), "its deliveries could not be recorded");
+        let mut offsets = [ok.unwrap().offset, after.unwrap().offset];
+        offsets.sort_unstable();
+        assert_eq!(
+            offsets,
+            [1, 2],
+            "the refused publish's offset was taken back"
+        );
+        for want in [1, 2] {
+            let Received::Event(e) = inbox.recv().await else {
+                panic!("overflow")
+            };
+            assert_eq!((e.offset(), e.event_type()), (want, "ok"));
+        }
+        assert!(inbox.try_recv().is_none(), "nobody saw the refused event");
+        assert_eq!(hub.published_count(), 2);
+        drop(writer);
+        thread.join().unwrap();
+    }
+}
