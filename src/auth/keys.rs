@@ -83,7 +83,7 @@ impl ApiKeys {
                 digest,
                 scopes,
                 index,
-                fingerprint: hex8(&digest),
+                fingerprint: crate::ids::hex(&digest[..4]),
             });
         }
         Ok(Self { keys })
@@ -118,10 +118,6 @@ fn sha256(text: &str) -> [u8; 32] {
         .as_ref()
         .try_into()
         .expect("SHA-256 is 32 bytes")
-}
-
-fn hex8(bytes: &[u8]) -> String {
-    bytes[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Compares without an early exit.

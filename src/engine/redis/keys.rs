@@ -89,7 +89,7 @@ impl Topics {
 /// `jobs/*` channels are durable: the job store writes them (the hub refuses publishes) and
 /// their events stay until the store prunes the job, whatever `history.ttl_secs` says.
 pub(crate) fn is_durable(channel: &ChannelName) -> bool {
-    channel.as_str().starts_with("jobs/")
+    crate::jobs::channel::is_job_channel(channel.as_str())
 }
 
 /// The prefix of every webhook key (endpoints, deliveries, their indexes).
