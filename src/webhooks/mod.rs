@@ -5,6 +5,7 @@ pub mod dispatcher;
 pub mod filter;
 pub mod lanes;
 pub mod schedule;
+pub mod sender;
 pub mod ssrf;
 pub mod url_syntax;
 
