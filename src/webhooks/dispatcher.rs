@@ -534,3 +534,6 @@ impl Drop for Claim {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

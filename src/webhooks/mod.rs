@@ -7,6 +7,8 @@ pub mod lanes;
 pub mod schedule;
 pub mod sender;
 pub mod ssrf;
+#[cfg(test)]
+mod testing;
 pub mod url_syntax;
 
 use std::sync::Arc;
