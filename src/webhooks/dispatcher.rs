@@ -355,6 +355,12 @@ impl Dispatcher {
         let started = Instant::now();
         let result = self.send(&d, at_ms).await;
         let latency_ms = started.elapsed().as_millis() as i64;
+        let gone = matches!(&result, Ok((s, _)) if *s == StatusCode::GONE);
+        if gone {
+            // Before the slot is freed, which would start the endpoint's next queued
+            // delivery: the scan that sees it disabled comes only after the record.
+            self.lanes().disable(&d.endpoint_id);
+        }
         // The endpoint's slot and the overall one are free again: recording the outcome (a
         // commit) need not hold them, and concurrent records then share one fsync.
         claim.free_slot();
@@ -375,7 +381,6 @@ impl Dispatcher {
         };
         counter.fetch_add(1, Relaxed);
         self.stats.in_flight.fetch_sub(1, Relaxed);
-        let gone = matches!(&result, Ok((s, _)) if *s == StatusCode::GONE);
         let next_attempt_at_ms = if succeeded || gone {
             None
         } else {
@@ -397,6 +402,7 @@ impl Dispatcher {
         let disable_endpoint = if gone {
             Some("the endpoint answered 410 Gone".to_owned())
         } else if failing_too_long {
+            self.lanes().disable(&d.endpoint_id);
             Some(format!(
                 "failing for more than {} s",
                 self.config.disable_after_secs

@@ -361,6 +361,36 @@ async fn a_2xx_answer_ends_the_delivery() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn gone_fails_the_delivery_and_disables_the_endpoint() {
+    let mut config = config();
+    config.max_per_endpoint = 1;
+    let mut h = Harness::new(config, Reply::status(200));
+    h.endpoint("a", 1);
+    let ids = h.add_due("a", 2);
+    h.sender.script(&url("a"), [Reply::status(410)]);
+    h.start();
+
+    let o = h.outcome().await;
+    assert_eq!(o.delivery_id, ids[0]);
+    assert!(!o.succeeded);
+    assert_eq!(o.next_attempt_at_ms, None, "no retry");
+    assert_eq!(
+        o.disable_endpoint.as_deref(),
+        Some("the endpoint answered 410 Gone")
+    );
+    assert_eq!(h.store.delivery(&ids[0]), ("failed", 1, None));
+    assert!(!h.store.endpoint("a").enabled);
+    h.sent_during(HOUR).await;
+    assert_eq!(
+        h.sender.sent().len(),
+        1,
+        "nothing more is sent to it, not even a delivery queued before the answer"
+    );
+    assert_eq!(h.store.delivery(&ids[1]), ("pending", 0, Some(EPOCH_MS)));
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_attempt_without_an_answer_within_the_timeout_fails_and_frees_its_slot() {
     let mut config = config();
     config.attempt_timeout_secs = 2.0;
