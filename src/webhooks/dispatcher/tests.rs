@@ -599,6 +599,40 @@ async fn an_unannounced_delivery_is_found_by_the_idle_poll_and_counted() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_manual_retry_of_a_failed_delivery_is_one_attempt_made_at_once() {
+    let mut config = config();
+    config.retry_schedule_secs = vec![5.0];
+    let mut h = Harness::new(config, Reply::status(500));
+    h.endpoint("a", 1);
+    let id = h.add_due("a", 1).remove(0);
+    h.start();
+    h.outcome().await;
+    assert_eq!(h.outcome().await.next_attempt_at_ms, None);
+    assert_eq!(h.store.delivery(&id).0, "failed");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // As `POST .../deliveries/{id}/retry` does; the store wakes the dispatcher.
+    let asked = h.clock.now_ms();
+    h.store
+        .retry_delivery("a".into(), id.clone(), asked)
+        .await
+        .unwrap();
+    let o = h.outcome().await;
+    assert!(
+        (asked..=asked + 2).contains(&o.at_ms),
+        "at once: {}",
+        o.at_ms
+    );
+    assert_eq!(
+        h.store.delivery(&id),
+        ("failed", 3, None),
+        "failed again at once: the schedule is used up"
+    );
+    assert!(h.sent_during(HOUR).await.is_empty());
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_delivery_due_later_is_sent_when_it_falls_due_without_a_wake_up() {
     let mut h = Harness::new(config(), Reply::status(200));
     h.endpoint("a", 1);
