@@ -16,20 +16,28 @@
 //!
 //! When an attempt ends, its slot goes to the next queued delivery (endpoints take turns)
 //! without reading the outbox.
+//!
+//! # Seams
+//! The HTTP exchange goes through a [`WebhookSender`] and wall-clock time through a
+//! [`WallClock`], so the unit tests run it against a fake receiver under paused Tokio time.
 
 use std::{
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use reqwest::{StatusCode, redirect::Policy};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use switchyard_protocol::webhook::{self, WebhookSecret};
-use tokio::sync::Notify;
+// Tokio's `Instant` is std's unless time is paused (in tests), where it follows the paused
+// clock like the dispatcher's sleeps do.
+use tokio::{sync::Notify, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
     lanes::{Lanes, REFILL, SlotLimits},
-    schedule, ssrf,
+    schedule,
+    sender::{HttpSender, WebhookRequest, WebhookSender},
+    ssrf,
 };
 use crate::{
     config::WebhooksConfig,
@@ -70,13 +78,22 @@ pub struct DispatchStats {
     pub found_by_poll: std::sync::atomic::AtomicU64,
 }
 
+/// Where the dispatcher reads the wall clock, unix milliseconds: [`now_ms`] in production.
+/// Due times in the outbox are wall-clock times, so tests under paused Tokio time pass a
+/// clock that follows the paused one.
+pub type WallClock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
 /// Sends webhook deliveries.
 pub struct Dispatcher {
     /// Attempt counters.
     pub stats: Arc<DispatchStats>,
     store: Arc<dyn WebhookStore>,
     config: WebhooksConfig,
-    client: reqwest::Client,
+    /// Makes the HTTP exchange of each attempt.
+    sender: Arc<dyn WebhookSender>,
+    /// `webhooks.attempt_timeout_secs`: an attempt with no answer by then fails.
+    attempt_timeout: Duration,
+    clock: WallClock,
     /// Woken by the store when the outbox changed: scan it.
     outbox_changed: Arc<Notify>,
     /// Woken when an attempt freed its slot or recorded its outcome: start the next
@@ -137,33 +154,45 @@ impl Dispatcher {
         config: WebhooksConfig,
         outbox_changed: Arc<Notify>,
     ) -> anyhow::Result<Self> {
-        // rustls needs its crypto provider once per process; a second install is a no-op error.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let timeout = Duration::from_secs_f64(config.attempt_timeout_secs);
-        let client = reqwest::Client::builder()
-            .redirect(Policy::none())
-            // A proxy from the environment would resolve names itself, past the SSRF guard.
-            .no_proxy()
-            .dns_resolver(ssrf::resolver(config.allow_private_networks))
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .timeout(timeout)
-            .pool_max_idle_per_host(config.max_per_endpoint)
-            .user_agent(concat!("switchyard-webhooks/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let sender = Arc::new(HttpSender::new(&config)?);
+        Ok(Self::with_sender(
+            store,
+            config,
+            outbox_changed,
+            sender,
+            Arc::new(now_ms),
+        ))
+    }
+
+    /// A dispatcher that makes its attempts through `sender` and reads the time from
+    /// `clock` (tests: a fake receiver and paused time).
+    pub fn with_sender(
+        store: Arc<dyn WebhookStore>,
+        config: WebhooksConfig,
+        outbox_changed: Arc<Notify>,
+        sender: Arc<dyn WebhookSender>,
+        clock: WallClock,
+    ) -> Self {
         let limits = SlotLimits {
             overall: config.max_concurrency,
             per_endpoint: config.max_per_endpoint,
         };
-        Ok(Self {
+        Self {
             stats: Arc::default(),
+            attempt_timeout: Duration::from_secs_f64(config.attempt_timeout_secs),
             store,
             config,
-            client,
+            sender,
+            clock,
             outbox_changed,
             attempt_ended: Notify::new(),
             lanes: Mutex::default(),
             limits,
-        })
+        }
+    }
+
+    fn now_ms(&self) -> i64 {
+        (self.clock)()
     }
 
     fn lanes(&self) -> std::sync::MutexGuard<'_, Lanes> {
@@ -225,7 +254,7 @@ impl Dispatcher {
             sleep = sleep.min(spacing_left);
         }
         if let Some(wake_at) = self.lanes().wake_at() {
-            let until = Duration::from_millis(u64::try_from(wake_at - now_ms()).unwrap_or(0));
+            let until = Duration::from_millis(u64::try_from(wake_at - self.now_ms()).unwrap_or(0));
             sleep = sleep.min(until.max(spacing_left));
         }
         sleep
@@ -246,7 +275,7 @@ impl Dispatcher {
 
     /// Whether a known retry has fallen due.
     fn retry_is_due(&self) -> bool {
-        self.lanes().wake_at().is_some_and(|at| at <= now_ms())
+        self.lanes().wake_at().is_some_and(|at| at <= self.now_ms())
     }
 
     /// Scans the outbox when asked (`scan`), then starts what can start and refills the
@@ -263,7 +292,7 @@ impl Dispatcher {
         if let Some(timer) = scan {
             let started = Instant::now();
             self.lanes().scan_started();
-            let heads = self.store.outbox_heads(now_ms()).await;
+            let heads = self.store.outbox_heads(self.now_ms()).await;
             timer.scanned(started, heads.as_ref().map_or(0, Vec::len));
             let news = self.lanes().scanned(heads?);
             self.stats.scans.fetch_add(1, Relaxed);
@@ -278,7 +307,12 @@ impl Dispatcher {
             };
             let due = self
                 .store
-                .due_for(refill.endpoint_id.clone(), now_ms(), REFILL, refill.skip)
+                .due_for(
+                    refill.endpoint_id.clone(),
+                    self.now_ms(),
+                    REFILL,
+                    refill.skip,
+                )
                 .await?;
             self.stats.refills.fetch_add(1, Relaxed);
             if !due.is_empty() && unannounced.remove(&refill.endpoint_id) {
@@ -317,10 +351,16 @@ impl Dispatcher {
     async fn attempt(self: Arc<Self>, d: DueDelivery, mut claim: Claim) {
         use std::sync::atomic::Ordering::Relaxed;
         self.stats.in_flight.fetch_add(1, Relaxed);
-        let at_ms = now_ms();
+        let at_ms = self.now_ms();
         let started = Instant::now();
         let result = self.send(&d, at_ms).await;
         let latency_ms = started.elapsed().as_millis() as i64;
+        let gone = matches!(&result, Ok((s, _)) if *s == StatusCode::GONE);
+        if gone {
+            // Before the slot is freed, which would start the endpoint's next queued
+            // delivery: the scan that sees it disabled comes only after the record.
+            self.lanes().disable(&d.endpoint_id);
+        }
         // The endpoint's slot and the overall one are free again: recording the outcome (a
         // commit) need not hold them, and concurrent records then share one fsync.
         claim.free_slot();
@@ -341,7 +381,6 @@ impl Dispatcher {
         };
         counter.fetch_add(1, Relaxed);
         self.stats.in_flight.fetch_sub(1, Relaxed);
-        let gone = matches!(&result, Ok((s, _)) if *s == StatusCode::GONE);
         let next_attempt_at_ms = if succeeded || gone {
             None
         } else {
@@ -363,6 +402,7 @@ impl Dispatcher {
         let disable_endpoint = if gone {
             Some("the endpoint answered 410 Gone".to_owned())
         } else if failing_too_long {
+            self.lanes().disable(&d.endpoint_id);
             Some(format!(
                 "failing for more than {} s",
                 self.config.disable_after_secs
@@ -404,12 +444,13 @@ impl Dispatcher {
     }
 
     /// One signed POST: the status and any `Retry-After` (on 429/503), or why it failed.
+    /// Bounded by `attempt_timeout_secs`, connecting included.
     async fn send(
         &self,
         d: &DueDelivery,
         at_ms: i64,
     ) -> Result<(StatusCode, Option<Duration>), String> {
-        ssrf::check_url(&d.url, self.config.allow_private_networks)?;
+        let url = ssrf::check_url(&d.url, self.config.allow_private_networks)?;
         let secret =
             WebhookSecret::parse(&d.secret).map_err(|e| format!("bad endpoint secret: {e}"))?;
         let previous = d
@@ -424,26 +465,36 @@ impl Dispatcher {
         secrets.extend(previous.as_ref());
         let timestamp = at_ms / 1000;
         let signature = webhook::signature_header(&secrets, &d.id, timestamp, &d.body);
-        let response = self
-            .client
-            .post(&d.url)
-            .header("content-type", "application/json")
-            .header("webhook-id", &d.id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .body(d.body.clone())
-            .send()
+        let value =
+            |text: &str| HeaderValue::from_str(text).map_err(|e| format!("request failed: {e}"));
+        let mut headers = HeaderMap::with_capacity(4);
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(webhook::HEADER_WEBHOOK_ID, value(&d.id)?);
+        headers.insert(
+            webhook::HEADER_WEBHOOK_TIMESTAMP,
+            value(&timestamp.to_string())?,
+        );
+        headers.insert(webhook::HEADER_WEBHOOK_SIGNATURE, value(&signature)?);
+        let request = WebhookRequest {
+            url,
+            headers,
+            body: d.body.clone(),
+        };
+        let response = tokio::time::timeout(self.attempt_timeout, self.sender.send(request))
             .await
-            .map_err(describe)?;
-        let status = response.status();
+            .map_err(|_| "timed out".to_owned())??;
+        let status = response.status;
         let retry_after = matches!(
             status,
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
         )
         .then(|| {
             response
-                .headers()
-                .get("retry-after")?
+                .headers
+                .get(header::RETRY_AFTER)?
                 .to_str()
                 .ok()
                 .and_then(schedule::parse_retry_after)
@@ -490,24 +541,5 @@ impl Drop for Claim {
     }
 }
 
-/// A readable reason for a failed request, including the SSRF guard's refusal.
-fn describe(e: reqwest::Error) -> String {
-    let mut text = if e.is_timeout() {
-        "timed out".to_owned()
-    } else if e.is_connect() {
-        "cannot connect".to_owned()
-    } else {
-        "request failed".to_owned()
-    };
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if s_text.contains(ssrf::REFUSED) {
-            return ssrf::REFUSED.to_owned();
-        }
-        text.push_str(": ");
-        text.push_str(&s_text);
-        source = s.source();
-    }
-    text
-}
+#[cfg(test)]
+mod tests;

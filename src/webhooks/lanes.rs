@@ -286,6 +286,19 @@ impl Lanes {
         None
     }
 
+    /// The dispatcher is disabling `endpoint_id` (410 Gone, or failing too long): its
+    /// queued copies are dropped and none of its deliveries is started or read any more,
+    /// without waiting for a scan to see it disabled. Attempts in flight run their course.
+    /// A scan that still finds it enabled (the store could not record the change) turns it
+    /// back on.
+    pub fn disable(&mut self, endpoint_id: &str) {
+        if let Some(lane) = self.by_endpoint.get_mut(endpoint_id) {
+            self.totals.drop_queue(lane);
+            lane.enabled = false;
+            lane.backlog = false;
+        }
+    }
+
     /// An attempt's HTTP exchange is over: its endpoint's slot and the overall one are free.
     pub fn slot_freed(&mut self, endpoint_id: &str, limits: SlotLimits) {
         self.totals.sending -= 1;
@@ -526,6 +539,65 @@ mod tests {
         assert_eq!(lanes.queued(), 0);
         let refill = lanes.next_refill(LIMITS).map(|r| r.endpoint_id);
         assert_eq!(refill.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn a_lane_the_dispatcher_disables_starts_and_reads_nothing_more() {
+        let limits = SlotLimits {
+            overall: 1,
+            per_endpoint: 1,
+        };
+        let mut lanes = Lanes::default();
+        lanes.scanned(vec![head("a", true), head("b", true)]);
+        // A full refill: more of a's may wait in the outbox.
+        lanes.refilled("a", deliveries("a", 0..REFILL), REFILL, limits);
+        lanes.refilled("b", deliveries("b", 0..3), REFILL, limits);
+        let first = lanes.next_start(limits).unwrap();
+        assert_eq!(first.endpoint_id, "a", "queued first, first turn");
+        // Disabled before its slot is freed (410 Gone): the slot goes elsewhere.
+        lanes.disable("a");
+        lanes.slot_freed("a", limits);
+        let next = lanes.next_start(limits).unwrap();
+        assert_eq!(next.endpoint_id, "b");
+        lanes.slot_freed("b", limits);
+        assert_eq!(lanes.queued(), 2, "a's queued copies are gone");
+        assert_eq!(lanes.next_refill(limits), None, "a is not read again");
+        // The store could not record it: a scan that still finds it enabled turns it back on.
+        lanes.outcome_recorded("a", &first.id, None);
+        lanes.scanned(vec![head("a", true), head("b", true)]);
+        let r = lanes.next_refill(limits).expect("read again");
+        assert_eq!(r.endpoint_id, "a");
+    }
+
+    #[test]
+    fn the_wake_up_time_is_the_earliest_retry_known() {
+        let mut lanes = Lanes::default();
+        let mut a = head("a", false);
+        a.next_due_ms = Some(9_000);
+        let mut b = head("b", false);
+        b.next_due_ms = Some(7_000);
+        lanes.scanned(vec![a.clone(), b]);
+        assert_eq!(
+            lanes.wake_at(),
+            Some(7_000),
+            "the earliest over all endpoints"
+        );
+        lanes.outcome_recorded("a", "x", Some(8_000));
+        assert_eq!(
+            lanes.wake_at(),
+            Some(7_000),
+            "a later retry changes nothing"
+        );
+        lanes.outcome_recorded("a", "y", Some(5_000));
+        assert_eq!(lanes.wake_at(), Some(5_000), "an earlier one does");
+        // A scan replaces it with what the outbox says now (the 5 s retry may be done).
+        lanes.scan_started();
+        assert_eq!(lanes.wake_at(), None);
+        lanes.scanned(vec![a]);
+        assert_eq!(lanes.wake_at(), Some(9_000));
+        lanes.scan_started();
+        lanes.scanned(vec![head("a", false)]);
+        assert_eq!(lanes.wake_at(), None, "nothing to wake for");
     }
 
     #[test]

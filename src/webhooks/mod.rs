@@ -5,7 +5,10 @@ pub mod dispatcher;
 pub mod filter;
 pub mod lanes;
 pub mod schedule;
+pub mod sender;
 pub mod ssrf;
+#[cfg(test)]
+mod testing;
 pub mod url_syntax;
 
 use std::sync::Arc;

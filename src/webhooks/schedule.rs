@@ -59,6 +59,20 @@ mod tests {
     }
 
     #[test]
+    fn the_default_schedule_is_eight_attempts_over_about_27_6_hours() {
+        // docs/webhooks.md, "The retry schedule".
+        let schedule = crate::config::Config::default()
+            .webhooks
+            .retry_schedule_secs;
+        let delays: Vec<_> = (1..)
+            .map_while(|attempts| next_delay(&schedule, attempts, None, 0.5))
+            .collect();
+        assert_eq!(delays.len() + 1, 8, "attempts");
+        let hours = delays.iter().sum::<Duration>().as_secs_f64() / 3600.0;
+        assert!((27.55..27.65).contains(&hours), "{hours} h");
+    }
+
+    #[test]
     fn retry_after_replaces_the_delay_within_bounds() {
         let schedule = [5.0, 300.0];
         assert_eq!(
@@ -72,6 +86,11 @@ mod tests {
         assert_eq!(
             next_delay(&schedule, 2, Some(Duration::from_secs(60)), 0.3),
             Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            next_delay(&schedule, 3, Some(Duration::from_secs(60)), 0.3),
+            None,
+            "it changes a delay, not the number of attempts"
         );
         assert_eq!(parse_retry_after(" 120 "), Some(Duration::from_secs(120)));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
