@@ -15,6 +15,8 @@ use crate::{
     ids,
     store::{Claimed, JobRecord, JobStatus, NewJob, Report, Store, StoreError, Submitted},
     time::now_ms,
+    // The dispatcher's clock seam, shared rather than written twice.
+    webhooks::dispatcher::WallClock,
 };
 use channel::job_channel;
 
@@ -31,6 +33,8 @@ pub struct Jobs {
     claimable: Arc<Notify>,
     /// Bounds payload bytes held in memory by submits in progress.
     inflight: Arc<Semaphore>,
+    /// Where `now_ms` arguments to the store come from: [`now_ms`] in production.
+    clock: WallClock,
 }
 
 /// FNV-1a: a stable hash of a request (std's hasher may change between Rust versions, and
@@ -53,6 +57,18 @@ impl Jobs {
         config: JobsConfig,
         claimable: Arc<Notify>,
     ) -> Self {
+        Self::with_clock(store, hub, config, claimable, Arc::new(now_ms))
+    }
+
+    /// [`Self::new`], reading the wall clock (the `now_ms` it gives the store) from `clock`
+    /// (tests: a clock that follows paused Tokio time).
+    pub fn with_clock(
+        store: Arc<dyn Store>,
+        hub: Arc<dyn Hub>,
+        config: JobsConfig,
+        claimable: Arc<Notify>,
+        clock: WallClock,
+    ) -> Self {
         let inflight = Arc::new(Semaphore::new(config.max_inflight_bytes));
         Self {
             store,
@@ -60,7 +76,12 @@ impl Jobs {
             config,
             claimable,
             inflight,
+            clock,
         }
+    }
+
+    fn now_ms(&self) -> i64 {
+        (self.clock)()
     }
 
     /// The configuration.
@@ -87,11 +108,11 @@ impl Jobs {
         let submitted = self
             .store
             .submit(NewJob {
-                id: ids::job_id(now_ms()),
+                id: ids::job_id(self.now_ms()),
                 payload,
                 idempotency,
                 max_attempts: self.config.max_attempts,
-                now_ms: now_ms(),
+                now_ms: self.now_ms(),
             })
             .await?;
         if !submitted.replayed {
@@ -118,7 +139,7 @@ impl Jobs {
             let notified = self.claimable.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(claimed) = self.store.claim(lease_ms, now_ms()).await? {
+            if let Some(claimed) = self.store.claim(lease_ms, self.now_ms()).await? {
                 return Ok(Some(claimed));
             }
             tokio::select! {
@@ -136,7 +157,7 @@ impl Jobs {
         lease: String,
         report: Report,
     ) -> Result<JobRecord, StoreError> {
-        let job = self.store.report(id, lease, report, now_ms()).await?;
+        let job = self.store.report(id, lease, report, self.now_ms()).await?;
         if job.status == JobStatus::Queued {
             self.claimable.notify_waiters();
         }
@@ -145,7 +166,7 @@ impl Jobs {
 
     /// Cancels a queued or running job.
     pub async fn cancel(&self, id: String) -> Result<JobRecord, StoreError> {
-        self.store.cancel(id, now_ms()).await
+        self.store.cancel(id, self.now_ms()).await
     }
 
     /// Reads a job, first waiting up to `wait` for its status to change (progress reports
@@ -202,7 +223,7 @@ impl Jobs {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = tick.tick() => match self.store.expire_leases(now_ms()).await {
+                _ = tick.tick() => match self.store.expire_leases(self.now_ms()).await {
                     Ok(0) => {}
                     Ok(_) => self.claimable.notify_waiters(),
                     Err(e) => tracing::warn!(error = %e, "cannot expire job leases"),
@@ -219,6 +240,24 @@ pub async fn prune_periodically(
     delivery_retention: Duration,
     shutdown: CancellationToken,
 ) {
+    prune_on_clock(
+        store,
+        job_retention,
+        delivery_retention,
+        Arc::new(now_ms),
+        shutdown,
+    )
+    .await;
+}
+
+/// [`prune_periodically`], with cut-offs taken from `clock` (tests: paused Tokio time).
+async fn prune_on_clock(
+    store: Arc<dyn Store>,
+    job_retention: Duration,
+    delivery_retention: Duration,
+    clock: WallClock,
+    shutdown: CancellationToken,
+) {
     // Often enough that nothing outlives its retention by much, at most once a minute.
     let every = (job_retention.min(delivery_retention) / 2)
         .clamp(Duration::from_millis(200), Duration::from_secs(60));
@@ -227,7 +266,7 @@ pub async fn prune_periodically(
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {
-                let now = now_ms();
+                let now = clock();
                 let before = |d: Duration| now - d.as_millis() as i64;
                 match store.prune(before(job_retention), before(delivery_retention)).await {
                     Ok((0, 0)) => {}
