@@ -2,6 +2,8 @@
 //! [`Store`], plus the lease sweeper and waiting for a job's next status change.
 
 pub mod channel;
+#[cfg(test)]
+mod testing;
 
 use std::{sync::Arc, time::Duration};
 
@@ -291,13 +293,4 @@ impl Drop for Unsubscribe<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_hash_is_stable() {
-        assert_eq!(request_hash(b"{}"), request_hash(b"{}"));
-        assert_ne!(request_hash(b"{}"), request_hash(b"[]"));
-        assert_eq!(request_hash(b""), 0xcbf2_9ce4_8422_2325_u64 as i64);
-    }
-}
+mod tests;
