@@ -214,7 +214,9 @@ impl Jobs {
         };
         tokio::select! {
             () = changed => self.get(id).await,
-            () = tokio::time::sleep(wait) => Ok(Some(job)),
+            // Read again, to answer with the job as it now is: progress reports may have
+            // moved its `updated_at`.
+            () = tokio::time::sleep(wait) => self.get(id).await,
             () = shutdown.cancelled() => Ok(Some(job)),
         }
     }

@@ -164,6 +164,9 @@ async fn with_no_change_it_answers_at_its_wait_with_the_job_as_it_then_is() {
     assert_eq!(at, WAIT);
     let job = job.expect("a stored job");
     assert_eq!(job.status, JobStatus::Running);
+    // docs/jobs.md: "answers with the job as it then is"; `updated_at` moves with every
+    // progress report.
+    assert_eq!(job.updated_at_ms, Harness::wall_ms(secs(2)));
     h.assert_unsubscribed(&id);
 }
 
