@@ -1,7 +1,15 @@
 //! Wall-clock time as the gateway records it (unix milliseconds) and shows it (RFC 3339 UTC
 //! with milliseconds, as envelopes and the REST API carry it).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+/// Where a service reads the wall clock, unix milliseconds: [`now_ms`] in production. Due
+/// times (webhook retries, job leases) are wall-clock times, so tests under paused Tokio time
+/// pass a clock that follows the paused one.
+pub type WallClock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
 /// Unix milliseconds now (0 if the clock is before 1970).
 pub fn now_ms() -> i64 {

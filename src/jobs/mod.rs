@@ -16,9 +16,9 @@ use crate::{
     config::JobsConfig,
     ids,
     store::{Claimed, JobRecord, JobStatus, NewJob, Report, Store, StoreError, Submitted},
-    time::now_ms,
     // The dispatcher's clock seam, shared rather than written twice.
-    webhooks::dispatcher::WallClock,
+    time::WallClock,
+    time::now_ms,
 };
 use channel::job_channel;
 

@@ -25,7 +25,7 @@ use crate::{
         testing::{FakeStore, SpyHub},
     },
     store::Claimed,
-    webhooks::dispatcher::WallClock,
+    time::WallClock,
 };
 
 /// Unix ms when a test starts.

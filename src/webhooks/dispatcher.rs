@@ -19,7 +19,7 @@
 //!
 //! # Seams
 //! The HTTP exchange goes through a [`WebhookSender`] and wall-clock time through a
-//! [`WallClock`], so the unit tests run it against a fake receiver under paused Tokio time.
+//! [`crate::time::WallClock`], so the unit tests run it against a fake receiver under paused Tokio time.
 
 use std::{
     sync::{Arc, Mutex},
@@ -42,7 +42,7 @@ use super::{
 use crate::{
     config::WebhooksConfig,
     store::{AttemptOutcome, DueDelivery, StoreError, WebhookStore},
-    time::now_ms,
+    time::{WallClock, now_ms},
 };
 
 /// Longest time between scans of the outbox. Nothing should depend on it: every change of
@@ -77,11 +77,6 @@ pub struct DispatchStats {
     /// wake-up that went missing. Should stay 0.
     pub found_by_poll: std::sync::atomic::AtomicU64,
 }
-
-/// Where the dispatcher reads the wall clock, unix milliseconds: [`now_ms`] in production.
-/// Due times in the outbox are wall-clock times, so tests under paused Tokio time pass a
-/// clock that follows the paused one.
-pub type WallClock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
 /// Sends webhook deliveries.
 pub struct Dispatcher {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::webhooks::dispatcher::WallClock;
+use crate::time::WallClock;
 
 /// Unix ms at a test's start: fixed, so timestamps and signatures are the same every run.
 pub(crate) const EPOCH_MS: i64 = 1_700_000_000_000;
