@@ -11,6 +11,14 @@
 //! Each engine offers the same contracts ([`crate::hub::Bus`], [`crate::store::Store`],
 //! [`crate::store::WebhookStore`]), and [`Engine`] adds what the server needs of either:
 //! wake-ups, readiness, metrics, background tasks and closing.
+//!
+//! # One path for every event
+//! Whatever produced it (a publish, a job operation), an engine appends an event and records
+//! the webhook deliveries it owes in one atomic step: one SQLite transaction (see
+//! [`embedded::writer`]), or one Lua script (see the `scripts` module of [`redis`]). So a
+//! publish answered `2xx` has its deliveries recorded, and one answered `5xx` reached no
+//! consumer and took no offset. Fan-out to live consumers follows the append. The dispatcher
+//! ([`crate::webhooks::dispatcher`]) then only reads the outbox.
 
 pub mod embedded;
 pub mod redis;

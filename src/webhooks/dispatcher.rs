@@ -8,7 +8,7 @@
 //! - a **scan** ([`WebhookStore::outbox_heads`]: two index seeks per enabled endpoint) says
 //!   which endpoints have due deliveries and when the next retry falls due. It runs when the
 //!   store says the outbox changed (deliveries recorded, a manual retry, an endpoint
-//!   changed), when a known retry falls due, and at least every [`IDLE_POLL`] as a safety
+//!   changed), when a known retry falls due, and at least every `IDLE_POLL` (1 s) as a safety
 //!   net;
 //! - a **refill** ([`WebhookStore::due_for`]) reads one endpoint's next due deliveries from
 //!   that endpoint's own index range, only when the endpoint could use more (see
@@ -73,7 +73,7 @@ pub struct DispatchStats {
     pub scans: std::sync::atomic::AtomicU64,
     /// Refills of an endpoint's lane (outbox reads of due deliveries).
     pub refills: std::sync::atomic::AtomicU64,
-    /// Deliveries first found by a scan that only the [`IDLE_POLL`] safety net started: a
+    /// Deliveries first found by a scan that only the `IDLE_POLL` safety net started: a
     /// wake-up that went missing. Should stay 0.
     pub found_by_poll: std::sync::atomic::AtomicU64,
 }

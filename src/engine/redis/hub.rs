@@ -1,21 +1,19 @@
 //! The Redis hub: channel history, offsets, epochs and idempotency keys live in Redis, and
 //! Redis pub/sub carries new events to every gateway node that has subscribers for them, so
-//! N nodes behind a load balancer serve the same channels (`engine = "redis://..."`, assembled
-//! by [`crate::engine`]).
+//! N nodes behind a load balancer serve the same channels.
 //!
-//! # Layout
-//! - [`keys`]: key and topic names (`sy:{channel}:h`, `:meta`, `:idem:{key}`, `:live`).
-//! - [`scripts`]: the append script (offset, idempotency, history, trim, publish in one
-//!   atomic step) and the read script (resolve a position, return the events after it).
-//! - [`wire`]: an event's parts as stored and published, and the rebuilt shared `Event`.
-//! - [`local`]: this node's subscribers per channel and the gap-free history → live handover.
-//! - [`listener`]: the node's one pub/sub connection, reconnection and catch-up.
+//! It works with the engine's other modules: `keys` (key and topic names), `channel_scripts`
+//! (the append script: offset, idempotency, history, trim, webhook deliveries and publish in
+//! one atomic step; the read script: resolve a position, return the events after it), `wire`
+//! (an event's parts as stored and published, and the rebuilt shared `Event`), `local` (this
+//! node's subscribers per channel and the gap-free history → live handover) and `listener`
+//! (the node's one pub/sub connection, reconnection and catch-up).
 //!
-//! Semantics follow [`super::MemoryHub`]: the same offsets from 1, the same `reset` rules,
-//! the same idempotency answers, whichever node is asked. `jobs/*` channels are written by
-//! the Redis job store ([`crate::store::redis`]) in the same layout; the hub serves them
-//! like the memory hub serves the embedded store's durable channels (never trimmed by age,
-//! the latest `history.size` events replayable).
+//! Semantics follow the embedded engine's hub: the same offsets from 1, the same `reset`
+//! rules, the same idempotency answers, whichever node is asked. `jobs/*` channels are
+//! written by the job scripts in the same layout; the hub serves them like the embedded hub
+//! serves the SQLite store's job channels (never trimmed by age, the latest `history.size`
+//! events replayable).
 
 use std::{
     sync::{
@@ -95,7 +93,7 @@ impl RedisHubConfig {
     }
 }
 
-/// Cross-node wake-ups carried on the [`Topics::signals`] topic, which the store's scripts
+/// Cross-node wake-ups carried on the signals topic (`Topics::signals`), which the store's scripts
 /// publish to: a submit or requeue on any node wakes claims waiting on every node, and new
 /// due deliveries (or an endpoint change) wake every node's dispatcher. After the pub/sub
 /// connection is (re)established both fire, since signals may have been missed meanwhile.

@@ -23,7 +23,7 @@ fn redis_key() -> String {
 impl RedisStore {
     /// The key job tokens are signed with, shared by every node: created by the first node
     /// that asks (32 random bytes, hex), read by the others. Keep it with
-    /// [`keep_job_token_key`].
+    /// `keep_job_token_key`.
     ///
     /// # Errors
     /// When Redis cannot be reached or holds something else under the key.
