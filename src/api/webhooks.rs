@@ -64,6 +64,7 @@ fn view(e: &EndpointRecord, with_secret: bool) -> EndpointView<'_> {
 fn fail(e: WebhookError, what: &str) -> Reply {
     match e {
         WebhookError::Invalid(why) => error(ErrorCode::InvalidRequest, why),
+        WebhookError::Url(refused) => error(ErrorCode::InvalidRequest, refused.to_string()),
         WebhookError::Store(e) => store_fail(e, what),
     }
 }

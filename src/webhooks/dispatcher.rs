@@ -409,7 +409,7 @@ impl Dispatcher {
         d: &DueDelivery,
         at_ms: i64,
     ) -> Result<(StatusCode, Option<Duration>), String> {
-        ssrf::check_url(&d.url, self.config.allow_private_networks)?;
+        ssrf::check_url(&d.url, self.config.allow_private_networks).map_err(|e| e.to_string())?;
         let secret =
             WebhookSecret::parse(&d.secret).map_err(|e| format!("bad endpoint secret: {e}"))?;
         let previous = d
@@ -499,14 +499,13 @@ fn describe(e: reqwest::Error) -> String {
     } else {
         "request failed".to_owned()
     };
+    if ssrf::is_refusal(&e) {
+        return ssrf::LookupError::Refused.to_string();
+    }
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
-        let s_text = s.to_string();
-        if s_text.contains(ssrf::REFUSED) {
-            return ssrf::REFUSED.to_owned();
-        }
         text.push_str(": ");
-        text.push_str(&s_text);
+        text.push_str(&s.to_string());
         source = s.source();
     }
     text
