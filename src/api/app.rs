@@ -19,11 +19,15 @@
 //!
 //! Not here, on purpose: CORS is route-aware and lives in the router (see
 //! [`super::cors`]); only the built-in files are compressed, once each
-//! ([`super::static_asset`]), since compressing event streams per request would delay
-//! their frames and API answers are small; and there is no request timeout layer, since
-//! every wait a handler makes is bounded already (body reads by
-//! `limits.body_read_timeout_secs`, holds by their 60 s caps, engine calls by the engine)
-//! while a fixed deadline above them all could still cut a slow but legitimate upload.
+//! ([`super::static_asset`]): compressing event streams would hold back their frames, and
+//! per-request compression of API answers (mostly small; a history page is the exception)
+//! would leave a `HEAD` unable to tell the `GET`'s `Content-Encoding` and `Content-Length`;
+//! and there is no request timeout layer. The long waits are
+//! legitimate and bounded where a bound exists (a long-poll or `?wait=` hold by its 60 s
+//! cap, a body read by `limits.body_read_timeout_secs`); the others have none a constant
+//! could know (a large submit waiting for memory room under load, a body timeout configured
+//! above it), and tower-http's timeout would cut them with a bodiless answer instead of our
+//! JSON error.
 
 use std::sync::Arc;
 

@@ -377,4 +377,22 @@ mod tests {
         assert_eq!(s, 401);
         assert!(h.contains_key(header::WWW_AUTHENTICATE));
     }
+
+    #[tokio::test]
+    async fn internal_faults_are_logged_with_the_request_id_and_client_faults_are_not() {
+        let log = crate::api::testing::CapturedLog::default();
+        let _guard = log.install(tracing::Level::INFO);
+        let id = HeaderValue::from_static("req-fault-1");
+        ApiError::from(StoreError::Unavailable("disk full at /var/x".into()))
+            .for_request(Some(&id))
+            .into_response();
+        let text = log.text();
+        assert!(text.contains("ERROR"), "{text}");
+        assert!(text.contains("request_id=\"req-fault-1\""), "{text}");
+        assert!(text.contains("disk full at /var/x"), "the cause: {text}");
+        ApiError::from(StoreError::NotFound)
+            .for_request(Some(&id))
+            .into_response();
+        assert_eq!(log.text(), text, "a client fault logged something");
+    }
 }

@@ -1,7 +1,11 @@
 //! For unit tests of the API: a gateway state on the embedded engine in a temporary
-//! directory ([`TestApp`]), and one request through [`super::app`] without a socket.
+//! directory ([`TestApp`]), one request through [`super::app`] without a socket, and the
+//! log lines written meanwhile ([`CapturedLog`]).
 
-use std::sync::Arc;
+use std::{
+    io::Write,
+    sync::{Arc, Mutex},
+};
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
@@ -101,5 +105,46 @@ impl TestApp {
             .oneshot(req)
             .await
             .expect("the app never fails")
+    }
+}
+
+/// Log output kept in memory, for tests that check what is (not) logged.
+#[derive(Clone, Default)]
+pub(crate) struct CapturedLog(Arc<Mutex<Vec<u8>>>);
+
+impl CapturedLog {
+    /// Logs at `level` and above into this buffer until the guard is dropped (on this
+    /// thread: `#[tokio::test]` runs on one).
+    pub(crate) fn install(&self, level: tracing::Level) -> tracing::subscriber::DefaultGuard {
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(self.clone())
+            .with_max_level(level)
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    /// What was logged so far.
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).expect("log lines are UTF-8")
+    }
+}
+
+impl Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLog {
+    type Writer = Self;
+
+    fn make_writer(&'a self) -> Self {
+        self.clone()
     }
 }

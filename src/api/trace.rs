@@ -76,53 +76,14 @@ fn answered(res: &Reply, latency: Duration, span: &Span) {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        io::Write,
-        sync::{Arc, Mutex},
-    };
-
-    use tracing_subscriber::fmt::MakeWriter;
-
-    use crate::api::testing::TestApp;
-
-    /// Log output kept in memory.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Captured {
-        type Writer = Self;
-
-        fn make_writer(&'a self) -> Self {
-            self.clone()
-        }
-    }
-
-    fn logged(captured: &Captured) -> String {
-        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
-    }
+    use crate::api::testing::{CapturedLog, TestApp};
 
     #[tokio::test]
     async fn one_debug_line_per_request_names_its_id_without_the_query_or_credentials() {
         let app = TestApp::new(|_| {}).await;
-        let captured = Captured::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(captured.clone())
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .finish();
+        let log = CapturedLog::default();
         // The test runs on one thread (current-thread runtime): the guard covers it all.
-        let guard = tracing::subscriber::set_default(subscriber);
+        let guard = log.install(tracing::Level::DEBUG);
         let res = app
             .call(
                 "GET",
@@ -135,11 +96,11 @@ mod tests {
             )
             .await;
         assert_eq!(res.status, 200);
-        let log = logged(&captured);
-        let line = log
+        let text = log.text();
+        let line = text
             .lines()
             .find(|l| l.contains("answered"))
-            .unwrap_or_else(|| panic!("no `answered` line:\n{log}"));
+            .unwrap_or_else(|| panic!("no `answered` line:\n{text}"));
         for part in [
             "DEBUG",
             "request_id=trace-probe-7",
@@ -150,19 +111,15 @@ mod tests {
             assert!(line.contains(part), "{part} missing: {line}");
         }
         assert!(
-            !log.contains("secret-in"),
-            "a credential was logged:\n{log}"
+            !text.contains("secret-in"),
+            "a credential was logged:\n{text}"
         );
 
         // At `info`, nothing per request.
         drop(guard);
-        let quiet = Captured::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(quiet.clone())
-            .with_max_level(tracing::Level::INFO)
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let quiet = CapturedLog::default();
+        let _guard = quiet.install(tracing::Level::INFO);
         app.call("GET", "/healthz", &[], "").await;
-        assert_eq!(logged(&quiet), "");
+        assert_eq!(quiet.text(), "");
     }
 }
