@@ -10,15 +10,19 @@ these parameters still reaches the server as generated.
    a request for up to 60 s, which is what the spec says; sending 60 would cost a minute per
    example. A valid hold is capped at `HOLD_CAP_SECS` (the server then answers exactly as it
    would after a longer hold with nothing new). The server runs with
-   `poll.default_timeout_secs = 0` for the same reason when `timeout` is absent.
+   `poll.default_timeout_secs = 0` for the same reason when `timeout` is absent. Their `HEAD`
+   never holds, so its values are sent as generated.
 2. Cursors. A cursor is opaque: the server accepts only cursors it issued, which a pattern
    cannot express, so a well-formed cursor the server never issued (a generated one) is
-   replaced by a real one. Cursors from earlier answers (links from publish and poll) are
-   kept, and malformed ones are sent as generated and must get `400`.
-3. Consumer requests need a channel or a cursor, and name at most 64 distinct channels
-   (`consumers.max_channels_per_request`, counted after splitting comma-separated values and
-   removing duplicates); the spec can only say so in words. A request with neither gets the
-   real cursor too, and well-formed channel lists are cut down to 64 distinct names.
+   replaced by a real one, in `cursor=` and in the `Last-Event-ID` header of `/v1/sse` (read
+   as one more cursor; fuzzed since `HEAD /v1/sse` answers at once). Cursors from earlier
+   answers (links from publish and poll) are kept, and malformed ones are sent as generated
+   and must get `400`.
+3. Consumer requests (GET, and the HEAD that is checked like it) need a channel or a
+   cursor, and name at most 64 distinct channels (`consumers.max_channels_per_request`,
+   counted after splitting comma-separated values and removing duplicates); the spec can
+   only say so in words. A request with neither gets the real cursor too, and well-formed
+   channel lists are cut down to 64 distinct names.
 4. `DELETE /v1/jobs/{id}` cancels a job, and the job stays readable (status `canceled`): the
    API contract says so. schemathesis's `use_after_free` check expects every DELETE to make its
    resource 404; that one failure is dropped for job cancels only (schemathesis reports the
@@ -134,13 +138,16 @@ def before_call(context, case, kwargs):
     if (method, path) == ("POST", "/v1/jobs/claim") and isinstance(case.body, dict):
         cap(case.body, "wait_ms", 60000, int(HOLD_CAP_SECS * 1000))
 
-    if method == "GET" and path in CONSUMER_PATHS:
+    if method in ("GET", "HEAD") and path in CONSUMER_PATHS:
         if case.query is None:
             case.query = {}
             query = case.query
         cursors = as_list(query.get("cursor"))
         if any(forged(c) for c in cursors):
             query["cursor"] = [real_cursor() if forged(c) else c for c in cursors]
+        for name, value in list((case.headers or {}).items()):
+            if name.lower() == "last-event-id" and forged(value):
+                case.headers[name] = real_cursor()
         values = as_list(query.get("channel"))
         if values and all(isinstance(v, str) and CHANNELS.match(v) for v in values):
             query["channel"] = at_most_distinct(values, MAX_CHANNELS)

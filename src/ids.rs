@@ -1,5 +1,6 @@
 //! Every identifier the gateway makes: job ids, webhook endpoint and delivery ids, lease and
-//! node tokens, and history epochs, all from the OS random source.
+//! node tokens, and history epochs, all from the OS random source; and request ids, which
+//! need to be unique, not unguessable.
 //!
 //! Ids that name rows (jobs, deliveries) start with 12 hex digits of the time in
 //! milliseconds: they are unguessable (the random part) and sort by creation, so a store's
@@ -66,6 +67,17 @@ pub fn token() -> String {
     hex(&random_bytes::<16>())
 }
 
+/// A request id (`x-request-id`) for a request that came without one: 32 lowercase hex
+/// digits, 64 random bits drawn once per process (ids of several nodes do not collide)
+/// then a 64-bit counter, so making one costs no system call.
+pub fn request_id() -> String {
+    static PROCESS: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| hex(&random_bytes::<8>()));
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}{n:016x}", *PROCESS)
+}
+
 /// A random epoch for a channel history that starts now (53 bits: cursors stay short, and
 /// that is plenty to tell incarnations apart).
 pub fn epoch() -> u64 {
@@ -96,6 +108,9 @@ mod tests {
         let d = delivery_id(0x0123_4567_89ab);
         assert_eq!(&d[..16], "msg_0123456789ab");
         assert_eq!(d.len(), 4 + 12 + 20);
+        let (r1, r2) = (request_id(), request_id());
+        assert!(r1.len() == 32 && r1 != r2, "{r1} {r2}");
+        assert_eq!(r1[..16], r2[..16], "one process prefix");
         let e = endpoint_id();
         assert!(e.starts_with("ep_") && e.len() == 3 + 24, "{e}");
         assert_eq!(token().len(), 32);

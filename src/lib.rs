@@ -10,15 +10,18 @@
 //!   [`engine::Engine`].
 //! - [`jobs`]: submit, claim with leases, report, cancel, wait for a change.
 //! - [`webhooks`]: endpoint management, the SSRF guard, and the signing dispatcher.
-//! - [`api`]: the HTTP routes (publish, history, jobs, webhooks, ops) and the consumer
-//!   transports' entry.
+//! - [`api`]: the HTTP API as one tower `Service` ([`api::app`]): middleware (request ids,
+//!   tracing), the routes (publish, history, jobs, webhooks, ops, built-in files) and the
+//!   consumer transports' entry, with one error type.
 //! - [`auth`]: API keys and scopes, consumer JWTs, job tokens, rate limits.
 //! - [`ids`] and [`time`]: every identifier the gateway makes, and how it writes times.
 //! - [`demo`]: the optional built-in worker behind the `/demo` page (`demo.worker`).
 //! - [`server`]: the accept loop, connection limits and per-connection service.
 //! - [`shutdown`]: SIGINT / SIGTERM.
 //!
-//! [`run`] wires them together from a bound listener, so tests can bind port 0.
+//! [`build`] wires them together from a configuration without a socket (tests serve its
+//! state with [`api::app`] directly); [`run`] serves that on a bound listener, so tests can
+//! bind port 0.
 
 pub mod api;
 pub mod auth;
@@ -56,6 +59,80 @@ use crate::{
 /// How often expired history and idle channels are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// What [`build`] makes: the state every request handler uses, and the webhook dispatcher
+/// that [`run`] drives.
+pub struct Gateway {
+    /// Served by [`api::app`].
+    pub state: Arc<AppState>,
+    /// Delivers webhooks once [`run`] starts it.
+    pub dispatcher: Arc<Dispatcher>,
+}
+
+/// Opens the engine (creating the data directory for the embedded one) and builds the
+/// gateway's state from `config`, without binding a socket or starting a task.
+///
+/// # Errors
+/// When the store in `data_dir` (or Redis) cannot be opened, or a credential in `[auth]` or a
+/// proxy setting in `[limits]` is bad.
+pub async fn build(config: Arc<Config>) -> anyhow::Result<Gateway> {
+    let engine = Engine::open(&config).await?;
+    let auth = Arc::new(Auth::from_config(&config, engine.job_tokens())?);
+    let webhooks = Arc::new(Webhooks::new(
+        Arc::clone(&engine) as _,
+        config.webhooks.clone(),
+    ));
+    let dispatcher = Arc::new(Dispatcher::new(
+        Arc::clone(&engine) as _,
+        config.webhooks.clone(),
+        engine.outbox_changed(),
+    )?);
+    let jobs = Arc::new(Jobs::new(
+        Arc::clone(&engine) as _,
+        Arc::clone(&engine) as _,
+        config.jobs.clone(),
+        engine.claimable(),
+    ));
+    let token = CancellationToken::new();
+    let consumers = Arc::new(Context {
+        hub: Arc::clone(&engine) as _,
+        config: config.transport_config(),
+        metrics: Arc::new(TransportMetrics::default()),
+        shutdown: token.clone(),
+        tracker: TaskTracker::new(),
+        verifier: if auth.is_open() {
+            None
+        } else {
+            Some(Arc::clone(&auth) as _)
+        },
+    });
+    let state = Arc::new(AppState {
+        engine,
+        jobs,
+        webhooks,
+        dispatch_stats: Arc::clone(&dispatcher.stats),
+        consumers,
+        config: Arc::clone(&config),
+        shutdown: token,
+        http_connections: AtomicI64::new(0),
+        draining: std::sync::atomic::AtomicBool::new(false),
+        refusals: api::Refusals::default(),
+        proxies: auth::proxies::TrustedProxies::parse(
+            &config.limits.trusted_proxies,
+            auth::proxies::ClientIpHeader::parse(&config.limits.client_ip_header)?,
+        )?,
+        ip_limiter: RateLimiter::new(
+            config.limits.requests_per_sec_per_ip,
+            config.limits.request_burst_per_ip,
+        ),
+        key_limiter: RateLimiter::new(
+            config.limits.requests_per_sec_per_key,
+            config.limits.request_burst_per_key,
+        ),
+        auth,
+    });
+    Ok(Gateway { state, dispatcher })
+}
+
 /// Serves on `listener` until `shutdown` resolves, then stops accepting, tells every
 /// connected client (WebSocket close 1001, SSE/stream goodbye, held long-polls answered),
 /// and waits up to `shutdown_grace_secs` for them.
@@ -76,70 +153,21 @@ pub async fn run(
             "refusing to start in open mode on {local}: with no `auth.api_keys` anyone who reaches this address could publish, read and cancel jobs; set `auth.api_keys` (SWITCHYARD_AUTH__API_KEYS) or listen on a loopback address"
         );
     }
-    let engine = Engine::open(&config).await?;
-    let auth = Arc::new(Auth::from_config(&config, engine.job_tokens())?);
-    if auth.is_open() {
+    let Gateway { state, dispatcher } = build(Arc::clone(&config)).await?;
+    if state.auth.is_open() {
         tracing::warn!(
             %local,
             "OPEN MODE: no auth.api_keys configured, so every request is allowed without credentials; fine on loopback for development, never expose it"
         );
     } else {
-        tracing::info!(keys = auth.keys.len(), "API keys required");
+        tracing::info!(keys = state.auth.keys.len(), "API keys required");
     }
-    let webhooks = Arc::new(Webhooks::new(
-        Arc::clone(&engine) as _,
-        config.webhooks.clone(),
-    ));
-    let dispatcher = Arc::new(Dispatcher::new(
-        Arc::clone(&engine) as _,
-        config.webhooks.clone(),
-        engine.outbox_changed(),
-    )?);
-    let jobs = Arc::new(Jobs::new(
-        Arc::clone(&engine) as _,
-        Arc::clone(&engine) as _,
-        config.jobs.clone(),
-        engine.claimable(),
-    ));
-    let token = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let consumers = Arc::new(Context {
-        hub: Arc::clone(&engine) as _,
-        config: config.transport_config(),
-        metrics: Arc::new(TransportMetrics::default()),
-        shutdown: token.clone(),
-        tracker: tracker.clone(),
-        verifier: if auth.is_open() {
-            None
-        } else {
-            Some(Arc::clone(&auth) as _)
-        },
-    });
-    let state = Arc::new(AppState {
-        engine: Arc::clone(&engine),
-        jobs: Arc::clone(&jobs),
-        webhooks,
-        dispatch_stats: Arc::clone(&dispatcher.stats),
-        consumers,
-        config: Arc::clone(&config),
-        shutdown: token.clone(),
-        http_connections: AtomicI64::new(0),
-        draining: std::sync::atomic::AtomicBool::new(false),
-        refusals: api::Refusals::default(),
-        proxies: auth::proxies::TrustedProxies::parse(
-            &config.limits.trusted_proxies,
-            auth::proxies::ClientIpHeader::parse(&config.limits.client_ip_header)?,
-        )?,
-        ip_limiter: RateLimiter::new(
-            config.limits.requests_per_sec_per_ip,
-            config.limits.request_burst_per_ip,
-        ),
-        key_limiter: RateLimiter::new(
-            config.limits.requests_per_sec_per_key,
-            config.limits.request_burst_per_key,
-        ),
-        auth,
-    });
+    let engine = Arc::clone(&state.engine);
+    let jobs = Arc::clone(&state.jobs);
+    let token = state.shutdown.clone();
+    let tracker = state.consumers.tracker.clone();
+    // The built-in files are compressed once; doing it now spares the first browser.
+    drop(tokio::task::spawn_blocking(api::assets::warm));
 
     let engine_tasks = engine.spawn_tasks(&token);
     let sweeper = {

@@ -1,15 +1,20 @@
 //! The accept loop and per-connection HTTP/1.1 service, with the connection limit, the
-//! slow-consumer abort, and graceful shutdown of every connection.
+//! slow-consumer abort, and graceful shutdown of every connection. Each connection serves
+//! [`api::app`] (built once, cloned per connection) through hyper-util's
+//! `TowerToHyperService`, with the connection's [`ConnectionHandle`] put into every request.
 
 use std::{
-    convert::Infallible,
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
 use dashmap::DashMap;
-use hyper::{server::conn::http1, service::service_fn};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use http::Request;
+use hyper::{body::Incoming, server::conn::http1};
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
 use std::net::{IpAddr, SocketAddr};
 use switchyard_protocol::{ErrorCode, ErrorResponse};
 use switchyard_transports::context::ConnectionHandle;
@@ -20,10 +25,7 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{
-    api::{AppState, router},
-    auth::proxies::limit_key,
-};
+use crate::{api, api::AppState, auth::proxies::limit_key};
 
 /// Most refusals being written at once; past it a refused connection is just closed, so a
 /// connection flood cannot make the refusals themselves pile up. (They are not tracked:
@@ -41,6 +43,7 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, tracker: T
     // A load balancer holds everyone's connections: the per-address limit is for clients.
     let exempt = |ip: IpAddr| state.proxies.contains(ip);
     let shutdown = state.shutdown.clone();
+    let app = api::app::<Incoming>(Arc::clone(&state));
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -72,7 +75,13 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, tracker: T
                             _permit: permit,
                             _slot: slot,
                         };
-                        tracker.spawn(serve_connection(stream, peer, Arc::clone(&state), hold));
+                        tracker.spawn(serve_connection(
+                            stream,
+                            peer,
+                            Arc::clone(&state),
+                            app.clone(),
+                            hold,
+                        ));
                     }
                     None => {
                         state
@@ -199,7 +208,20 @@ impl Refusal {
     }
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<AppState>, held: Held) {
+async fn serve_connection<S, B>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    state: Arc<AppState>,
+    app: S,
+    held: Held,
+) where
+    S: tower::Service<Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     state.http_connections.fetch_add(1, Ordering::Relaxed);
     let abort = CancellationToken::new();
     let handle = ConnectionHandle {
@@ -208,12 +230,14 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, state: Arc<AppSta
         hold: Arc::new(held),
         peer,
     };
-    let service_state = Arc::clone(&state);
-    let service = service_fn(move |mut req| {
-        req.extensions_mut().insert(handle.clone());
-        let state = Arc::clone(&service_state);
-        async move { Ok::<_, Infallible>(router::handle(state, req).await) }
-    });
+    // Handlers find the connection's address and abort token in each request.
+    let service = tower::ServiceBuilder::new()
+        .map_request(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(handle.clone());
+            req
+        })
+        .service(app);
+    let service = TowerToHyperService::new(service);
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(

@@ -1,22 +1,54 @@
-//! Reads JSON request bodies within a size limit, with the API's errors for the rest.
+//! Request bodies: the one body type handlers read ([`ApiBody`]), and JSON bodies read
+//! within a size and time limit, with the API's errors for the rest.
 //!
 //! A refused body is drained (up to [`DRAIN_MAX`]) so the client's keep-alive connection
 //! stays usable for its next request; past that, the connection is closed instead of
 //! reading an unbounded body.
 
-use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, Request, header, request::Parts};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use switchyard_protocol::ErrorCode;
-use switchyard_transports::http::error;
+use std::time::Duration;
 
-use super::router::Reply;
+use bytes::{Bytes, BytesMut};
+use http::{Request, request::Parts};
+use http_body_util::{BodyExt, combinators::UnsyncBoxBody};
+use switchyard_protocol::ErrorCode;
+use tower::BoxError;
+
+use super::error::{ApiError, ApiResult};
+
+/// The request body every handler reads: whatever body the server (hyper's `Incoming`) or a
+/// test (`Full`, `Empty`) hands in, converted once at the edge of the app.
+pub type ApiBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Converts any request body into an [`ApiBody`].
+pub fn into_api_body<B>(body: B) -> ApiBody
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
 
 /// Most bytes of a refused body read and discarded to keep the connection alive.
 pub const DRAIN_MAX: u64 = 32 * 1024 * 1024;
 /// Longest time spent draining a refused body.
-const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+
+/// Why a request body was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// A content type other than JSON (415).
+    #[error("expected Content-Type: application/json, got {0:?}")]
+    NotJson(String),
+    /// Larger than the route takes, in bytes (413).
+    #[error("body exceeds {0} bytes")]
+    TooLarge(usize),
+    /// Not received within `limits.body_read_timeout_secs` (408, and the connection closes).
+    #[error("the body took longer than {} s to arrive", .0.as_secs())]
+    TimedOut(Duration),
+    /// The connection failed while reading it (400).
+    #[error("could not read the body: {0}")]
+    Read(BoxError),
+}
 
 /// The declared `Content-Length`, if any.
 pub fn content_length(parts: &Parts) -> Option<u64> {
@@ -26,44 +58,36 @@ pub fn content_length(parts: &Parts) -> Option<u64> {
 /// Checks that the content type, when given, is JSON.
 ///
 /// # Errors
-/// 415 for another content type.
-#[allow(clippy::result_large_err)]
-pub fn check_json_content_type(parts: &Parts) -> Result<(), Reply> {
-    let Some(essence) = super::headers::media_type(&parts.headers) else {
-        return Ok(());
-    };
-    if super::headers::is_json(&essence) {
-        Ok(())
-    } else {
-        Err(error(
-            ErrorCode::UnsupportedMediaType,
-            format!("expected Content-Type: application/json, got {essence:?}"),
-        ))
+/// [`BodyError::NotJson`] for another content type.
+pub fn check_json_content_type(parts: &Parts) -> Result<(), BodyError> {
+    match super::headers::media_type(&parts.headers) {
+        Some(essence) if !super::headers::is_json(&essence) => Err(BodyError::NotJson(essence)),
+        _ => Ok(()),
     }
 }
 
 /// How long a client may take to send a request body; the router puts it in each
 /// request's extensions (`limits.body_read_timeout_secs`).
 #[derive(Clone, Copy, Debug)]
-pub struct BodyTimeout(pub std::time::Duration);
+pub struct BodyTimeout(pub Duration);
 
-/// The body timeout of a request (a minute when the router set none, as in unit tests).
-pub fn body_timeout(parts: &Parts) -> std::time::Duration {
+/// The body timeout of a request (a minute when the router set none).
+pub fn body_timeout(parts: &Parts) -> Duration {
     parts
         .extensions
         .get::<BodyTimeout>()
-        .map_or(std::time::Duration::from_secs(60), |t| t.0)
+        .map_or(Duration::from_secs(60), |t| t.0)
 }
 
 /// Reads the whole body of a JSON request of at most `max` bytes.
 ///
 /// # Errors
 /// 415 for a content type that is not JSON (a missing one is accepted), 413 for a body over
-/// `max`, 400 when the body cannot be read.
-pub async fn read_json(req: Request<Incoming>, max: usize) -> Result<(Parts, Bytes), Reply> {
+/// `max`, 408 when it is too slow, 400 when it cannot be read.
+pub async fn read_json(req: Request<ApiBody>, max: usize) -> ApiResult<(Parts, Bytes)> {
     let (parts, body) = req.into_parts();
-    if let Err(reply) = check_json_content_type(&parts) {
-        return Err(refuse(body, content_length(&parts), reply).await);
+    if let Err(e) = check_json_content_type(&parts) {
+        return Err(refuse(body, content_length(&parts), e.into()).await);
     }
     let body = read_limited(body, content_length(&parts), max, body_timeout(&parts)).await?;
     Ok((parts, body))
@@ -76,51 +100,27 @@ pub async fn read_json(req: Request<Incoming>, max: usize) -> Result<(Parts, Byt
 /// 413 when it is larger (the rest drained when small enough), 408 past `limit` (the
 /// connection closed), 400 when it cannot be read.
 pub async fn read_limited(
-    body: Incoming,
+    body: ApiBody,
     declared: Option<u64>,
     max: usize,
-    limit: std::time::Duration,
-) -> Result<Bytes, Reply> {
+    limit: Duration,
+) -> ApiResult<Bytes> {
     match tokio::time::timeout(limit, read_within(body, declared, max)).await {
         Ok(read) => read,
-        Err(_) => {
-            let mut reply = error(
-                ErrorCode::RequestTimeout,
-                format!("the body took longer than {} s to arrive", limit.as_secs()),
-            );
-            reply
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            Err(reply)
-        }
+        Err(_) => Err(BodyError::TimedOut(limit).into()),
     }
 }
 
-async fn read_within(
-    mut body: Incoming,
-    declared: Option<u64>,
-    max: usize,
-) -> Result<Bytes, Reply> {
-    let too_large = || {
-        error(
-            ErrorCode::PayloadTooLarge,
-            format!("body exceeds {max} bytes"),
-        )
-    };
+async fn read_within(mut body: ApiBody, declared: Option<u64>, max: usize) -> ApiResult<Bytes> {
     if declared.is_some_and(|n| n > max as u64) {
-        return Err(refuse(body, declared, too_large()).await);
+        return Err(refuse(body, declared, BodyError::TooLarge(max).into()).await);
     }
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(max as u64) as usize);
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            error(
-                ErrorCode::InvalidRequest,
-                format!("could not read the body: {e}"),
-            )
-        })?;
+        let frame = frame.map_err(BodyError::Read)?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > max {
-                return Err(refuse(body, None, too_large()).await);
+                return Err(refuse(body, None, BodyError::TooLarge(max).into()).await);
             }
             buf.extend_from_slice(&data);
         }
@@ -128,9 +128,9 @@ async fn read_within(
     Ok(buf.freeze())
 }
 
-/// Answers `reply` after draining what is left of `body`, when that is small enough;
-/// otherwise marks the response `Connection: close`.
-pub async fn refuse(mut body: Incoming, remaining: Option<u64>, mut reply: Reply) -> Reply {
+/// Returns `refusal` after draining what is left of `body`, when that is small enough;
+/// otherwise marks it to close the connection.
+pub async fn refuse(mut body: ApiBody, remaining: Option<u64>, refusal: ApiError) -> ApiError {
     let drained = remaining.is_none_or(|n| n <= DRAIN_MAX)
         && tokio::time::timeout(DRAIN_TIME, async {
             let mut read = 0u64;
@@ -147,12 +147,7 @@ pub async fn refuse(mut body: Incoming, remaining: Option<u64>, mut reply: Reply
         })
         .await
         .unwrap_or(false);
-    if !drained {
-        reply
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    reply
+    if drained { refusal } else { refusal.closing() }
 }
 
 /// Parses a body that must be a JSON object into `T`.
@@ -163,33 +158,22 @@ pub async fn refuse(mut body: Incoming, remaining: Option<u64>, mut reply: Reply
 ///
 /// # Errors
 /// `bad_json` (not JSON), `invalid_request` (JSON of the wrong shape, or not an object).
-#[allow(clippy::result_large_err)]
-pub fn parse_object<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, Reply> {
-    let value = serde_json::from_slice(body).map_err(|e| json_error(&e))?;
+pub fn parse_object<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> ApiResult<T> {
+    let value = serde_json::from_slice(body)?;
     if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
         Ok(value)
     } else {
-        Err(error(
+        Err(ApiError::new(
             ErrorCode::InvalidRequest,
             "unexpected body: expected a JSON object",
         ))
     }
 }
 
-/// Maps a `serde_json` error to `bad_json` (not JSON at all) or `invalid_request` (JSON of
-/// the wrong shape).
-pub fn json_error(e: &serde_json::Error) -> Reply {
-    use serde_json::error::Category;
-    match e.classify() {
-        Category::Syntax | Category::Eof | Category::Io => {
-            error(ErrorCode::BadJson, format!("body is not valid JSON: {e}"))
-        }
-        Category::Data => error(ErrorCode::InvalidRequest, format!("unexpected body: {e}")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use http_body_util::{Full, StreamBody};
+
     use super::*;
 
     #[derive(serde::Deserialize, Debug)]
@@ -205,8 +189,61 @@ mod tests {
         // serde alone would take the array as the fields in order.
         assert!(serde_json::from_slice::<Pair>(b"[1, 2]").is_ok());
         let refused = parse_object::<Pair>(b"[1, 2]").unwrap_err();
-        assert_eq!(refused.status(), 400);
+        assert_eq!(refused.code(), ErrorCode::InvalidRequest);
         let bad = parse_object::<Pair>(b"{\"a\": ").unwrap_err();
-        assert_eq!(bad.status(), 400);
+        assert_eq!(bad.code(), ErrorCode::BadJson);
+    }
+
+    fn request(content_type: Option<&str>, body: &'static [u8]) -> Request<ApiBody> {
+        let mut req = Request::builder().method("POST").uri("/v1/jobs");
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        req.body(into_api_body(Full::new(Bytes::from_static(body))))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn json_bodies_within_their_limit() {
+        let (_, body) = read_json(request(Some("application/json"), b"{}"), 10)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b"{}");
+        let (_, body) = read_json(request(None, b"[1]"), 10).await.unwrap();
+        assert_eq!(&body[..], b"[1]");
+        let e = read_json(request(Some("text/plain"), b"{}"), 10)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::UnsupportedMediaType);
+        let e = read_json(request(None, b"{\"a\": 12345678}"), 10)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::PayloadTooLarge);
+    }
+
+    #[tokio::test]
+    async fn a_failing_body_is_a_read_error() {
+        let frames = futures_util::stream::iter([Err::<hyper::body::Frame<Bytes>, BoxError>(
+            "connection reset".into(),
+        )]);
+        let body = into_api_body(StreamBody::new(frames));
+        let e = read_limited(body, None, 10, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidRequest);
+        assert!(e.message().contains("connection reset"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_never_ends_times_out_and_closes() {
+        let body = into_api_body(StreamBody::new(futures_util::stream::pending::<
+            Result<hyper::body::Frame<Bytes>, BoxError>,
+        >()));
+        let e = read_limited(body, None, 10, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::RequestTimeout);
+        let res = e.into_response();
+        assert_eq!(res.headers()[http::header::CONNECTION], "close");
     }
 }

@@ -1,16 +1,26 @@
 //! Browsers: CORS for the API (`cors.allowed_origins`) and the `Origin` check of
 //! WebSocket upgrades, which browsers send cross-origin without asking.
+//!
+//! Our own rather than tower-http's `CorsLayer`: a preflight here lists exactly the methods
+//! of the route it asks about (and answers 404 for a path that is no route), which needs the
+//! route table, and the WebSocket origin rule has no CORS counterpart at all.
 
 use http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
 use switchyard_protocol::ErrorCode;
-use switchyard_transports::http::{empty, error};
+use switchyard_transports::http::empty;
 
-use super::{AppState, router::Reply, routes};
+use super::{
+    AppState,
+    error::{ApiError, ApiResult},
+    router::Reply,
+    routes,
+};
 
 /// Headers a cross-origin page may send.
-const ALLOW_HEADERS: &str = "authorization, content-type, idempotency-key, last-event-id";
+const ALLOW_HEADERS: &str =
+    "authorization, content-type, idempotency-key, last-event-id, x-request-id";
 /// Response headers a cross-origin page may read.
-const EXPOSE_HEADERS: &str = "retry-after, location, idempotency-replayed";
+const EXPOSE_HEADERS: &str = "retry-after, location, idempotency-replayed, x-request-id";
 /// Seconds a browser may cache a preflight answer.
 const MAX_AGE: &str = "600";
 
@@ -45,33 +55,33 @@ pub fn websocket_origin_ok(state: &AppState, headers: &HeaderMap) -> bool {
 }
 
 /// Answers a preflight (`OPTIONS` with `Access-Control-Request-Method`).
-pub fn preflight(state: &AppState, parts: &Parts) -> Reply {
+///
+/// # Errors
+/// `not_found` for a path that is no route, `invalid_request` without `Origin`, `forbidden`
+/// for an origin not in `cors.allowed_origins`.
+pub fn preflight(state: &AppState, parts: &Parts) -> ApiResult {
     let methods = routes::methods_for(parts.uri.path());
     if methods.is_empty() {
-        return error(
-            ErrorCode::NotFound,
-            format!("no route for {}", parts.uri.path()),
-        );
+        return Err(ApiError::not_found(format!(
+            "no route for {}",
+            parts.uri.path()
+        )));
     }
     let Some(origin) = origin(&parts.headers) else {
-        return error(
+        return Err(ApiError::new(
             ErrorCode::InvalidRequest,
             "a preflight needs an Origin header",
-        );
+        ));
     };
     if !allowed(state, origin) {
-        return error(
+        return Err(ApiError::new(
             ErrorCode::Forbidden,
             format!("origin {origin:?} is not allowed (cors.allowed_origins)"),
-        );
+        ));
     }
     let mut res = Reply::new(empty());
     *res.status_mut() = StatusCode::NO_CONTENT;
-    let list = methods
-        .iter()
-        .map(|m| m.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list = routes::allow_list(&methods);
     let h = res.headers_mut();
     allow_origin(h, origin);
     if let Ok(v) = HeaderValue::from_str(&list) {
@@ -85,7 +95,7 @@ pub fn preflight(state: &AppState, parts: &Parts) -> Reply {
         header::ACCESS_CONTROL_MAX_AGE,
         HeaderValue::from_static(MAX_AGE),
     );
-    res
+    Ok(res)
 }
 
 /// Lets an allowed cross-origin page read `res` (a preflight answer already says so).

@@ -1,15 +1,15 @@
 //! Before a handler runs: who the caller is, whether they are within their rate, and
-//! whether their credential allows the route.
+//! whether their credential allows the route (refusals are [`ApiError`]s).
 
 use std::{net::IpAddr, time::Instant};
 
 use http::{HeaderValue, request::Parts};
 use switchyard_protocol::ErrorCode;
-use switchyard_transports::{access, http::error};
+use switchyard_transports::access;
 
 use super::{
     AppState,
-    router::Reply,
+    error::ApiError,
     routes::{Access, Route},
 };
 use crate::auth::{Scope, keys::ApiKey, proxies::limit_key, rate::retry_after_secs};
@@ -37,8 +37,11 @@ pub fn identify<'a>(state: &'a AppState, parts: &Parts) -> Caller<'a> {
 ///
 /// # Errors
 /// 429 `rate_limited` with `Retry-After`.
-#[allow(clippy::result_large_err)]
-pub fn rate_limit(state: &AppState, ip: Option<IpAddr>, caller: &Caller<'_>) -> Result<(), Reply> {
+pub fn rate_limit(
+    state: &AppState,
+    ip: Option<IpAddr>,
+    caller: &Caller<'_>,
+) -> Result<(), ApiError> {
     let now = Instant::now();
     let (checked, whom) = match (caller, ip) {
         (Caller::Key(key, _), _) => (state.key_limiter.check(&key.index, now), "API key"),
@@ -50,13 +53,11 @@ pub fn rate_limit(state: &AppState, ip: Option<IpAddr>, caller: &Caller<'_>) -> 
     };
     checked.map_err(|wait| {
         let secs = retry_after_secs(wait);
-        let mut res = error(
+        ApiError::new(
             ErrorCode::RateLimited,
             format!("too many requests from this {whom}; retry after {secs} s"),
-        );
-        res.headers_mut()
-            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
-        res
+        )
+        .with_header(http::header::RETRY_AFTER, HeaderValue::from(secs))
     })
 }
 
@@ -64,14 +65,13 @@ pub fn rate_limit(state: &AppState, ip: Option<IpAddr>, caller: &Caller<'_>) -> 
 ///
 /// # Errors
 /// 401 without a usable credential, 403 with one that does not allow this.
-#[allow(clippy::result_large_err)]
 pub fn authorize(
     state: &AppState,
     route: &Route,
     params: &[&str],
     parts: &Parts,
     caller: &Caller<'_>,
-) -> Result<(), Reply> {
+) -> Result<(), ApiError> {
     if state.auth.is_open() {
         return Ok(());
     }
@@ -89,17 +89,14 @@ pub fn authorize(
         }
         (Access::JobReader, Caller::Anonymous) => {
             let token = access::credential(&parts.headers, parts.uri.query())
-                .ok_or_else(|| error(ErrorCode::Unauthorized, "this endpoint needs an API key with the `jobs` scope or the job's token (`Authorization: Bearer` or `?token=`)"))?;
-            let grant = state
-                .auth
-                .grant(&token)
-                .map_err(|e| error(e.code, e.message))?;
+                .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "this endpoint needs an API key with the `jobs` scope or the job's token (`Authorization: Bearer` or `?token=`)"))?;
+            let grant = state.auth.grant(&token)?;
             let job = params.first().copied().unwrap_or_default();
             let channel = format!("{}{job}", crate::jobs::channel::PREFIX);
             if grant.allows(&channel) {
                 Ok(())
             } else {
-                Err(error(
+                Err(ApiError::new(
                     ErrorCode::Forbidden,
                     "your token does not allow this job",
                 ))
@@ -108,23 +105,22 @@ pub fn authorize(
     }
 }
 
-#[allow(clippy::result_large_err)]
-fn require_scope(key: &ApiKey, scope: Scope) -> Result<(), Reply> {
+fn require_scope(key: &ApiKey, scope: Scope) -> Result<(), ApiError> {
     if key.has(scope) {
         Ok(())
     } else {
-        Err(error(
+        Err(ApiError::new(
             ErrorCode::Forbidden,
             format!("this API key lacks the `{}` scope", scope.as_str()),
         ))
     }
 }
 
-fn no_key(parts: &Parts) -> Reply {
+fn no_key(parts: &Parts) -> ApiError {
     if access::credential(&parts.headers, None).is_some() {
-        error(ErrorCode::Unauthorized, "unknown API key")
+        ApiError::new(ErrorCode::Unauthorized, "unknown API key")
     } else {
-        error(
+        ApiError::new(
             ErrorCode::Unauthorized,
             "this endpoint needs an API key: `Authorization: Bearer <key>`",
         )

@@ -1,31 +1,32 @@
 //! The jobs API: `POST /v1/jobs`, `GET`/`DELETE /v1/jobs/{id}`, and the worker API
-//! (`claim`, `progress`, `complete`, `fail`).
+//! (`claim`, `progress`, `complete`, `fail`). Handlers answer `Result<Reply, ApiError>`; a
+//! store's `not_found` is named after the job here.
 
 use std::{sync::Arc, time::Duration};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use switchyard_protocol::ErrorCode;
 use switchyard_transports::{
-    http::{Body, empty, error, json_bytes},
+    http::{Body, empty, json_bytes},
     params::form_urlencoded_pairs,
 };
 
 use super::{
     AppState,
     body::{
-        body_timeout, check_json_content_type, content_length, json_error, parse_object, read_json,
+        ApiBody, body_timeout, check_json_content_type, content_length, parse_object, read_json,
         read_limited, refuse,
     },
+    error::{ApiError, ApiResult, NotFoundAs},
     headers::idempotency_key,
     router::Reply,
 };
 use crate::{
     jobs::channel::job_channel,
-    store::{Claimed, JobRecord, JobStatus, Report, StoreError},
+    store::{Claimed, JobRecord, JobStatus, Report},
     time::rfc3339,
 };
 /// Longest `?wait=` on `GET /v1/jobs/{id}` and `wait_ms` on a claim.
@@ -72,36 +73,24 @@ fn job_reply(status: StatusCode, job: &JobRecord) -> Reply {
     )
 }
 
-fn store_error(e: StoreError, id: &str) -> Reply {
-    match e {
-        StoreError::NotFound => error(ErrorCode::NotFound, format!("no job {id:?}")),
-        e @ (StoreError::StaleLease(_)
-        | StoreError::Finished(_)
-        | StoreError::IdempotencyConflict) => error(ErrorCode::Conflict, e.to_string()),
-        StoreError::Limit(why) => error(ErrorCode::Conflict, why),
-        StoreError::Unavailable(why) => {
-            tracing::error!(error = %why, "job store unavailable");
-            error(
-                ErrorCode::Unavailable,
-                "the job store is unavailable; retry later",
-            )
-        }
-    }
+/// The `not_found` message of job `id`.
+fn no_job(id: &str) -> impl FnOnce() -> String + '_ {
+    move || format!("no job {id:?}")
 }
 
 /// `POST /v1/jobs`: stores the JSON body durably, then answers 202.
-pub async fn submit(state: Arc<AppState>, req: Request<Incoming>) -> Reply {
+///
+/// # Errors
+/// A bad `Idempotency-Key` or body; the store's refusal.
+pub async fn submit(state: Arc<AppState>, req: Request<ApiBody>) -> ApiResult {
     let (parts, body) = req.into_parts();
     let declared = content_length(&parts);
     let key = match idempotency_key(&parts.headers) {
         Ok(key) => key.map(str::to_owned),
-        Err(e) => {
-            let reply = error(ErrorCode::InvalidParameter, e.to_string());
-            return refuse(body, declared, reply).await;
-        }
+        Err(e) => return Err(refuse(body, declared, e.into()).await),
     };
-    if let Err(reply) = check_json_content_type(&parts) {
-        return refuse(body, declared, reply).await;
+    if let Err(e) = check_json_content_type(&parts) {
+        return Err(refuse(body, declared, e.into()).await);
     }
     let max = state.config.limits.max_job_bytes;
     // Room for the payload is reserved before reading it, so concurrent large submits wait
@@ -110,51 +99,54 @@ pub async fn submit(state: Arc<AppState>, req: Request<Incoming>) -> Reply {
         .jobs
         .reserve(declared.map_or(max, |n| n.min(max as u64) as usize))
         .await;
-    let payload = match read_limited(body, declared, max, body_timeout(&parts)).await {
-        Ok(p) => p,
-        Err(reply) => return reply,
-    };
-    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&payload) {
-        return json_error(&e);
-    }
-    match state.jobs.submit(payload, key).await {
-        Ok(submitted) => {
-            let job = &submitted.job;
-            let id = &job.id;
-            let channel = job_channel(id);
-            let body = serde_json::json!({
+    let payload = read_limited(body, declared, max, body_timeout(&parts)).await?;
+    serde_json::from_slice::<serde::de::IgnoredAny>(&payload)?;
+    let submitted = state.jobs.submit(payload, key).await?;
+    let job = &submitted.job;
+    let id = &job.id;
+    let channel = job_channel(id);
+    let body = serde_json::json!({
                 "id": id,
                 "status": job.status.as_str(),
                 "channel": channel,
-                "token": state.auth.job_tokens.issue(id),
-                "created_at": rfc3339(job.created_at_ms),
-                "links": {
-                    "self": format!("/v1/jobs/{id}"),
-                    "ws": "/v1/ws",
-                    "sse": format!("/v1/sse?channel={channel}&after=0"),
-                    "stream": format!("/v1/stream?channel={channel}&after=0"),
-                    "poll": format!("/v1/poll?channel={channel}&after=0"),
-                },
-            });
-            let mut res = json_bytes(
-                StatusCode::ACCEPTED,
-                serde_json::to_vec(&body).expect("infallible"),
-            );
-            let h = res.headers_mut();
-            if let Ok(location) = HeaderValue::from_str(&format!("/v1/jobs/{id}")) {
-                h.insert(header::LOCATION, location);
-            }
-            if submitted.replayed {
-                h.insert("idempotency-replayed", HeaderValue::from_static("true"));
-            }
-            res
-        }
-        Err(e) => store_error(e, ""),
+        "token": state.auth.job_tokens.issue(id),
+        "created_at": rfc3339(job.created_at_ms),
+        "links": {
+            "self": format!("/v1/jobs/{id}"),
+            "ws": "/v1/ws",
+            "sse": format!("/v1/sse?channel={channel}&after=0"),
+            "stream": format!("/v1/stream?channel={channel}&after=0"),
+            "poll": format!("/v1/poll?channel={channel}&after=0"),
+        },
+    });
+    let mut res = json_bytes(
+        StatusCode::ACCEPTED,
+        serde_json::to_vec(&body).expect("infallible"),
+    );
+    let h = res.headers_mut();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/jobs/{id}")) {
+        h.insert(header::LOCATION, location);
     }
+    if submitted.replayed {
+        h.insert("idempotency-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(res)
+}
+
+/// Whether a read of a job may hold until the job changes (`?wait=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// `GET`: wait as asked.
+    AsAsked,
+    /// `HEAD`: check `wait` like `GET`, then answer at once (nobody reads the job).
+    Never,
 }
 
 /// `GET /v1/jobs/{id}?wait=S&status=<last seen>`.
-pub async fn get(state: Arc<AppState>, id: &str, query: Option<&str>) -> Reply {
+///
+/// # Errors
+/// A bad `status` or `wait`; `not_found`; the store's refusal.
+pub async fn get(state: Arc<AppState>, id: &str, query: Option<&str>, hold: Hold) -> ApiResult {
     let mut wait = Duration::ZERO;
     let mut known = None;
     for (k, v) in form_urlencoded_pairs(query.unwrap_or("")) {
@@ -162,10 +154,10 @@ pub async fn get(state: Arc<AppState>, id: &str, query: Option<&str>) -> Reply {
             match JobStatus::parse(&v) {
                 Some(status) => known = Some(status),
                 None => {
-                    return error(
+                    return Err(ApiError::new(
                         ErrorCode::InvalidParameter,
                         "`status` must be queued, running, succeeded, failed or canceled",
-                    );
+                    ));
                 }
             }
         }
@@ -177,31 +169,37 @@ pub async fn get(state: Arc<AppState>, id: &str, query: Option<&str>) -> Reply {
             {
                 Some(s) => wait = Duration::from_secs_f64(s),
                 None => {
-                    return error(
+                    return Err(ApiError::new(
                         ErrorCode::InvalidParameter,
                         "`wait` must be a number of seconds from 0 to 60",
-                    );
+                    ));
                 }
             }
         }
     }
-    match state
+    if hold == Hold::Never {
+        wait = Duration::ZERO;
+    }
+    let job = state
         .jobs
         .get_after_change(id, wait, known, &state.shutdown)
         .await
-    {
-        Ok(Some(job)) => job_reply(StatusCode::OK, &job),
-        Ok(None) => store_error(StoreError::NotFound, id),
-        Err(e) => store_error(e, id),
-    }
+        .not_found_as(no_job(id))?
+        .ok_or_else(|| ApiError::not_found(no_job(id)()))?;
+    Ok(job_reply(StatusCode::OK, &job))
 }
 
 /// `DELETE /v1/jobs/{id}`: cancels a queued or running job.
-pub async fn cancel(state: Arc<AppState>, id: &str) -> Reply {
-    match state.jobs.cancel(id.to_owned()).await {
-        Ok(job) => job_reply(StatusCode::OK, &job),
-        Err(e) => store_error(e, id),
-    }
+///
+/// # Errors
+/// `not_found`, `conflict` (the job already ended), or the store's refusal.
+pub async fn cancel(state: Arc<AppState>, id: &str) -> ApiResult {
+    let job = state
+        .jobs
+        .cancel(id.to_owned())
+        .await
+        .not_found_as(no_job(id))?;
+    Ok(job_reply(StatusCode::OK, &job))
 }
 
 #[derive(Deserialize, Default)]
@@ -256,47 +254,43 @@ impl<'de> Deserialize<'de> for Millis {
 }
 
 /// `POST /v1/jobs/claim`: 200 with a job, its payload and a lease; 204 when none came in time.
-pub async fn claim(state: Arc<AppState>, req: Request<Incoming>) -> Reply {
-    let body = match read_json(req, 64 * 1024).await {
-        Ok((_, body)) => body,
-        Err(reply) => return reply,
-    };
+///
+/// # Errors
+/// A bad body, `wait_ms` or `lease_ms`; the store's refusal.
+pub async fn claim(state: Arc<AppState>, req: Request<ApiBody>) -> ApiResult {
+    let (_, body) = read_json(req, 64 * 1024).await?;
     let request: ClaimRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ClaimRequest::default()
     } else {
-        match parse_object(&body) {
-            Ok(r) => r,
-            Err(reply) => return reply,
-        }
+        parse_object(&body)?
     };
     let cfg = state.jobs.config();
     let wait_ms = request.wait_ms.0;
     if wait_ms > MAX_WAIT.as_millis() as u64 {
-        return error(
+        return Err(ApiError::new(
             ErrorCode::InvalidParameter,
             "`wait_ms` must be at most 60000",
-        );
+        ));
     }
     let lease_ms = request.lease_ms.map_or(cfg.default_lease_ms, |m| m.0);
     if !(100..=cfg.max_lease_ms).contains(&lease_ms) {
-        return error(
+        return Err(ApiError::new(
             ErrorCode::InvalidParameter,
             format!("`lease_ms` must be from 100 to {}", cfg.max_lease_ms),
-        );
+        ));
     }
-    match state
+    let claimed = state
         .jobs
         .claim(Duration::from_millis(wait_ms), lease_ms, &state.shutdown)
-        .await
-    {
-        Ok(Some(claimed)) => claim_reply(&claimed),
-        Ok(None) => {
+        .await?;
+    Ok(match claimed {
+        Some(claimed) => claim_reply(&claimed),
+        None => {
             let mut res = Response::new(empty());
             *res.status_mut() = StatusCode::NO_CONTENT;
             res
         }
-        Err(e) => store_error(e, ""),
-    }
+    })
 }
 
 /// `{"job": {..., "payload": <as submitted>}, "lease", "lease_expires_at"}`, with the
@@ -344,20 +338,18 @@ struct ReportBody {
 }
 
 /// `POST /v1/jobs/{id}/{progress,complete,fail}` under the worker's lease.
+///
+/// # Errors
+/// A bad body; `not_found`; `conflict` (a lease that is not current, a job that ended);
+/// the store's refusal.
 pub async fn report(
     state: Arc<AppState>,
     id: &str,
     kind: ReportKind,
-    req: Request<Incoming>,
-) -> Reply {
-    let body: Bytes = match read_json(req, MAX_REPORT_BYTES).await {
-        Ok((_, body)) => body,
-        Err(reply) => return reply,
-    };
-    let body: ReportBody = match parse_object(&body) {
-        Ok(b) => b,
-        Err(reply) => return reply,
-    };
+    req: Request<ApiBody>,
+) -> ApiResult {
+    let (_, body): (_, Bytes) = read_json(req, MAX_REPORT_BYTES).await?;
+    let body: ReportBody = parse_object(&body)?;
     let null = || RawValue::from_string("null".into()).expect("valid JSON");
     let report = match kind {
         ReportKind::Progress => Report::Progress(body.data.unwrap_or_else(null)),
@@ -367,10 +359,12 @@ pub async fn report(
             retry: body.retry,
         },
     };
-    match state.jobs.report(id.to_owned(), body.lease, report).await {
-        Ok(job) => job_reply(StatusCode::OK, &job),
-        Err(e) => store_error(e, id),
-    }
+    let job = state
+        .jobs
+        .report(id.to_owned(), body.lease, report)
+        .await
+        .not_found_as(no_job(id))?;
+    Ok(job_reply(StatusCode::OK, &job))
 }
 
 #[cfg(test)]

@@ -1,17 +1,28 @@
-//! The HTTP API: routing and one module per resource.
+//! The HTTP API: [`app`] (the tower `Service` the server serves), its middleware, the
+//! router, one error type ([`error::ApiError`]), and one module per resource.
 
+pub mod app;
 pub mod assets;
 pub mod body;
 pub mod channels;
 pub mod cors;
+pub mod error;
 pub mod guard;
+pub mod head;
 pub mod headers;
 pub mod jobs;
 pub mod openapi;
 pub mod ops;
+pub mod request_id;
 pub mod router;
 pub mod routes;
+pub mod static_asset;
+#[cfg(test)]
+pub(crate) mod testing;
+pub mod trace;
 pub mod webhooks;
+
+pub use app::app;
 
 use std::sync::{Arc, atomic::AtomicI64};
 

@@ -1,16 +1,26 @@
-//! `GET /openapi.json`: the API described as OpenAPI 3.1 (source: `docs/openapi.json`).
+//! `GET /openapi.json`: the API described as OpenAPI 3.1 (source: `docs/openapi.json`),
+//! compressed once and revalidated with its `ETag` like the other built-in files.
 
-use http::StatusCode;
-use switchyard_transports::http::json_bytes;
+use std::sync::LazyLock;
 
-use super::router::Reply;
+use http::HeaderMap;
+
+use super::{router::Reply, static_asset::StaticAsset};
 
 /// The document, checked against the route table by a test.
 pub const SPEC: &str = include_str!("../../docs/openapi.json");
 
+static DOCUMENT: LazyLock<StaticAsset> =
+    LazyLock::new(|| StaticAsset::new(SPEC.as_bytes(), "application/json; charset=utf-8"));
+
+/// Compresses the document now (see [`super::assets::warm`]).
+pub fn warm() {
+    LazyLock::force(&DOCUMENT);
+}
+
 /// Serves the document.
-pub fn serve() -> Reply {
-    json_bytes(StatusCode::OK, SPEC)
+pub fn serve(request: &HeaderMap) -> Reply {
+    DOCUMENT.respond(request)
 }
 
 #[cfg(test)]
@@ -19,8 +29,10 @@ mod tests {
 
     use serde_json::Value;
 
+    use http::Method;
+
     use super::SPEC;
-    use crate::api::routes::{Access, ROUTES, Route};
+    use crate::api::routes::{Access, Route, operations};
 
     /// The keys of a path item that are operations (the rest: `parameters`, `summary`, ...).
     const METHODS: [&str; 8] = [
@@ -31,8 +43,8 @@ mod tests {
         serde_json::from_str(SPEC).expect("docs/openapi.json is valid JSON")
     }
 
-    fn operation<'a>(spec: &'a Value, route: &Route) -> &'a Value {
-        &spec["paths"][route.path][route.method.as_str().to_ascii_lowercase()]
+    fn operation<'a>(spec: &'a Value, method: &Method, route: &Route) -> &'a Value {
+        &spec["paths"][route.path][method.as_str().to_ascii_lowercase()]
     }
 
     /// Follows a local `$ref` (`#/components/...`).
@@ -72,9 +84,8 @@ mod tests {
                     .map(move |method| (method.to_ascii_uppercase(), path.clone()))
             })
             .collect();
-        let routed: BTreeSet<(String, String)> = ROUTES
-            .iter()
-            .map(|r| (r.method.as_str().to_owned(), r.path.to_owned()))
+        let routed: BTreeSet<(String, String)> = operations()
+            .map(|(m, r)| (m.as_str().to_owned(), r.path.to_owned()))
             .collect();
         let undocumented: Vec<_> = routed.difference(&documented).collect();
         let unrouted: Vec<_> = documented.difference(&routed).collect();
@@ -89,8 +100,8 @@ mod tests {
     #[test]
     fn path_parameters_are_declared_with_the_template_names() {
         let spec = spec();
-        for route in ROUTES {
-            let op = operation(&spec, route);
+        for (method, route) in operations() {
+            let op = operation(&spec, method, route);
             let declared: BTreeSet<&str> = op["parameters"]
                 .as_array()
                 .into_iter()
@@ -106,8 +117,8 @@ mod tests {
                 .collect();
             assert_eq!(
                 declared, template,
-                "{} {}: path parameters",
-                route.method, route.path
+                "{method} {}: path parameters",
+                route.path
             );
         }
     }
@@ -115,12 +126,12 @@ mod tests {
     #[test]
     fn security_matches_route_access() {
         let spec = spec();
-        for route in ROUTES {
-            let op = operation(&spec, route);
+        for (method, route) in operations() {
+            let op = operation(&spec, method, route);
             let security = op["security"].as_array().unwrap_or_else(|| {
                 panic!(
-                    "{} {}: no `security` (public routes say `security: []`)",
-                    route.method, route.path
+                    "{method} {}: no `security` (public routes say `security: []`)",
+                    route.path
                 )
             });
             let alternatives: BTreeSet<(String, Vec<String>)> = security
@@ -164,18 +175,54 @@ mod tests {
             };
             assert_eq!(
                 alternatives, expected,
-                "{} {}: `security` does not match {:?}",
-                route.method, route.path, route.access
+                "{method} {}: `security` does not match {:?}",
+                route.path, route.access
             );
             // Each alternative stands alone: `[{a}, {b}]` means a or b, never a and b.
             assert!(
                 security
                     .iter()
                     .all(|r| r.as_object().is_some_and(|o| o.len() <= 1)),
-                "{} {}: a security requirement names several schemes",
-                route.method,
+                "{method} {}: a security requirement names several schemes",
                 route.path
             );
+        }
+    }
+
+    #[test]
+    fn head_operations_mirror_their_get() {
+        let spec = spec();
+        for (method, route) in operations().filter(|(m, _)| **m == Method::HEAD) {
+            let get = operation(&spec, &Method::GET, route);
+            let head = operation(&spec, method, route);
+            assert_eq!(
+                head["parameters"], get["parameters"],
+                "HEAD {}: parameters",
+                route.path
+            );
+            let codes = |op: &Value| -> BTreeSet<String> {
+                op["responses"]
+                    .as_object()
+                    .expect("responses")
+                    .keys()
+                    .cloned()
+                    .collect()
+            };
+            let mut expected = codes(get);
+            if route.path == "/v1/ws" {
+                // A HEAD never switches protocols, and fails the handshake check first.
+                for code in ["101", "401", "426", "503"] {
+                    expected.remove(code);
+                }
+            }
+            assert_eq!(codes(head), expected, "HEAD {}: statuses", route.path);
+            for (code, response) in head["responses"].as_object().unwrap() {
+                assert!(
+                    response.get("links").is_none(),
+                    "HEAD {} {code}: links need a body to follow",
+                    route.path
+                );
+            }
         }
     }
 }

@@ -1,15 +1,19 @@
-//! `/healthz`, `/readyz` and `/metrics`.
+//! `/healthz`, `/readyz` and `/metrics` (each also answers `HEAD`, through the router).
 
 use std::sync::atomic::Ordering;
 
 use http::{HeaderValue, Response, StatusCode, header};
 use switchyard_protocol::ErrorCode;
 use switchyard_transports::{
-    http::{error, full, json},
+    http::{full, json},
     metrics::write_family,
 };
 
-use super::{AppState, router::Reply};
+use super::{
+    AppState,
+    error::{ApiError, ApiResult},
+    router::Reply,
+};
 
 /// Alive: the process answers.
 pub fn healthz() -> Reply {
@@ -17,18 +21,25 @@ pub fn healthz() -> Reply {
 }
 
 /// Ready: the store answers and the server is not shutting down.
-pub async fn readyz(state: &AppState) -> Reply {
+///
+/// # Errors
+/// `shutting_down` from the stop signal on; `unavailable`, saying why, while the engine
+/// does not answer (a probe's answer is for operators, so it names the cause).
+pub async fn readyz(state: &AppState) -> ApiResult {
     if state.shutdown.is_cancelled() || state.draining.load(Ordering::Relaxed) {
-        return error(ErrorCode::ShuttingDown, "the server is shutting down");
+        return Err(ApiError::new(
+            ErrorCode::ShuttingDown,
+            "the server is shutting down",
+        ));
     }
     if let Err(e) = state.engine.ready().await {
-        return error(ErrorCode::Unavailable, e);
+        return Err(ApiError::new(ErrorCode::Unavailable, e));
     }
     // The kind of engine only: a Redis URL may carry a password.
-    json(
+    Ok(json(
         StatusCode::OK,
         &serde_json::json!({"status": "ready", "engine": state.engine.kind()}),
-    )
+    ))
 }
 
 /// Prometheus text exposition.

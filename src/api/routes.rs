@@ -1,5 +1,11 @@
 //! The route table: every path template, its method, what it does and who may call it.
-//! The router dispatches from it, and a test holds `/openapi.json` to exactly this list.
+//! The router dispatches from it, and a test holds `/openapi.json` to exactly this list
+//! (with the `HEAD` that every `GET` route also answers).
+//!
+//! Matching is our own, not a router crate's: `{channel}` spans `/`-separated segments
+//! (`/v1/channels/a/b/c/events`) between fixed segments on both sides, which matchit-style
+//! routers express only as a catch-all at the end of a path, so `/events` after it would have
+//! to be split off by hand anyway.
 
 use http::Method;
 
@@ -224,7 +230,7 @@ pub enum Resolved<'a> {
 }
 
 /// Finds the route for `method path`: the first template that matches the path decides
-/// which routes are candidates.
+/// which routes are candidates. `HEAD` finds the path's `GET` route.
 pub fn resolve<'a>(method: &Method, path: &'a str) -> Resolved<'a> {
     let Some((template, _)) = ROUTES
         .iter()
@@ -235,7 +241,7 @@ pub fn resolve<'a>(method: &Method, path: &'a str) -> Resolved<'a> {
     let same_path = ROUTES.iter().filter(|r| r.path == template);
     let mut allowed = Vec::new();
     for r in same_path {
-        if r.method == *method {
+        if r.method == *method || (*method == Method::HEAD && r.method == Method::GET) {
             let params = match_path(template, path).expect("matched above");
             return Resolved::Found(r, params);
         }
@@ -251,6 +257,52 @@ pub fn methods_for(path: &str) -> Vec<&'static Method> {
         Resolved::Found(r, _) => vec![&r.method],
         Resolved::NotFound => Vec::new(),
     }
+}
+
+/// Every operation the server answers: each route, and `HEAD` beside each `GET`
+/// (RFC 9110: the same answer without its body).
+pub fn operations() -> impl Iterator<Item = (&'static Method, &'static Route)> {
+    ROUTES.iter().flat_map(|r| {
+        let head = (r.method == Method::GET).then_some((&Method::HEAD, r));
+        std::iter::once((&r.method, r)).chain(head)
+    })
+}
+
+/// A request path for `route`, as tests call every route with: `channel` for `{channel}`,
+/// `job` or `endpoint` for `{id}` (by the route), and the query a consumer route needs to
+/// answer (`channel`, and `timeout=0` on the long-poll so that its `GET` does not hold).
+///
+/// # Panics
+/// When a template has a parameter this does not fill (`{delivery}`, only on a `POST`).
+pub fn sample_path(route: &Route, channel: &str, job: &str, endpoint: &str) -> String {
+    let path = match route.op {
+        Op::Sse | Op::Stream => format!("{}?channel={channel}", route.path),
+        Op::Poll => format!("/v1/poll?channel={channel}&timeout=0"),
+        _ if route.path.starts_with("/v1/jobs/") => route.path.replace("{id}", job),
+        _ => route
+            .path
+            .replace("{channel}", channel)
+            .replace("{id}", endpoint),
+    };
+    assert!(
+        !path.contains('{'),
+        "fill in the parameters of {}",
+        route.path
+    );
+    path
+}
+
+/// `methods` as the value of `Allow` (and of a preflight's `Access-Control-Allow-Methods`):
+/// `HEAD` follows every `GET`.
+pub fn allow_list(methods: &[&Method]) -> String {
+    let mut list: Vec<&str> = Vec::with_capacity(methods.len() + 1);
+    for m in methods {
+        list.push(m.as_str());
+        if **m == Method::GET {
+            list.push(Method::HEAD.as_str());
+        }
+    }
+    list.join(", ")
 }
 
 /// Matches `path` against `template`, returning the parameters.
@@ -368,5 +420,30 @@ mod tests {
             vec![&Method::POST],
             "preflight methods"
         );
+    }
+
+    #[test]
+    fn head_goes_with_every_get() {
+        assert_eq!(
+            found(Method::HEAD, "/v1/jobs/abc"),
+            (Op::GetJob, vec!["abc".to_owned()])
+        );
+        assert_eq!(
+            found(Method::HEAD, "/v1/channels/a/b/events").0,
+            Op::History
+        );
+        assert!(matches!(
+            resolve(&Method::HEAD, "/v1/jobs"),
+            Resolved::WrongMethod(m) if m == vec![&Method::POST]
+        ));
+        assert_eq!(
+            allow_list(&[&Method::GET, &Method::PATCH, &Method::DELETE]),
+            "GET, HEAD, PATCH, DELETE"
+        );
+        assert_eq!(allow_list(&[&Method::POST]), "POST");
+        let gets = ROUTES.iter().filter(|r| r.method == Method::GET).count();
+        let heads = operations().filter(|(m, _)| **m == Method::HEAD).count();
+        assert_eq!(heads, gets);
+        assert!(operations().all(|(m, r)| *m == r.method || r.method == Method::GET));
     }
 }

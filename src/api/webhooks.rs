@@ -1,25 +1,23 @@
-//! `/v1/webhooks`: endpoint management and the delivery log.
+//! `/v1/webhooks`: endpoint management and the delivery log. Handlers answer
+//! `Result<Reply, ApiError>`; a store's `not_found` is named after the endpoint (or
+//! delivery) here.
 
 use std::sync::Arc;
 
 use http::{Request, StatusCode};
-use hyper::body::Incoming;
 use serde::Serialize;
 use switchyard_protocol::ErrorCode;
-use switchyard_transports::{
-    http::{error, json},
-    params::form_urlencoded_pairs,
-};
+use switchyard_transports::{http::json, params::form_urlencoded_pairs};
 
 use super::{
     AppState,
-    body::{parse_object, read_json},
-    router::Reply,
+    body::{ApiBody, parse_object, read_json},
+    error::{ApiError, ApiResult, NotFoundAs},
 };
 use crate::{
-    store::{Delivery, EndpointRecord, StoreError},
+    store::{Delivery, EndpointRecord},
     time::rfc3339,
-    webhooks::{EndpointInput, WebhookError},
+    webhooks::EndpointInput,
 };
 
 /// Largest endpoint request body.
@@ -61,87 +59,76 @@ fn view(e: &EndpointRecord, with_secret: bool) -> EndpointView<'_> {
     }
 }
 
-fn fail(e: WebhookError, what: &str) -> Reply {
-    match e {
-        WebhookError::Invalid(why) => error(ErrorCode::InvalidRequest, why),
-        WebhookError::Store(e) => store_fail(e, what),
-    }
+/// The `not_found` message of endpoint `id`.
+fn no_endpoint(id: &str) -> impl FnOnce() -> String + '_ {
+    move || format!("no endpoint {id:?}")
 }
 
-fn store_fail(e: StoreError, what: &str) -> Reply {
-    match e {
-        StoreError::NotFound => error(ErrorCode::NotFound, format!("no {what}")),
-        StoreError::Limit(why) => error(ErrorCode::Conflict, why),
-        other => {
-            tracing::error!(error = %other, "webhook store failed");
-            error(
-                ErrorCode::Unavailable,
-                "the store is unavailable; retry later",
-            )
-        }
-    }
-}
-
-async fn input(req: Request<Incoming>) -> Result<EndpointInput, Reply> {
+async fn input(req: Request<ApiBody>) -> ApiResult<EndpointInput> {
     let (_, body) = read_json(req, MAX_BODY).await?;
     parse_object(&body)
 }
 
 /// `POST /v1/webhooks`
-pub async fn create(state: Arc<AppState>, req: Request<Incoming>) -> Reply {
-    let input = match input(req).await {
-        Ok(i) => i,
-        Err(reply) => return reply,
-    };
-    match state.webhooks.create(input).await {
-        Ok(e) => json(StatusCode::CREATED, &view(&e, true)),
-        Err(e) => fail(e, "endpoint"),
-    }
+///
+/// # Errors
+/// A bad body or URL (400); the endpoint limit (409); the store's refusal.
+pub async fn create(state: Arc<AppState>, req: Request<ApiBody>) -> ApiResult {
+    let input = input(req).await?;
+    let endpoint = state.webhooks.create(input).await?;
+    Ok(json(StatusCode::CREATED, &view(&endpoint, true)))
 }
 
 /// `GET /v1/webhooks`
-pub async fn list(state: Arc<AppState>) -> Reply {
-    match state.webhooks.list().await {
-        Ok(all) => json(
-            StatusCode::OK,
-            &serde_json::json!({"webhooks": all.iter().map(|e| view(e, false)).collect::<Vec<_>>()}),
-        ),
-        Err(e) => store_fail(e, "endpoint"),
-    }
+///
+/// # Errors
+/// The store's refusal.
+pub async fn list(state: Arc<AppState>) -> ApiResult {
+    let all = state.webhooks.list().await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"webhooks": all.iter().map(|e| view(e, false)).collect::<Vec<_>>()}),
+    ))
 }
 
 /// `GET /v1/webhooks/{id}`
-pub async fn get(state: Arc<AppState>, id: &str) -> Reply {
-    match state.webhooks.get(id).await {
-        Ok(Some(e)) => json(StatusCode::OK, &view(&e, false)),
-        Ok(None) => error(ErrorCode::NotFound, format!("no endpoint {id:?}")),
-        Err(e) => store_fail(e, "endpoint"),
-    }
+///
+/// # Errors
+/// `not_found`; the store's refusal.
+pub async fn get(state: Arc<AppState>, id: &str) -> ApiResult {
+    let endpoint = state
+        .webhooks
+        .get(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(no_endpoint(id)()))?;
+    Ok(json(StatusCode::OK, &view(&endpoint, false)))
 }
 
 /// `PATCH /v1/webhooks/{id}`
-pub async fn update(state: Arc<AppState>, id: &str, req: Request<Incoming>) -> Reply {
-    let input = match input(req).await {
-        Ok(i) => i,
-        Err(reply) => return reply,
-    };
-    match state.webhooks.update(id, input).await {
-        Ok((e, rotated)) => json(StatusCode::OK, &view(&e, rotated)),
-        Err(e) => fail(e, &format!("endpoint {id:?}")),
-    }
+///
+/// # Errors
+/// A bad body or URL (400); `not_found`; the store's refusal.
+pub async fn update(state: Arc<AppState>, id: &str, req: Request<ApiBody>) -> ApiResult {
+    let input = input(req).await?;
+    let (endpoint, rotated) = state
+        .webhooks
+        .update(id, input)
+        .await
+        .not_found_as(no_endpoint(id))?;
+    Ok(json(StatusCode::OK, &view(&endpoint, rotated)))
 }
 
 /// `DELETE /v1/webhooks/{id}`
-pub async fn delete(state: Arc<AppState>, id: &str) -> Reply {
-    match state.webhooks.delete(id).await {
-        Ok(true) => {
-            let mut res = http::Response::new(switchyard_transports::http::empty());
-            *res.status_mut() = StatusCode::NO_CONTENT;
-            res
-        }
-        Ok(false) => error(ErrorCode::NotFound, format!("no endpoint {id:?}")),
-        Err(e) => store_fail(e, "endpoint"),
+///
+/// # Errors
+/// `not_found`; the store's refusal.
+pub async fn delete(state: Arc<AppState>, id: &str) -> ApiResult {
+    if !state.webhooks.delete(id).await? {
+        return Err(ApiError::not_found(no_endpoint(id)()));
     }
+    let mut res = http::Response::new(switchyard_transports::http::empty());
+    *res.status_mut() = StatusCode::NO_CONTENT;
+    Ok(res)
 }
 
 #[derive(Serialize)]
@@ -191,42 +178,50 @@ fn delivery_view(d: &Delivery) -> DeliveryView<'_> {
 }
 
 /// `GET /v1/webhooks/{id}/deliveries?limit=N`: newest first, with every attempt.
-pub async fn deliveries(state: Arc<AppState>, id: &str, query: Option<&str>) -> Reply {
+///
+/// # Errors
+/// A bad `limit`; `not_found`; the store's refusal.
+pub async fn deliveries(state: Arc<AppState>, id: &str, query: Option<&str>) -> ApiResult {
     let mut limit = DEFAULT_DELIVERIES;
     for (k, v) in form_urlencoded_pairs(query.unwrap_or("")) {
         if k == "limit" {
             match v.parse::<usize>() {
                 Ok(n) if (1..=MAX_DELIVERIES).contains(&n) => limit = n,
                 _ => {
-                    return error(
+                    return Err(ApiError::new(
                         ErrorCode::InvalidParameter,
                         format!("`limit` must be an integer from 1 to {MAX_DELIVERIES}"),
-                    );
+                    ));
                 }
             }
         }
     }
-    match state.webhooks.get(id).await {
-        Ok(Some(_)) => {}
-        Ok(None) => return error(ErrorCode::NotFound, format!("no endpoint {id:?}")),
-        Err(e) => return store_fail(e, "endpoint"),
+    if state.webhooks.get(id).await?.is_none() {
+        return Err(ApiError::not_found(no_endpoint(id)()));
     }
-    match state.webhooks.deliveries(id, limit).await {
-        Ok(list) => json(
-            StatusCode::OK,
-            &serde_json::json!({"deliveries": list.iter().map(delivery_view).collect::<Vec<_>>()}),
-        ),
-        Err(e) => store_fail(e, "endpoint"),
-    }
+    let list = state
+        .webhooks
+        .deliveries(id, limit)
+        .await
+        .not_found_as(no_endpoint(id))?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"deliveries": list.iter().map(delivery_view).collect::<Vec<_>>()}),
+    ))
 }
 
 /// `POST /v1/webhooks/{id}/deliveries/{delivery}/retry`: send it again now.
-pub async fn retry(state: Arc<AppState>, id: &str, delivery: &str) -> Reply {
-    match state.webhooks.retry(id, delivery).await {
-        Ok(()) => json(
-            StatusCode::ACCEPTED,
-            &serde_json::json!({"id": delivery, "status": "pending"}),
-        ),
-        Err(e) => store_fail(e, &format!("delivery {delivery:?} on endpoint {id:?}")),
-    }
+///
+/// # Errors
+/// `not_found` (no such endpoint or delivery); the store's refusal.
+pub async fn retry(state: Arc<AppState>, id: &str, delivery: &str) -> ApiResult {
+    state
+        .webhooks
+        .retry(id, delivery)
+        .await
+        .not_found_as(|| format!("no delivery {delivery:?} on endpoint {id:?}"))?;
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({"id": delivery, "status": "pending"}),
+    ))
 }

@@ -445,7 +445,8 @@ impl Dispatcher {
         d: &DueDelivery,
         at_ms: i64,
     ) -> Result<(StatusCode, Option<Duration>), String> {
-        let url = ssrf::check_url(&d.url, self.config.allow_private_networks)?;
+        let url = ssrf::check_url(&d.url, self.config.allow_private_networks)
+            .map_err(|e| e.to_string())?;
         let secret =
             WebhookSecret::parse(&d.secret).map_err(|e| format!("bad endpoint secret: {e}"))?;
         let previous = d

@@ -34,6 +34,9 @@ pub enum WebhookError {
     /// Bad input (400).
     #[error("{0}")]
     Invalid(String),
+    /// A URL the SSRF guard (or URL syntax) refuses (400).
+    #[error(transparent)]
+    Url(#[from] ssrf::UrlRefused),
     /// From the store.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -83,8 +86,7 @@ impl Webhooks {
             )));
         }
         url_syntax::check(url).map_err(WebhookError::Invalid)?;
-        let parsed = ssrf::check_url(url, self.config.allow_private_networks)
-            .map_err(WebhookError::Invalid)?;
+        let parsed = ssrf::check_url(url, self.config.allow_private_networks)?;
         // A name is checked again at every connection; refusing an obviously internal one
         // now gives a clear answer. A name that does not resolve yet is accepted.
         let host = parsed
@@ -96,12 +98,8 @@ impl Webhooks {
             let resolver = ssrf::GuardedResolver {
                 allow_private: self.config.allow_private_networks,
             };
-            if let Err(e) = resolver.lookup(host).await
-                && e == ssrf::REFUSED
-            {
-                return Err(WebhookError::Invalid(format!(
-                    "`url` host {host} resolves only to non-public addresses; set webhooks.allow_private_networks to allow it"
-                )));
+            if let Err(ssrf::LookupError::Refused) = resolver.lookup(host).await {
+                return Err(ssrf::UrlRefused::NonPublicName(host.to_owned()).into());
             }
         }
         Ok(())

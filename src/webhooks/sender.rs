@@ -99,14 +99,13 @@ fn describe(e: reqwest::Error) -> String {
     } else {
         "request failed".to_owned()
     };
+    if ssrf::is_refusal(&e) {
+        return ssrf::LookupError::Refused.to_string();
+    }
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
-        let s_text = s.to_string();
-        if s_text.contains(ssrf::REFUSED) {
-            return ssrf::REFUSED.to_owned();
-        }
         text.push_str(": ");
-        text.push_str(&s_text);
+        text.push_str(&s.to_string());
         source = s.source();
     }
     text

@@ -1,6 +1,10 @@
 //! The SSRF guard: webhook URLs may not reach loopback, private, link-local or other
 //! non-public addresses (unless `webhooks.allow_private_networks`). Names are checked after
 //! DNS resolution, when connecting, so a name that later resolves elsewhere is caught too.
+//!
+//! Refusals are typed ([`UrlRefused`] for a URL, [`LookupError::Refused`] for a name), so
+//! callers match on them, never on their text; [`is_refusal`] finds the latter in the error
+//! chain of a failed request.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -48,20 +52,47 @@ fn is_public_v6(a: Ipv6Addr) -> bool {
         || (s[0] == 0x2002)) // 6to4: may embed private IPv4
 }
 
+/// Why a webhook URL is refused (400 `invalid_request`); each message says what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlRefused {
+    /// Not a URL at all.
+    #[error("`url` is not a valid URL: {0}")]
+    Invalid(String),
+    /// Another scheme than http or https.
+    #[error("`url` must be http or https")]
+    Scheme,
+    /// `user:password@` in the URL.
+    #[error("`url` must not carry credentials")]
+    Credentials,
+    /// No host.
+    #[error("`url` needs a host")]
+    NoHost,
+    /// An IP literal that is not public.
+    #[error(
+        "`url` points to a non-public address ({0}); set webhooks.allow_private_networks to allow it"
+    )]
+    NonPublicAddress(IpAddr),
+    /// A name that resolves only to non-public addresses.
+    #[error(
+        "`url` host {0} resolves only to non-public addresses; set webhooks.allow_private_networks to allow it"
+    )]
+    NonPublicName(String),
+}
+
 /// Checks a URL before it is stored or used: http(s), a host, and (for an IP literal, which
 /// no resolver sees) a public address unless private networks are allowed.
 ///
 /// # Errors
-/// A sentence saying what is wrong.
-pub fn check_url(url: &str, allow_private: bool) -> Result<reqwest::Url, String> {
-    let url = reqwest::Url::parse(url).map_err(|e| format!("`url` is not a valid URL: {e}"))?;
+/// What is wrong with it.
+pub fn check_url(url: &str, allow_private: bool) -> Result<reqwest::Url, UrlRefused> {
+    let url = reqwest::Url::parse(url).map_err(|e| UrlRefused::Invalid(e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err("`url` must be http or https".into());
+        return Err(UrlRefused::Scheme);
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err("`url` must not carry credentials".into());
+        return Err(UrlRefused::Credentials);
     }
-    let host = url.host_str().ok_or("`url` needs a host")?;
+    let host = url.host_str().ok_or(UrlRefused::NoHost)?;
     let literal = host
         .trim_start_matches('[')
         .trim_end_matches(']')
@@ -70,9 +101,7 @@ pub fn check_url(url: &str, allow_private: bool) -> Result<reqwest::Url, String>
         && !allow_private
         && !is_public(ip)
     {
-        return Err(format!(
-            "`url` points to a non-public address ({ip}); set webhooks.allow_private_networks to allow it"
-        ));
+        return Err(UrlRefused::NonPublicAddress(ip));
     }
     Ok(url)
 }
@@ -84,28 +113,58 @@ pub struct GuardedResolver {
     pub allow_private: bool,
 }
 
-/// The error when a name resolves only to refused addresses.
-pub const REFUSED: &str =
-    "refused by the SSRF guard: the host resolves only to non-public addresses";
+/// Why a name gave no address to connect to.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// The resolver failed.
+    #[error("cannot resolve {host}: {source}")]
+    Resolve {
+        /// The name looked up.
+        host: String,
+        /// The resolver's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Every address of the name is one the guard refuses.
+    #[error("refused by the SSRF guard: the host resolves only to non-public addresses")]
+    Refused,
+}
 
 impl GuardedResolver {
     /// Resolves `host` and keeps the allowed addresses.
     ///
     /// # Errors
     /// When resolution fails or nothing allowed is left.
-    pub async fn lookup(&self, host: &str) -> Result<Vec<SocketAddr>, String> {
-        let found = tokio::net::lookup_host((host, 0))
-            .await
-            .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    pub async fn lookup(&self, host: &str) -> Result<Vec<SocketAddr>, LookupError> {
+        let found =
+            tokio::net::lookup_host((host, 0))
+                .await
+                .map_err(|source| LookupError::Resolve {
+                    host: host.to_owned(),
+                    source,
+                })?;
         let allowed: Vec<SocketAddr> = found
             .filter(|a| self.allow_private || is_public(a.ip()))
             .collect();
         if allowed.is_empty() {
-            Err(REFUSED.into())
+            Err(LookupError::Refused)
         } else {
             Ok(allowed)
         }
     }
+}
+
+/// Whether `e`, or an error it was caused by, is the guard's refusal of a name (as reqwest
+/// reports a connection the resolver refused).
+pub fn is_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if matches!(e.downcast_ref::<LookupError>(), Some(LookupError::Refused)) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 impl Resolve for GuardedResolver {
@@ -153,25 +212,38 @@ mod tests {
     #[test]
     fn urls_are_checked_before_use() {
         assert!(check_url("https://example.com/hook", false).is_ok());
-        assert!(check_url("http://127.0.0.1:9000/hook", false).is_err());
-        assert!(check_url("http://[::1]/hook", false).is_err());
+        assert_eq!(
+            check_url("http://127.0.0.1:9000/hook", false).unwrap_err(),
+            UrlRefused::NonPublicAddress("127.0.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            check_url("http://[::1]/hook", false).unwrap_err(),
+            UrlRefused::NonPublicAddress("::1".parse().unwrap())
+        );
         assert!(check_url("http://127.0.0.1:9000/hook", true).is_ok());
-        assert!(check_url("ftp://example.com", false).is_err());
-        assert!(check_url("https://user:pw@example.com", false).is_err());
-        assert!(check_url("not a url", false).is_err());
+        assert_eq!(
+            check_url("ftp://example.com", false).unwrap_err(),
+            UrlRefused::Scheme
+        );
+        assert_eq!(
+            check_url("https://user:pw@example.com", false).unwrap_err(),
+            UrlRefused::Credentials
+        );
+        assert!(matches!(
+            check_url("not a url", false),
+            Err(UrlRefused::Invalid(_))
+        ));
     }
 
     #[tokio::test]
     async fn names_resolving_to_loopback_are_refused_unless_allowed() {
-        assert_eq!(
-            GuardedResolver {
-                allow_private: false
-            }
-            .lookup("localhost")
-            .await
-            .unwrap_err(),
-            REFUSED
-        );
+        let refused = GuardedResolver {
+            allow_private: false,
+        }
+        .lookup("localhost")
+        .await
+        .unwrap_err();
+        assert!(matches!(refused, LookupError::Refused), "{refused}");
         assert!(
             GuardedResolver {
                 allow_private: true
@@ -180,5 +252,19 @@ mod tests {
             .await
             .is_ok()
         );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_found_by_type_in_a_client_error() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .dns_resolver(resolver(false))
+            .build()
+            .unwrap();
+        let e = client.get("http://localhost:9/").send().await.unwrap_err();
+        assert!(is_refusal(&e), "{e:?}");
+        let other = std::io::Error::other("connection refused");
+        assert!(!is_refusal(&other));
     }
 }

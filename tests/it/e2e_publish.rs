@@ -187,7 +187,8 @@ async fn bad_publishes_get_clear_errors() {
         405,
         "method_not_allowed",
     );
-    assert_eq!(h["allow"], "GET, POST");
+    // HEAD goes with every GET (RFC 9110).
+    assert_eq!(h["allow"], "GET, HEAD, POST");
     let (s, h, b) = request(addr, "POST", "/v1/sse", &[], vec![]).await;
     assert_error(
         s,
@@ -195,7 +196,7 @@ async fn bad_publishes_get_clear_errors() {
         405,
         "method_not_allowed",
     );
-    assert_eq!(h["allow"], "GET");
+    assert_eq!(h["allow"], "GET, HEAD");
     server.shutdown().await;
 }
 

@@ -15,6 +15,7 @@ mod e2e_cluster;
 mod e2e_crash;
 mod e2e_cross;
 mod e2e_event_path;
+mod e2e_http;
 mod e2e_jobs;
 mod e2e_limits;
 mod e2e_longpoll;

@@ -43,6 +43,7 @@ mod e2e_ws;
 
 // Left out, as nothing in them reaches the engine or they test one engine only:
 // - e2e_limits: rate, connection, timeout and CORS limits act in the HTTP layer.
+// - e2e_http: HEAD, ETags, compression and request ids act in the HTTP layer too.
 // - e2e_crash: SIGKILL recovery of the embedded store's files (the binary, in a data dir).
 // - e2e_browser: static files and a Chromium run of the demo page.
 // - e2e_redis_*, e2e_cluster: they start their own redis-servers already (in tests/it).

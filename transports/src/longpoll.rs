@@ -5,6 +5,9 @@
 //! Response: `{"events": [envelope, ...], "cursor": "<combined>", "reset": bool}`, plus
 //! `"resets": [{"channel", "offset"}]` naming each channel whose history no longer reached
 //! the cursor (and the oldest offset kept there) when `reset` is true.
+//!
+//! A `HEAD` is checked like a `GET` (credential, parameters) and answered at once, without
+//! holding: its length is unknown, so it has no `Content-Length`.
 
 use std::{fmt::Write, sync::Arc};
 
@@ -14,37 +17,77 @@ use switchyard_protocol::ErrorCode;
 
 use crate::{
     Context, access,
-    http::{Body, error, json_bytes},
+    http::{Body, empty, error, json_bytes},
     hub::{Event, Received},
     metrics::Transport,
-    params::ConsumerParams,
+    params::{ConsumerParams, ParamError},
     session::Session,
 };
 
+/// A request that passed the checks.
+struct Admitted {
+    grant: access::Grant,
+    params: ConsumerParams,
+    timeout: std::time::Duration,
+    limit: usize,
+}
+
+/// The checks before anything is subscribed: credential, parameters, shutdown.
+fn admit(ctx: &Context, parts: &Parts) -> Result<Admitted, ParamError> {
+    let cfg = &ctx.config;
+    let grant = access::require(ctx, &parts.headers, parts.uri.query())?;
+    let params = ConsumerParams::parse(parts, cfg.max_channels_per_request, false)?;
+    grant.check(&params.channels)?;
+    let timeout = params.seconds("timeout", cfg.poll_default_timeout, cfg.poll_max_timeout)?;
+    let limit = params.count("limit", cfg.poll_default_limit, cfg.poll_max_limit)?;
+    if ctx.shutdown.is_cancelled() {
+        return Err(ParamError::new(
+            ErrorCode::ShuttingDown,
+            "the server is shutting down",
+        ));
+    }
+    Ok(Admitted {
+        grant,
+        params,
+        timeout,
+        limit,
+    })
+}
+
+/// Answers a `HEAD`: the `GET`'s refusal, or its status and headers at once, without a
+/// body (nothing is subscribed or held).
+pub fn head(ctx: &Context, parts: &Parts) -> Response<Body> {
+    match admit(ctx, parts) {
+        Ok(_) => answer_head(Response::new(empty())),
+        Err(e) => error(e.code, e.message),
+    }
+}
+
+/// The headers of a long-poll answer.
+fn answer_head(mut res: Response<Body>) -> Response<Body> {
+    let h = res.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    res
+}
+
 /// Serves a long-poll request.
 pub async fn respond(ctx: Arc<Context>, parts: &Parts) -> Response<Body> {
-    let cfg = &ctx.config;
-    let grant = match access::require(&ctx, &parts.headers, parts.uri.query()) {
-        Ok(g) => g,
+    let Admitted {
+        grant,
+        params,
+        timeout,
+        limit,
+    } = match admit(&ctx, parts) {
+        Ok(admitted) => admitted,
         Err(e) => return error(e.code, e.message),
     };
-    let params = match ConsumerParams::parse(parts, cfg.max_channels_per_request, false) {
-        Ok(p) => p,
-        Err(e) => return error(e.code, e.message),
-    };
-    if let Err(e) = grant.check(&params.channels) {
-        return error(e.code, e.message);
-    }
-    let (timeout, limit) = match (
-        params.seconds("timeout", cfg.poll_default_timeout, cfg.poll_max_timeout),
-        params.count("limit", cfg.poll_default_limit, cfg.poll_max_limit),
-    ) {
-        (Ok(t), Ok(l)) => (t, l),
-        (Err(e), _) | (_, Err(e)) => return error(e.code, e.message),
-    };
-    if ctx.shutdown.is_cancelled() {
-        return error(ErrorCode::ShuttingDown, "the server is shutting down");
-    }
     let _connection = ctx.metrics.connection(Transport::LongPoll);
     let mut session = Session::new(&ctx, None);
     let mut events: Vec<Arc<Event>> = Vec::new();
@@ -114,12 +157,7 @@ pub async fn respond(ctx: Arc<Context>, parts: &Parts) -> Response<Body> {
     }
     tail.push('}');
     body.put_slice(tail.as_bytes());
-    let mut res = json_bytes(StatusCode::OK, body.freeze());
-    res.headers_mut().insert(
-        http::header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-store"),
-    );
-    res
+    answer_head(json_bytes(StatusCode::OK, body.freeze()))
 }
 
 #[cfg(test)]

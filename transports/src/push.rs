@@ -1,5 +1,6 @@
 //! The streaming-response driver shared by SSE and NDJSON streaming: subscribe, replay,
-//! then live events with heartbeats, ending cleanly on shutdown or overflow.
+//! then live events with heartbeats, ending cleanly on shutdown or overflow; and the answer
+//! to a `HEAD`, checked like the `GET` but answered at once.
 
 use std::{convert::Infallible, sync::Arc};
 
@@ -14,10 +15,10 @@ use tokio::time::{MissedTickBehavior, interval_at};
 use crate::{
     Context, access,
     context::ConnectionHandle,
-    http::{Body, error},
+    http::{Body, empty, error},
     hub::{Event, Received},
     metrics::Transport,
-    params::ConsumerParams,
+    params::{ConsumerParams, ParamError},
     session::Session,
 };
 
@@ -42,29 +43,63 @@ pub(crate) trait Framing: Send + 'static {
     fn goodbye(&self, code: ErrorCode, message: &str) -> Bytes;
 }
 
+/// What a request must pass before it is subscribed: a credential that allows its
+/// channels, valid parameters, and a server that is not shutting down.
+fn admit<F: Framing>(
+    ctx: &Context,
+    parts: &Parts,
+) -> Result<(access::Grant, ConsumerParams), ParamError> {
+    let grant = access::require(ctx, &parts.headers, parts.uri.query())?;
+    let params = ConsumerParams::parse(
+        parts,
+        ctx.config.max_channels_per_request,
+        F::READS_LAST_EVENT_ID,
+    )?;
+    grant.check(&params.channels)?;
+    if ctx.shutdown.is_cancelled() {
+        return Err(ParamError::new(
+            ErrorCode::ShuttingDown,
+            "the server is shutting down",
+        ));
+    }
+    Ok((grant, params))
+}
+
+/// The answer to a `HEAD`: the `GET`'s refusal, or its status and headers without a body
+/// (nothing is subscribed; an engine-side refusal such as `limits.max_channels` is only
+/// met by the `GET`).
+pub(crate) fn head<F: Framing>(ctx: &Context, parts: &Parts) -> Response<Body> {
+    match admit::<F>(ctx, parts) {
+        Ok(_) => stream_head::<F>(Response::new(empty())),
+        Err(e) => error(e.code, e.message),
+    }
+}
+
+/// The headers of a stream's answer.
+fn stream_head<F: Framing>(mut res: Response<Body>) -> Response<Body> {
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(F::CONTENT_TYPE),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store"),
+    );
+    // Tells nginx-style proxies not to buffer the stream.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    res
+}
+
 pub(crate) async fn respond<F: Framing>(
     ctx: Arc<Context>,
     parts: &Parts,
     framing: F,
 ) -> Response<Body> {
-    let grant = match access::require(&ctx, &parts.headers, parts.uri.query()) {
-        Ok(g) => g,
+    let (grant, params) = match admit::<F>(&ctx, parts) {
+        Ok(admitted) => admitted,
         Err(e) => return error(e.code, e.message),
     };
-    let params = match ConsumerParams::parse(
-        parts,
-        ctx.config.max_channels_per_request,
-        F::READS_LAST_EVENT_ID,
-    ) {
-        Ok(p) => p,
-        Err(e) => return error(e.code, e.message),
-    };
-    if let Err(e) = grant.check(&params.channels) {
-        return error(e.code, e.message);
-    }
-    if ctx.shutdown.is_cancelled() {
-        return error(ErrorCode::ShuttingDown, "the server is shutting down");
-    }
     let abort = parts
         .extensions
         .get::<ConnectionHandle>()
@@ -151,19 +186,7 @@ pub(crate) async fn respond<F: Framing>(
         }
     };
 
-    let mut res = Response::new(BodyExt::boxed_unsync(StreamBody::new(body)));
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(F::CONTENT_TYPE),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache, no-store"),
-    );
-    // Tells nginx-style proxies not to buffer the stream.
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    res
+    stream_head::<F>(Response::new(BodyExt::boxed_unsync(StreamBody::new(body))))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! The stream opens with `retry:` and an `id:`-only block carrying the starting cursor: it
 //! dispatches no event, but sets the browser's last event id, so a reconnect before the
 //! first event still resumes without loss. With several channels, `id:` is the combined
-//! cursor of all of them.
+//! cursor of all of them. A `HEAD` is checked like a `GET` and answered at once.
 
 use std::sync::Arc;
 
@@ -22,6 +22,12 @@ struct Sse {
 pub async fn respond(ctx: Arc<Context>, parts: &Parts) -> Response<Body> {
     let retry_ms = ctx.config.sse_retry.as_millis();
     push::respond(ctx, parts, Sse { retry_ms }).await
+}
+
+/// Answers a `HEAD`: the same checks and headers as [`respond`], no body, nothing
+/// subscribed.
+pub fn head(ctx: &Context, parts: &Parts) -> Response<Body> {
+    push::head::<Sse>(ctx, parts)
 }
 
 fn block(id: Option<&str>, event: &str, data: &[u8]) -> Bytes {

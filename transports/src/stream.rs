@@ -4,7 +4,8 @@
 //! Control lines are WebSocket server frames and carry an `"op"` (event lines never do):
 //! `subscribed` per channel first (with the starting cursor), `reset` when history no longer
 //! reaches the cursor, and `error` just before the server ends the stream on purpose
-//! (`slow_consumer`, `shutting_down`). Heartbeats are empty lines.
+//! (`slow_consumer`, `shutting_down`). Heartbeats are empty lines. A `HEAD` is checked like a
+//! `GET` and answered at once.
 
 use std::sync::Arc;
 
@@ -19,6 +20,12 @@ struct Ndjson;
 /// Serves an NDJSON streaming request.
 pub async fn respond(ctx: Arc<Context>, parts: &Parts) -> Response<Body> {
     push::respond(ctx, parts, Ndjson).await
+}
+
+/// Answers a `HEAD`: the same checks and headers as [`respond`], no body, nothing
+/// subscribed.
+pub fn head(ctx: &Context, parts: &Parts) -> Response<Body> {
+    push::head::<Ndjson>(ctx, parts)
 }
 
 fn line(frame: &ServerFrame) -> Bytes {

@@ -6,7 +6,6 @@ use std::{sync::Arc, time::Duration};
 
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use switchyard_protocol::{ChannelName, ClientFrame, Cursor, ErrorBody, ErrorCode, ServerFrame};
 use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
@@ -44,11 +43,26 @@ const BATCH: usize = 64;
 
 /// Answers the upgrade request and runs the session on the upgraded connection, tracked by
 /// `ctx.tracker` so shutdown waits for its close frame.
-pub fn upgrade(ctx: Arc<Context>, req: Request<Incoming>) -> Response<Body> {
+///
+/// Any request body type will do: the upgrade comes from the request's extensions (hyper
+/// puts it there). A request without one (not from an HTTP/1.1 connection with upgrades
+/// enabled, such as a test's) is answered 400 `invalid_request` instead of a `101` that no
+/// connection would follow.
+pub fn upgrade<B>(ctx: Arc<Context>, req: Request<B>) -> Response<Body> {
     let (accept, grant) = match admit_upgrade(&ctx, req.headers(), req.uri().query()) {
         Ok(admitted) => admitted,
         Err(res) => return res,
     };
+    if req
+        .extensions()
+        .get::<hyper::upgrade::OnUpgrade>()
+        .is_none()
+    {
+        return error(
+            ErrorCode::InvalidRequest,
+            "this connection cannot switch to WebSocket (HTTP/1.1 upgrades only)",
+        );
+    }
     let held = req
         .extensions()
         .get::<ConnectionHandle>()

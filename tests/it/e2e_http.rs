@@ -1,0 +1,261 @@
+//! The HTTP layer over a real socket: `HEAD` on every `GET` route (same status and headers,
+//! no body, at once on the consumer routes), the client's `ETag` revalidated to `304`, its
+//! gzip encoding, request ids, and `curl -sI` on every `GET` route when curl is installed.
+
+use std::{io::Read, net::SocketAddr, time::Instant};
+
+use ::http::{HeaderMap, Method, StatusCode};
+use serde_json::json;
+use switchyard::api::{
+    assets::CLIENT_JS,
+    routes::{Op, Route, operations, sample_path},
+};
+
+use crate::support::{config, http, start, within};
+
+/// Every `GET` route, with a path that reaches it.
+fn get_routes(job: &str, endpoint: &str) -> Vec<(&'static Route, String)> {
+    operations()
+        .filter(|(m, _)| **m == Method::HEAD)
+        .map(|(_, route)| (route, sample_path(route, "e2e-http", job, endpoint)))
+        .collect()
+}
+
+/// A job and a webhook endpoint to read.
+async fn fixtures(addr: SocketAddr) -> (String, String) {
+    let (status, _, job) = http::post_json(addr, "/v1/jobs", &[], &json!({"q": 1})).await;
+    assert_eq!(status, 202, "{job}");
+    let (status, _, endpoint) = http::post_json(
+        addr,
+        "/v1/webhooks",
+        &[],
+        &json!({"url": "http://127.0.0.1:9/hook", "channels": ["e2e-http"]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{endpoint}");
+    (
+        job["id"].as_str().unwrap().to_owned(),
+        endpoint["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// The headers a `GET` and its `HEAD` share: all but the framing (`content-length`,
+/// `transfer-encoding`), the clock (`date`) and the per-request id.
+fn comparable(h: &HeaderMap) -> Vec<(String, String)> {
+    let mut v: Vec<_> = h
+        .iter()
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "content-length" | "transfer-encoding" | "date" | "x-request-id"
+            )
+        })
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn length(h: &HeaderMap) -> Option<usize> {
+    h.get("content-length")
+        .map(|v| v.to_str().unwrap().parse().unwrap())
+}
+
+#[tokio::test]
+async fn head_answers_what_get_answers_on_every_get_route() {
+    let mut cfg = config();
+    cfg.webhooks.allow_private_networks = true;
+    let server = start(cfg).await;
+    let addr = server.addr;
+    let (job, endpoint) = fixtures(addr).await;
+    for (route, path) in get_routes(&job, &endpoint) {
+        let get = http::open(addr, &path, &[]).await;
+        let (get_status, get_headers) = (get.status(), get.headers().clone());
+        // A stream never ends: its head is all there is to compare (dropping it hangs up).
+        drop(get);
+        let (status, headers, body) = within(
+            &format!("HEAD {path}"),
+            http::request(addr, "HEAD", &path, &[], vec![]),
+        )
+        .await;
+        assert_eq!(status, get_status, "HEAD {path}");
+        assert_eq!(
+            comparable(&headers),
+            comparable(&get_headers),
+            "HEAD {path}"
+        );
+        assert!(body.is_empty(), "HEAD {path}: a body");
+        assert!(headers.contains_key("x-request-id"), "HEAD {path}");
+        match route.op {
+            // The length depends on what the skipped hold (or stream) would have brought.
+            Op::Sse | Op::Stream | Op::Poll => assert_eq!(length(&headers), None, "HEAD {path}"),
+            // Counters move between two requests.
+            Op::Metrics => assert!(length(&headers).is_some(), "HEAD {path}"),
+            _ => assert_eq!(length(&headers), length(&get_headers), "HEAD {path}"),
+        }
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn head_on_consumer_routes_answers_at_once_and_checks_like_get() {
+    let mut cfg = config();
+    cfg.auth.api_keys = vec!["e2e-http-admin-key-0123".to_owned()];
+    let server = start(cfg).await;
+    let addr = server.addr;
+    let auth = [("authorization", "Bearer e2e-http-admin-key-0123")];
+    // Without `timeout`, a long-poll GET holds 30 s (`poll.default_timeout_secs`).
+    for path in [
+        "/v1/sse?channel=e2e-head",
+        "/v1/stream?channel=e2e-head",
+        "/v1/poll?channel=e2e-head",
+    ] {
+        let started = Instant::now();
+        let (status, headers, body) = within(
+            &format!("HEAD {path}"),
+            http::request(addr, "HEAD", path, &auth, vec![]),
+        )
+        .await;
+        assert_eq!(status, 200, "HEAD {path}");
+        assert!(body.is_empty());
+        assert!(headers.contains_key("content-type"), "HEAD {path}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "HEAD {path} held for {:?}",
+            started.elapsed()
+        );
+        // The same request without a credential: the GET's 401.
+        let (status, headers, body) = http::request(addr, "HEAD", path, &[], vec![]).await;
+        assert_eq!(status, 401, "HEAD {path}");
+        assert!(headers.contains_key("www-authenticate"));
+        assert!(body.is_empty());
+    }
+    let (_, _, metrics) = http::request(addr, "GET", "/metrics", &auth, vec![]).await;
+    let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "switchyard_channels 0"),
+        "a HEAD subscribed:\n{metrics}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_client_is_revalidated_with_its_etag_and_sent_compressed() {
+    let server = start(config()).await;
+    let addr = server.addr;
+    let (status, headers, body) = http::request(addr, "GET", "/v1/client.js", &[], vec![]).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, CLIENT_JS.as_bytes());
+    assert_eq!(headers["cache-control"], "no-cache");
+    let etag = headers["etag"].to_str().unwrap().to_owned();
+    let (status, headers, body) = http::request(
+        addr,
+        "GET",
+        "/v1/client.js",
+        &[("if-none-match", &etag)],
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+    assert!(body.is_empty());
+    assert_eq!(headers["etag"], etag.as_str());
+
+    let (status, headers, body) = http::request(
+        addr,
+        "GET",
+        "/v1/client.js",
+        &[("accept-encoding", "gzip")],
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-encoding"], "gzip");
+    assert_eq!(length(&headers), Some(body.len()));
+    assert!(body.len() < CLIENT_JS.len() / 2, "{} bytes", body.len());
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&body[..])
+        .read_to_string(&mut text)
+        .unwrap();
+    assert_eq!(text, CLIENT_JS);
+    // Another encoding, another tag: the gzip tag revalidates the gzip body only.
+    let gzip_tag = headers["etag"].to_str().unwrap().to_owned();
+    assert_ne!(gzip_tag, etag);
+    let (status, ..) = http::request(
+        addr,
+        "GET",
+        "/v1/client.js",
+        &[("accept-encoding", "gzip"), ("if-none-match", &gzip_tag)],
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn request_ids_are_answered_and_kept() {
+    let server = start(config()).await;
+    let addr = server.addr;
+    let (_, headers, _) = http::request(addr, "GET", "/healthz", &[], vec![]).await;
+    let made = headers["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(made.len(), 32, "{made}");
+    let (_, again, _) = http::request(addr, "GET", "/healthz", &[], vec![]).await;
+    assert_ne!(again["x-request-id"], made.as_str());
+    let (status, headers, _) = http::request(
+        addr,
+        "GET",
+        "/nope",
+        &[("x-request-id", "lb-e2e-42")],
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(headers["x-request-id"], "lb-e2e-42");
+    server.shutdown().await;
+}
+
+/// `curl -sI` (a HEAD) on every GET route answers the GET's status. Skipped, saying so,
+/// where curl is not installed.
+#[tokio::test]
+async fn curl_head_works_on_every_get_route() {
+    let Ok(version) = std::process::Command::new("curl").arg("--version").output() else {
+        eprintln!("SKIPPED curl_head_works_on_every_get_route: no `curl` binary on this machine");
+        return;
+    };
+    assert!(version.status.success());
+    let mut cfg = config();
+    cfg.webhooks.allow_private_networks = true;
+    let server = start(cfg).await;
+    let addr = server.addr;
+    let (job, endpoint) = fixtures(addr).await;
+    for (_, path) in get_routes(&job, &endpoint) {
+        let expected = http::open(addr, &path, &[]).await.status();
+        let url = format!("http://{addr}{path}");
+        let curl = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("curl")
+                .args(["-sI", "--max-time", "5", &url])
+                .output()
+        });
+        let out = within(&format!("curl -sI {path}"), curl)
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "curl -sI {path}: {:?}\n{text}",
+            out.status
+        );
+        let status_line = text.lines().next().unwrap_or_default();
+        assert_eq!(
+            status_line.split_whitespace().nth(1),
+            Some(expected.as_str()),
+            "curl -sI {path}: {text}"
+        );
+        assert!(
+            text.to_ascii_lowercase().contains("x-request-id:"),
+            "{text}"
+        );
+    }
+    server.shutdown().await;
+}
