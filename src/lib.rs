@@ -166,8 +166,6 @@ pub async fn run(
     let jobs = Arc::clone(&state.jobs);
     let token = state.shutdown.clone();
     let tracker = state.consumers.tracker.clone();
-    // The built-in files are compressed once; doing it now spares the first browser.
-    drop(tokio::task::spawn_blocking(api::assets::warm));
 
     let engine_tasks = engine.spawn_tasks(&token);
     let sweeper = {

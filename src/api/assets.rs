@@ -19,18 +19,12 @@ pub const CLIENT_JS: &str = include_str!("../../clients/js/switchyard.js");
 /// The demo page; it loads the client from `/v1/client.js`.
 pub const DEMO_HTML: &str = include_str!("../../examples/demo.html");
 
+// Compressed at their first request, not at start: a gateway that serves no browser keeps
+// the ~10 MB the compressors allocate (and the allocator keeps) to itself.
 static CLIENT: LazyLock<StaticAsset> =
     LazyLock::new(|| StaticAsset::new(CLIENT_JS.as_bytes(), "text/javascript; charset=utf-8"));
 static DEMO: LazyLock<StaticAsset> =
     LazyLock::new(|| StaticAsset::new(DEMO_HTML.as_bytes(), "text/html; charset=utf-8"));
-
-/// Compresses every built-in file now (a blocking call of a few hundred milliseconds at
-/// most), so that the first browser does not wait for it.
-pub fn warm() {
-    LazyLock::force(&CLIENT);
-    LazyLock::force(&DEMO);
-    super::openapi::warm();
-}
 
 /// `GET /v1/client.js`.
 pub fn client_js(request: &HeaderMap) -> Reply {

@@ -13,11 +13,6 @@ pub const SPEC: &str = include_str!("../../docs/openapi.json");
 static DOCUMENT: LazyLock<StaticAsset> =
     LazyLock::new(|| StaticAsset::new(SPEC.as_bytes(), "application/json; charset=utf-8"));
 
-/// Compresses the document now (see [`super::assets::warm`]).
-pub fn warm() {
-    LazyLock::force(&DOCUMENT);
-}
-
 /// Serves the document.
 pub fn serve(request: &HeaderMap) -> Reply {
     DOCUMENT.respond(request)
