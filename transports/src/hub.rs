@@ -23,6 +23,7 @@ pub struct Event {
     published_at: Instant,
     envelope: Bytes,
     ws_text: OnceLock<Utf8Bytes>,
+    ws_frame: OnceLock<Bytes>,
     sse_frame: OnceLock<Bytes>,
     ndjson_line: OnceLock<Bytes>,
 }
@@ -53,6 +54,7 @@ impl Event {
             published_at: Instant::now(),
             envelope: Bytes::from(envelope),
             ws_text: OnceLock::new(),
+            ws_frame: OnceLock::new(),
             sse_frame: OnceLock::new(),
             ndjson_line: OnceLock::new(),
         }
@@ -102,6 +104,33 @@ impl Event {
                 text.push_str(r#"{"op":"event","#);
                 text.push_str(&env[1..]);
                 Utf8Bytes::from(text)
+            })
+            .clone()
+    }
+
+    /// The whole WebSocket text frame of [`Self::ws_text`] as a server sends it (final, not
+    /// masked, its length in the header): the bytes a direct write puts on every
+    /// subscriber's socket.
+    pub fn ws_frame(&self) -> Bytes {
+        self.ws_frame
+            .get_or_init(|| {
+                let text = self.ws_text();
+                let payload = text.as_str().as_bytes();
+                let mut b = BytesMut::with_capacity(payload.len() + 10);
+                b.put_u8(0x81);
+                match payload.len() {
+                    n if n < 126 => b.put_u8(n as u8),
+                    n if n <= usize::from(u16::MAX) => {
+                        b.put_u8(126);
+                        b.put_u16(n as u16);
+                    }
+                    n => {
+                        b.put_u8(127);
+                        b.put_u64(n as u64);
+                    }
+                }
+                b.put_slice(payload);
+                b.freeze()
             })
             .clone()
     }
@@ -198,7 +227,7 @@ pub trait Hub: Send + Sync + 'static {
     fn unsubscribe(&self, channel: &ChannelName, sink_id: u64);
 }
 
-pub use crate::inbox::{Inbox, OverflowSignal, Received, Sink, new_pair};
+pub use crate::inbox::{Inbox, OverflowSignal, Received, Sink, new_pair, new_pair_direct};
 
 /// Unsubscribes a sink from its channels when a consumer connection ends.
 pub struct SubscriptionGuard {

@@ -21,7 +21,10 @@ use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::Event;
+use crate::{
+    direct::{Direct, DirectSocket},
+    hub::Event,
+};
 
 static NEXT_SINK_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -44,6 +47,11 @@ struct Shared {
     abort: Option<CancellationToken>,
     /// The inbox was dropped: the consumer is gone.
     closed: AtomicBool,
+    /// The consumer's connection, when the fan-out may write to it directly while it is
+    /// idle instead of queueing (see [`crate::direct`]).
+    direct: Option<Arc<DirectSocket>>,
+    /// A direct write left a frame's tail: the session must write it (`Received::Flush`).
+    flush: AtomicBool,
 }
 
 impl Shared {
@@ -69,9 +77,16 @@ impl Shared {
         }
     }
 
+    /// Takes the next queued event; the session then holds the connection's writes (a
+    /// direct write of a later event must not overtake it).
     fn pop(&self) -> Option<Arc<Event>> {
         let mut queue = self.queue.lock().expect("not poisoned");
         let event = queue.pop_front();
+        if event.is_some()
+            && let Some(direct) = &self.direct
+        {
+            direct.claim();
+        }
         if queue.is_empty() && queue.capacity() > KEEP_CAPACITY {
             queue.shrink_to(KEEP_CAPACITY);
         }
@@ -102,6 +117,21 @@ impl Sink {
         }
         {
             let mut queue = shared.queue.lock().expect("not poisoned");
+            // Nothing queued before it: an idle connection takes it straight away.
+            if queue.is_empty()
+                && let Some(direct) = &shared.direct
+            {
+                match direct.deliver(event) {
+                    Direct::Written => return true,
+                    Direct::Partial => {
+                        drop(queue);
+                        shared.flush.store(true, Ordering::Release);
+                        shared.waker.wake();
+                        return true;
+                    }
+                    Direct::NotNow => {}
+                }
+            }
             if queue.len() >= shared.capacity {
                 drop(queue);
                 shared.overflow();
@@ -134,6 +164,8 @@ impl Sink {
 pub enum Received {
     /// The next live event.
     Event(Arc<Event>),
+    /// A direct write left part of a frame unwritten: flush the connection.
+    Flush,
     /// The inbox overflowed: the consumer is too slow and must be disconnected.
     Overflowed,
     /// The hub interrupted the feed ([`Sink::disconnect`]): the consumer must reconnect
@@ -150,6 +182,15 @@ pub struct Inbox {
 /// Creates a sink and its inbox holding at most `capacity` events; on overflow, `abort`
 /// (when given) is cancelled as well.
 pub fn new_pair(capacity: usize, abort: Option<CancellationToken>) -> (Sink, Inbox) {
+    new_pair_direct(capacity, abort, None)
+}
+
+/// [`new_pair`] for a connection the fan-out may write to directly (see [`crate::direct`]).
+pub fn new_pair_direct(
+    capacity: usize,
+    abort: Option<CancellationToken>,
+    direct: Option<Arc<DirectSocket>>,
+) -> (Sink, Inbox) {
     let shared = Arc::new(Shared {
         queue: Mutex::new(VecDeque::new()),
         capacity: capacity.max(1),
@@ -159,6 +200,8 @@ pub fn new_pair(capacity: usize, abort: Option<CancellationToken>) -> (Sink, Inb
         overflow_notify: Notify::new(),
         abort,
         closed: AtomicBool::new(false),
+        direct,
+        flush: AtomicBool::new(false),
     });
     let sink = Sink {
         id: NEXT_SINK_ID.fetch_add(1, Ordering::Relaxed),
@@ -181,16 +224,22 @@ impl Inbox {
             if let Some(event) = shared.pop() {
                 return Poll::Ready(Received::Event(event));
             }
+            if shared.flush.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(Received::Flush);
+            }
             // Register, then look again: a push between the first look and the
             // registration would otherwise find no waker to wake.
             shared.waker.register(cx.waker());
             if shared.is_overflowed() {
                 return Poll::Ready(shared.ended());
             }
-            match shared.pop() {
-                Some(event) => Poll::Ready(Received::Event(event)),
-                None => Poll::Pending,
+            if let Some(event) = shared.pop() {
+                return Poll::Ready(Received::Event(event));
             }
+            if shared.flush.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(Received::Flush);
+            }
+            Poll::Pending
         })
         .await
     }
@@ -201,6 +250,26 @@ impl Inbox {
             return None;
         }
         self.shared.pop()
+    }
+
+    /// The session is about to write something of its own: direct writes wait (see
+    /// [`crate::direct`]). A no-op without a direct connection.
+    pub fn claim_writes(&self) {
+        if let Some(direct) = &self.shared.direct {
+            direct.claim();
+        }
+    }
+
+    /// The session wrote everything it had: if nothing is queued, direct writes may go
+    /// again. Decided under the queue's lock, so an event queued meanwhile keeps the
+    /// session in charge until it is written.
+    pub fn release_writes(&self) {
+        if let Some(direct) = &self.shared.direct {
+            let queue = self.shared.queue.lock().expect("not poisoned");
+            if queue.is_empty() && !self.shared.flush.load(Ordering::Acquire) {
+                direct.release();
+            }
+        }
     }
 
     /// A handle that resolves once this inbox overflows, usable while the inbox itself is

@@ -15,6 +15,7 @@
 
 pub mod access;
 pub mod context;
+pub mod direct;
 pub mod http;
 pub mod hub;
 mod inbox;

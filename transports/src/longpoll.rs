@@ -119,7 +119,8 @@ pub async fn respond(ctx: Arc<Context>, parts: &Parts) -> Response<Body> {
             received = session.inbox.recv() => {
                 let mut next = match received {
                     Received::Event(e) => Some(e),
-                    Received::Overflowed | Received::Interrupted => None,
+                    // Only direct connections (WebSocket) get flushes.
+                    Received::Overflowed | Received::Interrupted | Received::Flush => None,
                 };
                 while let Some(event) = next.take() {
                     if session.accept(&event) {

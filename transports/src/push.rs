@@ -153,6 +153,8 @@ pub(crate) async fn respond<F: Framing>(
                 received = session.inbox.recv() => {
                     let first = match received {
                         Received::Event(first) => first,
+                        // Only direct connections (WebSocket) get flushes.
+                        Received::Flush => continue,
                         Received::Overflowed => {
                             ctx.metrics.slow_consumer(F::TRANSPORT);
                             yield Ok(Frame::data(framing.goodbye(ErrorCode::SlowConsumer, "too slow to keep up; reconnect with your cursor")));

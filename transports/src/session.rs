@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Context,
-    hub::{Event, HubError, Inbox, Opened, StartFrom, SubscriptionGuard, new_pair},
+    hub::{Event, HubError, Inbox, Opened, StartFrom, SubscriptionGuard},
     params::ParamError,
 };
 
@@ -22,7 +22,17 @@ pub(crate) struct Session {
 
 impl Session {
     pub(crate) fn new(ctx: &Context, abort: Option<CancellationToken>) -> Self {
-        let (sink, inbox) = new_pair(ctx.config.queue_capacity, abort);
+        Self::with_direct(ctx, abort, None)
+    }
+
+    /// A session whose connection the fan-out may write to directly while it is idle (see
+    /// [`crate::direct`]).
+    pub(crate) fn with_direct(
+        ctx: &Context,
+        abort: Option<CancellationToken>,
+        direct: Option<Arc<crate::direct::DirectSocket>>,
+    ) -> Self {
+        let (sink, inbox) = crate::hub::new_pair_direct(ctx.config.queue_capacity, abort, direct);
         let guard = SubscriptionGuard::new(Arc::clone(&ctx.hub), &sink);
         Self {
             inbox,

@@ -22,6 +22,7 @@ use crate::{
     Context, TransportConfig,
     access::{self, Grant},
     context::ConnectionHandle,
+    direct::{DirectSocket, SharedStream},
     http::{Body, empty, error},
     hub::{Received, StartFrom},
     metrics::Transport,
@@ -71,17 +72,33 @@ pub fn upgrade<B>(ctx: Arc<Context>, req: Request<B>) -> Response<Body> {
     let tracker = ctx.tracker.clone();
     tracker.spawn(async move {
         let _held = held;
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(ws_config(&ctx.config)),
-                )
-                .await;
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade failed");
+                return;
+            }
+        };
+        let config = Some(ws_config(&ctx.config));
+        // A plain TCP connection is shared with the fan-out for direct writes; anything
+        // else (a future TLS stream) is the session's alone.
+        match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+            Ok(parts) => {
+                let socket = DirectSocket::new(
+                    parts.io.into_inner(),
+                    Transport::WebSocket,
+                    Arc::clone(&ctx.metrics),
+                );
+                let stream = SharedStream::new(Arc::clone(&socket), parts.read_buf);
+                let ws = WebSocketStream::from_raw_socket(stream, Role::Server, config).await;
+                run_with(ctx, ws, grant, Some(socket)).await;
+            }
+            Err(upgraded) => {
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, config)
+                        .await;
                 run(ctx, ws, grant).await;
             }
-            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });
     let mut res = Response::new(empty());
@@ -249,8 +266,29 @@ impl Auth {
 
 /// Runs one WebSocket session until the peer leaves, it is too slow, its token expires, or
 /// the server stops. Without `grant`, the first frames must include a valid `auth`.
-pub async fn run<S>(ctx: Arc<Context>, mut ws: WebSocketStream<S>, grant: Option<Grant>)
+pub fn run<S>(
+    ctx: Arc<Context>,
+    ws: WebSocketStream<S>,
+    grant: Option<Grant>,
+) -> impl Future<Output = ()>
 where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    // Not an `async fn` wrapping the other: that would keep a second copy of `ws` in every
+    // idle connection's task.
+    run_with(ctx, ws, grant, None)
+}
+
+/// [`run`] on a connection the fan-out may write to directly while the session is idle
+/// (`direct`, the socket under `ws`; see [`crate::direct`]). The session claims the
+/// connection's writes before it does anything that writes or subscribes, and releases
+/// them when it goes back to waiting with nothing queued.
+pub async fn run_with<S>(
+    ctx: Arc<Context>,
+    mut ws: WebSocketStream<S>,
+    grant: Option<Grant>,
+    direct: Option<Arc<DirectSocket>>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let _connection = ctx.metrics.connection(Transport::WebSocket);
@@ -258,7 +296,7 @@ where
     let deadline = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(deadline);
     auth.arm(deadline.as_mut());
-    let mut session = Session::new(&ctx, None);
+    let mut session = Session::with_direct(&ctx, None, direct);
     let send_timeout = ctx.config.send_timeout;
     let period = ctx.config.ws_ping_interval;
     let mut ping = interval_at(Instant::now() + period, period);
@@ -273,17 +311,38 @@ where
     tokio::pin!(overflowed);
 
     let end = loop {
+        // Idle from here: events may go straight to the socket.
+        session.inbox.release_writes();
         tokio::select! {
             biased;
             () = &mut shutdown => break End::Close(1001, "server shutting down"),
             () = &mut deadline, if auth.deadline.is_some() => {
+                session.inbox.claim_writes();
                 let (frame, end) = auth.expired();
                 let _ = Box::pin(send(&ctx, &mut ws, frame, send_timeout)).await;
                 break end;
             }
             received = session.inbox.recv() => {
+                // Taking an event claimed the connection's writes.
                 let first = match received {
                     Received::Event(first) => first,
+                    Received::Flush => {
+                        session.inbox.claim_writes();
+                        // Boxed, as every rare path here: inline, its state would make
+                        // every idle connection's task larger.
+                        let flushed = Box::pin(async {
+                            tokio::select! {
+                                biased;
+                                () = &mut shutdown => Err(End::Close(1001, "server shutting down")),
+                                r = timeout(send_timeout, ws.flush()) => flatten(r, &ctx),
+                            }
+                        })
+                        .await;
+                        if let Err(end) = flushed {
+                            break end;
+                        }
+                        continue;
+                    }
                     Received::Overflowed => break slow_consumer(&ctx),
                     Received::Interrupted => break interrupted(),
                 };
@@ -305,6 +364,8 @@ where
                 }
             }
             message = ws.next() => {
+                // A frame may subscribe (the replay comes before live events) or answer.
+                session.inbox.claim_writes();
                 last_heard = Instant::now();
                 let reply = match message {
                     Some(Err(TungsteniteError::Capacity(e))) => {
@@ -342,6 +403,7 @@ where
                 }
             }
             _ = ping.tick() => {
+                session.inbox.claim_writes();
                 if last_heard.elapsed() > ctx.config.ws_idle_timeout {
                     tracing::debug!("closing websocket: peer silent past the idle timeout");
                     break End::Close(1001, "idle timeout");
@@ -353,6 +415,7 @@ where
         }
     };
 
+    session.inbox.claim_writes();
     if let End::Close(code, reason) = end {
         let frame = CloseFrame {
             code: CloseCode::from(code),
