@@ -10,22 +10,24 @@
 //! nothing else is in the way, and falls back to the connection's queue otherwise.
 //!
 //! # Who may write, and when
-//! The [`DirectSocket`]'s gate keeps frames whole and events in order:
+//! The connection's [`Gate`] (kept under the inbox's lock, beside its queue, so one lock
+//! decides both) keeps frames whole and events in order:
 //! - the session task *claims* the connection whenever it writes anything of its own (a
 //!   subscribe's `subscribed` frame and replay, queued events, replies, pings, the close)
-//!   and releases it only once its queue is empty (`Inbox::release_writes`);
+//!   and releases it only once its queue is empty (`Inbox::release_writes`); taking a
+//!   queued event claims it too, so no later event overtakes it;
 //! - a fan-out writes directly only while the connection is not claimed, its queue is empty
 //!   and no frame is half-written; otherwise the event goes to the queue as before, and the
 //!   session writes it (so the slow-consumer rules are unchanged);
 //! - a frame is never interleaved with another: a direct write that the socket took only in
-//!   part leaves its tail here for the session to finish first ([`crate::hub::Received::Flush`]),
+//!   part leaves its tail for the session to finish first ([`crate::hub::Received::Flush`]),
 //!   and a write of the session's (through tungstenite, see [`SharedStream`]) that the
-//!   socket took in part blocks direct writes until the rest is written.
+//!   socket took in part holds direct writes back until the rest is written.
 
 use std::{
     io,
     pin::Pin,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -37,23 +39,23 @@ use tokio::{
 
 use crate::{
     hub::Event,
+    inbox::Link,
     metrics::{Transport, TransportMetrics},
 };
 
-/// A consumer's TCP connection, written by its session and, while it is idle, by the
-/// fan-out; see the module docs.
+/// A consumer's TCP connection as the fan-out and its session share it.
 #[derive(Debug)]
-pub struct DirectSocket {
+pub struct DirectIo {
     stream: TcpStream,
-    gate: Mutex<Gate>,
     /// Which transport's deliveries a direct write counts as.
     transport: Transport,
     metrics: Arc<TransportMetrics>,
 }
 
+/// Who may write to a [`DirectIo`] now; see the module docs.
 #[derive(Debug, Default)]
-struct Gate {
-    /// The session task holds the order of what is written (see the module docs).
+pub(crate) struct Gate {
+    /// The session task holds the order of what is written.
     claimed: bool,
     /// The unwritten tail of a frame a direct write started: written before anything else.
     tail: Option<Bytes>,
@@ -62,6 +64,16 @@ struct Gate {
     session_partial: bool,
     /// The connection failed or was shut down: no more direct writes.
     closed: bool,
+}
+
+impl Gate {
+    pub(crate) fn claim(&mut self) {
+        self.claimed = true;
+    }
+
+    pub(crate) fn release(&mut self) {
+        self.claimed = false;
+    }
 }
 
 /// What a direct write did with an event.
@@ -75,43 +87,25 @@ pub(crate) enum Direct {
     NotNow,
 }
 
-impl DirectSocket {
+impl DirectIo {
     /// Shares `stream` between its session and the fan-out, counting direct deliveries as
     /// `transport`'s.
-    pub fn new(
-        stream: TcpStream,
-        transport: Transport,
-        metrics: Arc<TransportMetrics>,
-    ) -> Arc<Self> {
-        Arc::new(Self {
+    pub fn new(stream: TcpStream, transport: Transport, metrics: Arc<TransportMetrics>) -> Self {
+        Self {
             stream,
-            gate: Mutex::new(Gate::default()),
             transport,
             metrics,
-        })
-    }
-
-    /// Writes `event` now, if nothing is in the way, counting the delivery.
-    pub(crate) fn deliver(&self, event: &Event) -> Direct {
-        let done = self.try_frame(&frame_of(self.transport, event));
-        if done != Direct::NotNow {
-            self.metrics.delivered(self.transport, 1);
-            self.metrics.observe_latency(event.published_at().elapsed());
         }
-        done
     }
 
-    fn gate(&self) -> MutexGuard<'_, Gate> {
-        self.gate.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Writes `frame` now if nothing is in the way (see the module docs). Never waits.
-    pub(crate) fn try_frame(&self, frame: &Bytes) -> Direct {
-        let mut gate = self.gate();
+    /// Writes `event` now if nothing is in the way (see the module docs), counting the
+    /// delivery. Never waits.
+    pub(crate) fn deliver(&self, gate: &mut Gate, event: &Event) -> Direct {
         if gate.claimed || gate.tail.is_some() || gate.session_partial || gate.closed {
             return Direct::NotNow;
         }
-        match self.stream.try_write(frame) {
+        let frame = frame_of(self.transport, event);
+        let done = match self.stream.try_write(&frame) {
             Ok(n) if n == frame.len() => Direct::Written,
             Ok(n) if n > 0 => {
                 gate.tail = Some(frame.slice(n..));
@@ -124,17 +118,12 @@ impl DirectSocket {
                 gate.closed = true;
                 Direct::NotNow
             }
+        };
+        if done != Direct::NotNow {
+            self.metrics.delivered(self.transport, 1);
+            self.metrics.observe_latency(event.published_at().elapsed());
         }
-    }
-
-    /// The session is about to write: direct writes wait until [`Self::release`].
-    pub(crate) fn claim(&self) {
-        self.gate().claimed = true;
-    }
-
-    /// The session wrote everything it had: direct writes may go again.
-    pub(crate) fn release(&self) {
-        self.gate().claimed = false;
+        done
     }
 
     /// Writes the tail a direct write left, if any: `Ready(Ok)` once there is none.
@@ -160,29 +149,108 @@ impl DirectSocket {
         }
         Poll::Ready(Ok(()))
     }
+
+    /// The session's write of `buf`, after any tail (see [`SharedStream`]).
+    pub(crate) fn poll_write(
+        &self,
+        gate: &mut Gate,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if gate.closed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        match self.poll_tail(gate, cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => {
+                gate.closed = true;
+                return Poll::Ready(Err(e));
+            }
+            Poll::Ready(Ok(())) => {}
+        }
+        loop {
+            match self.stream.try_write(buf) {
+                Ok(n) => {
+                    gate.session_partial = n < buf.len();
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    match self.stream.poll_write_ready(cx) {
+                        Poll::Ready(Ok(())) => continue,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Err(e) => {
+                    gate.closed = true;
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+    }
+
+    pub(crate) fn poll_flush(&self, gate: &mut Gate, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_tail(gate, cx)
+    }
+
+    pub(crate) fn poll_shutdown(
+        &self,
+        gate: &mut Gate,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.poll_tail(gate, cx) {
+            Poll::Ready(_) => {
+                gate.closed = true;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Reads what the peer sent; reading never needs the gate.
+    pub(crate) fn poll_read(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let read = self.stream.try_read(buf.initialize_unfilled());
+            match read {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    match self.stream.poll_read_ready(cx) {
+                        Poll::Ready(Ok(())) => continue,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
 }
 
-/// The session's side of a [`DirectSocket`]: an `AsyncRead + AsyncWrite` for tungstenite
+/// The session's side of a direct connection: an `AsyncRead + AsyncWrite` for tungstenite
 /// whose writes go through the gate (a direct write's tail first; a partial write of its own
-/// holds direct writes back).
+/// holds direct writes back). Made by `Inbox::direct_stream`.
 #[derive(Debug)]
 pub struct SharedStream {
-    socket: Arc<DirectSocket>,
-    /// Bytes read before the session started (hyper's read-ahead past the upgrade request).
+    link: Link,
+    /// Bytes read before the session started (the HTTP layer's read-ahead past the upgrade
+    /// request), copied: the original is a slice of that layer's whole read buffer, which
+    /// would otherwise stay allocated for the life of the connection.
     read_ahead: Bytes,
 }
 
 impl SharedStream {
-    /// The session's stream over `socket`, reading `read_ahead` first. The bytes are
-    /// copied: `read_ahead` is usually a slice of the HTTP layer's whole read buffer, which
-    /// would otherwise stay allocated for the life of the connection.
-    pub fn new(socket: Arc<DirectSocket>, read_ahead: Bytes) -> Self {
-        let read_ahead = if read_ahead.is_empty() {
-            Bytes::new()
-        } else {
-            Bytes::copy_from_slice(&read_ahead)
-        };
-        Self { socket, read_ahead }
+    pub(crate) fn new(link: Link, read_ahead: &[u8]) -> Self {
+        Self {
+            link,
+            read_ahead: Bytes::copy_from_slice(read_ahead),
+        }
     }
 }
 
@@ -201,33 +269,7 @@ impl AsyncRead for SharedStream {
             }
             return Poll::Ready(Ok(()));
         }
-        let stream = &this.socket.stream;
-        loop {
-            match stream.try_read_buf_shim(buf) {
-                Ok(()) => return Poll::Ready(Ok(())),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    match stream.poll_read_ready(cx) {
-                        Poll::Ready(Ok(())) => continue,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Pending => return Poll::Pending,
-                    }
-                }
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-    }
-}
-
-/// `TcpStream::try_read` into a `ReadBuf`.
-trait TryReadBuf {
-    fn try_read_buf_shim(&self, buf: &mut ReadBuf<'_>) -> io::Result<()>;
-}
-
-impl TryReadBuf for TcpStream {
-    fn try_read_buf_shim(&self, buf: &mut ReadBuf<'_>) -> io::Result<()> {
-        let n = self.try_read(buf.initialize_unfilled())?;
-        buf.advance(n);
-        Ok(())
+        this.link.io().poll_read(cx, buf)
     }
 }
 
@@ -237,61 +279,20 @@ impl AsyncWrite for SharedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let socket = &self.socket;
-        let mut gate = socket.gate();
-        if gate.closed {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
-        match socket.poll_tail(&mut gate, cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Err(e)) => {
-                gate.closed = true;
-                return Poll::Ready(Err(e));
-            }
-            Poll::Ready(Ok(())) => {}
-        }
-        loop {
-            match socket.stream.try_write(buf) {
-                Ok(n) => {
-                    gate.session_partial = n < buf.len();
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    match socket.stream.poll_write_ready(cx) {
-                        Poll::Ready(Ok(())) => continue,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Pending => return Poll::Pending,
-                    }
-                }
-                Err(e) => {
-                    gate.closed = true;
-                    return Poll::Ready(Err(e));
-                }
-            }
-        }
+        self.link.with_gate(|io, gate| io.poll_write(gate, cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let socket = &self.socket;
-        let mut gate = socket.gate();
-        socket.poll_tail(&mut gate, cx)
+        self.link.with_gate(|io, gate| io.poll_flush(gate, cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let socket = &self.socket;
-        let mut gate = socket.gate();
-        match socket.poll_tail(&mut gate, cx) {
-            Poll::Ready(_) => {
-                gate.closed = true;
-                Poll::Ready(Ok(()))
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        self.link.with_gate(|io, gate| io.poll_shutdown(gate, cx))
     }
 }
 
 /// The event's frame for a transport whose wire frame is the same for every subscriber.
-pub(crate) fn frame_of(transport: Transport, event: &Event) -> Bytes {
+fn frame_of(transport: Transport, event: &Event) -> Bytes {
     match transport {
         Transport::WebSocket => event.ws_frame(),
         _ => unreachable!("only WebSocket connections write directly"),

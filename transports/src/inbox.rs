@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    direct::{Direct, DirectSocket},
+    direct::{Direct, DirectIo, Gate, SharedStream},
     hub::Event,
 };
 
@@ -31,9 +31,17 @@ static NEXT_SINK_ID: AtomicU64 = AtomicU64::new(1);
 /// Capacity kept by an emptied queue; a burst's larger buffer is given back.
 const KEEP_CAPACITY: usize = 16;
 
+/// What the inbox's one lock guards: the queue, and who may write to a direct connection
+/// (deciding both under one lock keeps events in order, see [`crate::direct`]).
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Arc<Event>>,
+    gate: Gate,
+}
+
 #[derive(Debug)]
-struct Shared {
-    queue: Mutex<VecDeque<Arc<Event>>>,
+pub(crate) struct Shared {
+    state: Mutex<State>,
     capacity: usize,
     /// The inbox's task, woken by a push or an overflow.
     waker: AtomicWaker,
@@ -49,7 +57,7 @@ struct Shared {
     closed: AtomicBool,
     /// The consumer's connection, when the fan-out may write to it directly while it is
     /// idle instead of queueing (see [`crate::direct`]).
-    direct: Option<Arc<DirectSocket>>,
+    direct: Option<DirectIo>,
     /// A direct write left a frame's tail: the session must write it (`Received::Flush`).
     flush: AtomicBool,
 }
@@ -80,17 +88,19 @@ impl Shared {
     /// Takes the next queued event; the session then holds the connection's writes (a
     /// direct write of a later event must not overtake it).
     fn pop(&self) -> Option<Arc<Event>> {
-        let mut queue = self.queue.lock().expect("not poisoned");
-        let event = queue.pop_front();
-        if event.is_some()
-            && let Some(direct) = &self.direct
-        {
-            direct.claim();
+        let mut state = self.lock();
+        let event = state.queue.pop_front();
+        if event.is_some() {
+            state.gate.claim();
         }
-        if queue.is_empty() && queue.capacity() > KEEP_CAPACITY {
-            queue.shrink_to(KEEP_CAPACITY);
+        if state.queue.is_empty() && state.queue.capacity() > KEEP_CAPACITY {
+            state.queue.shrink_to(KEEP_CAPACITY);
         }
         event
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("not poisoned")
     }
 }
 
@@ -116,15 +126,15 @@ impl Sink {
             return false;
         }
         {
-            let mut queue = shared.queue.lock().expect("not poisoned");
+            let mut state = shared.lock();
             // Nothing queued before it: an idle connection takes it straight away.
-            if queue.is_empty()
+            if state.queue.is_empty()
                 && let Some(direct) = &shared.direct
             {
-                match direct.deliver(event) {
+                match direct.deliver(&mut state.gate, event) {
                     Direct::Written => return true,
                     Direct::Partial => {
-                        drop(queue);
+                        drop(state);
                         shared.flush.store(true, Ordering::Release);
                         shared.waker.wake();
                         return true;
@@ -132,12 +142,12 @@ impl Sink {
                     Direct::NotNow => {}
                 }
             }
-            if queue.len() >= shared.capacity {
-                drop(queue);
+            if state.queue.len() >= shared.capacity {
+                drop(state);
                 shared.overflow();
                 return false;
             }
-            queue.push_back(Arc::clone(event));
+            state.queue.push_back(Arc::clone(event));
         }
         shared.waker.wake();
         true
@@ -189,10 +199,10 @@ pub fn new_pair(capacity: usize, abort: Option<CancellationToken>) -> (Sink, Inb
 pub fn new_pair_direct(
     capacity: usize,
     abort: Option<CancellationToken>,
-    direct: Option<Arc<DirectSocket>>,
+    direct: Option<DirectIo>,
 ) -> (Sink, Inbox) {
     let shared = Arc::new(Shared {
-        queue: Mutex::new(VecDeque::new()),
+        state: Mutex::new(State::default()),
         capacity: capacity.max(1),
         waker: AtomicWaker::new(),
         overflowed: AtomicBool::new(false),
@@ -255,8 +265,8 @@ impl Inbox {
     /// The session is about to write something of its own: direct writes wait (see
     /// [`crate::direct`]). A no-op without a direct connection.
     pub fn claim_writes(&self) {
-        if let Some(direct) = &self.shared.direct {
-            direct.claim();
+        if self.shared.direct.is_some() {
+            self.shared.lock().gate.claim();
         }
     }
 
@@ -264,12 +274,22 @@ impl Inbox {
     /// again. Decided under the queue's lock, so an event queued meanwhile keeps the
     /// session in charge until it is written.
     pub fn release_writes(&self) {
-        if let Some(direct) = &self.shared.direct {
-            let queue = self.shared.queue.lock().expect("not poisoned");
-            if queue.is_empty() && !self.shared.flush.load(Ordering::Acquire) {
-                direct.release();
+        if self.shared.direct.is_some() {
+            let mut state = self.shared.lock();
+            if state.queue.is_empty() && !self.shared.flush.load(Ordering::Acquire) {
+                state.gate.release();
             }
         }
+    }
+
+    /// The session's stream over its direct connection (`None` without one), reading
+    /// `read_ahead` first.
+    pub fn direct_stream(&self, read_ahead: &[u8]) -> Option<SharedStream> {
+        self.shared.direct.as_ref()?;
+        Some(SharedStream::new(
+            Link(Arc::clone(&self.shared)),
+            read_ahead,
+        ))
     }
 
     /// A handle that resolves once this inbox overflows, usable while the inbox itself is
@@ -283,7 +303,27 @@ impl Drop for Inbox {
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
         // Events still queued die with the connection, not with the last sink clone.
-        self.shared.queue.lock().expect("not poisoned").clear();
+        self.shared.lock().queue.clear();
+    }
+}
+
+/// A direct connection's session side reaching its gate and socket (for [`SharedStream`]).
+#[derive(Debug)]
+pub(crate) struct Link(Arc<Shared>);
+
+impl Link {
+    /// The connection (a link exists only for an inbox with one).
+    pub(crate) fn io(&self) -> &DirectIo {
+        self.0
+            .direct
+            .as_ref()
+            .expect("a link has a direct connection")
+    }
+
+    /// Runs `f` with the connection and its gate, under the inbox's lock.
+    pub(crate) fn with_gate<T>(&self, f: impl FnOnce(&DirectIo, &mut Gate) -> T) -> T {
+        let mut state = self.0.lock();
+        f(self.io(), &mut state.gate)
     }
 }
 
@@ -412,6 +452,6 @@ mod tests {
         for n in 1..=500 {
             assert_eq!(inbox.try_recv().unwrap().offset(), n);
         }
-        assert!(inbox.shared.queue.lock().unwrap().capacity() <= KEEP_CAPACITY);
+        assert!(inbox.shared.lock().queue.capacity() <= KEEP_CAPACITY);
     }
 }

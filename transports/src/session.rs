@@ -30,7 +30,7 @@ impl Session {
     pub(crate) fn with_direct(
         ctx: &Context,
         abort: Option<CancellationToken>,
-        direct: Option<Arc<crate::direct::DirectSocket>>,
+        direct: Option<crate::direct::DirectIo>,
     ) -> Self {
         let (sink, inbox) = crate::hub::new_pair_direct(ctx.config.queue_capacity, abort, direct);
         let guard = SubscriptionGuard::new(Arc::clone(&ctx.hub), &sink);

@@ -22,7 +22,7 @@ use crate::{
     Context, TransportConfig,
     access::{self, Grant},
     context::ConnectionHandle,
-    direct::{DirectSocket, SharedStream},
+    direct::DirectIo,
     http::{Body, empty, error},
     hub::{Received, StartFrom},
     metrics::Transport,
@@ -84,14 +84,22 @@ pub fn upgrade<B>(ctx: Arc<Context>, req: Request<B>) -> Response<Body> {
         // else (a future TLS stream) is the session's alone.
         match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
             Ok(parts) => {
-                let socket = DirectSocket::new(
+                let io = DirectIo::new(
                     parts.io.into_inner(),
                     Transport::WebSocket,
                     Arc::clone(&ctx.metrics),
                 );
-                let stream = SharedStream::new(Arc::clone(&socket), parts.read_buf);
+                let session = Session::with_direct(&ctx, None, Some(io));
+                // The read-ahead (a slice of the HTTP layer's read buffer) is copied and
+                // dropped here, before the session's long await keeps its buffer alive.
+                let read_ahead = parts.read_buf;
+                let stream = session
+                    .inbox
+                    .direct_stream(&read_ahead)
+                    .expect("made with a direct connection");
+                drop(read_ahead);
                 let ws = WebSocketStream::from_raw_socket(stream, Role::Server, config).await;
-                run_with(ctx, ws, grant, Some(socket)).await;
+                run_with(ctx, ws, grant, session).await;
             }
             Err(upgraded) => {
                 let ws =
@@ -276,18 +284,20 @@ where
 {
     // Not an `async fn` wrapping the other: that would keep a second copy of `ws` in every
     // idle connection's task.
-    run_with(ctx, ws, grant, None)
+    let session = Session::new(&ctx, None);
+    run_with(ctx, ws, grant, session)
 }
 
-/// [`run`] on a connection the fan-out may write to directly while the session is idle
-/// (`direct`, the socket under `ws`; see [`crate::direct`]). The session claims the
-/// connection's writes before it does anything that writes or subscribes, and releases
-/// them when it goes back to waiting with nothing queued.
-pub async fn run_with<S>(
+/// [`run`] with its `session`, whose connection the fan-out may write to directly while
+/// the session is idle (when `ws` runs over the session's `direct_stream`; see
+/// [`crate::direct`]). The session claims the connection's writes before it does anything
+/// that writes or subscribes, and releases them when it goes back to waiting with nothing
+/// queued.
+async fn run_with<S>(
     ctx: Arc<Context>,
     mut ws: WebSocketStream<S>,
     grant: Option<Grant>,
-    direct: Option<Arc<DirectSocket>>,
+    mut session: Session,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -296,7 +306,6 @@ pub async fn run_with<S>(
     let deadline = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(deadline);
     auth.arm(deadline.as_mut());
-    let mut session = Session::with_direct(&ctx, None, direct);
     let send_timeout = ctx.config.send_timeout;
     let period = ctx.config.ws_ping_interval;
     let mut ping = interval_at(Instant::now() + period, period);
