@@ -291,10 +291,13 @@ impl AsyncWrite for SharedStream {
     }
 }
 
-/// The event's frame for a transport whose wire frame is the same for every subscriber.
+/// The event's frame for a transport whose wire frame is the same for every subscriber
+/// (the push transports' as the HTTP/1.1 chunk their raw streams are written in).
 fn frame_of(transport: Transport, event: &Event) -> Bytes {
     match transport {
         Transport::WebSocket => event.ws_frame(),
-        _ => unreachable!("only WebSocket connections write directly"),
+        Transport::Sse => event.sse_chunk(),
+        Transport::Stream => event.ndjson_chunk(),
+        Transport::LongPoll => unreachable!("a long-poll answer is never written directly"),
     }
 }

@@ -10,6 +10,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use serde_json::value::RawValue;
 use switchyard_protocol::{ChannelName, Cursor, Position, envelope};
+
+use crate::chunked;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// One published event, encoded once per wire format on first use and shared (by `Arc`)
@@ -24,8 +26,8 @@ pub struct Event {
     envelope: Bytes,
     ws_text: OnceLock<Utf8Bytes>,
     ws_frame: OnceLock<Bytes>,
-    sse_frame: OnceLock<Bytes>,
-    ndjson_line: OnceLock<Bytes>,
+    sse_chunk: OnceLock<Bytes>,
+    ndjson_chunk: OnceLock<Bytes>,
 }
 
 impl Event {
@@ -55,8 +57,8 @@ impl Event {
             envelope: Bytes::from(envelope),
             ws_text: OnceLock::new(),
             ws_frame: OnceLock::new(),
-            sse_frame: OnceLock::new(),
-            ndjson_line: OnceLock::new(),
+            sse_chunk: OnceLock::new(),
+            ndjson_chunk: OnceLock::new(),
         }
     }
 
@@ -137,17 +139,26 @@ impl Event {
 
     /// The SSE frame: `id: <cursor>`, `event: <type>`, `data: <envelope>`, blank line.
     pub fn sse_frame(&self) -> Bytes {
-        self.sse_frame
+        chunked::payload(&self.sse_chunk())
+    }
+
+    /// [`Event::sse_frame`] as one HTTP/1.1 chunk, for streams the server writes itself.
+    pub fn sse_chunk(&self) -> Bytes {
+        // The chunk is what is kept: the frame is a slice of it, so one allocation serves
+        // both ways a stream is written.
+        self.sse_chunk
             .get_or_init(|| {
-                let mut b = BytesMut::with_capacity(self.envelope.len() + self.cursor.len() + 40);
-                b.put_slice(b"id: ");
-                b.put_slice(self.cursor.as_bytes());
-                b.put_slice(b"\nevent: ");
-                b.put_slice(self.event_type.as_bytes());
-                b.put_slice(b"\ndata: ");
-                b.put_slice(&self.envelope);
-                b.put_slice(b"\n\n");
-                b.freeze()
+                let len =
+                    4 + self.cursor.len() + 8 + self.event_type.len() + 7 + self.envelope.len() + 2;
+                chunked::encode_with(len, |b| {
+                    b.put_slice(b"id: ");
+                    b.put_slice(self.cursor.as_bytes());
+                    b.put_slice(b"\nevent: ");
+                    b.put_slice(self.event_type.as_bytes());
+                    b.put_slice(b"\ndata: ");
+                    b.put_slice(&self.envelope);
+                    b.put_slice(b"\n\n");
+                })
             })
             .clone()
     }
@@ -160,12 +171,17 @@ impl Event {
 
     /// The NDJSON line: the envelope and `\n`.
     pub fn ndjson_line(&self) -> Bytes {
-        self.ndjson_line
+        chunked::payload(&self.ndjson_chunk())
+    }
+
+    /// [`Event::ndjson_line`] as one HTTP/1.1 chunk, for streams the server writes itself.
+    pub fn ndjson_chunk(&self) -> Bytes {
+        self.ndjson_chunk
             .get_or_init(|| {
-                let mut b = BytesMut::with_capacity(self.envelope.len() + 1);
-                b.put_slice(&self.envelope);
-                b.put_u8(b'\n');
-                b.freeze()
+                chunked::encode_with(self.envelope.len() + 1, |b| {
+                    b.put_slice(&self.envelope);
+                    b.put_u8(b'\n');
+                })
             })
             .clone()
     }

@@ -11,9 +11,12 @@
 //! - [`http`]: response helpers and the JSON error shape.
 //! - [`params`]: channels and cursors from a consumer request.
 //! - [`access`]: consumer grants (which channels, until when) and the credential seam.
+//! - [`direct`], [`raw`], [`chunked`]: direct writes from the fan-out to idle connections,
+//!   and the streaming `GET`s the server serves on the raw connection.
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod chunked;
 pub mod context;
 pub mod direct;
 pub mod http;
@@ -23,6 +26,7 @@ pub mod longpoll;
 pub mod metrics;
 pub mod params;
 mod push;
+pub mod raw;
 pub mod sse;
 pub mod stream;
 pub mod websocket;

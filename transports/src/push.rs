@@ -15,10 +15,12 @@ use tokio::time::{MissedTickBehavior, interval_at};
 use crate::{
     Context, access,
     context::ConnectionHandle,
+    direct::DirectIo,
     http::{Body, empty, error},
     hub::{Event, Received},
     metrics::Transport,
     params::{ConsumerParams, ParamError},
+    raw::RawConnection,
     session::Session,
 };
 
@@ -31,6 +33,9 @@ pub(crate) trait Framing: Send + 'static {
     const CONTENT_TYPE: &'static str;
     /// Whether `Last-Event-ID` is read as a cursor.
     const READS_LAST_EVENT_ID: bool;
+    /// Whether an event's frame is the same on every stream of any number of channels (or
+    /// only on single-channel streams).
+    const SHARED_FRAMES: bool;
 
     /// Sent first, once every channel is subscribed.
     fn head(&self, session: &Session, channels: &[(ChannelName, u64)]) -> Bytes;
@@ -104,7 +109,8 @@ pub(crate) async fn respond<F: Framing>(
         .extensions
         .get::<ConnectionHandle>()
         .map(|h| h.abort.clone());
-    let mut session = Session::new(&ctx, abort);
+    let single = params.channels.len() == 1;
+    let mut session = direct_session::<F>(&ctx, parts, abort, single);
     let mut opened = Vec::with_capacity(params.channels.len());
     for channel in &params.channels {
         match session.open(&ctx, channel, params.start_for(channel)).await {
@@ -112,8 +118,6 @@ pub(crate) async fn respond<F: Framing>(
             Err(e) => return error(e.code, e.message),
         }
     }
-    let single = opened.len() == 1;
-
     let body = stream! {
         let _connection = ctx.metrics.connection(F::TRANSPORT);
         let currents: Vec<(ChannelName, u64)> =
@@ -144,23 +148,33 @@ pub(crate) async fn respond<F: Framing>(
         let mut heartbeat = interval_at(tokio::time::Instant::now() + period, period);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
+            // Idle from here: events may go straight to the socket (a raw stream's).
+            session.inbox.release_writes();
             tokio::select! {
                 biased;
                 () = &mut shutdown => {
+                    session.inbox.claim_writes();
                     yield Ok(Frame::data(framing.goodbye(ErrorCode::ShuttingDown, "the server is shutting down; reconnect with your cursor")));
                     break;
                 }
                 received = session.inbox.recv() => {
+                    // Taking an event claimed the connection's writes; so do the others.
                     let first = match received {
                         Received::Event(first) => first,
-                        // Only direct connections (WebSocket) get flushes.
-                        Received::Flush => continue,
+                        Received::Flush => {
+                            session.inbox.claim_writes();
+                            // An empty frame: the writer finishes the direct write's tail.
+                            yield Ok(Frame::data(Bytes::new()));
+                            continue;
+                        }
                         Received::Overflowed => {
+                            session.inbox.claim_writes();
                             ctx.metrics.slow_consumer(F::TRANSPORT);
                             yield Ok(Frame::data(framing.goodbye(ErrorCode::SlowConsumer, "too slow to keep up; reconnect with your cursor")));
                             break;
                         }
                         Received::Interrupted => {
+                            session.inbox.claim_writes();
                             yield Ok(Frame::data(framing.goodbye(ErrorCode::Unavailable, "the live feed was interrupted (the engine was unreachable, or the channel's history restarted); reconnect with your cursor")));
                             break;
                         }
@@ -179,8 +193,12 @@ pub(crate) async fn respond<F: Framing>(
                     }
                     ctx.metrics.delivered(F::TRANSPORT, n as u64);
                 }
-                _ = heartbeat.tick() => yield Ok(Frame::data(framing.heartbeat())),
+                _ = heartbeat.tick() => {
+                    session.inbox.claim_writes();
+                    yield Ok(Frame::data(framing.heartbeat()));
+                }
                 () = &mut expiry => {
+                    session.inbox.claim_writes();
                     yield Ok(Frame::data(framing.goodbye(ErrorCode::TokenExpired, access::EXPIRED)));
                     break;
                 }
@@ -189,6 +207,38 @@ pub(crate) async fn respond<F: Framing>(
     };
 
     stream_head::<F>(Response::new(BodyExt::boxed_unsync(StreamBody::new(body))))
+}
+
+/// The stream's session: on a connection the server serves itself ([`RawConnection`]),
+/// one whose socket the fan-out may write to directly, when every subscriber of the
+/// stream's channel gets the same frames (NDJSON; SSE with one channel, whose `id:` is the
+/// event's own cursor).
+///
+/// The session starts with the connection's writes claimed: nothing is written directly
+/// before the response head, the `subscribed` lines and the replay.
+fn direct_session<F: Framing>(
+    ctx: &Context,
+    parts: &Parts,
+    abort: Option<tokio_util::sync::CancellationToken>,
+    single: bool,
+) -> Session {
+    let raw = parts
+        .extensions
+        .get::<RawConnection>()
+        .filter(|_| F::SHARED_FRAMES || single);
+    let Some(raw) = raw else {
+        return Session::new(ctx, abort);
+    };
+    let mut session = None;
+    raw.share(|socket| {
+        let io = DirectIo::new(socket, F::TRANSPORT, Arc::clone(&ctx.metrics));
+        let direct = Session::with_direct(ctx, abort.clone(), Some(io));
+        direct.inbox.claim_writes();
+        let shared = direct.inbox.direct_stream(&[]);
+        session = Some(direct);
+        shared.expect("a session made with a direct connection has its stream")
+    });
+    session.unwrap_or_else(|| Session::new(ctx, abort))
 }
 
 #[cfg(test)]

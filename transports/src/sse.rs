@@ -49,6 +49,7 @@ impl push::Framing for Sse {
     const TRANSPORT: Transport = Transport::Sse;
     const CONTENT_TYPE: &'static str = "text/event-stream";
     const READS_LAST_EVENT_ID: bool = true;
+    const SHARED_FRAMES: bool = false;
 
     fn head(&self, session: &Session, _channels: &[(ChannelName, u64)]) -> Bytes {
         Bytes::from(format!(

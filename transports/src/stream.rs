@@ -38,6 +38,7 @@ impl push::Framing for Ndjson {
     const TRANSPORT: Transport = Transport::Stream;
     const CONTENT_TYPE: &'static str = "application/x-ndjson";
     const READS_LAST_EVENT_ID: bool = false;
+    const SHARED_FRAMES: bool = true;
 
     fn head(&self, session: &Session, channels: &[(ChannelName, u64)]) -> Bytes {
         let mut out = Vec::new();

@@ -32,6 +32,7 @@ impl Framing for Labels {
     const TRANSPORT: Transport = Transport::Stream;
     const CONTENT_TYPE: &'static str = "text/x-labels";
     const READS_LAST_EVENT_ID: bool = false;
+    const SHARED_FRAMES: bool = true;
 
     fn head(&self, _session: &Session, channels: &[(ChannelName, u64)]) -> Bytes {
         let list: Vec<String> = channels.iter().map(|(c, at)| format!("{c}@{at}")).collect();

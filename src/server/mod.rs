@@ -1,7 +1,11 @@
 //! The accept loop and per-connection HTTP/1.1 service, with the connection limit, the
 //! slow-consumer abort, and graceful shutdown of every connection. Each connection serves
 //! [`api::app`] (built once, cloned per connection) through hyper-util's
-//! `TowerToHyperService`, with the connection's [`ConnectionHandle`] put into every request.
+//! `TowerToHyperService`, with the connection's [`ConnectionHandle`] put into every request;
+//! a connection whose first request is a streaming `GET` is served without hyper
+//! ([`streaming_get`]).
+
+mod streaming_get;
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -17,13 +21,14 @@ use hyper_util::{
 };
 use std::net::{IpAddr, SocketAddr};
 use switchyard_protocol::{ErrorCode, ErrorResponse};
-use switchyard_transports::context::ConnectionHandle;
+use switchyard_transports::{context::ConnectionHandle, raw::RawConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower::ServiceExt as _;
 
 use crate::{api, api::AppState, auth::proxies::limit_key};
 
@@ -43,7 +48,12 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, tracker: T
     // A load balancer holds everyone's connections: the per-address limit is for clients.
     let exempt = |ip: IpAddr| state.proxies.contains(ip);
     let shutdown = state.shutdown.clone();
-    let app = api::app::<Incoming>(Arc::clone(&state));
+    // Shared, not cloned into each connection's task: a clone of the API stack is about a
+    // kilobyte, and an `async fn` keeps its arguments twice for its life.
+    let apps = Arc::new((
+        api::app::<Incoming>(Arc::clone(&state)),
+        api::app::<streaming_get::NoBody>(Arc::clone(&state)),
+    ));
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -79,7 +89,7 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<AppState>, tracker: T
                             stream,
                             peer,
                             Arc::clone(&state),
-                            app.clone(),
+                            Arc::clone(&apps),
                             hold,
                         ));
                     }
@@ -208,11 +218,11 @@ impl Refusal {
     }
 }
 
-async fn serve_connection<S, B>(
+async fn serve_connection<S, B, R, RB>(
     stream: TcpStream,
     peer: SocketAddr,
     state: Arc<AppState>,
-    app: S,
+    apps: Arc<(S, R)>,
     held: Held,
 ) where
     S: tower::Service<Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
@@ -221,6 +231,8 @@ async fn serve_connection<S, B>(
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    R: tower::Service<Request<streaming_get::NoBody>, Response = http::Response<RB>> + Clone,
+    RB: hyper::body::Body + Unpin,
 {
     state.http_connections.fetch_add(1, Ordering::Relaxed);
     let abort = CancellationToken::new();
@@ -230,6 +242,92 @@ async fn serve_connection<S, B>(
         hold: Arc::new(held),
         peer,
     };
+    // Each path boxed: a task is as large as its future's largest state, and a stream
+    // served raw must not carry hyper's connection state (or the reverse) for its life.
+    let raw = Box::pin(serve_streaming_get(stream, &state, &handle, &apps.1)).await;
+    if let Some(stream) = raw {
+        Box::pin(serve_with_hyper(stream, &state, handle, apps.0.clone())).await;
+    }
+    state.http_connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Serves the connection's first request if it is a streaming `GET` (see
+/// [`streaming_get`]); gives the connection back for hyper otherwise, or when that request
+/// was answered at once and the connection can go on.
+///
+/// Each step before the stream is boxed, so that only the stream's own state stays
+/// allocated while it is open (a task keeps its future's largest state for its life).
+async fn serve_streaming_get<R, RB>(
+    stream: TcpStream,
+    state: &AppState,
+    handle: &ConnectionHandle,
+    app: &R,
+) -> Option<TcpStream>
+where
+    R: tower::Service<Request<streaming_get::NoBody>, Response = http::Response<RB>> + Clone,
+    RB: hyper::body::Body + Unpin,
+{
+    let head_timeout = Duration::from_secs(state.config.limits.header_read_timeout_secs);
+    let taken = Box::pin(async {
+        tokio::select! {
+            () = state.shutdown.cancelled() => None,
+            taken = tokio::time::timeout(head_timeout, streaming_get::take_request(&stream)) => Some(taken),
+        }
+    })
+    .await;
+    let mut request = match taken {
+        Some(Ok(Ok(Some(request)))) => request,
+        Some(Ok(Ok(None))) => return Some(stream),
+        // Shutting down, nothing sent in time (hyper would close it too), or the peer went
+        // away.
+        _ => return None,
+    };
+    let keep_alive = !streaming_get::wants_close(&request);
+    let raw = RawConnection::new(stream);
+    request.extensions_mut().insert(handle.clone());
+    request.extensions_mut().insert(raw.clone());
+    let Ok(response) = Box::pin(app.clone().oneshot(request)).await else {
+        return None;
+    };
+    let served = streaming_get::respond(&raw, response, keep_alive);
+    tokio::pin!(served);
+    let outcome = tokio::select! {
+        outcome = served.as_mut() => Some(outcome),
+        () = state.shutdown.cancelled() => None,
+        () = handle.abort.cancelled() => None,
+    };
+    // The stream ends itself on shutdown (after its goodbye) and on overflow: give it a
+    // moment to say why, then drop the connection even if the peer stopped reading.
+    let outcome = match outcome {
+        Some(outcome) => Some(outcome),
+        None => {
+            let grace = Duration::from_secs(state.config.consumers.send_timeout_secs);
+            Box::pin(tokio::time::timeout(grace, served)).await.ok()
+        }
+    };
+    match outcome {
+        Some(streaming_get::Outcome::Hyper(stream)) if !state.shutdown.is_cancelled() => {
+            Some(stream)
+        }
+        _ => None,
+    }
+}
+
+/// Serves the connection's requests with hyper until it closes.
+async fn serve_with_hyper<S, B>(
+    stream: TcpStream,
+    state: &AppState,
+    handle: ConnectionHandle,
+    app: S,
+) where
+    S: tower::Service<Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let abort = handle.abort.clone();
     // Handlers find the connection's address and abort token in each request.
     let service = tower::ServiceBuilder::new()
         .map_request(move |mut req: Request<Incoming>| {
@@ -263,7 +361,6 @@ async fn serve_connection<S, B>(
             }
         }
     }
-    state.http_connections.fetch_sub(1, Ordering::Relaxed);
 }
 
 fn log_connection_end(result: Result<(), hyper::Error>) {
