@@ -40,14 +40,15 @@ async fn fixtures(addr: SocketAddr) -> (String, String) {
 }
 
 /// The headers a `GET` and its `HEAD` share: all but the framing (`content-length`,
-/// `transfer-encoding`), the clock (`date`) and the per-request id.
+/// `transfer-encoding`, and `connection`: a stream's connection is not reused), the clock
+/// (`date`) and the per-request id.
 fn comparable(h: &HeaderMap) -> Vec<(String, String)> {
     let mut v: Vec<_> = h
         .iter()
         .filter(|(k, _)| {
             !matches!(
                 k.as_str(),
-                "content-length" | "transfer-encoding" | "date" | "x-request-id"
+                "content-length" | "transfer-encoding" | "connection" | "date" | "x-request-id"
             )
         })
         .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))

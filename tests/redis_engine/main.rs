@@ -20,6 +20,8 @@ mod support;
 mod e2e_auth;
 #[path = "../it/e2e_cross.rs"]
 mod e2e_cross;
+#[path = "../it/e2e_direct_writes.rs"]
+mod e2e_direct_writes;
 #[path = "../it/e2e_event_path.rs"]
 mod e2e_event_path;
 #[path = "../it/e2e_jobs.rs"]

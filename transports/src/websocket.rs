@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt, future::Either};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use switchyard_protocol::{ChannelName, ClientFrame, Cursor, ErrorBody, ErrorCode, ServerFrame};
@@ -82,7 +82,9 @@ pub fn upgrade<B>(ctx: Arc<Context>, req: Request<B>) -> Response<Body> {
         let config = Some(ws_config(&ctx.config));
         // A plain TCP connection is shared with the fan-out for direct writes; anything
         // else (a future TLS stream) is the session's alone.
-        match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+        // Each arm returns its session's future instead of awaiting it: what an arm builds
+        // (the stream, the session) is then not kept beside that future for its life.
+        let session = match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
             Ok(parts) => {
                 let io = DirectIo::new(
                     parts.io.into_inner(),
@@ -99,15 +101,16 @@ pub fn upgrade<B>(ctx: Arc<Context>, req: Request<B>) -> Response<Body> {
                     .expect("made with a direct connection");
                 drop(read_ahead);
                 let ws = WebSocketStream::from_raw_socket(stream, Role::Server, config).await;
-                run_with(ctx, ws, grant, session).await;
+                Either::Left(run_with(ctx, ws, grant, session))
             }
             Err(upgraded) => {
                 let ws =
                     WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, config)
                         .await;
-                run(ctx, ws, grant).await;
+                Either::Right(run(ctx, ws, grant))
             }
-        }
+        };
+        session.await;
     });
     let mut res = Response::new(empty());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -293,149 +296,154 @@ where
 /// [`crate::direct`]). The session claims the connection's writes before it does anything
 /// that writes or subscribes, and releases them when it goes back to waiting with nothing
 /// queued.
-async fn run_with<S>(
+fn run_with<S>(
     ctx: Arc<Context>,
     mut ws: WebSocketStream<S>,
     grant: Option<Grant>,
     mut session: Session,
-) where
+) -> impl Future<Output = ()>
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let _connection = ctx.metrics.connection(Transport::WebSocket);
-    let mut auth = Auth::new(grant, ctx.config.ws_auth_timeout);
-    let deadline = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(deadline);
-    auth.arm(deadline.as_mut());
-    let send_timeout = ctx.config.send_timeout;
-    let period = ctx.config.ws_ping_interval;
-    let mut ping = interval_at(Instant::now() + period, period);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
-    let overflow = session.inbox.overflow_signal();
-    // Made once and polled across loop turns: building them per turn (a token lock, a
-    // `Notified` registered and dropped) showed up at ~5% of the server's CPU in fan-out.
-    let shutdown = ctx.shutdown.cancelled();
-    tokio::pin!(shutdown);
-    let overflowed = overflow.wait();
-    tokio::pin!(overflowed);
+    // An `async move` block, not an `async fn`: an `async fn` keeps its arguments twice
+    // (as given and as locals) for its life, in every idle connection's task.
+    async move {
+        let _connection = ctx.metrics.connection(Transport::WebSocket);
+        let mut auth = Auth::new(grant, ctx.config.ws_auth_timeout);
+        let deadline = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(deadline);
+        auth.arm(deadline.as_mut());
+        let send_timeout = ctx.config.send_timeout;
+        let period = ctx.config.ws_ping_interval;
+        let mut ping = interval_at(Instant::now() + period, period);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_heard = Instant::now();
+        let overflow = session.inbox.overflow_signal();
+        // Made once and polled across loop turns: building them per turn (a token lock, a
+        // `Notified` registered and dropped) showed up at ~5% of the server's CPU in fan-out.
+        let shutdown = ctx.shutdown.cancelled();
+        tokio::pin!(shutdown);
+        let overflowed = overflow.wait();
+        tokio::pin!(overflowed);
 
-    let end = loop {
-        // Idle from here: events may go straight to the socket.
-        session.inbox.release_writes();
-        tokio::select! {
-            biased;
-            () = &mut shutdown => break End::Close(1001, "server shutting down"),
-            () = &mut deadline, if auth.deadline.is_some() => {
-                session.inbox.claim_writes();
-                let (frame, end) = auth.expired();
-                let _ = Box::pin(send(&ctx, &mut ws, frame, send_timeout)).await;
-                break end;
-            }
-            received = session.inbox.recv() => {
-                // Taking an event claimed the connection's writes.
-                let first = match received {
-                    Received::Event(first) => first,
-                    Received::Flush => {
-                        session.inbox.claim_writes();
-                        // Boxed, as every rare path here: inline, its state would make
-                        // every idle connection's task larger.
-                        let flushed = Box::pin(async {
-                            tokio::select! {
-                                biased;
-                                () = &mut shutdown => Err(End::Close(1001, "server shutting down")),
-                                r = timeout(send_timeout, ws.flush()) => flatten(r, &ctx),
+        let end = loop {
+            // Idle from here: events may go straight to the socket.
+            session.inbox.release_writes();
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break End::Close(1001, "server shutting down"),
+                () = &mut deadline, if auth.deadline.is_some() => {
+                    session.inbox.claim_writes();
+                    let (frame, end) = auth.expired();
+                    let _ = Box::pin(send(&ctx, &mut ws, frame, send_timeout)).await;
+                    break end;
+                }
+                received = session.inbox.recv() => {
+                    // Taking an event claimed the connection's writes.
+                    let first = match received {
+                        Received::Event(first) => first,
+                        Received::Flush => {
+                            session.inbox.claim_writes();
+                            // Boxed, as every rare path here: inline, its state would make
+                            // every idle connection's task larger.
+                            let flushed = Box::pin(async {
+                                tokio::select! {
+                                    biased;
+                                    () = &mut shutdown => Err(End::Close(1001, "server shutting down")),
+                                    r = timeout(send_timeout, ws.flush()) => flatten(r, &ctx),
+                                }
+                            })
+                            .await;
+                            if let Err(end) = flushed {
+                                break end;
                             }
-                        })
-                        .await;
-                        if let Err(end) = flushed {
-                            break end;
+                            continue;
                         }
-                        continue;
+                        Received::Overflowed => break slow_consumer(&ctx),
+                        Received::Interrupted => break interrupted(),
+                    };
+                    let written = tokio::select! {
+                        biased;
+                        // A peer that stopped reading blocks the write; a shutdown, or its queue
+                        // overflowing, meanwhile decides at once instead of after the send
+                        // timeout (which would outlast the server's shutdown grace).
+                        () = &mut shutdown => Err(End::Close(1001, "server shutting down")),
+                        () = &mut overflowed => Err(if overflow.interrupted() {
+                            interrupted()
+                        } else {
+                            slow_consumer(&ctx)
+                        }),
+                        r = write_events(&ctx, &mut session, &mut ws, first) => r,
+                    };
+                    if let Err(end) = written {
+                        break end;
                     }
-                    Received::Overflowed => break slow_consumer(&ctx),
-                    Received::Interrupted => break interrupted(),
-                };
-                let written = tokio::select! {
-                    biased;
-                    // A peer that stopped reading blocks the write; a shutdown, or its queue
-                    // overflowing, meanwhile decides at once instead of after the send
-                    // timeout (which would outlast the server's shutdown grace).
-                    () = &mut shutdown => Err(End::Close(1001, "server shutting down")),
-                    () = &mut overflowed => Err(if overflow.interrupted() {
-                        interrupted()
-                    } else {
-                        slow_consumer(&ctx)
-                    }),
-                    r = write_events(&ctx, &mut session, &mut ws, first) => r,
-                };
-                if let Err(end) = written {
-                    break end;
                 }
-            }
-            message = ws.next() => {
-                // A frame may subscribe (the replay comes before live events) or answer.
-                session.inbox.claim_writes();
-                last_heard = Instant::now();
-                let reply = match message {
-                    Some(Err(TungsteniteError::Capacity(e))) => {
-                        tracing::debug!(error = %e, "websocket message over the limit");
-                        break End::Close(1009, "message too big");
-                    }
-                    Some(Err(TungsteniteError::Protocol(e))) => {
-                        tracing::debug!(error = %e, "websocket protocol error");
-                        break End::Close(1002, "protocol error");
-                    }
-                    None | Some(Err(_)) => break End::Gone,
-                    Some(Ok(Message::Text(text))) => {
-                        // Boxed: frames are rare, and inline this future would make every
-                        // idle connection's task as large as its biggest state.
-                        let handled = Box::pin(handle_frame(&ctx, &mut session, &mut auth, &mut ws, text.as_str())).await;
-                        auth.arm(deadline.as_mut());
-                        handled
-                    }
-                    Some(Ok(Message::Binary(_))) => Err(frame_error(None, ErrorCode::InvalidRequest, "binary frames are not supported; send JSON text")),
-                    Some(Ok(Message::Close(_))) => {
-                        // tungstenite queued the close reply; send it so the client sees a clean close.
-                        let _ = Box::pin(timeout(send_timeout, ws.flush())).await;
-                        break End::Gone;
-                    }
-                    Some(Ok(_)) => Ok(()),
-                };
-                match reply {
-                    Ok(()) => {}
-                    Err(Reply::Frame(frame)) => {
-                        if let Err(end) = Box::pin(send(&ctx, &mut ws, frame, send_timeout)).await {
-                            break end;
+                message = ws.next() => {
+                    // A frame may subscribe (the replay comes before live events) or answer.
+                    session.inbox.claim_writes();
+                    last_heard = Instant::now();
+                    let reply = match message {
+                        Some(Err(TungsteniteError::Capacity(e))) => {
+                            tracing::debug!(error = %e, "websocket message over the limit");
+                            break End::Close(1009, "message too big");
                         }
+                        Some(Err(TungsteniteError::Protocol(e))) => {
+                            tracing::debug!(error = %e, "websocket protocol error");
+                            break End::Close(1002, "protocol error");
+                        }
+                        None | Some(Err(_)) => break End::Gone,
+                        Some(Ok(Message::Text(text))) => {
+                            // Boxed: frames are rare, and inline this future would make every
+                            // idle connection's task as large as its biggest state.
+                            let handled = Box::pin(handle_frame(&ctx, &mut session, &mut auth, &mut ws, text.as_str())).await;
+                            auth.arm(deadline.as_mut());
+                            handled
+                        }
+                        Some(Ok(Message::Binary(_))) => Err(frame_error(None, ErrorCode::InvalidRequest, "binary frames are not supported; send JSON text")),
+                        Some(Ok(Message::Close(_))) => {
+                            // tungstenite queued the close reply; send it so the client sees a clean close.
+                            let _ = Box::pin(timeout(send_timeout, ws.flush())).await;
+                            break End::Gone;
+                        }
+                        Some(Ok(_)) => Ok(()),
+                    };
+                    match reply {
+                        Ok(()) => {}
+                        Err(Reply::Frame(frame)) => {
+                            if let Err(end) = Box::pin(send(&ctx, &mut ws, frame, send_timeout)).await {
+                                break end;
+                            }
+                        }
+                        Err(Reply::End(end)) => break end,
                     }
-                    Err(Reply::End(end)) => break end,
+                }
+                _ = ping.tick() => {
+                    session.inbox.claim_writes();
+                    if last_heard.elapsed() > ctx.config.ws_idle_timeout {
+                        tracing::debug!("closing websocket: peer silent past the idle timeout");
+                        break End::Close(1001, "idle timeout");
+                    }
+                    if let Err(end) = flatten(Box::pin(timeout(send_timeout, ws.send(Message::Ping(Default::default())))).await, &ctx) {
+                        break end;
+                    }
                 }
             }
-            _ = ping.tick() => {
-                session.inbox.claim_writes();
-                if last_heard.elapsed() > ctx.config.ws_idle_timeout {
-                    tracing::debug!("closing websocket: peer silent past the idle timeout");
-                    break End::Close(1001, "idle timeout");
-                }
-                if let Err(end) = flatten(Box::pin(timeout(send_timeout, ws.send(Message::Ping(Default::default())))).await, &ctx) {
-                    break end;
-                }
-            }
-        }
-    };
-
-    session.inbox.claim_writes();
-    if let End::Close(code, reason) = end {
-        let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.into(),
         };
-        // Best effort: a peer that stopped reading gets dropped after the send timeout.
-        let _ = Box::pin(timeout(
-            send_timeout.min(Duration::from_secs(5)),
-            ws.close(Some(frame)),
-        ))
-        .await;
+
+        session.inbox.claim_writes();
+        if let End::Close(code, reason) = end {
+            let frame = CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.into(),
+            };
+            // Best effort: a peer that stopped reading gets dropped after the send timeout.
+            let _ = Box::pin(timeout(
+                send_timeout.min(Duration::from_secs(5)),
+                ws.close(Some(frame)),
+            ))
+            .await;
+        }
     }
 }
 
