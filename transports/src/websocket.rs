@@ -296,6 +296,8 @@ where
 /// [`crate::direct`]). The session claims the connection's writes before it does anything
 /// that writes or subscribes, and releases them when it goes back to waiting with nothing
 /// queued.
+// Written out on purpose (see the body's first comment).
+#[allow(clippy::manual_async_fn)]
 fn run_with<S>(
     ctx: Arc<Context>,
     mut ws: WebSocketStream<S>,
