@@ -7,6 +7,12 @@ use clap::{Parser, Subcommand};
 use switchyard::config::{Config, DEFAULT_TOML, Overrides};
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc, not the system allocator: after a burst of connections closes, glibc's malloc
+/// keeps the freed memory (fragmented between the survivors' allocations), while jemalloc's
+/// background thread gives it back to the system within seconds (see docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// A self-hosted real-time gateway: durable jobs, WebSocket, SSE, HTTP streaming,
 /// long-poll and webhooks behind one API.
 #[derive(Parser, Debug)]
