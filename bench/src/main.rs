@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use switchyard_bench::{
     fanout::{self, FanoutOptions},
+    floor::{self, FloorOptions},
     idle::{self, IdleOptions},
     jobs::{self, JobsOptions},
     limits, report,
@@ -17,9 +18,9 @@ use switchyard_bench::{
 #[derive(Parser, Debug)]
 #[command(name = "switchyard-bench", version)]
 struct Cli {
-    /// Worker threads of the bench's own runtime [default: 1 for idle, jobs and webhooks
-    /// (single-threaded, the cheapest), 2 for fanout (one thread cannot parse SSE as fast
-    /// as the server writes it)].
+    /// Worker threads of the bench's own runtime [default: 1 for idle, floor, jobs and
+    /// webhooks (single-threaded, the cheapest; floor's writer has a thread of its own), 2
+    /// for fanout (one thread cannot parse SSE as fast as the server writes it)].
     #[arg(long, global = true)]
     threads: Option<usize>,
     #[command(subcommand)]
@@ -57,7 +58,25 @@ enum Scenario {
     /// Several nodes (the Redis engine): `--url A,B` spreads the subscribers over A and B,
     /// `--publish-url B` publishes to B, `--pid PA,PB` sums both nodes' CPU and memory,
     /// `--redis-pid` reports Redis's CPU apart; the report adds each node's share.
+    ///
+    /// Nchan (`--server nchan`, WebSocket and SSE): subscribers use `/sub/{channel}`, the
+    /// publisher POSTs to `/pub/{channel}` over one connection, and each message is
+    /// `{"seq": N, "ts_us": <send time>, "pad": "xx.."}` of `--size` bytes: every subscriber
+    /// checks it got seq 1..=events exactly once, in order. Start Nchan with
+    /// `bench/nchan/run.sh PORT`, and give `--pid` the worker pids it prints (CPU and RSS are
+    /// summed over them).
     Fanout(FanoutOptions),
+    /// The floor: the least server CPU a delivery can cost on this machine, to hold a
+    /// server's CPU per delivery against (what `tools/writefloor.c` measures).
+    ///
+    /// A writer thread accepts `--subscribers` loopback connections from the bench's readers
+    /// and writes one `--size`-byte message to each, `--events` rounds at `--rate` rounds
+    /// per second, with one blocking write() per delivery (std sockets, TCP_NODELAY, no event
+    /// loop, no framing). Its own CPU time (/proc/thread-self/stat) over the rounds, divided
+    /// by the writes, is the floor's µs of server CPU per delivery; the readers drain the
+    /// connections with tokio and check every byte arrived. Both ends are in this process,
+    /// so it needs two file descriptors per connection.
+    Floor(FloorOptions),
     /// C clients submitting durable jobs (`POST /v1/jobs`) back to back; report submits/s,
     /// latency percentiles and errors by status.
     ///
@@ -90,7 +109,7 @@ fn main() -> ExitCode {
     // Without unsafe code, through prlimit(1); keeps the current limit when that fails.
     limits::raise_to_hard();
     let threads = cli.threads.unwrap_or(match cli.scenario {
-        Scenario::Idle(_) | Scenario::Jobs(_) | Scenario::Webhooks(_) => 1,
+        Scenario::Idle(_) | Scenario::Floor(_) | Scenario::Jobs(_) | Scenario::Webhooks(_) => 1,
         Scenario::Fanout(_) => 2,
     });
     let runtime = if threads <= 1 {
@@ -114,6 +133,7 @@ fn main() -> ExitCode {
         match cli.scenario {
             Scenario::Idle(opts) => report::finish(&idle::run(&opts).await?),
             Scenario::Fanout(opts) => report::finish(&fanout::run(&opts).await?),
+            Scenario::Floor(opts) => report::finish(&floor::run(&opts).await?),
             Scenario::Jobs(opts) => report::finish(&jobs::run(&opts).await?),
             Scenario::Webhooks(opts) => report::finish(&webhooks::run(&opts).await?),
         }

@@ -12,6 +12,8 @@ use crate::stats::Latency;
 pub struct IdleReport {
     /// `"idle"`.
     pub scenario: &'static str,
+    /// The server measured: `switchyard` or `nchan`.
+    pub server: &'static str,
     /// `ws`, `sse` or `stream`.
     pub transport: &'static str,
     /// Connections opened and subscribed.
@@ -28,9 +30,10 @@ pub struct IdleReport {
     pub server_kib_per_connection: f64,
     /// Server VmHWM (peak RSS), KiB.
     pub server_peak_rss_kib: u64,
-    /// `switchyard_connections{transport=..}` before opening.
+    /// `switchyard_connections{transport=..}` before opening (Nchan: its stub status's
+    /// `subscribers`).
     pub metrics_connections_before: Option<f64>,
-    /// `switchyard_connections{transport=..}` after settling.
+    /// The same after settling.
     pub metrics_connections_after: Option<f64>,
     /// Whether the metric grew by exactly `connections`.
     pub metrics_match: bool,
@@ -69,6 +72,8 @@ pub struct TransportShare {
 pub struct FanoutReport {
     /// `"fanout"`.
     pub scenario: &'static str,
+    /// The server driven: `switchyard` or `nchan`.
+    pub server: &'static str,
     /// `ws`, `sse`, `stream`, `poll` or `mix`.
     pub transport: String,
     /// Subscribers on the channel.
@@ -127,6 +132,9 @@ pub struct FanoutReport {
     pub server_cpu_secs_by_pid: BTreeMap<u32, f64>,
     /// `delivered / server_cpu_secs`.
     pub deliveries_per_server_cpu_sec: f64,
+    /// `server_cpu_secs / delivered`, microseconds: the server's CPU per delivery, the
+    /// figure `floor` measures for one bare `write()`.
+    pub server_cpu_us_per_delivery: f64,
     /// Server VmRSS at the end, KiB (summed over the server processes).
     pub server_rss_kib: u64,
     /// Server VmHWM (peak RSS since it started), KiB (summed over the server processes).
@@ -155,6 +163,55 @@ pub struct FanoutReport {
     /// The first few errors (publisher, subscribers).
     pub errors: Vec<String>,
     /// No stall, loss, duplicate or error.
+    pub ok: bool,
+}
+
+/// Result of the `floor` scenario.
+#[derive(Clone, Debug, Serialize)]
+pub struct FloorReport {
+    /// `"floor"`.
+    pub scenario: &'static str,
+    /// Connections written to.
+    pub subscribers: usize,
+    /// Rounds: one message to every connection each.
+    pub events: u64,
+    /// Target rounds per second (0 = back to back).
+    pub rate: f64,
+    /// Message size, bytes.
+    pub size: usize,
+    /// Seconds to open and accept every connection.
+    pub connect_secs: f64,
+    /// `subscribers * events`.
+    pub expected_deliveries: u64,
+    /// Messages written whole.
+    pub writes: u64,
+    /// `write()` calls that took only part of a message (finished with more calls).
+    pub partial_writes: u64,
+    /// Failed writes.
+    pub write_errors: u64,
+    /// Seconds from the first round to the end of the last.
+    pub write_secs: f64,
+    /// Achieved rounds per second.
+    pub round_rate: f64,
+    /// `expected_deliveries * size`.
+    pub expected_bytes: u64,
+    /// Bytes the readers received.
+    pub received_bytes: u64,
+    /// The writer thread's CPU seconds (utime + stime) over the rounds: the "server".
+    pub server_cpu_secs: f64,
+    /// `server_cpu_secs / writes`, microseconds: the floor of a delivery's server CPU.
+    pub server_cpu_us_per_delivery: f64,
+    /// `writes / server_cpu_secs`.
+    pub deliveries_per_server_cpu_sec: f64,
+    /// The readers' CPU seconds (the bench process's, less the writer's) over the rounds.
+    pub bench_cpu_secs: f64,
+    /// The readers' share of the runtime's threads, see [`FanoutReport::bench_busy`].
+    pub bench_busy: f64,
+    /// Whether the run stopped because nothing moved for `--stall-secs`.
+    pub stalled: bool,
+    /// The first few errors (writer, readers).
+    pub errors: Vec<String>,
+    /// Every message written in one piece or finished, every byte read, no stall.
     pub ok: bool,
 }
 
@@ -300,7 +357,13 @@ macro_rules! impl_report {
     )*};
 }
 
-impl_report!(IdleReport, FanoutReport, JobsReport, WebhooksReport);
+impl_report!(
+    IdleReport,
+    FanoutReport,
+    FloorReport,
+    JobsReport,
+    WebhooksReport
+);
 
 /// [`emit`]s `report` and returns its verdict.
 ///
@@ -328,9 +391,14 @@ impl IdleReport {
     /// The human summary.
     pub fn summary(&self) -> String {
         let mut s = String::new();
+        let on = if self.server == "switchyard" {
+            String::new()
+        } else {
+            format!(" on {}", self.server)
+        };
         let _ = writeln!(
             s,
-            "idle/{}: {} connections on {} channels, opened in {:.1}s {}",
+            "idle/{}{on}: {} connections on {} channels, opened in {:.1}s {}",
             self.transport,
             self.connections,
             self.channels,
@@ -347,7 +415,12 @@ impl IdleReport {
         );
         let _ = writeln!(
             s,
-            "  /metrics connections {} -> {} (match: {}); dropped {}; events {}",
+            "  {} {} -> {} (match: {}); dropped {}; events {}",
+            if self.server == "switchyard" {
+                "/metrics connections"
+            } else {
+                "nchan_stub_status subscribers"
+            },
             opt(self.metrics_connections_before),
             opt(self.metrics_connections_after),
             self.metrics_match,
@@ -375,9 +448,14 @@ impl FanoutReport {
         } else {
             "max rate".to_owned()
         };
+        let on = if self.server == "switchyard" {
+            String::new()
+        } else {
+            format!(" on {}", self.server)
+        };
         let _ = writeln!(
             s,
-            "fanout/{}: {} subscribers x {} events of {} B at {rate} {}",
+            "fanout/{}{on}: {} subscribers x {} events of {} B at {rate} {}",
             self.transport,
             self.subscribers,
             self.events,
@@ -420,6 +498,11 @@ impl FanoutReport {
             (self.deliveries_per_server_cpu_sec, "deliveries"),
             self.server_rss_kib,
             self.server_peak_rss_kib,
+        );
+        let _ = writeln!(
+            s,
+            "  server CPU per delivery: {:.2} us",
+            self.server_cpu_us_per_delivery
         );
         let counted = format!(
             "; server counted {} deliveries, {} slow-consumer disconnects",
@@ -467,6 +550,57 @@ impl FanoutReport {
                 t.latency.p99_ms
             );
         }
+        for e in &self.errors {
+            let _ = write!(s, "\n  error: {e}");
+        }
+        s
+    }
+}
+
+impl FloorReport {
+    /// The human summary.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let rate = if self.rate > 0.0 {
+            format!("{}/s", self.rate)
+        } else {
+            "max rate".to_owned()
+        };
+        let _ = writeln!(
+            s,
+            "floor: {} connections x {} messages of {} B at {rate}, one write() each {}",
+            self.subscribers,
+            self.events,
+            self.size,
+            verdict(self.ok)
+        );
+        let _ = writeln!(
+            s,
+            "  connected in {:.1}s; wrote {} of {} in {:.2}s ({:.1} rounds/s); partial {}, \
+             failed {}",
+            self.connect_secs,
+            self.writes,
+            self.expected_deliveries,
+            self.write_secs,
+            self.round_rate,
+            self.partial_writes,
+            self.write_errors
+        );
+        let _ = writeln!(
+            s,
+            "  read {} of {} bytes{}",
+            self.received_bytes,
+            self.expected_bytes,
+            if self.stalled { "  STALLED" } else { "" }
+        );
+        let _ = writeln!(
+            s,
+            "  writer: {:.2} CPU s: {:.2} us per delivery ({:.0} deliveries per CPU s)",
+            self.server_cpu_secs,
+            self.server_cpu_us_per_delivery,
+            self.deliveries_per_server_cpu_sec
+        );
+        bench_line(&mut s, self.bench_cpu_secs, self.bench_busy, "");
         for e in &self.errors {
             let _ = write!(s, "\n  error: {e}");
         }
