@@ -12,6 +12,9 @@
 //! - [`floor`]: one bare `write()` per delivery to N loopback connections; the least server
 //!   CPU a delivery can cost on this machine, for the others' figures to be held against.
 //!
+//! - [`compare`]: the floor, switchyard and Nchan at the same loads, one after the other;
+//!   a table of CPU per delivery, ratios to the floor, and p99 latencies side by side.
+//!
 //! `idle` and `fanout` also drive Nchan ([`server`], [`nchan`]) for comparison.
 //!
 //! # Layout
@@ -28,6 +31,7 @@
 //! - [`report`]: the JSON result line and the human summary.
 
 pub mod clients;
+pub mod compare;
 pub mod envelope;
 pub mod fanout;
 pub mod floor;

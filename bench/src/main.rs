@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use switchyard_bench::{
+    compare::{self, CompareOptions},
     fanout::{self, FanoutOptions},
     floor::{self, FloorOptions},
     idle::{self, IdleOptions},
@@ -77,6 +78,22 @@ enum Scenario {
     /// connections with tokio and check every byte arrived. Both ends are in this process,
     /// so it needs two file descriptors per connection.
     Floor(FloorOptions),
+    /// The floor, switchyard and Nchan at the same loads, one after the other, and a table
+    /// of their server CPU per delivery, its ratio to the floor, and p99 latencies.
+    ///
+    /// For each load of `--subscribers`: a `floor` run, then for each of `--transports` a
+    /// `fanout` run against switchyard and one against Nchan (when `--nchan-url` is given;
+    /// Nchan has ws and sse, its other cells show "-"), all at `--rate`, `--events` and
+    /// `--size`. `--idle-connections N` first measures idle RSS per connection on each
+    /// server (start both servers afresh for it). Every run prints its JSON line and
+    /// summary as it ends; the comparison's JSON line comes last on stdout, its markdown
+    /// tables on stderr. Start switchyard as for `fanout`, and Nchan with
+    /// `bench/nchan/run.sh PORT` (it prints NCHAN_URL and NCHAN_PIDS).
+    ///
+    /// Example: compare --switchyard-url http://127.0.0.1:9000 --switchyard-pid $PID
+    /// --nchan-url $NCHAN_URL --nchan-pid $NCHAN_PIDS --subscribers 1000,5000 --rate 20
+    /// --events 200 --transports ws,sse,stream
+    Compare(CompareOptions),
     /// C clients submitting durable jobs (`POST /v1/jobs`) back to back; report submits/s,
     /// latency percentiles and errors by status.
     ///
@@ -110,7 +127,7 @@ fn main() -> ExitCode {
     limits::raise_to_hard();
     let threads = cli.threads.unwrap_or(match cli.scenario {
         Scenario::Idle(_) | Scenario::Floor(_) | Scenario::Jobs(_) | Scenario::Webhooks(_) => 1,
-        Scenario::Fanout(_) => 2,
+        Scenario::Fanout(_) | Scenario::Compare(_) => 2,
     });
     let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -134,6 +151,7 @@ fn main() -> ExitCode {
             Scenario::Idle(opts) => report::finish(&idle::run(&opts).await?),
             Scenario::Fanout(opts) => report::finish(&fanout::run(&opts).await?),
             Scenario::Floor(opts) => report::finish(&floor::run(&opts).await?),
+            Scenario::Compare(opts) => report::finish(&compare::run(&opts).await?),
             Scenario::Jobs(opts) => report::finish(&jobs::run(&opts).await?),
             Scenario::Webhooks(opts) => report::finish(&webhooks::run(&opts).await?),
         }

@@ -215,6 +215,70 @@ pub struct FloorReport {
     pub ok: bool,
 }
 
+/// One load and transport of the `compare` scenario: every server's CPU per delivery and
+/// p99 latency, and the floor's CPU per delivery at the same load. Maps are keyed by server
+/// name (`switchyard`, `nchan`); a server without the transport has no entry.
+#[derive(Clone, Debug, Serialize)]
+pub struct CompareRow {
+    /// Subscribers.
+    pub subscribers: usize,
+    /// Events per second.
+    pub rate: f64,
+    /// `ws`, `sse`, `stream` or `poll`.
+    pub transport: &'static str,
+    /// The floor's server CPU per delivery at this load, microseconds.
+    pub floor_us: Option<f64>,
+    /// Server CPU per delivery, microseconds.
+    pub us_per_delivery: BTreeMap<&'static str, f64>,
+    /// `us_per_delivery / floor_us`.
+    pub vs_floor: BTreeMap<&'static str, f64>,
+    /// Publish → deliver p99, milliseconds.
+    pub p99_ms: BTreeMap<&'static str, f64>,
+    /// switchyard's p99 over Nchan's.
+    pub p99_switchyard_vs_nchan: Option<f64>,
+    /// Servers whose run here found problems or could not run (their figures, if any, are
+    /// marked in the table).
+    pub problems: Vec<&'static str>,
+}
+
+/// One transport's idle memory in the `compare` scenario.
+#[derive(Clone, Debug, Serialize)]
+pub struct IdleRow {
+    /// Idle connections held.
+    pub connections: usize,
+    /// `ws`, `sse` or `stream`.
+    pub transport: &'static str,
+    /// Server RSS growth per connection, KiB, by server name.
+    pub kib_per_connection: BTreeMap<&'static str, f64>,
+    /// switchyard's over Nchan's.
+    pub switchyard_vs_nchan: Option<f64>,
+}
+
+/// Result of the `compare` scenario (printed after every run's own result).
+#[derive(Clone, Debug, Serialize)]
+pub struct CompareReport {
+    /// `"compare"`.
+    pub scenario: &'static str,
+    /// The servers compared with the floor: `switchyard`, and `nchan` when given.
+    pub servers: Vec<&'static str>,
+    /// The loads (subscriber counts).
+    pub subscribers: Vec<usize>,
+    /// Events per second.
+    pub rate: f64,
+    /// Events per run.
+    pub events: u64,
+    /// Event data size (and the floor's message size), bytes.
+    pub size: usize,
+    /// One row per load and transport.
+    pub rows: Vec<CompareRow>,
+    /// Idle memory, one row per transport (`--idle-connections`).
+    pub idle: Vec<IdleRow>,
+    /// Runs that could not run or found problems.
+    pub errors: Vec<String>,
+    /// Every run ran and found no problem.
+    pub ok: bool,
+}
+
 /// Result of the `jobs` scenario.
 #[derive(Clone, Debug, Serialize)]
 pub struct JobsReport {
@@ -359,6 +423,7 @@ macro_rules! impl_report {
 
 impl_report!(
     IdleReport,
+    CompareReport,
     FanoutReport,
     FloorReport,
     JobsReport,
@@ -504,11 +569,16 @@ impl FanoutReport {
             "  server CPU per delivery: {:.2} us",
             self.server_cpu_us_per_delivery
         );
-        let counted = format!(
-            "; server counted {} deliveries, {} slow-consumer disconnects",
-            opt(self.server_deliveries),
-            opt(self.server_slow_consumer_disconnects)
-        );
+        // Nchan has no such counters.
+        let counted = if self.server_deliveries.is_some() || self.server == "switchyard" {
+            format!(
+                "; server counted {} deliveries, {} slow-consumer disconnects",
+                opt(self.server_deliveries),
+                opt(self.server_slow_consumer_disconnects)
+            )
+        } else {
+            String::new()
+        };
         if !self.server_cpu_secs_by_pid.is_empty() {
             let each: Vec<String> = self
                 .server_cpu_secs_by_pid
@@ -606,6 +676,120 @@ impl FloorReport {
         }
         s
     }
+}
+
+impl CompareReport {
+    /// The human summary: the comparison as markdown tables.
+    pub fn summary(&self) -> String {
+        let nchan = self.servers.contains(&"nchan");
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "compare: {} against the floor, {} events of {} B at {}/s {}\n",
+            self.servers.join(" and "),
+            self.events,
+            self.size,
+            self.rate,
+            verdict(self.ok)
+        );
+        let mut head = vec!["load", "transport", "switchyard µs/delivery"];
+        if nchan {
+            head.push("Nchan µs/delivery");
+        }
+        head.extend(["floor µs/delivery", "switchyard / floor"]);
+        if nchan {
+            head.push("Nchan / floor");
+        }
+        head.push("switchyard p99 ms");
+        if nchan {
+            head.extend(["Nchan p99 ms", "p99 switchyard / Nchan"]);
+        }
+        table_head(&mut s, &head);
+        for r in &self.rows {
+            let mark = |server: &str, v: Option<String>| match v {
+                Some(v) if r.problems.contains(&server) => format!("{v} (!)"),
+                Some(v) => v,
+                None if r.problems.contains(&server) => "(!)".to_owned(),
+                None => "-".to_owned(),
+            };
+            let us = |server| {
+                mark(
+                    server,
+                    r.us_per_delivery.get(server).map(|v| format!("{v:.2}")),
+                )
+            };
+            let vs = |server| mark(server, r.vs_floor.get(server).map(|v| format!("{v:.2}")));
+            let p99 = |server| mark(server, r.p99_ms.get(server).map(|v| format!("{v:.1}")));
+            let mut cells = vec![
+                format!("{} x {}/s", r.subscribers, r.rate),
+                r.transport.to_owned(),
+                us("switchyard"),
+            ];
+            if nchan {
+                cells.push(us("nchan"));
+            }
+            cells.push(
+                r.floor_us
+                    .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
+            );
+            cells.push(vs("switchyard"));
+            if nchan {
+                cells.push(vs("nchan"));
+            }
+            cells.push(p99("switchyard"));
+            if nchan {
+                cells.push(p99("nchan"));
+                cells.push(dash(r.p99_switchyard_vs_nchan, 2));
+            }
+            table_row(&mut s, &cells);
+        }
+        if !self.idle.is_empty() {
+            s.push('\n');
+            let mut head = vec!["idle connections", "transport", "switchyard KiB/connection"];
+            if nchan {
+                head.extend(["Nchan KiB/connection", "switchyard / Nchan"]);
+            }
+            table_head(&mut s, &head);
+            for r in &self.idle {
+                let kib = |server| dash(r.kib_per_connection.get(server).copied(), 2);
+                let mut cells = vec![
+                    r.connections.to_string(),
+                    r.transport.to_owned(),
+                    kib("switchyard"),
+                ];
+                if nchan {
+                    cells.push(kib("nchan"));
+                    cells.push(dash(r.switchyard_vs_nchan, 2));
+                }
+                table_row(&mut s, &cells);
+            }
+        }
+        if self.rows.iter().any(|r| !r.problems.is_empty()) {
+            let _ = write!(
+                s,
+                "\n(!): that run found problems or could not run; see its report"
+            );
+        }
+        for e in &self.errors {
+            let _ = write!(s, "\n  error: {e}");
+        }
+        s
+    }
+}
+
+/// `| a | b |` and the `| --- | --- |` line under it.
+fn table_head(s: &mut String, cells: &[&str]) {
+    let _ = writeln!(s, "| {} |", cells.join(" | "));
+    let _ = writeln!(s, "|{}", " --- |".repeat(cells.len()));
+}
+
+fn table_row(s: &mut String, cells: &[String]) {
+    let _ = writeln!(s, "| {} |", cells.join(" | "));
+}
+
+/// `v` with `decimals`, or `-`.
+fn dash(v: Option<f64>, decimals: usize) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
 impl JobsReport {
