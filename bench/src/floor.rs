@@ -127,8 +127,7 @@ pub async fn run(opts: &FloorOptions) -> anyhow::Result<FloorReport> {
         bail!("{}", limits::too_many_message(2 * opts.subscribers));
     }
     let n = opts.subscribers;
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding the writer's listener")?;
-    let addr = listener.local_addr()?;
+    let (listener, addr) = listen()?;
     let shared = Arc::new(Shared {
         progress: AtomicU64::new(0),
         abort: AtomicBool::new(false),
@@ -271,6 +270,21 @@ pub async fn run(opts: &FloorOptions) -> anyhow::Result<FloorReport> {
         errors,
         ok,
     })
+}
+
+/// The writer's listener on a free loopback port, blocking, with a backlog of 4096 (the
+/// usual `somaxconn`): a reader's connect completes once the kernel has queued the
+/// connection, before the writer accepts it, so connects can run ahead of accepts; under
+/// std's backlog of 128, the queue overflowed now and then and a dropped SYN cost a second.
+fn listen() -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let socket = tokio::net::TcpSocket::new_v4().context("writer's socket")?;
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .context("binding the writer's listener")?;
+    let listener = socket.listen(4096).context("listen")?.into_std()?;
+    listener.set_nonblocking(false)?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
 }
 
 /// Keeps a reader's failure.

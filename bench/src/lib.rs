@@ -22,7 +22,8 @@
 //!   and Nchan's WebSocket and EventSource, all reporting to a [`clients::Handler`].
 //! - [`server`], [`nchan`]: which server is driven, and Nchan's paths, messages and status.
 //! - [`swarm`]: many subscriber tasks: opening concurrency, readiness, stopping.
-//! - [`publisher`]: paced publishing over keep-alive HTTP/1.1 connections.
+//! - [`publisher`]: paced publishing over keep-alive HTTP/1.1 connections; [`pipelined`]:
+//!   the same to Nchan, in order on one pipelined connection.
 //! - [`envelope`], [`scan`], [`tracker`], [`stats`], [`stall`]: reading events, checking
 //!   offsets, percentiles, noticing a run that stopped moving.
 //! - [`procstat`], [`scrape`], [`limits`]: `/proc`, `/metrics` and the open-files limit.
@@ -40,6 +41,7 @@ pub mod idle;
 pub mod jobs;
 pub mod limits;
 pub mod nchan;
+pub mod pipelined;
 pub mod procstat;
 pub mod publisher;
 pub mod receiver;

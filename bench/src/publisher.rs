@@ -1,7 +1,6 @@
 //! The publisher: `POST /v1/channels/{channel}/events` over a few keep-alive HTTP/1.1
-//! connections, paced to a rate, each event's data stamped with its send time. To Nchan,
-//! `POST /pub/{channel}` of a numbered message ([`crate::nchan::payload`]) over one
-//! connection.
+//! connections, paced to a rate, each event's data stamped with its send time. Nchan is
+//! published to by [`crate::pipelined`].
 
 use std::{
     sync::{
@@ -19,7 +18,7 @@ use tokio::{
     time::Instant,
 };
 
-use crate::{http::HttpConn, nchan, server::Server, target::Target, tracker::unix_micros};
+use crate::{http::HttpConn, pipelined, server::Server, target::Target, tracker::unix_micros};
 
 /// What to publish.
 #[derive(Clone, Debug)]
@@ -38,9 +37,8 @@ pub struct PublishPlan {
     pub event_type: String,
     /// Sent as `Authorization: Bearer <key>` when set.
     pub api_key: Option<String>,
-    /// The server published to. Nchan gets one connection whatever `connections` says: the
-    /// bench numbers its messages, and two requests in flight could reach Nchan in the
-    /// other order (switchyard numbers events itself, as it accepts them).
+    /// The server published to. Nchan gets one pipelined connection whatever `connections`
+    /// says ([`crate::pipelined`]).
     pub server: Server,
 }
 
@@ -142,12 +140,11 @@ pub async fn publish(
     let next = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
+    if plan.server == Server::Nchan {
+        return pipelined::publish(target, plan, progress).await;
+    }
     let mut tasks = JoinSet::new();
-    let connections = match plan.server {
-        Server::Switchyard => plan.connections.max(1),
-        Server::Nchan => 1,
-    };
-    for _ in 0..connections {
+    for _ in 0..plan.connections.max(1) {
         let (target, plan) = (target.clone(), plan.clone());
         let (next, failed, progress) = (
             Arc::clone(&next),
@@ -192,10 +189,7 @@ async fn publish_on_one(
     let mut conn = HttpConn::connect(target)
         .await?
         .with_api_key(plan.api_key.as_deref())?;
-    let path = match plan.server {
-        Server::Switchyard => publish_path(&plan.channel),
-        Server::Nchan => nchan::publish_path(&plan.channel),
-    };
+    let path = publish_path(&plan.channel);
     loop {
         let i = next.fetch_add(1, Ordering::Relaxed);
         if i >= plan.events || failed.load(Ordering::Relaxed) {
@@ -205,14 +199,11 @@ async fn publish_on_one(
             tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / plan.rate)).await;
         }
         let now_us = unix_micros();
-        let body = match plan.server {
-            Server::Switchyard => format!(
-                r#"{{"type":"{}","data":{}}}"#,
-                plan.event_type,
-                payload(plan.size, now_us)
-            ),
-            Server::Nchan => nchan::payload(i + 1, plan.size, now_us),
-        };
+        let body = format!(
+            r#"{{"type":"{}","data":{}}}"#,
+            plan.event_type,
+            payload(plan.size, now_us)
+        );
         let req = conn.request(
             Method::POST,
             &path,
@@ -221,10 +212,7 @@ async fn publish_on_one(
         out.first_at.get_or_insert_with(Instant::now);
         out.first_us.get_or_insert(now_us);
         let (status, answer) = conn.fetch(req).await?;
-        // Nchan answers 202 when the channel has no subscriber (yet), 201 otherwise.
-        let accepted = status == StatusCode::CREATED
-            || (plan.server == Server::Nchan && status == StatusCode::ACCEPTED);
-        if !accepted {
+        if status != StatusCode::CREATED {
             bail!(
                 "publish answered {status}: {}",
                 String::from_utf8_lossy(&answer)
