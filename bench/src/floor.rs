@@ -1,7 +1,7 @@
 //! The `floor` scenario: the least server CPU one delivery can cost on this machine, to
-//! compare a server's CPU per delivery with. It is `tools/writefloor.c` in the bench: a
-//! writer accepts N loopback connections and writes one S-byte message to each, E rounds at
-//! R rounds per second, with one blocking `write()` per delivery (no event loop, no
+//! compare a server's CPU per delivery with. It is `bench/floor/writefloor.c` in the bench:
+//! a writer accepts N loopback connections and writes one S-byte message to each, E rounds
+//! at R rounds per second, with one blocking `write()` per delivery (no event loop, no
 //! framing, no fan-out structure), and its own CPU time is what a delivery costs.
 //!
 //! The writer is a dedicated thread with plain `std::net` sockets (`TCP_NODELAY`, as

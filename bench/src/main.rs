@@ -61,14 +61,15 @@ enum Scenario {
     /// `--redis-pid` reports Redis's CPU apart; the report adds each node's share.
     ///
     /// Nchan (`--server nchan`, WebSocket and SSE): subscribers use `/sub/{channel}`, the
-    /// publisher POSTs to `/pub/{channel}` over one connection, and each message is
+    /// publisher POSTs to `/pub/{channel}` in order on one pipelined connection (at the
+    /// paced times, not waiting for answers), and each message is
     /// `{"seq": N, "ts_us": <send time>, "pad": "xx.."}` of `--size` bytes: every subscriber
     /// checks it got seq 1..=events exactly once, in order. Start Nchan with
     /// `bench/nchan/run.sh PORT`, and give `--pid` the worker pids it prints (CPU and RSS are
     /// summed over them).
     Fanout(FanoutOptions),
     /// The floor: the least server CPU a delivery can cost on this machine, to hold a
-    /// server's CPU per delivery against (what `tools/writefloor.c` measures).
+    /// server's CPU per delivery against (what `bench/floor/writefloor.c` measures).
     ///
     /// A writer thread accepts `--subscribers` loopback connections from the bench's readers
     /// and writes one `--size`-byte message to each, `--events` rounds at `--rate` rounds
