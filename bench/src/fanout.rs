@@ -120,7 +120,8 @@ pub struct FanoutOptions {
     pub redis_pid: Option<u32>,
     /// Keep-alive connections the publisher uses (one request in flight on each). At
     /// `--rate 0` fewer than ~8 leave the publisher waiting on round trips instead of
-    /// finding the server's limit; at a fixed rate any count that keeps up will do.
+    /// finding the server's limit; at a fixed rate any count that keeps up will do. Nchan
+    /// always gets one pipelined connection, which keeps its messages in order.
     #[arg(long, default_value_t = DEFAULT_PUBLISHERS)]
     pub publishers: usize,
     /// Channel to use [default: a fresh `fanout/<random>`]. It must be new: offsets are

@@ -6,8 +6,8 @@
 //!
 //! The writer is a dedicated thread with plain `std::net` sockets (`TCP_NODELAY`, as
 //! servers set it), measured alone through `/proc/thread-self/stat`; the readers, which
-//! stand for the subscribers, drain the connections with tokio in the bench's runtime and
-//! check every byte arrived. On loopback a `write()` also runs the receiving side's TCP
+//! stand for the subscribers, drain the connections with a single-threaded tokio runtime
+//! in another thread and check every byte arrived. On loopback a `write()` also runs the receiving side's TCP
 //! input in the writer's context, as it does for a server's writes, so the figure is the
 //! kernel's share of any server's delivery, and a server's ratio to it is the cost of
 //! everything else it does.
@@ -35,12 +35,7 @@ use tokio::{
 };
 
 use crate::{
-    fanout::us_per,
-    limits,
-    procstat::{self, Proc},
-    report::FloorReport,
-    stall::StallWatch,
-    stats::per_sec,
+    fanout::us_per, limits, procstat::Proc, report::FloorReport, stall::StallWatch, stats::per_sec,
 };
 
 /// Options of `floor`.
@@ -147,30 +142,28 @@ pub async fn run(opts: &FloorOptions) -> anyhow::Result<FloorReport> {
 
     let per_connection = opts.events * opts.size as u64;
     let received = Arc::new(AtomicU64::new(0));
-    let gate = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+    let (stop_readers, stop) = oneshot::channel();
     let opened = Instant::now();
-    let mut readers = JoinSet::new();
-    for _ in 0..n {
-        let permit = Arc::clone(&gate)
-            .acquire_owned()
-            .await
-            .expect("the gate is never closed");
-        let received = Arc::clone(&received);
-        let buffer = opts.read_buffer.max(1);
-        readers.spawn(read_all(addr, permit, per_connection, buffer, received));
-    }
+    let mut readers_done = spawn_readers(addr, opts, Arc::clone(&received), stop)?;
 
     let stall = Duration::from_secs(opts.stall_secs);
     let mut watch = StallWatch::new(stall);
     let mut errors = Vec::new();
     let mut connect_secs = 0.0;
     let mut bench_cpu_start = None;
+    let mut bench_cpu_end = None;
     let mut started_seen = false;
+    let mut written = None;
+    let mut readers_ended = false;
     let mut stalled = false;
-    // Until the writer is done: reader failures are kept, the writer's start noted.
-    let written = loop {
+    // Until the writer is done and every reader has its bytes (all sent by then: loopback
+    // writes land in the receiver's buffer before `write()` returns), or nothing moves.
+    while written.is_none() || !readers_ended {
         tokio::select! {
-            written = &mut done_rx => break Some(written),
+            w = &mut done_rx, if written.is_none() => {
+                bench_cpu_end = Some(Proc::this().cpu_secs()?);
+                written = Some(w);
+            }
             started = &mut started_rx, if !started_seen => {
                 started_seen = true;
                 if started.is_ok() {
@@ -178,7 +171,13 @@ pub async fn run(opts: &FloorOptions) -> anyhow::Result<FloorReport> {
                     bench_cpu_start = Some(Proc::this().cpu_secs()?);
                 }
             }
-            Some(joined) = readers.join_next() => keep_error(joined, &mut errors),
+            ended = &mut readers_done, if !readers_ended => {
+                readers_ended = true;
+                match ended {
+                    Ok(reader_errors) => errors.extend(reader_errors),
+                    Err(_) => errors.push("the readers' thread ended without a result".into()),
+                }
+            }
             () = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
         let now = (
@@ -187,26 +186,10 @@ pub async fn run(opts: &FloorOptions) -> anyhow::Result<FloorReport> {
         );
         if watch.is_stalled(now) {
             stalled = true;
-            break None;
-        }
-    };
-    let bench_cpu_end = Proc::this().cpu_secs()?;
-    // Then until every reader has its bytes (they are all sent: loopback writes land in
-    // the receiver's buffer before `write()` returns).
-    if written.is_some() {
-        let mut watch = StallWatch::new(stall);
-        while !readers.is_empty() {
-            tokio::select! {
-                Some(joined) = readers.join_next() => keep_error(joined, &mut errors),
-                () = tokio::time::sleep(Duration::from_millis(100)) => {}
-            }
-            if watch.is_stalled((received.load(Ordering::Relaxed), 0)) {
-                stalled = true;
-                break;
-            }
+            break;
         }
     }
-    readers.abort_all();
+    let _ = stop_readers.send(());
     if stalled {
         // A writer still waiting for connections: wake it so that it sees `abort`.
         shared.abort.store(true, Ordering::Relaxed);
@@ -238,9 +221,10 @@ pub async fn run(opts: &FloorOptions) -> anyhow::Result<FloorReport> {
     let expected_deliveries = n as u64 * opts.events;
     let expected_bytes = expected_deliveries * opts.size as u64;
     let received_bytes = received.load(Ordering::Relaxed);
-    let bench_cpu_secs = bench_cpu_start
-        .map_or(0.0, |start| bench_cpu_end - start - written.cpu_secs)
-        .max(0.0);
+    let bench_cpu_secs = match (bench_cpu_start, bench_cpu_end) {
+        (Some(start), Some(end)) => (end - start - written.cpu_secs).max(0.0),
+        _ => 0.0,
+    };
     let ok = !stalled
         && written.writes == expected_deliveries
         && written.errors == 0
@@ -265,7 +249,8 @@ pub async fn run(opts: &FloorOptions) -> anyhow::Result<FloorReport> {
         server_cpu_us_per_delivery: us_per(written.cpu_secs, written.writes),
         deliveries_per_server_cpu_sec: per_sec(written.writes, written.cpu_secs),
         bench_cpu_secs,
-        bench_busy: procstat::runtime_share(bench_cpu_secs, written.wall_secs),
+        // The readers have one thread.
+        bench_busy: bench_cpu_secs / written.wall_secs.max(1e-9),
         stalled,
         errors,
         ok,
@@ -285,6 +270,65 @@ fn listen() -> anyhow::Result<(TcpListener, SocketAddr)> {
     listener.set_nonblocking(false)?;
     let addr = listener.local_addr()?;
     Ok((listener, addr))
+}
+
+/// Starts the readers: a thread of their own with a single-threaded runtime, as
+/// `writefloor.c` has one reading process, whatever the bench's runtime is (`compare` runs
+/// the floor inside fan-out's two threads). They connect `opts.subscribers` times to `addr`
+/// and read until every connection has had its bytes, or `stop`; the answer is their
+/// errors.
+fn spawn_readers(
+    addr: SocketAddr,
+    opts: &FloorOptions,
+    received: Arc<AtomicU64>,
+    stop: oneshot::Receiver<()>,
+) -> anyhow::Result<oneshot::Receiver<Vec<String>>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("the readers' runtime")?;
+    let (done_tx, done_rx) = oneshot::channel();
+    let opts = opts.clone();
+    std::thread::Builder::new()
+        .name("floor-readers".into())
+        .spawn(move || {
+            let errors = runtime.block_on(read_every(addr, &opts, received, stop));
+            let _ = done_tx.send(errors);
+        })
+        .context("starting the readers' thread")?;
+    Ok(done_rx)
+}
+
+/// Connects and drains every connection (at most `opts.concurrency` connecting at once).
+async fn read_every(
+    addr: SocketAddr,
+    opts: &FloorOptions,
+    received: Arc<AtomicU64>,
+    stop: oneshot::Receiver<()>,
+) -> Vec<String> {
+    let per_connection = opts.events * opts.size as u64;
+    let gate = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+    let mut readers = JoinSet::new();
+    let mut errors = Vec::new();
+    let all = async {
+        for _ in 0..opts.subscribers {
+            let permit = Arc::clone(&gate)
+                .acquire_owned()
+                .await
+                .expect("the gate is never closed");
+            let received = Arc::clone(&received);
+            let buffer = opts.read_buffer.max(1);
+            readers.spawn(read_all(addr, permit, per_connection, buffer, received));
+        }
+        while let Some(joined) = readers.join_next().await {
+            keep_error(joined, &mut errors);
+        }
+    };
+    tokio::select! {
+        () = all => {}
+        _ = stop => {}
+    }
+    errors
 }
 
 /// Keeps a reader's failure.

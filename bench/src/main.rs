@@ -20,8 +20,9 @@ use switchyard_bench::{
 #[command(name = "switchyard-bench", version)]
 struct Cli {
     /// Worker threads of the bench's own runtime [default: 1 for idle, floor, jobs and
-    /// webhooks (single-threaded, the cheapest; floor's writer has a thread of its own), 2
-    /// for fanout (one thread cannot parse SSE as fast as the server writes it)].
+    /// webhooks (single-threaded, the cheapest), 2 for fanout and compare (one thread cannot
+    /// parse SSE as fast as the server writes it)]. floor's writer and readers have threads
+    /// of their own whatever this says.
     #[arg(long, global = true)]
     threads: Option<usize>,
     #[command(subcommand)]
@@ -43,6 +44,11 @@ enum Scenario {
     /// saying so. Run several processes for more. Beyond ~28k connections per source
     /// address the ephemeral ports run out, so with `--source-ips auto` the bench binds
     /// its sockets to 127.0.0.2, 127.0.0.3, ... rotating every `--per-source-ip`.
+    ///
+    /// Nchan (`--server nchan`, ws or sse): connections subscribe on `/sub/{channel}`, the
+    /// count is Nchan's `subscribers:` on `/nchan_status`, and RSS is summed over the nginx
+    /// workers given to `--pid` (from `bench/nchan/run.sh`). Measure a freshly started
+    /// server: nginx, like switchyard, keeps the memory earlier connections used.
     Idle(IdleOptions),
     /// N subscribers on one fresh channel, one publisher; report deliveries/s, latency,
     /// loss and duplicates, and the server's CPU per delivery.
