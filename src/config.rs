@@ -20,11 +20,12 @@ pub const ENV_PREFIX: &str = "SWITCHYARD_";
 
 /// Variables with the prefix that are not configuration keys: `--config`'s own variable,
 /// and the test suites' (CI exports them; a server binary a test starts inherits them).
-const NOT_KEYS: [&str; 5] = [
+const NOT_KEYS: [&str; 6] = [
     "SWITCHYARD_CONFIG",
     "SWITCHYARD_BIN",
     "SWITCHYARD_REQUIRE_BROWSER",
     "SWITCHYARD_REQUIRE_CURL",
+    "SWITCHYARD_REQUIRE_NCHAN",
     "SWITCHYARD_REQUIRE_REDIS",
 ];
 

@@ -30,7 +30,7 @@ pub fn parse(bytes: &[u8]) -> Option<EventInfo> {
 
 /// A JSON unsigned integer at the start of `bytes` (after optional spaces): its value and
 /// the bytes consumed.
-fn number(bytes: &[u8]) -> Option<(u64, usize)> {
+pub(crate) fn number(bytes: &[u8]) -> Option<(u64, usize)> {
     let start = bytes.iter().position(|b| *b != b' ')?;
     let mut value: u64 = 0;
     let mut end = start;

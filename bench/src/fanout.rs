@@ -5,6 +5,10 @@
 //! Against a cluster (the Redis engine), the subscribers can be spread over several nodes
 //! (`--url A,B`) and the events published to another node (`--publish-url`), so the figures
 //! include the hop through Redis; the report then adds each node's share.
+//!
+//! Against Nchan (`--server nchan`), the same run over Nchan's WebSocket and EventSource
+//! endpoints: the bench numbers its messages itself ([`crate::nchan`]), and the server's
+//! CPU is summed over the nginx workers given to `--pid`.
 
 use std::{
     collections::BTreeMap,
@@ -20,11 +24,12 @@ use tokio::time::Instant;
 
 use crate::{
     clients::{ClientConfig, Flow, Handler, Transport},
-    envelope, limits,
+    limits,
     procstat::{self, CpuMeter, Proc},
     publisher::{self, PublishPlan, Publishing},
     report::{FanoutReport, TransportShare},
     scrape::{self, Metrics},
+    server::Server,
     stall::StallWatch,
     stats::{Latency, per_sec},
     swarm::{Swarm, SwarmConfig},
@@ -51,7 +56,8 @@ pub enum FanoutTransport {
 }
 
 impl FanoutTransport {
-    fn name(self) -> &'static str {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
         match self {
             Self::Ws => "ws",
             Self::Sse => "sse",
@@ -75,6 +81,10 @@ impl FanoutTransport {
 /// Options of `fanout`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct FanoutOptions {
+    /// The server: switchyard, or Nchan (WebSocket and SSE only; one node; started with
+    /// `bench/nchan/run.sh`, whose worker pids go to `--pid`).
+    #[arg(long, value_enum, default_value_t = Server::Switchyard)]
+    pub server: Server,
     /// Server base URL, e.g. http://127.0.0.1:8080. Several, comma-separated (nodes of one
     /// cluster sharing a Redis engine): the subscribers are spread over them in equal
     /// contiguous blocks (the first N/2 on the first node, ...).
@@ -110,7 +120,8 @@ pub struct FanoutOptions {
     pub redis_pid: Option<u32>,
     /// Keep-alive connections the publisher uses (one request in flight on each). At
     /// `--rate 0` fewer than ~8 leave the publisher waiting on round trips instead of
-    /// finding the server's limit; at a fixed rate any count that keeps up will do.
+    /// finding the server's limit; at a fixed rate any count that keeps up will do. Nchan
+    /// always gets one pipelined connection, which keeps its messages in order.
     #[arg(long, default_value_t = DEFAULT_PUBLISHERS)]
     pub publishers: usize,
     /// Channel to use [default: a fresh `fanout/<random>`]. It must be new: offsets are
@@ -148,6 +159,7 @@ impl FanoutOptions {
         pid: u32,
     ) -> Self {
         Self {
+            server: Server::Switchyard,
             url: vec![url.into()],
             publish_url: None,
             transport,
@@ -226,6 +238,7 @@ async fn fetch_all(nodes: &[Target]) -> anyhow::Result<Vec<Metrics>> {
 /// One subscriber's handler: parse, check, count.
 #[derive(Debug)]
 struct Subscriber {
+    server: Server,
     tracker: Tracker,
     progress: Arc<AtomicU64>,
 }
@@ -235,7 +248,10 @@ impl Handler for Subscriber {
 
     fn event(&mut self, bytes: &[u8]) -> Flow {
         self.progress.fetch_add(1, Ordering::Relaxed);
-        if self.tracker.record(envelope::parse(bytes), unix_micros()) {
+        if self
+            .tracker
+            .record(self.server.event_info(bytes), unix_micros())
+        {
             Flow::Stop
         } else {
             Flow::Continue
@@ -265,6 +281,17 @@ pub async fn run(opts: &FanoutOptions) -> anyhow::Result<FanoutReport> {
         bail!("{}", limits::too_many_message(opts.subscribers));
     }
     let nodes = Nodes::parse(opts)?;
+    if opts.server == Server::Nchan {
+        if nodes.several() || opts.redis_pid.is_some() {
+            bail!("--server nchan takes one --url (no --publish-url elsewhere, no --redis-pid)");
+        }
+        if !matches!(opts.transport, FanoutTransport::Ws | FanoutTransport::Sse) {
+            bail!(
+                "--server nchan: the bench drives Nchan over ws and sse only, not {}",
+                opts.transport.name()
+            );
+        }
+    }
     let sources = Sources::parse(&opts.source_ips, &nodes.subscribe[0], opts.per_source_ip)?;
     let servers: Vec<Proc> = opts.pids.iter().map(|&p| Proc::pid(p)).collect();
     if servers.is_empty() {
@@ -284,12 +311,19 @@ pub async fn run(opts: &FanoutOptions) -> anyhow::Result<FanoutReport> {
     let stall = Duration::from_secs(opts.stall_secs);
     let n = opts.subscribers;
 
-    let metrics_before = fetch_all(&nodes.all).await?;
+    // Nchan has no /metrics: its figures are the bench's own.
+    let has_metrics = opts.server == Server::Switchyard;
+    let metrics_before = if has_metrics {
+        fetch_all(&nodes.all).await?
+    } else {
+        Vec::new()
+    };
     let progress = Arc::new(AtomicU64::new(0));
     let stride = Tracker::stride_for(n as u64, opts.events);
     let members = (0..n)
         .map(|i| {
             let handler = Subscriber {
+                server: opts.server,
                 tracker: Tracker::new(opts.events, stride),
                 progress: Arc::clone(&progress),
             };
@@ -300,6 +334,7 @@ pub async fn run(opts: &FanoutOptions) -> anyhow::Result<FanoutReport> {
         targets: nodes.subscribe.clone(),
         sources,
         client: ClientConfig {
+            server: opts.server,
             read_buffer: opts.read_buffer,
             poll_timeout_secs: opts.poll_timeout_secs,
         },
@@ -321,6 +356,7 @@ pub async fn run(opts: &FanoutOptions) -> anyhow::Result<FanoutReport> {
         connections: opts.publishers,
         event_type: "bench".into(),
         api_key: None,
+        server: opts.server,
     };
     let publishing = Publishing::spawn(&nodes.publish, plan);
 
@@ -345,13 +381,18 @@ pub async fn run(opts: &FanoutOptions) -> anyhow::Result<FanoutReport> {
     let outcome = publishing.finish().await;
     let end_errors = swarm.end_errors.clone();
     let members = swarm.stop(Duration::from_secs(5)).await;
-    let metrics_after = fetch_all(&nodes.all).await.ok();
+    let metrics_after = if has_metrics {
+        fetch_all(&nodes.all).await.ok()
+    } else {
+        None
+    };
 
     let mut by_transport: BTreeMap<&'static str, (TransportShare, Vec<u32>)> = BTreeMap::new();
     let mut by_node: BTreeMap<String, (TransportShare, Vec<u32>)> = BTreeMap::new();
     let mut all_samples = Vec::new();
     let mut report = FanoutReport {
         scenario: "fanout",
+        server: opts.server.name(),
         transport: opts.transport.name().to_owned(),
         subscribers: n,
         events: opts.events,
@@ -387,6 +428,7 @@ pub async fn run(opts: &FanoutOptions) -> anyhow::Result<FanoutReport> {
             BTreeMap::new()
         },
         deliveries_per_server_cpu_sec: 0.0,
+        server_cpu_us_per_delivery: 0.0,
         server_rss_kib: servers.iter().map(|s| s.rss_kib().unwrap_or(0)).sum(),
         server_peak_rss_kib: servers.iter().map(|s| s.peak_rss_kib().unwrap_or(0)).sum(),
         redis_cpu_secs,
@@ -472,6 +514,7 @@ pub async fn run(opts: &FanoutOptions) -> anyhow::Result<FanoutReport> {
         report.bench_busy = procstat::runtime_share(bench_cpu, report.window_secs);
     }
     report.deliveries_per_server_cpu_sec = per_sec(report.delivered, report.server_cpu_secs);
+    report.server_cpu_us_per_delivery = us_per(report.server_cpu_secs, report.delivered);
     report.ok = !stalled
         && report.published == opts.events
         && report.delivered == report.expected_deliveries
@@ -482,6 +525,15 @@ pub async fn run(opts: &FanoutOptions) -> anyhow::Result<FanoutReport> {
         && report.missing == 0
         && outcome.errors.is_empty();
     Ok(report)
+}
+
+/// `cpu_secs` per `count`, in microseconds (0 when nothing was counted).
+pub fn us_per(cpu_secs: f64, count: u64) -> f64 {
+    if count == 0 {
+        0.0
+    } else {
+        cpu_secs * 1e6 / count as f64
+    }
 }
 
 /// The increase of `name` (summed over its label sets) over every node.

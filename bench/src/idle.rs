@@ -1,5 +1,7 @@
 //! The `idle` scenario: open N connections that each subscribe to one channel and then sit
-//! idle; report how much the server's resident memory grew per connection.
+//! idle; report how much the server's resident memory grew per connection. Against Nchan
+//! (`--server nchan`), over its WebSocket or EventSource endpoint, with memory summed over
+//! the nginx workers and the subscriber count read from `nchan_stub_status`.
 
 use std::time::Duration;
 
@@ -8,10 +10,11 @@ use tokio::time::Instant;
 
 use crate::{
     clients::{ClientConfig, Flow, Handler, Transport},
-    limits,
+    limits, nchan,
     procstat::Proc,
     report::IdleReport,
     scrape,
+    server::Server,
     swarm::{Swarm, SwarmConfig},
     target::{DEFAULT_PER_SOURCE_IP, Sources, Target},
 };
@@ -19,6 +22,10 @@ use crate::{
 /// Options of `idle`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct IdleOptions {
+    /// The server: switchyard, or Nchan (ws and sse; started with `bench/nchan/run.sh`,
+    /// whose worker pids go to `--pid`).
+    #[arg(long, value_enum, default_value_t = Server::Switchyard)]
+    pub server: Server,
     /// Server base URL, e.g. http://127.0.0.1:8080.
     #[arg(long)]
     pub url: String,
@@ -28,9 +35,10 @@ pub struct IdleOptions {
     /// Connections to open (at most ~15k per bench process under a 20000 open-files limit).
     #[arg(long, default_value_t = 1000)]
     pub connections: usize,
-    /// Server process id: its RSS is read from /proc/PID/status.
-    #[arg(long)]
-    pub pid: u32,
+    /// Server process id: its RSS is read from /proc/PID/status. Several, comma-separated
+    /// (Nchan's nginx workers): their RSS is summed.
+    #[arg(long = "pid", value_delimiter = ',', required = true)]
+    pub pids: Vec<u32>,
     /// Channel name prefix: connection i subscribes to `{prefix}/{i % channels}`.
     #[arg(long, default_value = "idle")]
     pub channel_prefix: String,
@@ -62,10 +70,11 @@ impl IdleOptions {
     /// Options with the command line's defaults.
     pub fn new(url: impl Into<String>, transport: Transport, connections: usize, pid: u32) -> Self {
         Self {
+            server: Server::Switchyard,
             url: url.into(),
             transport,
             connections,
-            pid,
+            pids: vec![pid],
             channel_prefix: "idle".into(),
             channels: 100,
             settle_secs: 2.0,
@@ -102,6 +111,9 @@ pub async fn run(opts: &IdleOptions) -> anyhow::Result<IdleReport> {
     if opts.transport == Transport::Poll {
         bail!("idle supports ws, sse and stream: a long-poll is not held open between events");
     }
+    if opts.server == Server::Nchan && opts.transport == Transport::Stream {
+        bail!("--server nchan: the bench drives Nchan over ws and sse only, not stream");
+    }
     if opts.connections == 0 || opts.channels == 0 {
         bail!("--connections and --channels must be at least 1");
     }
@@ -112,19 +124,18 @@ pub async fn run(opts: &IdleOptions) -> anyhow::Result<IdleReport> {
     }
     let target = Target::parse(&opts.url)?;
     let sources = Sources::parse(&opts.source_ips, &target, opts.per_source_ip)?;
-    let server = Proc::pid(opts.pid);
-    server.check()?;
+    let servers: Vec<Proc> = opts.pids.iter().map(|&p| Proc::pid(p)).collect();
+    if servers.is_empty() {
+        bail!("--pid needs the server's process id");
+    }
+    for server in &servers {
+        server.check()?;
+    }
     let me = Proc::this();
-    let series = format!(
-        "switchyard_connections{{transport=\"{}\"}}",
-        opts.transport.metrics_label()
-    );
+    let count = Counter::new(opts.server, opts.transport);
 
-    let metrics_before = scrape::fetch(&target)
-        .await
-        .context("reading /metrics before")?
-        .get(&series);
-    let rss_before = server.rss_kib()?;
+    let metrics_before = count.read(&target).await.context("before opening")?;
+    let rss_before = sum_kib(&servers, Proc::rss_kib)?;
     let bench_rss_before = me.rss_kib()?;
     let bench_cpu_before = me.cpu_secs()?;
 
@@ -132,6 +143,7 @@ pub async fn run(opts: &IdleOptions) -> anyhow::Result<IdleReport> {
         targets: vec![target.clone()],
         sources,
         client: ClientConfig {
+            server: opts.server,
             read_buffer: opts.read_buffer,
             ..ClientConfig::default()
         },
@@ -153,13 +165,10 @@ pub async fn run(opts: &IdleOptions) -> anyhow::Result<IdleReport> {
     tokio::time::sleep(Duration::from_secs_f64(opts.settle_secs)).await;
     swarm.drain_signals();
     let dropped = swarm.ended;
-    let rss_after = server.rss_kib()?;
-    let peak = server.peak_rss_kib()?;
+    let rss_after = sum_kib(&servers, Proc::rss_kib)?;
+    let peak = sum_kib(&servers, Proc::peak_rss_kib)?;
     let bench_rss_after = me.rss_kib()?;
-    let metrics_after = scrape::fetch(&target)
-        .await
-        .context("reading /metrics after")?
-        .get(&series);
+    let metrics_after = count.read(&target).await.context("after settling")?;
 
     let errors = swarm.end_errors.clone();
     let members = swarm.stop(Duration::from_secs(5)).await;
@@ -171,6 +180,7 @@ pub async fn run(opts: &IdleOptions) -> anyhow::Result<IdleReport> {
     };
     let report = IdleReport {
         scenario: "idle",
+        server: opts.server.name(),
         transport: opts.transport.name(),
         connections: opts.connections,
         channels: opts.channels.min(opts.connections),
@@ -190,4 +200,42 @@ pub async fn run(opts: &IdleOptions) -> anyhow::Result<IdleReport> {
         ok: metrics_match && dropped == 0 && events_received == 0,
     };
     Ok(report)
+}
+
+/// Where the server counts its connections: switchyard's `switchyard_connections` of the
+/// transport on /metrics, Nchan's `subscribers:` on its stub status.
+enum Counter {
+    Metrics(String),
+    Nchan,
+}
+
+impl Counter {
+    fn new(server: Server, transport: Transport) -> Self {
+        match server {
+            Server::Switchyard => Self::Metrics(format!(
+                "switchyard_connections{{transport=\"{}\"}}",
+                transport.metrics_label()
+            )),
+            Server::Nchan => Self::Nchan,
+        }
+    }
+
+    async fn read(&self, target: &Target) -> anyhow::Result<Option<f64>> {
+        Ok(match self {
+            Self::Metrics(series) => scrape::fetch(target)
+                .await
+                .context("reading /metrics")?
+                .get(series),
+            Self::Nchan => Some(
+                nchan::subscribers(target)
+                    .await
+                    .context("reading Nchan's subscriber count")?,
+            ),
+        })
+    }
+}
+
+/// A memory figure summed over the server's processes.
+fn sum_kib(servers: &[Proc], read: fn(&Proc) -> anyhow::Result<u64>) -> anyhow::Result<u64> {
+    servers.iter().map(read).sum()
 }

@@ -9,12 +9,21 @@
 //! - [`jobs`]: C clients submitting durable jobs; report submits/s, latency and errors.
 //! - [`webhooks`]: signed webhook deliveries to a built-in [`receiver`]; report
 //!   deliveries/s, end-to-end latency, duplicates, loss and bad signatures.
+//! - [`floor`]: one bare `write()` per delivery to N loopback connections; the least server
+//!   CPU a delivery can cost on this machine, for the others' figures to be held against.
+//!
+//! - [`compare`]: the floor, switchyard and Nchan at the same loads, one after the other;
+//!   a table of CPU per delivery, ratios to the floor, and p99 latencies side by side.
+//!
+//! `idle` and `fanout` also drive Nchan ([`server`], [`nchan`]) for comparison.
 //!
 //! # Layout
 //! - [`clients`]: one subscriber client per transport (WebSocket, SSE, NDJSON, long-poll),
-//!   all reporting to a [`clients::Handler`].
+//!   and Nchan's WebSocket and EventSource, all reporting to a [`clients::Handler`].
+//! - [`server`], [`nchan`]: which server is driven, and Nchan's paths, messages and status.
 //! - [`swarm`]: many subscriber tasks: opening concurrency, readiness, stopping.
-//! - [`publisher`]: paced publishing over keep-alive HTTP/1.1 connections.
+//! - [`publisher`]: paced publishing over keep-alive HTTP/1.1 connections; [`pipelined`]:
+//!   the same to Nchan, in order on one pipelined connection.
 //! - [`envelope`], [`scan`], [`tracker`], [`stats`], [`stall`]: reading events, checking
 //!   offsets, percentiles, noticing a run that stopped moving.
 //! - [`procstat`], [`scrape`], [`limits`]: `/proc`, `/metrics` and the open-files limit.
@@ -23,18 +32,23 @@
 //! - [`report`]: the JSON result line and the human summary.
 
 pub mod clients;
+pub mod compare;
 pub mod envelope;
 pub mod fanout;
+pub mod floor;
 pub mod http;
 pub mod idle;
 pub mod jobs;
 pub mod limits;
+pub mod nchan;
+pub mod pipelined;
 pub mod procstat;
 pub mod publisher;
 pub mod receiver;
 pub mod report;
 pub mod scan;
 pub mod scrape;
+pub mod server;
 pub mod stall;
 pub mod stats;
 pub mod swarm;

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use switchyard_bench::{
+    compare::{self, CompareOptions},
     fanout::{self, FanoutOptions},
+    floor::{self, FloorOptions},
     idle::{self, IdleOptions},
     jobs::{self, JobsOptions},
     limits, report,
@@ -17,9 +19,10 @@ use switchyard_bench::{
 #[derive(Parser, Debug)]
 #[command(name = "switchyard-bench", version)]
 struct Cli {
-    /// Worker threads of the bench's own runtime [default: 1 for idle, jobs and webhooks
-    /// (single-threaded, the cheapest), 2 for fanout (one thread cannot parse SSE as fast
-    /// as the server writes it)].
+    /// Worker threads of the bench's own runtime [default: 1 for idle, floor, jobs and
+    /// webhooks (single-threaded, the cheapest), 2 for fanout and compare (one thread cannot
+    /// parse SSE as fast as the server writes it)]. floor's writer and readers have threads
+    /// of their own whatever this says.
     #[arg(long, global = true)]
     threads: Option<usize>,
     #[command(subcommand)]
@@ -41,6 +44,11 @@ enum Scenario {
     /// saying so. Run several processes for more. Beyond ~28k connections per source
     /// address the ephemeral ports run out, so with `--source-ips auto` the bench binds
     /// its sockets to 127.0.0.2, 127.0.0.3, ... rotating every `--per-source-ip`.
+    ///
+    /// Nchan (`--server nchan`, ws or sse): connections subscribe on `/sub/{channel}`, the
+    /// count is Nchan's `subscribers:` on `/nchan_status`, and RSS is summed over the nginx
+    /// workers given to `--pid` (from `bench/nchan/run.sh`). Measure a freshly started
+    /// server: nginx, like switchyard, keeps the memory earlier connections used.
     Idle(IdleOptions),
     /// N subscribers on one fresh channel, one publisher; report deliveries/s, latency,
     /// loss and duplicates, and the server's CPU per delivery.
@@ -57,7 +65,42 @@ enum Scenario {
     /// Several nodes (the Redis engine): `--url A,B` spreads the subscribers over A and B,
     /// `--publish-url B` publishes to B, `--pid PA,PB` sums both nodes' CPU and memory,
     /// `--redis-pid` reports Redis's CPU apart; the report adds each node's share.
+    ///
+    /// Nchan (`--server nchan`, WebSocket and SSE): subscribers use `/sub/{channel}`, the
+    /// publisher POSTs to `/pub/{channel}` in order on one pipelined connection (at the
+    /// paced times, not waiting for answers), and each message is
+    /// `{"seq": N, "ts_us": <send time>, "pad": "xx.."}` of `--size` bytes: every subscriber
+    /// checks it got seq 1..=events exactly once, in order. Start Nchan with
+    /// `bench/nchan/run.sh PORT`, and give `--pid` the worker pids it prints (CPU and RSS are
+    /// summed over them).
     Fanout(FanoutOptions),
+    /// The floor: the least server CPU a delivery can cost on this machine, to hold a
+    /// server's CPU per delivery against (what `bench/floor/writefloor.c` measures).
+    ///
+    /// A writer thread accepts `--subscribers` loopback connections from the bench's readers
+    /// and writes one `--size`-byte message to each, `--events` rounds at `--rate` rounds
+    /// per second, with one blocking write() per delivery (std sockets, TCP_NODELAY, no event
+    /// loop, no framing). Its own CPU time (/proc/thread-self/stat) over the rounds, divided
+    /// by the writes, is the floor's µs of server CPU per delivery; the readers drain the
+    /// connections with tokio and check every byte arrived. Both ends are in this process,
+    /// so it needs two file descriptors per connection.
+    Floor(FloorOptions),
+    /// The floor, switchyard and Nchan at the same loads, one after the other, and a table
+    /// of their server CPU per delivery, its ratio to the floor, and p99 latencies.
+    ///
+    /// For each load of `--subscribers`: a `floor` run, then for each of `--transports` a
+    /// `fanout` run against switchyard and one against Nchan (when `--nchan-url` is given;
+    /// Nchan has ws and sse, its other cells show "-"), all at `--rate`, `--events` and
+    /// `--size`. `--idle-connections N` first measures idle RSS per connection on each
+    /// server (start both servers afresh for it). Every run prints its JSON line and
+    /// summary as it ends; the comparison's JSON line comes last on stdout, its markdown
+    /// tables on stderr. Start switchyard as for `fanout`, and Nchan with
+    /// `bench/nchan/run.sh PORT` (it prints NCHAN_URL and NCHAN_PIDS).
+    ///
+    /// Example: compare --switchyard-url http://127.0.0.1:9000 --switchyard-pid $PID
+    /// --nchan-url $NCHAN_URL --nchan-pid $NCHAN_PIDS --subscribers 1000,5000 --rate 20
+    /// --events 200 --transports ws,sse,stream
+    Compare(CompareOptions),
     /// C clients submitting durable jobs (`POST /v1/jobs`) back to back; report submits/s,
     /// latency percentiles and errors by status.
     ///
@@ -90,8 +133,8 @@ fn main() -> ExitCode {
     // Without unsafe code, through prlimit(1); keeps the current limit when that fails.
     limits::raise_to_hard();
     let threads = cli.threads.unwrap_or(match cli.scenario {
-        Scenario::Idle(_) | Scenario::Jobs(_) | Scenario::Webhooks(_) => 1,
-        Scenario::Fanout(_) => 2,
+        Scenario::Idle(_) | Scenario::Floor(_) | Scenario::Jobs(_) | Scenario::Webhooks(_) => 1,
+        Scenario::Fanout(_) | Scenario::Compare(_) => 2,
     });
     let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -114,6 +157,8 @@ fn main() -> ExitCode {
         match cli.scenario {
             Scenario::Idle(opts) => report::finish(&idle::run(&opts).await?),
             Scenario::Fanout(opts) => report::finish(&fanout::run(&opts).await?),
+            Scenario::Floor(opts) => report::finish(&floor::run(&opts).await?),
+            Scenario::Compare(opts) => report::finish(&compare::run(&opts).await?),
             Scenario::Jobs(opts) => report::finish(&jobs::run(&opts).await?),
             Scenario::Webhooks(opts) => report::finish(&webhooks::run(&opts).await?),
         }

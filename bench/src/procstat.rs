@@ -25,6 +25,14 @@ impl Proc {
         }
     }
 
+    /// The calling thread (`/proc/thread-self`): its CPU time is that thread's alone. The
+    /// path is resolved at each read, so only the thread that reads it may use the value.
+    pub fn this_thread() -> Self {
+        Self {
+            dir: PathBuf::from("/proc/thread-self"),
+        }
+    }
+
     /// User + system CPU time so far, in seconds.
     ///
     /// # Errors
@@ -198,6 +206,30 @@ mod tests {
         assert_eq!(parse_status_kib(status, "VmRSS"), Some(1024));
         assert_eq!(parse_status_kib(status, "VmHWM"), Some(2048));
         assert_eq!(parse_status_kib(status, "VmSwap"), None);
+    }
+
+    #[test]
+    fn reads_this_thread_apart_from_the_process() {
+        let (me, process) = (Proc::this_thread(), Proc::this());
+        let (mine, all) = (me.cpu_secs().unwrap(), process.cpu_secs().unwrap());
+        // Another thread spins until its own figure shows 0.1 s (ticks are 10 ms).
+        std::thread::spawn(|| {
+            let spinner = Proc::this_thread();
+            let start = spinner.cpu_secs().unwrap();
+            let mut x = 0u64;
+            while spinner.cpu_secs().unwrap() - start < 0.1 {
+                for _ in 0..100_000 {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+        })
+        .join()
+        .unwrap();
+        assert!(process.cpu_secs().unwrap() - all >= 0.1);
+        assert!(
+            me.cpu_secs().unwrap() - mine < 0.05,
+            "this thread only waited"
+        );
     }
 
     #[test]

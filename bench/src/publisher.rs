@@ -1,5 +1,6 @@
 //! The publisher: `POST /v1/channels/{channel}/events` over a few keep-alive HTTP/1.1
-//! connections, paced to a rate, each event's data stamped with its send time.
+//! connections, paced to a rate, each event's data stamped with its send time. Nchan is
+//! published to by [`crate::pipelined`].
 
 use std::{
     sync::{
@@ -17,7 +18,7 @@ use tokio::{
     time::Instant,
 };
 
-use crate::{http::HttpConn, target::Target, tracker::unix_micros};
+use crate::{http::HttpConn, pipelined, server::Server, target::Target, tracker::unix_micros};
 
 /// What to publish.
 #[derive(Clone, Debug)]
@@ -36,6 +37,9 @@ pub struct PublishPlan {
     pub event_type: String,
     /// Sent as `Authorization: Bearer <key>` when set.
     pub api_key: Option<String>,
+    /// The server published to. Nchan gets one pipelined connection whatever `connections`
+    /// says ([`crate::pipelined`]).
+    pub server: Server,
 }
 
 /// How publishing went.
@@ -136,6 +140,9 @@ pub async fn publish(
     let next = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
+    if plan.server == Server::Nchan {
+        return pipelined::publish(target, plan, progress).await;
+    }
     let mut tasks = JoinSet::new();
     for _ in 0..plan.connections.max(1) {
         let (target, plan) = (target.clone(), plan.clone());

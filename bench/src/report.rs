@@ -12,6 +12,8 @@ use crate::stats::Latency;
 pub struct IdleReport {
     /// `"idle"`.
     pub scenario: &'static str,
+    /// The server measured: `switchyard` or `nchan`.
+    pub server: &'static str,
     /// `ws`, `sse` or `stream`.
     pub transport: &'static str,
     /// Connections opened and subscribed.
@@ -28,9 +30,10 @@ pub struct IdleReport {
     pub server_kib_per_connection: f64,
     /// Server VmHWM (peak RSS), KiB.
     pub server_peak_rss_kib: u64,
-    /// `switchyard_connections{transport=..}` before opening.
+    /// `switchyard_connections{transport=..}` before opening (Nchan: its stub status's
+    /// `subscribers`).
     pub metrics_connections_before: Option<f64>,
-    /// `switchyard_connections{transport=..}` after settling.
+    /// The same after settling.
     pub metrics_connections_after: Option<f64>,
     /// Whether the metric grew by exactly `connections`.
     pub metrics_match: bool,
@@ -69,6 +72,8 @@ pub struct TransportShare {
 pub struct FanoutReport {
     /// `"fanout"`.
     pub scenario: &'static str,
+    /// The server driven: `switchyard` or `nchan`.
+    pub server: &'static str,
     /// `ws`, `sse`, `stream`, `poll` or `mix`.
     pub transport: String,
     /// Subscribers on the channel.
@@ -127,6 +132,9 @@ pub struct FanoutReport {
     pub server_cpu_secs_by_pid: BTreeMap<u32, f64>,
     /// `delivered / server_cpu_secs`.
     pub deliveries_per_server_cpu_sec: f64,
+    /// `server_cpu_secs / delivered`, microseconds: the server's CPU per delivery, the
+    /// figure `floor` measures for one bare `write()`.
+    pub server_cpu_us_per_delivery: f64,
     /// Server VmRSS at the end, KiB (summed over the server processes).
     pub server_rss_kib: u64,
     /// Server VmHWM (peak RSS since it started), KiB (summed over the server processes).
@@ -155,6 +163,119 @@ pub struct FanoutReport {
     /// The first few errors (publisher, subscribers).
     pub errors: Vec<String>,
     /// No stall, loss, duplicate or error.
+    pub ok: bool,
+}
+
+/// Result of the `floor` scenario.
+#[derive(Clone, Debug, Serialize)]
+pub struct FloorReport {
+    /// `"floor"`.
+    pub scenario: &'static str,
+    /// Connections written to.
+    pub subscribers: usize,
+    /// Rounds: one message to every connection each.
+    pub events: u64,
+    /// Target rounds per second (0 = back to back).
+    pub rate: f64,
+    /// Message size, bytes.
+    pub size: usize,
+    /// Seconds to open and accept every connection.
+    pub connect_secs: f64,
+    /// `subscribers * events`.
+    pub expected_deliveries: u64,
+    /// Messages written whole.
+    pub writes: u64,
+    /// `write()` calls that took only part of a message (finished with more calls).
+    pub partial_writes: u64,
+    /// Failed writes.
+    pub write_errors: u64,
+    /// Seconds from the first round to the end of the last.
+    pub write_secs: f64,
+    /// Achieved rounds per second.
+    pub round_rate: f64,
+    /// `expected_deliveries * size`.
+    pub expected_bytes: u64,
+    /// Bytes the readers received.
+    pub received_bytes: u64,
+    /// The writer thread's CPU seconds (utime + stime) over the rounds: the "server".
+    pub server_cpu_secs: f64,
+    /// `server_cpu_secs / writes`, microseconds: the floor of a delivery's server CPU.
+    pub server_cpu_us_per_delivery: f64,
+    /// `writes / server_cpu_secs`.
+    pub deliveries_per_server_cpu_sec: f64,
+    /// The readers' CPU seconds (the bench process's, less the writer's) over the rounds.
+    pub bench_cpu_secs: f64,
+    /// The readers' share of the runtime's threads, see [`FanoutReport::bench_busy`].
+    pub bench_busy: f64,
+    /// Whether the run stopped because nothing moved for `--stall-secs`.
+    pub stalled: bool,
+    /// The first few errors (writer, readers).
+    pub errors: Vec<String>,
+    /// Every message written in one piece or finished, every byte read, no stall.
+    pub ok: bool,
+}
+
+/// One load and transport of the `compare` scenario: every server's CPU per delivery and
+/// p99 latency, and the floor's CPU per delivery at the same load. Maps are keyed by server
+/// name (`switchyard`, `nchan`); a server without the transport has no entry.
+#[derive(Clone, Debug, Serialize)]
+pub struct CompareRow {
+    /// Subscribers.
+    pub subscribers: usize,
+    /// Events per second.
+    pub rate: f64,
+    /// `ws`, `sse`, `stream` or `poll`.
+    pub transport: &'static str,
+    /// The floor's server CPU per delivery at this load, microseconds.
+    pub floor_us: Option<f64>,
+    /// Server CPU per delivery, microseconds.
+    pub us_per_delivery: BTreeMap<&'static str, f64>,
+    /// `us_per_delivery / floor_us`.
+    pub vs_floor: BTreeMap<&'static str, f64>,
+    /// Publish → deliver p99, milliseconds.
+    pub p99_ms: BTreeMap<&'static str, f64>,
+    /// switchyard's p99 over Nchan's.
+    pub p99_switchyard_vs_nchan: Option<f64>,
+    /// Servers whose run here found problems or could not run (their figures, if any, are
+    /// marked in the table).
+    pub problems: Vec<&'static str>,
+}
+
+/// One transport's idle memory in the `compare` scenario.
+#[derive(Clone, Debug, Serialize)]
+pub struct IdleRow {
+    /// Idle connections held.
+    pub connections: usize,
+    /// `ws`, `sse` or `stream`.
+    pub transport: &'static str,
+    /// Server RSS growth per connection, KiB, by server name.
+    pub kib_per_connection: BTreeMap<&'static str, f64>,
+    /// switchyard's over Nchan's.
+    pub switchyard_vs_nchan: Option<f64>,
+}
+
+/// Result of the `compare` scenario (printed after every run's own result).
+#[derive(Clone, Debug, Serialize)]
+pub struct CompareReport {
+    /// `"compare"`.
+    pub scenario: &'static str,
+    /// The servers compared with the floor: `switchyard`, and `nchan` when given.
+    pub servers: Vec<&'static str>,
+    /// The loads (subscriber counts).
+    pub subscribers: Vec<usize>,
+    /// Events per second.
+    pub rate: f64,
+    /// Events per run.
+    pub events: u64,
+    /// Event data size (and the floor's message size), bytes.
+    pub size: usize,
+    /// One row per load and transport.
+    pub rows: Vec<CompareRow>,
+    /// Idle memory, one row per transport (`--idle-connections`).
+    pub idle: Vec<IdleRow>,
+    /// Runs that could not run or found problems.
+    pub errors: Vec<String>,
+    /// Every run ran and found no problem.
     pub ok: bool,
 }
 
@@ -300,7 +421,14 @@ macro_rules! impl_report {
     )*};
 }
 
-impl_report!(IdleReport, FanoutReport, JobsReport, WebhooksReport);
+impl_report!(
+    IdleReport,
+    CompareReport,
+    FanoutReport,
+    FloorReport,
+    JobsReport,
+    WebhooksReport
+);
 
 /// [`emit`]s `report` and returns its verdict.
 ///
@@ -328,9 +456,14 @@ impl IdleReport {
     /// The human summary.
     pub fn summary(&self) -> String {
         let mut s = String::new();
+        let on = if self.server == "switchyard" {
+            String::new()
+        } else {
+            format!(" on {}", self.server)
+        };
         let _ = writeln!(
             s,
-            "idle/{}: {} connections on {} channels, opened in {:.1}s {}",
+            "idle/{}{on}: {} connections on {} channels, opened in {:.1}s {}",
             self.transport,
             self.connections,
             self.channels,
@@ -347,7 +480,12 @@ impl IdleReport {
         );
         let _ = writeln!(
             s,
-            "  /metrics connections {} -> {} (match: {}); dropped {}; events {}",
+            "  {} {} -> {} (match: {}); dropped {}; events {}",
+            if self.server == "switchyard" {
+                "/metrics connections"
+            } else {
+                "nchan_stub_status subscribers"
+            },
             opt(self.metrics_connections_before),
             opt(self.metrics_connections_after),
             self.metrics_match,
@@ -375,9 +513,14 @@ impl FanoutReport {
         } else {
             "max rate".to_owned()
         };
+        let on = if self.server == "switchyard" {
+            String::new()
+        } else {
+            format!(" on {}", self.server)
+        };
         let _ = writeln!(
             s,
-            "fanout/{}: {} subscribers x {} events of {} B at {rate} {}",
+            "fanout/{}{on}: {} subscribers x {} events of {} B at {rate} {}",
             self.transport,
             self.subscribers,
             self.events,
@@ -421,11 +564,21 @@ impl FanoutReport {
             self.server_rss_kib,
             self.server_peak_rss_kib,
         );
-        let counted = format!(
-            "; server counted {} deliveries, {} slow-consumer disconnects",
-            opt(self.server_deliveries),
-            opt(self.server_slow_consumer_disconnects)
+        let _ = writeln!(
+            s,
+            "  server CPU per delivery: {:.2} us",
+            self.server_cpu_us_per_delivery
         );
+        // Nchan has no such counters.
+        let counted = if self.server_deliveries.is_some() || self.server == "switchyard" {
+            format!(
+                "; server counted {} deliveries, {} slow-consumer disconnects",
+                opt(self.server_deliveries),
+                opt(self.server_slow_consumer_disconnects)
+            )
+        } else {
+            String::new()
+        };
         if !self.server_cpu_secs_by_pid.is_empty() {
             let each: Vec<String> = self
                 .server_cpu_secs_by_pid
@@ -472,6 +625,171 @@ impl FanoutReport {
         }
         s
     }
+}
+
+impl FloorReport {
+    /// The human summary.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let rate = if self.rate > 0.0 {
+            format!("{}/s", self.rate)
+        } else {
+            "max rate".to_owned()
+        };
+        let _ = writeln!(
+            s,
+            "floor: {} connections x {} messages of {} B at {rate}, one write() each {}",
+            self.subscribers,
+            self.events,
+            self.size,
+            verdict(self.ok)
+        );
+        let _ = writeln!(
+            s,
+            "  connected in {:.1}s; wrote {} of {} in {:.2}s ({:.1} rounds/s); partial {}, \
+             failed {}",
+            self.connect_secs,
+            self.writes,
+            self.expected_deliveries,
+            self.write_secs,
+            self.round_rate,
+            self.partial_writes,
+            self.write_errors
+        );
+        let _ = writeln!(
+            s,
+            "  read {} of {} bytes{}",
+            self.received_bytes,
+            self.expected_bytes,
+            if self.stalled { "  STALLED" } else { "" }
+        );
+        let _ = writeln!(
+            s,
+            "  writer: {:.2} CPU s: {:.2} us per delivery ({:.0} deliveries per CPU s)",
+            self.server_cpu_secs,
+            self.server_cpu_us_per_delivery,
+            self.deliveries_per_server_cpu_sec
+        );
+        bench_line(&mut s, self.bench_cpu_secs, self.bench_busy, "");
+        for e in &self.errors {
+            let _ = write!(s, "\n  error: {e}");
+        }
+        s
+    }
+}
+
+impl CompareReport {
+    /// The human summary: the comparison as markdown tables.
+    pub fn summary(&self) -> String {
+        let nchan = self.servers.contains(&"nchan");
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "compare: {} against the floor, {} events of {} B at {}/s {}\n",
+            self.servers.join(" and "),
+            self.events,
+            self.size,
+            self.rate,
+            verdict(self.ok)
+        );
+        let mut head = vec!["load", "transport", "switchyard µs/delivery"];
+        if nchan {
+            head.push("Nchan µs/delivery");
+        }
+        head.extend(["floor µs/delivery", "switchyard / floor"]);
+        if nchan {
+            head.push("Nchan / floor");
+        }
+        head.push("switchyard p99 ms");
+        if nchan {
+            head.extend(["Nchan p99 ms", "p99 switchyard / Nchan"]);
+        }
+        table_head(&mut s, &head);
+        for r in &self.rows {
+            let mark = |server: &str, v: Option<String>| match v {
+                Some(v) if r.problems.contains(&server) => format!("{v} (!)"),
+                Some(v) => v,
+                None if r.problems.contains(&server) => "(!)".to_owned(),
+                None => "-".to_owned(),
+            };
+            let us = |server| {
+                mark(
+                    server,
+                    r.us_per_delivery.get(server).map(|v| format!("{v:.2}")),
+                )
+            };
+            let vs = |server| mark(server, r.vs_floor.get(server).map(|v| format!("{v:.2}")));
+            let p99 = |server| mark(server, r.p99_ms.get(server).map(|v| format!("{v:.1}")));
+            let mut cells = vec![
+                format!("{} x {}/s", r.subscribers, r.rate),
+                r.transport.to_owned(),
+                us("switchyard"),
+            ];
+            if nchan {
+                cells.push(us("nchan"));
+            }
+            cells.push(
+                r.floor_us
+                    .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
+            );
+            cells.push(vs("switchyard"));
+            if nchan {
+                cells.push(vs("nchan"));
+            }
+            cells.push(p99("switchyard"));
+            if nchan {
+                cells.push(p99("nchan"));
+                cells.push(dash(r.p99_switchyard_vs_nchan, 2));
+            }
+            table_row(&mut s, &cells);
+        }
+        if !self.idle.is_empty() {
+            s.push('\n');
+            let mut head = vec!["idle connections", "transport", "switchyard KiB/connection"];
+            if nchan {
+                head.extend(["Nchan KiB/connection", "switchyard / Nchan"]);
+            }
+            table_head(&mut s, &head);
+            for r in &self.idle {
+                let kib = |server| dash(r.kib_per_connection.get(server).copied(), 2);
+                let mut cells = vec![
+                    r.connections.to_string(),
+                    r.transport.to_owned(),
+                    kib("switchyard"),
+                ];
+                if nchan {
+                    cells.push(kib("nchan"));
+                    cells.push(dash(r.switchyard_vs_nchan, 2));
+                }
+                table_row(&mut s, &cells);
+            }
+        }
+        if self.rows.iter().any(|r| !r.problems.is_empty()) {
+            let _ = write!(
+                s,
+                "\n(!): that run found problems or could not run; see its report"
+            );
+        }
+        for e in &self.errors {
+            let _ = write!(s, "\n  error: {e}");
+        }
+        s
+    }
+}
+
+/// `| a | b |` and the `| --- | --- |` line under it.
+fn table_head(s: &mut String, cells: &[&str]) {
+    let _ = writeln!(s, "| {} |", cells.join(" | "));
+    let _ = writeln!(s, "|{}", " --- |".repeat(cells.len()));
+}
+
+fn table_row(s: &mut String, cells: &[String]) {
+    let _ = writeln!(s, "| {} |", cells.join(" | "));
+}
+
+/// `v` with `decimals`, or `-`.
+fn dash(v: Option<f64>, decimals: usize) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
 impl JobsReport {

@@ -28,6 +28,7 @@ use crate::{
     publisher::{self, PublishOutcome, PublishPlan, Publishing},
     receiver::{Bound, Deliveries},
     report::WebhooksReport,
+    server::Server,
     stall::StallWatch,
     stats::{Latency, per_sec},
     target::Target,
@@ -319,6 +320,7 @@ pub async fn run(opts: &WebhooksOptions) -> anyhow::Result<WebhooksReport> {
         connections: opts.concurrency,
         event_type: EVENT_TYPE.into(),
         api_key: opts.api_key.clone(),
+        server: Server::Switchyard,
     };
     let publishing = Publishing::spawn(&target, plan);
 

@@ -1,13 +1,19 @@
 //! Smoke test: every scenario at tiny scale against an in-process switchyard server
 //! (`--pid` is this process, which hosts both the server and the bench), and `fanout` over
 //! two in-process nodes sharing a private `redis-server` (skipped loudly when it is not
-//! installed, unless `SWITCHYARD_REQUIRE_REDIS=1` or `CI` is set).
+//! installed, unless `SWITCHYARD_REQUIRE_REDIS=1` or `CI` is set). `floor` needs no server;
+//! `fanout`, `idle` and `compare` against Nchan start a private nginx with Nchan through
+//! `bench/nchan/run.sh` (skipped loudly when nginx or the module is not installed, unless
+//! `SWITCHYARD_REQUIRE_NCHAN=1` or `CI` is set).
 
 use switchyard_bench::{
     clients::Transport,
+    compare::{self, CompareOptions},
     fanout::{self, FanoutOptions, FanoutTransport},
+    floor::{self, FloorOptions},
     idle::{self, IdleOptions},
     jobs::{self, JobsOptions},
+    server::Server,
     webhooks::{self, WebhooksOptions},
 };
 
@@ -389,4 +395,277 @@ async fn fanout_across_two_redis_nodes() {
             .all(|t| t.subscribers == 2 && t.delivered == 40),
         "{summary}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floor_writes_every_message_once_per_connection() {
+    for rate in [0.0, 200.0] {
+        let mut opts = FloorOptions::new(20, 5);
+        opts.rate = rate;
+        let r = floor::run(&opts).await.unwrap();
+        let summary = r.summary();
+        assert!(r.ok, "{summary}");
+        assert_eq!((r.writes, r.expected_deliveries), (100, 100), "{summary}");
+        assert_eq!(
+            (r.write_errors, r.received_bytes),
+            (0, 100 * 200),
+            "{summary}"
+        );
+        assert!(!r.stalled && r.errors.is_empty(), "{summary}");
+        assert!(r.server_cpu_secs >= 0.0, "{summary}");
+        if rate > 0.0 {
+            assert!(r.write_secs >= 4.0 / rate * 0.9, "paced: {summary}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn floor_refuses_empty_runs() {
+    assert!(floor::run(&FloorOptions::new(0, 5)).await.is_err());
+    assert!(floor::run(&FloorOptions::new(5, 0)).await.is_err());
+}
+
+/// A private nginx with Nchan on a free loopback port, started by the shipped
+/// `bench/nchan/run.sh` with the shipped config; stopped when dropped.
+struct NchanServer {
+    child: Option<std::process::Child>,
+    url: String,
+    master: u32,
+    workers: Vec<u32>,
+    _dir: tempfile::TempDir,
+}
+
+impl NchanServer {
+    /// Starts one and waits for run.sh to name its workers; `None` (after a loud notice)
+    /// when nginx or Nchan is not installed and not required.
+    async fn start(test: &str) -> Option<Self> {
+        let required = std::env::var("SWITCHYARD_REQUIRE_NCHAN").is_ok_and(|v| v == "1")
+            || std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
+        let module = std::env::var("NCHAN_MODULE")
+            .unwrap_or_else(|_| "/usr/lib/nginx/modules/ngx_nchan_module.so".into());
+        let nginx = std::process::Command::new("nginx").arg("-v").output();
+        let missing = match nginx {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("nginx is"),
+            Err(e) => panic!("nginx -v does not run: {e}"),
+            Ok(_) if !std::path::Path::new(&module).exists() => Some("the Nchan module is"),
+            Ok(_) => None,
+        };
+        if let Some(what) = missing {
+            assert!(
+                !required,
+                "{what} not installed (apt-get install nginx-light libnginx-mod-nchan), and \
+                 SWITCHYARD_REQUIRE_NCHAN=1 or CI requires it"
+            );
+            eprintln!(
+                "\n*** SKIPPED {test}: {what} not installed (apt-get install nginx-light \
+                 libnginx-mod-nchan); set SWITCHYARD_REQUIRE_NCHAN=1 to fail instead ***\n"
+            );
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/nchan/run.sh"))
+            .arg(port.to_string())
+            .arg(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("bash runs bench/nchan/run.sh");
+        // run.sh prints its NAME=value lines once both workers are started.
+        let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut vars = std::collections::HashMap::new();
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            while !vars.contains_key("NCHAN_PIDS") {
+                let Some(line) = lines.recv().await else {
+                    break;
+                };
+                if let Some((k, v)) = line.split_once('=') {
+                    vars.insert(k.to_owned(), v.to_owned());
+                }
+            }
+        })
+        .await;
+        let master = vars.get("NCHAN_MASTER_PID").and_then(|p| p.parse().ok());
+        let (Ok(()), Some(pids), Some(url), Some(master)) = (
+            waited,
+            vars.get("NCHAN_PIDS"),
+            vars.get("NCHAN_URL"),
+            master,
+        ) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "bench/nchan/run.sh did not start Nchan within 20 s (its output: {vars:?}; \
+                 nginx's log: {})",
+                std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+            );
+        };
+        let workers: Vec<u32> = pids.split(',').map(|p| p.parse().unwrap()).collect();
+        assert_eq!(workers.len(), 2, "two workers: {pids}");
+        Some(Self {
+            url: url.clone(),
+            master,
+            workers,
+            child: Some(child),
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for NchanServer {
+    fn drop(&mut self) {
+        let signal = |name: &str| {
+            let _ = std::process::Command::new("bash")
+                .args(["-c", &format!("kill -{name} {}", self.master)])
+                .status();
+        };
+        // TERM makes the master stop its workers and exit; run.sh, waiting on it, reaps
+        // it and exits. If that takes more than 10 s, KILL ends the master all the same.
+        signal("TERM");
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let (exited_tx, exited) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = exited_tx.send(child.wait());
+        });
+        if exited
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .is_err()
+        {
+            signal("KILL");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_and_idle_against_nchan() {
+    let Some(nchan) = NchanServer::start("fanout_and_idle_against_nchan").await else {
+        return;
+    };
+    for (transport, rate) in [
+        (FanoutTransport::Ws, 0.0),
+        (FanoutTransport::Sse, 0.0),
+        (FanoutTransport::Ws, 200.0),
+        (FanoutTransport::Sse, 200.0),
+    ] {
+        let mut opts = FanoutOptions::new(&nchan.url, transport, 5, 20, nchan.workers[0]);
+        opts.server = Server::Nchan;
+        opts.pids.clone_from(&nchan.workers);
+        opts.rate = rate;
+        let r = fanout::run(&opts).await.unwrap();
+        let summary = r.summary();
+        assert!(r.ok, "{summary}");
+        assert_eq!(r.server, "nchan", "{summary}");
+        assert_eq!((r.published, r.delivered), (20, 100), "{summary}");
+        assert_eq!(
+            (r.lost, r.duplicated, r.out_of_order, r.unexpected),
+            (0, 0, 0, 0),
+            "{summary}"
+        );
+        assert_eq!(r.latency.samples, 100, "{summary}");
+        assert_eq!(r.server_cpu_secs_by_pid.len(), 2, "both workers: {summary}");
+        assert!(r.server_deliveries.is_none(), "{summary}");
+        if rate > 0.0 {
+            assert!(r.publish_secs >= 19.0 / rate * 0.9, "paced: {summary}");
+        }
+    }
+    // Nchan has no NDJSON stream.
+    let mut opts = FanoutOptions::new(&nchan.url, FanoutTransport::Stream, 1, 1, nchan.workers[0]);
+    opts.server = Server::Nchan;
+    assert!(fanout::run(&opts).await.is_err());
+
+    for transport in [Transport::Ws, Transport::Sse] {
+        let mut opts = IdleOptions::new(&nchan.url, transport, 20, nchan.workers[0]);
+        opts.server = Server::Nchan;
+        opts.pids.clone_from(&nchan.workers);
+        opts.settle_secs = 0.2;
+        let r = idle::run(&opts).await.unwrap();
+        assert!(r.ok, "{}", r.summary());
+        assert!(r.metrics_match, "stub status counted them: {}", r.summary());
+        assert_eq!((r.dropped, r.events_received), (0, 0), "{}", r.summary());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_tabulates_the_floor_switchyard_and_nchan() {
+    let Some(nchan) = NchanServer::start("compare_tabulates_the_floor_switchyard_and_nchan").await
+    else {
+        return;
+    };
+    let (url, _data) = start_server().await;
+    let opts = CompareOptions {
+        switchyard_url: url,
+        switchyard_pid: std::process::id(),
+        nchan_url: Some(nchan.url.clone()),
+        nchan_pids: nchan.workers.clone(),
+        subscribers: vec![4],
+        rate: 200.0,
+        events: 10,
+        size: 200,
+        transports: vec![
+            FanoutTransport::Ws,
+            FanoutTransport::Sse,
+            FanoutTransport::Stream,
+        ],
+        idle_connections: Some(10),
+        idle_settle_secs: 0.2,
+        stall_secs: 10,
+        quiet_runs: true,
+    };
+    let r = compare::run(&opts).await.unwrap();
+    let summary = r.summary();
+    assert!(r.ok, "{summary}");
+    assert_eq!(r.servers, ["switchyard", "nchan"], "{summary}");
+    assert_eq!(r.rows.len(), 3, "{summary}");
+    for row in &r.rows {
+        assert!(
+            row.floor_us.is_some() && row.problems.is_empty(),
+            "{summary}"
+        );
+        assert!(row.p99_ms.contains_key("switchyard"), "{summary}");
+        let nchan_has_it = row.transport != "stream";
+        assert_eq!(row.p99_ms.contains_key("nchan"), nchan_has_it, "{summary}");
+        assert_eq!(
+            row.us_per_delivery.len(),
+            1 + usize::from(nchan_has_it),
+            "{summary}"
+        );
+        assert_eq!(
+            row.p99_switchyard_vs_nchan.is_some(),
+            nchan_has_it,
+            "{summary}"
+        );
+    }
+    assert_eq!(r.idle.len(), 3, "{summary}");
+    // The markdown table: a header, its rule, one line per row; Nchan's NDJSON cells "-".
+    assert!(
+        summary.contains("| load | transport | switchyard µs/delivery | Nchan µs/delivery"),
+        "{summary}"
+    );
+    let stream_row = summary
+        .lines()
+        .find(|l| l.starts_with("| 4 x 200/s | stream |"))
+        .unwrap_or_else(|| panic!("no stream row: {summary}"));
+    let cells: Vec<&str> = stream_row.split('|').map(str::trim).collect();
+    // ["", load, transport, sy us, nchan us, floor us, sy/floor, nchan/floor, sy p99,
+    //  nchan p99, p99 ratio, ""]
+    assert_eq!(cells.len(), 12, "{stream_row}");
+    for nchan_cell in [4, 7, 9, 10] {
+        assert_eq!(cells[nchan_cell], "-", "{stream_row}");
+    }
 }

@@ -1,6 +1,7 @@
 //! Subscriber clients, one per transport. Each opens one subscription to one channel and
 //! reports to a [`Handler`] until the handler says stop or the connection ends.
 
+pub mod nchan;
 pub mod poll;
 pub mod sse;
 pub mod stream;
@@ -10,7 +11,7 @@ use anyhow::bail;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 
-use crate::target::Target;
+use crate::{server::Server, target::Target};
 
 /// A consumer transport of the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
@@ -70,9 +71,11 @@ pub trait Handler: Send {
     fn reset(&mut self) {}
 }
 
-/// Client-side tuning.
+/// Which server the clients talk to, and client-side tuning.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
+    /// The server's kind: switchyard's endpoints and frames, or Nchan's ([`nchan`]).
+    pub server: Server,
     /// Read buffer per connection, bytes (WebSocket read buffer; hyper's exact read buffer,
     /// at least 8192, for the HTTP transports).
     pub read_buffer: usize,
@@ -83,17 +86,20 @@ pub struct ClientConfig {
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
+            server: Server::Switchyard,
             read_buffer: 16 * 1024,
             poll_timeout_secs: 25,
         }
     }
 }
 
-/// Subscribes to `channel` over `transport` on the connected `stream` and feeds `handler`.
+/// Subscribes to `channel` over `transport` on the connected `stream` and feeds `handler`,
+/// on the server kind of `config` (Nchan has WebSocket and SSE only).
 ///
 /// # Errors
 /// Anything that ends the subscription other than the handler's [`Flow::Stop`]: a failed
-/// handshake, an error frame, a slow-consumer disconnect, the connection closing.
+/// handshake, an error frame, a slow-consumer disconnect, the connection closing; a
+/// transport the server does not have.
 pub async fn run<H: Handler>(
     transport: Transport,
     stream: TcpStream,
@@ -102,6 +108,9 @@ pub async fn run<H: Handler>(
     config: &ClientConfig,
     handler: &mut H,
 ) -> anyhow::Result<()> {
+    if config.server == Server::Nchan {
+        return nchan::run(transport, stream, target, channel, config, handler).await;
+    }
     match transport {
         Transport::Ws => ws::run(stream, target, channel, config, handler).await,
         Transport::Sse => sse::run(stream, target, channel, config, handler).await,
