@@ -151,6 +151,30 @@ async fn a_reader_that_pauses_until_its_socket_is_full_gets_every_frame_whole_an
     server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_catching_up_while_events_go_on_gets_every_frame_whole_and_in_order() {
+    let server = std::sync::Arc::new(start(roomy_config()).await);
+    for transport in TRANSPORTS {
+        let ch = channel(&format!("direct-catch-up-{}", transport.label()));
+        let mut reader = Consumer::open(&server, transport, &ch, true).await;
+        // Its socket full and events queued behind it...
+        publish_range(&server, &ch, 1, EVENTS).await;
+        // ...it reads while more are published: its queue drains and runs empty while the
+        // session may still be writing a queued frame, and live events take turns between
+        // the queue and direct writes, with the socket filling and emptying throughout.
+        let publishing = tokio::spawn({
+            let (server, ch) = (std::sync::Arc::clone(&server), ch.clone());
+            async move { publish_range(&server, &ch, EVENTS + 1, 2 * EVENTS).await }
+        });
+        reader.expect_offsets(1, 2 * EVENTS).await;
+        publishing.await.unwrap();
+    }
+    std::sync::Arc::into_inner(server)
+        .expect("no other handle left")
+        .shutdown()
+        .await;
+}
+
 #[tokio::test]
 async fn a_consumer_that_hangs_up_mid_write_costs_the_others_nothing() {
     let server = start(roomy_config()).await;

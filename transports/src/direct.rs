@@ -301,3 +301,132 @@ fn frame_of(transport: Transport, event: &Event) -> Bytes {
         Transport::LongPoll => unreachable!("a long-poll answer is never written directly"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The gate's rules on a real loopback socket: a client that reads nothing fills it,
+    //! then reads to make room exactly when a test wants it.
+
+    use std::future::poll_fn;
+
+    use tokio::{
+        io::AsyncReadExt,
+        net::{TcpListener, TcpStream},
+    };
+
+    use super::*;
+    use crate::testing::big_event;
+
+    async fn pair() -> (DirectIo, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let io = DirectIo::new(server, Transport::Stream, Arc::default());
+        (io, client)
+    }
+
+    /// Direct writes of `event` until the socket takes one only in part.
+    fn fill(io: &DirectIo, gate: &mut Gate, event: &Event) -> usize {
+        for written in 0.. {
+            match io.deliver(gate, event) {
+                Direct::Written => {}
+                Direct::Partial => return written,
+                Direct::NotNow => panic!("a direct write was refused before the socket filled"),
+            }
+        }
+        unreachable!()
+    }
+
+    /// Reads `n` bytes from the client.
+    async fn read(client: &mut TcpStream, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        client.read_exact(&mut buf).await.unwrap();
+        buf
+    }
+
+    #[tokio::test]
+    async fn a_direct_writes_tail_goes_out_before_anything_else() {
+        let (io, mut client) = pair().await;
+        let mut gate = Gate::default();
+        let first = big_event("c", 1, 64 * 1024);
+        let whole = fill(&io, &mut gate, &first);
+        let chunk = first.ndjson_chunk();
+        // Room for more, but the tail of the partial chunk must go first.
+        let mut got = read(&mut client, chunk.len()).await;
+        let second = big_event("c", 2, 16);
+        assert_eq!(io.deliver(&mut gate, &second), Direct::NotNow);
+        poll_fn(|cx| io.poll_flush(&mut gate, cx)).await.unwrap();
+        assert!(gate.tail.is_none());
+        assert_eq!(io.deliver(&mut gate, &second), Direct::Written);
+        // The client sees whole chunks only: `whole + 1` of the first event, then one of
+        // the second.
+        got.extend(read(&mut client, whole * chunk.len()).await);
+        got.extend(read(&mut client, second.ndjson_chunk().len()).await);
+        let mut want = chunk.repeat(whole + 1);
+        want.extend_from_slice(&second.ndjson_chunk());
+        assert!(got == want, "the chunks arrived whole and in order");
+    }
+
+    #[tokio::test]
+    async fn nothing_is_written_directly_while_the_session_holds_the_connection() {
+        let (io, mut client) = pair().await;
+        let mut gate = Gate::default();
+        let event = big_event("c", 1, 16);
+        gate.claim();
+        assert_eq!(io.deliver(&mut gate, &event), Direct::NotNow);
+        gate.release();
+        assert_eq!(io.deliver(&mut gate, &event), Direct::Written);
+        let chunk = event.ndjson_chunk();
+        assert_eq!(read(&mut client, chunk.len()).await, chunk);
+    }
+
+    #[tokio::test]
+    async fn a_sessions_partial_write_holds_direct_writes_back_until_it_is_finished() {
+        let (io, mut client) = pair().await;
+        let mut gate = Gate::default();
+        // The session writes more than the socket takes at once.
+        let own = vec![b'x'; 8 * 1024 * 1024];
+        let taken = poll_fn(|cx| io.poll_write(&mut gate, cx, &own))
+            .await
+            .unwrap();
+        assert!(taken < own.len(), "the socket took all {taken} bytes");
+        let event = big_event("c", 1, 16);
+        let _room = read(&mut client, taken).await;
+        assert_eq!(io.deliver(&mut gate, &event), Direct::NotNow);
+        // The session writes the rest (as tungstenite would, from its buffer) while the
+        // client reads it...
+        let rest = own.len() - taken;
+        let reader = tokio::spawn(async move {
+            read(&mut client, rest).await;
+            client
+        });
+        let mut at = taken;
+        while at < own.len() {
+            at += poll_fn(|cx| io.poll_write(&mut gate, cx, &own[at..]))
+                .await
+                .unwrap();
+        }
+        let _client = reader.await.unwrap();
+        // ...and only then may the fan-out write.
+        assert_eq!(io.deliver(&mut gate, &event), Direct::Written);
+    }
+
+    #[tokio::test]
+    async fn a_failed_connection_takes_no_more_direct_writes() {
+        let (io, client) = pair().await;
+        let mut gate = Gate::default();
+        drop(client);
+        let event = big_event("c", 1, 64 * 1024);
+        // The first writes may still be accepted by the kernel; the peer's reset ends that.
+        for _ in 0..1000 {
+            if io.deliver(&mut gate, &event) == Direct::NotNow && gate.closed {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(gate.closed, "a write failed and closed the gate");
+        assert_eq!(io.deliver(&mut gate, &event), Direct::NotNow);
+    }
+}
