@@ -19,6 +19,7 @@ pub mod access;
 pub mod chunked;
 pub mod context;
 pub mod direct;
+pub mod fanout;
 pub mod http;
 pub mod hub;
 mod inbox;

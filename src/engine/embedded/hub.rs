@@ -32,7 +32,10 @@ use dashmap::DashMap;
 use futures_util::future::{BoxFuture, FutureExt};
 use serde_json::value::RawValue;
 use switchyard_protocol::{ChannelName, Position};
-use switchyard_transports::hub::{Opened, Sink, StartFrom};
+use switchyard_transports::{
+    fanout,
+    hub::{Opened, Sink, StartFrom},
+};
 
 use super::idempotency::{IdempotencyKeys, Seen};
 use crate::{
@@ -182,7 +185,7 @@ impl Channel {
 
     fn push(&mut self, event: Arc<Event>, size: usize) {
         self.last_offset = event.offset();
-        self.sinks.retain(|sink| sink.offer(&event));
+        fanout::retain_offered(&mut self.sinks, |sink| sink.offer(&event));
         if self.history.len() >= size {
             self.history.pop_front();
         }

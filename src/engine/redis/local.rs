@@ -23,7 +23,10 @@ use std::{
 };
 
 use switchyard_protocol::{ChannelName, Position};
-use switchyard_transports::hub::{Event, HubError, Opened, Sink};
+use switchyard_transports::{
+    fanout,
+    hub::{Event, HubError, Opened, Sink},
+};
 
 /// Most live events buffered for one pending subscriber (the time of one history read);
 /// past it the subscribe fails as unavailable rather than growing memory.
@@ -262,9 +265,9 @@ impl Table {
         if offset > known.last + 1 {
             return Dispatched::Gap(known);
         }
-        local
-            .active
-            .retain(|a| offset <= a.skip_through || a.sink.offer(event));
+        fanout::retain_offered(&mut local.active, |a| {
+            offset <= a.skip_through || a.sink.offer(event)
+        });
         local.known = Some(Known {
             epoch: known.epoch,
             last: offset,
