@@ -11,6 +11,7 @@
 use std::{io, time::SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt as _;
 use http::{HeaderName, HeaderValue, Method, Request, Response, Version, header};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Body as HttpBody;
@@ -30,6 +31,8 @@ pub(super) type NoBody = Empty<Bytes>;
 const MAX_HEAD: usize = 8192;
 /// Most headers taken here; more go to hyper.
 const MAX_HEADERS: usize = 64;
+/// Most bytes of ready frames gathered into one `write()`.
+const MAX_WRITE: usize = 64 * 1024;
 /// What a client may send on a stream's connection (ignored) before it is closed.
 const MAX_IGNORED_INPUT: usize = 64 * 1024;
 
@@ -210,8 +213,9 @@ where
 }
 
 /// Writes a head and a stream, one chunk per frame, until the stream ends or the peer
-/// goes away (noticed as soon as it closes, not at the next write). An empty frame asks
-/// for a flush: the push driver's way to finish a direct write's tail.
+/// goes away (noticed as soon as it closes, not at the next write). The frames the stream
+/// has ready at once (queued events, up to [`MAX_WRITE`]) go out in one `write()`. An empty
+/// frame asks for a flush: the push driver's way to finish a direct write's tail.
 async fn write_stream<B>(socket: &mut RawSocket, head: Bytes, body: &mut B) -> io::Result<()>
 where
     B: HttpBody + Unpin,
@@ -224,12 +228,28 @@ where
         tokio::select! {
             frame = body.frame() => {
                 let Some(Ok(frame)) = frame else { break };
-                let Ok(mut data) = frame.into_data() else { continue };
-                let bytes = data.copy_to_bytes(data.remaining());
-                if bytes.is_empty() {
+                let mut out = BytesMut::new();
+                let mut flush = add_chunk(&mut out, frame);
+                let mut ended = false;
+                while out.len() < MAX_WRITE {
+                    match body.frame().now_or_never() {
+                        Some(Some(Ok(frame))) => flush |= add_chunk(&mut out, frame),
+                        Some(None) => {
+                            ended = true;
+                            break;
+                        }
+                        // Nothing more ready now (or a failed frame, met again next turn).
+                        Some(Some(Err(_))) | None => break,
+                    }
+                }
+                if !out.is_empty() {
+                    socket.write_all(&out).await?;
+                }
+                if flush {
                     socket.flush().await?;
-                } else {
-                    socket.write_all(&chunked::encode(&bytes)).await?;
+                }
+                if ended {
+                    break;
                 }
             }
             read = socket.read(&mut input) => {
@@ -244,6 +264,19 @@ where
     }
     socket.write_all(chunked::LAST_CHUNK).await?;
     socket.flush().await
+}
+
+/// Appends `frame`'s data to `out` as one chunk; `true` for an empty frame (a flush).
+fn add_chunk<D: Buf>(out: &mut BytesMut, frame: hyper::body::Frame<D>) -> bool {
+    let Ok(mut data) = frame.into_data() else {
+        return false;
+    };
+    let bytes = data.copy_to_bytes(data.remaining());
+    if bytes.is_empty() {
+        return true;
+    }
+    out.extend_from_slice(&chunked::encode(&bytes));
+    false
 }
 
 /// Whether the client asked to close after this request.

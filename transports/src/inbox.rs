@@ -121,6 +121,12 @@ impl Sink {
     /// the consumer is gone, or its inbox is full (it is then flagged as a slow consumer and
     /// its connection is closed; it resumes from its cursor).
     pub fn offer(&self, event: &Arc<Event>) -> bool {
+        self.offer_with(event, true)
+    }
+
+    /// [`Sink::offer`], writing to an idle direct connection only when `direct` (the
+    /// channel's [`crate::fanout::Pace`] decides); queued otherwise.
+    pub fn offer_with(&self, event: &Arc<Event>, direct: bool) -> bool {
         let shared = &self.shared;
         if shared.closed.load(Ordering::Acquire) || shared.is_overflowed() {
             return false;
@@ -128,7 +134,8 @@ impl Sink {
         {
             let mut state = shared.lock();
             // Nothing queued before it: an idle connection takes it straight away.
-            if state.queue.is_empty()
+            if direct
+                && state.queue.is_empty()
                 && let Some(direct) = &shared.direct
             {
                 match direct.deliver(&mut state.gate, event) {

@@ -124,6 +124,8 @@ struct Channel {
     in_writer: usize,
     history: VecDeque<Arc<Event>>,
     sinks: Vec<Sink>,
+    /// Whether fan-outs write to idle connections directly (see [`fanout::Pace`]).
+    pace: fanout::Pace,
     idempotency: IdempotencyKeys,
     /// Set when the sweeper removed the channel from the map; whoever still holds the Arc
     /// must look the channel up again.
@@ -144,6 +146,7 @@ impl Channel {
             in_writer: 0,
             history: VecDeque::new(),
             sinks: Vec::new(),
+            pace: fanout::Pace::default(),
             idempotency: IdempotencyKeys::default(),
             removed: false,
             loaded: !durable,
@@ -185,7 +188,13 @@ impl Channel {
 
     fn push(&mut self, event: Arc<Event>, size: usize) {
         self.last_offset = event.offset();
-        fanout::retain_offered(&mut self.sinks, |sink| sink.offer(&event));
+        let subscribers = self.sinks.len();
+        let direct = self.pace.direct(event.published_at(), subscribers);
+        let started = Instant::now();
+        fanout::retain_offered(&mut self.sinks, |sink| sink.offer_with(&event, direct));
+        if direct {
+            self.pace.record(started.elapsed(), subscribers);
+        }
         if self.history.len() >= size {
             self.history.pop_front();
         }

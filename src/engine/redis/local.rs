@@ -20,6 +20,7 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
+    time::Instant,
 };
 
 use switchyard_protocol::{ChannelName, Position};
@@ -63,6 +64,8 @@ struct Local {
     known: Option<Known>,
     active: Vec<Active>,
     pending: Vec<Pending>,
+    /// Whether fan-outs write to idle connections directly (see [`fanout::Pace`]).
+    pace: fanout::Pace,
 }
 
 impl Local {
@@ -265,9 +268,15 @@ impl Table {
         if offset > known.last + 1 {
             return Dispatched::Gap(known);
         }
+        let subscribers = local.active.len();
+        let direct = local.pace.direct(event.published_at(), subscribers);
+        let started = Instant::now();
         fanout::retain_offered(&mut local.active, |a| {
-            offset <= a.skip_through || a.sink.offer(event)
+            offset <= a.skip_through || a.sink.offer_with(event, direct)
         });
+        if direct {
+            local.pace.record(started.elapsed(), subscribers);
+        }
         local.known = Some(Known {
             epoch: known.epoch,
             last: offset,
