@@ -48,7 +48,7 @@ impl Transport {
 
 /// A subscriber of one channel on any push transport.
 enum Consumer {
-    Ws(WsClient),
+    Ws(Box<WsClient>),
     Sse(SseClient),
     Ndjson(http::LineReader),
 }
@@ -62,7 +62,7 @@ impl Consumer {
             Transport::Ws => {
                 let mut ws = WsClient::connect_with(server.addr, small_rcvbuf).await;
                 ws.subscribe(1, ch, json!({})).await;
-                Self::Ws(ws)
+                Self::Ws(Box::new(ws))
             }
             Transport::Sse | Transport::Ndjson => {
                 let path = match transport {
