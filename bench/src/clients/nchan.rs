@@ -8,10 +8,7 @@ use anyhow::{Context as _, bail};
 use futures_util::StreamExt;
 use hyper::Method;
 use tokio::net::TcpStream;
-use tokio_tungstenite::{
-    client_async_with_config,
-    tungstenite::{Message, client::IntoClientRequest, protocol::WebSocketConfig},
-};
+use tokio_tungstenite::tungstenite::Message;
 
 use super::{ClientConfig, Flow, Handler, Transport, sse};
 use crate::{http::HttpConn, nchan::subscribe_path, target::Target};
@@ -46,15 +43,8 @@ async fn websocket<H: Handler>(
     config: &ClientConfig,
     handler: &mut H,
 ) -> anyhow::Result<()> {
-    let request = format!("ws://{}{}", target.authority, subscribe_path(channel))
-        .into_client_request()
-        .context("WebSocket request")?;
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(config.read_buffer)
-        .write_buffer_size(0);
-    let (mut ws, _) = client_async_with_config(request, stream, Some(ws_config))
-        .await
-        .context("WebSocket handshake with Nchan")?;
+    let url = format!("ws://{}{}", target.authority, subscribe_path(channel));
+    let mut ws = super::ws::handshake(&url, stream, config).await?;
     handler.subscribed();
     while let Some(message) = ws.next().await {
         let flow = match message.context("WebSocket read")? {

@@ -4,7 +4,7 @@ use anyhow::{Context as _, bail};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::{
-    client_async_with_config,
+    WebSocketStream, client_async_with_config,
     tungstenite::{Message, client::IntoClientRequest, protocol::WebSocketConfig},
 };
 
@@ -12,6 +12,26 @@ use super::{ClientConfig, Flow, Handler, control_frame};
 use crate::target::Target;
 
 const EVENT_PREFIX: &[u8] = br#"{"op":"event","#;
+
+/// Opens a WebSocket to `url` over `stream` with the bench's buffers (switchyard's and
+/// Nchan's clients alike).
+///
+/// # Errors
+/// A bad URL or a refused handshake.
+pub(crate) async fn handshake(
+    url: &str,
+    stream: TcpStream,
+    config: &ClientConfig,
+) -> anyhow::Result<WebSocketStream<TcpStream>> {
+    let request = url.into_client_request().context("WebSocket request")?;
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(config.read_buffer)
+        .write_buffer_size(0);
+    let (ws, _) = client_async_with_config(request, stream, Some(ws_config))
+        .await
+        .with_context(|| format!("WebSocket handshake with {url}"))?;
+    Ok(ws)
+}
 
 /// Runs one WebSocket subscription (see [`super::run`]).
 ///
@@ -24,15 +44,7 @@ pub async fn run<H: Handler>(
     config: &ClientConfig,
     handler: &mut H,
 ) -> anyhow::Result<()> {
-    let request = format!("ws://{}/v1/ws", target.authority)
-        .into_client_request()
-        .context("WebSocket request")?;
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(config.read_buffer)
-        .write_buffer_size(0);
-    let (mut ws, _) = client_async_with_config(request, stream, Some(ws_config))
-        .await
-        .context("WebSocket handshake")?;
+    let mut ws = handshake(&format!("ws://{}/v1/ws", target.authority), stream, config).await?;
     let subscribe = serde_json::json!({"op": "subscribe", "id": 1, "channel": channel});
     ws.send(Message::text(subscribe.to_string()))
         .await
