@@ -13,15 +13,31 @@ use std::{
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
-/// Whether `ip` is a public, routable unicast address.
+/// Whether `ip` is a public, routable unicast address. An IPv6 address that carries an IPv4
+/// address in its last 32 bits is judged as that IPv4 address.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(a) => is_public_v4(a),
-        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+        IpAddr::V6(a) => match embedded_v4(a) {
             Some(v4) => is_public_v4(v4),
             None => is_public_v6(a),
         },
     }
+}
+
+/// The IPv4 address in an IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`,
+/// which includes `::1` as `0.0.0.1`: not public either way) or IPv4-translated
+/// (`::ffff:0:a.b.c.d`) IPv6 address: stacks that accept these forms reach the IPv4 address.
+fn embedded_v4(a: Ipv6Addr) -> Option<Ipv4Addr> {
+    if let Some(v4) = a.to_ipv4() {
+        return Some(v4);
+    }
+    let s = a.segments();
+    let translated = s[..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0;
+    translated.then(|| {
+        let [.., hi, lo] = s;
+        Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo))
+    })
 }
 
 fn is_public_v4(a: Ipv4Addr) -> bool {
@@ -48,8 +64,9 @@ fn is_public_v6(a: Ipv6Addr) -> bool {
         || (s[0] & 0xfe00) == 0xfc00 // unique local
         || (s[0] & 0xffc0) == 0xfe80 // link local
         || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-        || (s[0] == 0x0064 && s[1] == 0xff9b) // NAT64: may reach private IPv4
-        || (s[0] == 0x2002)) // 6to4: may embed private IPv4
+        || (s[0] == 0x0064 && s[1] == 0xff9b) // NAT64 (and 64:ff9b:1::/48): may reach private IPv4
+        || (s[0] == 0x2002) // 6to4: may embed private IPv4
+        || (s[0] == 0x2001 && s[1] == 0x0000)) // Teredo: may embed private IPv4
 }
 
 /// Why a webhook URL is refused (400 `invalid_request`); each message says what to change.
@@ -206,6 +223,38 @@ mod tests {
         }
         for public in ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111"] {
             assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[test]
+    fn every_ipv6_form_that_embeds_an_ipv4_address_is_classified_as_that_address() {
+        for private in [
+            // IPv4-compatible (deprecated, RFC 4291 2.5.5.1)
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "::169.254.169.254",
+            // IPv4-translated (RFC 2765)
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:192.168.1.1",
+            // IPv4-mapped, for completeness
+            "::ffff:10.1.2.3",
+            // local-use NAT64 (RFC 8215) and Teredo (RFC 4380) may reach private IPv4 too
+            "64:ff9b:1::a00:1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in ["::8.8.8.8", "::ffff:0:8.8.8.8", "::ffff:93.184.216.34"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+        for url in [
+            "http://[::127.0.0.1]/hook",
+            "http://[::ffff:0:127.0.0.1]/hook",
+        ] {
+            assert!(
+                matches!(check_url(url, false), Err(UrlRefused::NonPublicAddress(_))),
+                "{url}"
+            );
         }
     }
 
