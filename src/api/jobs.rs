@@ -100,7 +100,18 @@ pub async fn submit(state: Arc<AppState>, req: Request<ApiBody>) -> ApiResult {
         .reserve(declared.map_or(max, |n| n.min(max as u64) as usize))
         .await;
     let payload = read_limited(body, declared, max, body_timeout(&parts)).await?;
-    serde_json::from_slice::<serde::de::IgnoredAny>(&payload)?;
+    // JSON is UTF-8 (RFC 8259), and serde skips the strings it ignores without checking
+    // them: a job that workers could not decode would be accepted otherwise.
+    let text = std::str::from_utf8(&payload).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadJson,
+            format!(
+                "body is not valid JSON: not UTF-8 at byte {}",
+                e.valid_up_to()
+            ),
+        )
+    })?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text)?;
     let submitted = state.jobs.submit(payload, key).await?;
     let job = &submitted.job;
     let id = &job.id;

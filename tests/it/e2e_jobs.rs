@@ -367,6 +367,25 @@ async fn bad_submits_get_clear_errors_on_a_connection_that_stays_usable() {
         ("application/json", too_big, 413, "payload_too_large"),
         ("application/json", b"{\"a\":".to_vec(), 400, "bad_json"),
         ("application/json", Vec::new(), 400, "bad_json"),
+        // Not UTF-8 (RFC 8259 requires it): workers could not decode the job.
+        (
+            "application/json",
+            b"\"\xff\xfe\"".to_vec(),
+            400,
+            "bad_json",
+        ),
+        (
+            "application/json",
+            b"{\"a\":\"\xc3\x28\"}".to_vec(),
+            400,
+            "bad_json",
+        ),
+        (
+            "application/json",
+            b"{\"\xc3\x28\":1}".to_vec(),
+            400,
+            "bad_json",
+        ),
         ("text/plain", b"{}".to_vec(), 415, "unsupported_media_type"),
     ];
     for (content_type, body, status, code) in cases {
