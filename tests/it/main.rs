@@ -14,6 +14,7 @@ mod e2e_browser;
 mod e2e_cluster;
 mod e2e_crash;
 mod e2e_cross;
+mod e2e_data_dir;
 mod e2e_direct_writes;
 mod e2e_event_path;
 mod e2e_http;

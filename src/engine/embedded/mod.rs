@@ -10,10 +10,12 @@
 //!   the [`crate::store`] contracts over the SQL of `jobs`, `webhooks` and `retention`.
 //! - [`writer`]: group commit: one transaction and one fsync for whatever is pending.
 //! - `schema`: tables, indexes and the store's epoch.
+//! - `lock`: one gateway per data directory.
 
 pub mod hub;
 mod idempotency;
 mod jobs;
+mod lock;
 mod retention;
 mod schema;
 pub mod store;
@@ -28,6 +30,7 @@ use switchyard_protocol::ChannelName;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use self::lock::DataDirLock;
 pub use self::{
     hub::{MemoryHub, MemoryHubConfig},
     store::SqliteStore,
@@ -43,6 +46,8 @@ use switchyard_transports::metrics::write_family;
 
 /// The embedded engine's parts, wired; see the module docs.
 pub struct Embedded {
+    /// Held while the engine lives: one gateway per data directory.
+    _lock: DataDirLock,
     hub: Arc<MemoryHub>,
     store: Arc<SqliteStore>,
     job_tokens: JobTokens,
@@ -56,6 +61,7 @@ impl Embedded {
     /// # Errors
     /// When the data directory, the database or the job token key cannot be opened.
     pub fn open(config: &Config) -> anyhow::Result<Self> {
+        let lock = DataDirLock::take(&config.data_dir)?;
         let store = SqliteStore::open(&config.data_dir)?;
         let hub = Arc::new(MemoryHub::new(
             MemoryHubConfig {
@@ -68,6 +74,7 @@ impl Embedded {
         // Committed events reach the hub in commit order, straight from the writer.
         store.start(Arc::clone(&hub));
         Ok(Self {
+            _lock: lock,
             hub,
             store,
             job_tokens: JobTokens::open(&config.data_dir)?,

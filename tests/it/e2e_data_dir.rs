@@ -1,0 +1,97 @@
+//! The data directory: one gateway per directory, and a directory the gateway cannot write
+//! is refused at startup with a message that says so (the real binary, embedded engine).
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::support::{WAIT, process};
+
+#[test]
+fn a_second_gateway_on_the_same_data_dir_refuses_to_start_and_names_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = process::spawn(dir.path(), &[]);
+    let (ok, said) = run_to_exit(gateway(dir.path()));
+    assert!(!ok, "the second gateway started: {said}");
+    let pid = first.child.id();
+    assert!(
+        said.contains(&format!("is in use by another switchyard (pid {pid})")),
+        "{said}"
+    );
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    // Killed (as with SIGKILL, the lock goes with the process): the directory is free.
+    let mut second = process::spawn(dir.path(), &[]);
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+}
+
+#[test]
+fn a_data_dir_the_gateway_cannot_write_is_refused_at_startup() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let read_only = dir.path().join("ro");
+    std::fs::create_dir(&read_only).unwrap();
+    std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o555)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // root may write anywhere: then the gateway runs as `nobody` (util-linux's setpriv).
+    let root = std::fs::File::create(read_only.join("probe")).is_ok();
+    let command = if root {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&read_only);
+        for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("SWITCHYARD_")) {
+            c.env_remove(name);
+        }
+        c
+    } else {
+        gateway(&read_only)
+    };
+    let (ok, said) = run_to_exit(command);
+    assert!(!ok, "started on a read-only data_dir: {said}");
+    assert!(said.contains("is not writable by this process"), "{said}");
+}
+
+/// The gateway binary on `data_dir` (a free port, no inherited `SWITCHYARD_*` variables).
+fn gateway(data_dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("SWITCHYARD_")) {
+        command.env_remove(name);
+    }
+    command
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir);
+    command
+}
+
+/// Runs `command` until it exits (success, stdout + stderr); one still running after
+/// [`WAIT`] is killed and reported as started, so a refusal that does not come fails the
+/// test instead of hanging it.
+fn run_to_exit(mut command: Command) -> (bool, String) {
+    let mut child = command
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            return (true, format!("still running after {WAIT:?}: {out:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), said)
+}
