@@ -1,5 +1,6 @@
-//! The data directory: one gateway per directory, and a directory the gateway cannot write
-//! is refused at startup with a message that says so (the real binary, embedded engine).
+//! The binary as a process: one gateway per data directory, a directory the gateway cannot
+//! write refused at startup with a message that says so, and logs on stderr without colour
+//! codes when stderr is not a terminal (the real binary, embedded engine).
 
 use std::{
     path::Path,
@@ -94,4 +95,49 @@ fn run_to_exit(mut command: Command) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), said)
+}
+
+#[test]
+fn the_log_goes_to_stderr_without_colour_codes_and_stdout_stays_empty() {
+    use std::io::{BufRead, BufReader, Read};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = gateway(dir.path())
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (lines, startup) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let mut log = String::new();
+    while !log.contains("listen=") {
+        match startup.recv_timeout(WAIT) {
+            Ok(line) => log.push_str(&line),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("no startup line on stderr within {WAIT:?}: {log:?}");
+            }
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    assert!(
+        !log.contains('\u{1b}'),
+        "escape codes in a log that is a pipe: {log:?}"
+    );
+    assert_eq!(stdout, "", "the server wrote to stdout");
 }

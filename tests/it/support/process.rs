@@ -13,7 +13,7 @@ use std::{
 pub struct ServerProcess {
     pub child: Child,
     pub addr: SocketAddr,
-    /// Everything it wrote to stdout and stderr so far.
+    /// Everything it wrote to stderr (its log) and stdout so far.
     pub log: Arc<Mutex<String>>,
 }
 
@@ -42,10 +42,11 @@ pub fn spawn(data_dir: &Path, envs: &[(&str, &str)]) -> ServerProcess {
         .expect("the server binary starts");
     let log = Arc::new(Mutex::new(String::new()));
     let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    let out_log = Arc::clone(&log);
+    // The log (and so the startup line with the address) is on stderr.
+    let stderr = child.stderr.take().unwrap();
+    let err_log = Arc::clone(&log);
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(addr) = line
                 .split("listen=")
                 .nth(1)
@@ -53,17 +54,17 @@ pub fn spawn(data_dir: &Path, envs: &[(&str, &str)]) -> ServerProcess {
             {
                 let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
             }
-            let mut log = out_log.lock().unwrap();
+            let mut log = err_log.lock().unwrap();
             log.push_str(&line);
             log.push('\n');
         }
     });
-    let mut stderr = child.stderr.take().unwrap();
-    let err_log = Arc::clone(&log);
+    let mut stdout = child.stdout.take().unwrap();
+    let out_log = Arc::clone(&log);
     std::thread::spawn(move || {
         let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        err_log.lock().unwrap().push_str(&text);
+        let _ = stdout.read_to_string(&mut text);
+        out_log.lock().unwrap().push_str(&text);
     });
     let addr = rx
         .recv_timeout(Duration::from_secs(20))
