@@ -121,7 +121,12 @@ impl CapturedLog {
             .with_max_level(level)
             .with_ansi(false)
             .finish();
-        tracing::subscriber::set_default(subscriber)
+        let guard = tracing::subscriber::set_default(subscriber);
+        // A callsite that another test's thread was registering (with no subscriber) while
+        // this one was being installed can have cached "never": tracing's interest cache
+        // races with thread-local subscribers. Recomputing it now closes that window.
+        tracing::callsite::rebuild_interest_cache();
+        guard
     }
 
     /// What was logged so far.
