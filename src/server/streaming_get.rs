@@ -275,7 +275,8 @@ fn add_chunk<D: Buf>(out: &mut BytesMut, frame: hyper::body::Frame<D>) -> bool {
     if bytes.is_empty() {
         return true;
     }
-    out.extend_from_slice(&chunked::encode(&bytes));
+    // Straight into the gathered buffer: no chunk of its own to copy again.
+    chunked::put(out, &bytes);
     false
 }
 

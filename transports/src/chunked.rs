@@ -13,6 +13,13 @@ pub fn encode(frame: &[u8]) -> Bytes {
     encode_with(frame.len(), |b| b.put_slice(frame))
 }
 
+/// Appends `frame` to `out` as one chunk (for a writer gathering several).
+pub fn put(out: &mut BytesMut, frame: &[u8]) {
+    out.put_slice(format!("{:x}\r\n", frame.len()).as_bytes());
+    out.put_slice(frame);
+    out.put_slice(b"\r\n");
+}
+
 /// A chunk of `len` bytes that `fill` writes (exactly `len` of them).
 pub(crate) fn encode_with(len: usize, fill: impl FnOnce(&mut BytesMut)) -> Bytes {
     let mut b = BytesMut::with_capacity(len + 20);
