@@ -15,6 +15,7 @@
 //!   consumer transports' entry, with one error type.
 //! - [`auth`]: API keys and scopes, consumer JWTs, job tokens, rate limits.
 //! - [`ids`] and [`time`]: every identifier the gateway makes, and how it writes times.
+//! - [`private_files`]: the data directory and key files only the gateway's user may read.
 //! - [`demo`]: the optional built-in worker behind the `/demo` page (`demo.worker`).
 //! - [`server`]: the accept loop, connection limits and per-connection service.
 //! - [`shutdown`]: SIGINT / SIGTERM.
@@ -31,6 +32,7 @@ pub mod engine;
 pub mod hub;
 pub mod ids;
 pub mod jobs;
+pub mod private_files;
 pub mod server;
 pub mod shutdown;
 pub mod store;

@@ -37,7 +37,10 @@ impl JobTokens {
     pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
         let path = data_dir.join(KEY_FILE);
         let key = match std::fs::read(&path) {
-            Ok(key) => key,
+            Ok(key) => {
+                crate::private_files::require_private(&path, "the job token key")?;
+                key
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_key(&path)?,
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
@@ -79,12 +82,7 @@ fn create_key(path: &Path) -> anyhow::Result<Vec<u8>> {
     let mut key = vec![0u8; 32];
     getrandom::fill(&mut key)
         .map_err(|e| anyhow::anyhow!("no randomness for the job token key: {e}"))?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
+    let mut file = crate::private_files::create_new(path)
         .with_context(|| format!("creating {}", path.display()))?;
     file.write_all(&key)?;
     file.sync_all()?;

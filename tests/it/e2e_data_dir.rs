@@ -1,4 +1,5 @@
-//! The binary as a process: one gateway per data directory, a directory the gateway cannot
+//! The binary as a process: one gateway per data directory, its files private to the gateway's
+//! user, a directory the gateway cannot
 //! write refused at startup with a message that says so, and logs on stderr without colour
 //! codes when stderr is not a terminal (the real binary, embedded engine).
 
@@ -140,4 +141,42 @@ fn the_log_goes_to_stderr_without_colour_codes_and_stdout_stays_empty() {
         "escape codes in a log that is a pipe: {log:?}"
     );
     assert_eq!(stdout, "", "the server wrote to stdout");
+}
+
+#[test]
+fn a_new_data_dir_and_its_files_are_readable_by_the_gateways_user_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("new");
+    let mut gateway = process::spawn(&dir, &[]);
+    gateway.child.kill().unwrap();
+    gateway.child.wait().unwrap();
+    assert_eq!(mode(&dir), 0o700, "data_dir");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for name in ["job-token.key", "switchyard.db", "switchyard.lock"] {
+        assert!(files.contains(&dir.join(name)), "{name} missing: {files:?}");
+    }
+    for file in &files {
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+}
+
+#[test]
+fn a_job_token_key_that_others_can_read_stops_the_gateway_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("job-token.key");
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, said) = run_to_exit(gateway(dir.path()));
+    assert!(!ok, "started with a world-readable key: {said}");
+    assert!(
+        said.contains("has mode 644") && said.contains("chmod 600"),
+        "{said}"
+    );
 }

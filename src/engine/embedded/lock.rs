@@ -9,12 +9,14 @@
 //! else, with a message that says so.
 
 use std::{
-    fs::{File, OpenOptions, TryLockError},
+    fs::{File, TryLockError},
     io::{Read, Seek, Write},
     path::Path,
 };
 
 use anyhow::{Context as _, bail};
+
+use crate::private_files;
 
 /// The lock file inside `data_dir`.
 pub(super) const LOCK_FILE: &str = "switchyard.lock";
@@ -31,22 +33,15 @@ impl DataDirLock {
     /// # Errors
     /// The directory cannot be created or written, or another process holds the lock.
     pub(super) fn take(dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create data_dir {}", dir.display()))?;
+        private_files::create_dir(dir)?;
         let path = dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .with_context(|| {
-                format!(
-                    "data_dir {} is not writable by this process (cannot create {LOCK_FILE}); \
+        let mut file = private_files::open_or_create(&path).with_context(|| {
+            format!(
+                "data_dir {} is not writable by this process (cannot create {LOCK_FILE}); \
                      give the gateway's user write access or choose another --data-dir",
-                    dir.display()
-                )
-            })?;
+                dir.display()
+            )
+        })?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {

@@ -65,9 +65,13 @@ impl SqliteStore {
     /// # Errors
     /// When the directory or database cannot be created or opened.
     pub fn open(dir: &Path) -> anyhow::Result<Arc<Self>> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create data_dir {}", dir.display()))?;
+        crate::private_files::create_dir(dir)?;
         let path = dir.join(DB_FILE);
+        // Created 0600 before SQLite sees it: SQLite gives its -wal and -shm files the
+        // database file's mode, and the database holds webhook signing secrets.
+        crate::private_files::open_or_create(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        crate::private_files::warn_if_shared(&path, "the database (webhook signing secrets)");
         let write_conn =
             Connection::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         schema::configure(&write_conn)?;

@@ -35,7 +35,7 @@ fn tls_certificates(tls: &RedisConfig) -> anyhow::Result<Option<redis::TlsCertif
     let root_cert = pem_file("redis.tls_ca_file", &tls.tls_ca_file)?;
     let client_tls = match (
         pem_file("redis.tls_client_cert_file", &tls.tls_client_cert_file)?,
-        pem_file("redis.tls_client_key_file", &tls.tls_client_key_file)?,
+        private_key_file("redis.tls_client_key_file", &tls.tls_client_key_file)?,
     ) {
         (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig {
             client_cert,
@@ -61,6 +61,15 @@ fn pem_file(key: &str, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
         anyhow::bail!("`{key}`: {path} holds no PEM data");
     }
     Ok(Some(pem))
+}
+
+/// [`pem_file`] for a private key, with a warning when others may read it.
+fn private_key_file(key: &str, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    let pem = pem_file(key, path)?;
+    if pem.is_some() {
+        crate::private_files::warn_if_shared(std::path::Path::new(path), key);
+    }
+    Ok(pem)
 }
 
 /// Why connecting to Redis failed.
