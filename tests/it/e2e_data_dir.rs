@@ -1,7 +1,7 @@
-//! The binary as a process: one gateway per data directory, its files private to the gateway's
-//! user, a directory the gateway cannot
-//! write refused at startup with a message that says so, and logs on stderr without colour
-//! codes when stderr is not a terminal (the real binary, embedded engine).
+//! The binary as a process: one gateway per data directory, its files private to the
+//! gateway's user, a directory the gateway cannot write refused at startup with a message
+//! that says so, and logs on stderr without colour codes when stderr is not a terminal (the
+//! real binary, embedded engine).
 
 use std::{
     path::Path,
