@@ -345,6 +345,8 @@ pub struct JobsConfig {
     pub max_lease_ms: u64,
     /// Payload bytes received at once across submits.
     pub max_inflight_bytes: usize,
+    /// Of those, the most one API key (or, for keyless callers, one client address) may hold.
+    pub max_inflight_bytes_per_client: usize,
     /// Seconds a finished job is kept.
     pub retention_secs: u64,
 }
@@ -650,6 +652,12 @@ impl Config {
         if self.jobs.max_inflight_bytes < self.limits.max_job_bytes {
             bail!("`jobs.max_inflight_bytes` must be at least `limits.max_job_bytes`");
         }
+        range(
+            "jobs.max_inflight_bytes_per_client",
+            self.jobs.max_inflight_bytes_per_client,
+            self.limits.max_job_bytes,
+            self.jobs.max_inflight_bytes,
+        )?;
         let w = &self.webhooks;
         if w.retry_schedule_secs.is_empty()
             || w.retry_schedule_secs.len() > 50

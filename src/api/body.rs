@@ -89,7 +89,14 @@ pub async fn read_json(req: Request<ApiBody>, max: usize) -> ApiResult<(Parts, B
     if let Err(e) = check_json_content_type(&parts) {
         return Err(refuse(body, content_length(&parts), e.into()).await);
     }
-    let body = read_limited(body, content_length(&parts), max, body_timeout(&parts)).await?;
+    let body = read_limited(
+        body,
+        content_length(&parts),
+        max,
+        body_timeout(&parts),
+        &mut (),
+    )
+    .await?;
     Ok((parts, body))
 }
 
@@ -104,23 +111,51 @@ pub async fn read_limited(
     declared: Option<u64>,
     max: usize,
     limit: Duration,
+    room: &mut impl ChunkRoom,
 ) -> ApiResult<Bytes> {
-    match tokio::time::timeout(limit, read_within(body, declared, max)).await {
+    match tokio::time::timeout(limit, read_within(body, declared, max, room)).await {
         Ok(read) => read,
         Err(_) => Err(BodyError::TimedOut(limit).into()),
     }
 }
 
-async fn read_within(mut body: ApiBody, declared: Option<u64>, max: usize) -> ApiResult<Bytes> {
+/// Memory for a body's bytes, taken chunk by chunk as they arrive, so a body that stalls
+/// holds only what it sent (job bodies: [`crate::jobs::inflight`]); `()` takes none.
+pub trait ChunkRoom: Send {
+    /// Takes room for `n` more bytes, waiting if need be.
+    ///
+    /// # Errors
+    /// The refusal to answer with (the connection then closes).
+    fn take(&mut self, n: usize) -> impl Future<Output = Result<(), ApiError>> + Send;
+}
+
+impl ChunkRoom for () {
+    async fn take(&mut self, _: usize) -> Result<(), ApiError> {
+        Ok(())
+    }
+}
+
+async fn read_within(
+    mut body: ApiBody,
+    declared: Option<u64>,
+    max: usize,
+    room: &mut impl ChunkRoom,
+) -> ApiResult<Bytes> {
     if declared.is_some_and(|n| n > max as u64) {
         return Err(refuse(body, declared, BodyError::TooLarge(max).into()).await);
     }
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(max as u64) as usize);
+    // Not sized from the announced length: an announcement alone must hold no memory.
+    let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(BodyError::Read)?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > max {
                 return Err(refuse(body, None, BodyError::TooLarge(max).into()).await);
+            }
+            if let Err(refusal) = room.take(data.len()).await {
+                // Answered at once, closing: draining would wait on the very sender (or the
+                // very congestion) the refusal is about.
+                return Err(refusal.closing());
             }
             buf.extend_from_slice(&data);
         }
@@ -227,7 +262,7 @@ mod tests {
             "connection reset".into(),
         )]);
         let body = into_api_body(StreamBody::new(frames));
-        let e = read_limited(body, None, 10, Duration::from_secs(1))
+        let e = read_limited(body, None, 10, Duration::from_secs(1), &mut ())
             .await
             .unwrap_err();
         assert_eq!(e.code(), ErrorCode::InvalidRequest);
@@ -239,7 +274,7 @@ mod tests {
         let body = into_api_body(StreamBody::new(futures_util::stream::pending::<
             Result<hyper::body::Frame<Bytes>, BoxError>,
         >()));
-        let e = read_limited(body, None, 10, Duration::from_millis(50))
+        let e = read_limited(body, None, 10, Duration::from_millis(50), &mut ())
             .await
             .unwrap_err();
         assert_eq!(e.code(), ErrorCode::RequestTimeout);

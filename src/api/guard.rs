@@ -12,7 +12,10 @@ use super::{
     error::ApiError,
     routes::{Access, Route},
 };
-use crate::auth::{Scope, keys::ApiKey, proxies::limit_key, rate::retry_after_secs};
+use crate::{
+    auth::{Scope, keys::ApiKey, proxies::limit_key, rate::retry_after_secs},
+    jobs::inflight::Sender,
+};
 
 /// Who is calling, as far as rate limits and route access care.
 pub enum Caller<'a> {
@@ -59,6 +62,17 @@ pub fn rate_limit(
         )
         .with_header(http::header::RETRY_AFTER, HeaderValue::from(secs))
     })
+}
+
+/// Whom the caller's job bodies count against (`jobs.max_inflight_bytes_per_client`): its
+/// API key, or its address when it has none; in open mode nobody has a share (every caller
+/// is local and trusted alike).
+pub fn sender(state: &AppState, ip: Option<IpAddr>, caller: &Caller<'_>) -> Sender {
+    match (caller, ip) {
+        (Caller::Key(key, _), _) => Sender::Key(key.index),
+        (Caller::Anonymous, Some(ip)) if !state.auth.is_open() => Sender::Address(limit_key(ip)),
+        (Caller::Anonymous, _) => Sender::Unshared,
+    }
 }
 
 /// Whether the caller may use `route` (with path parameters `params`).

@@ -17,15 +17,18 @@ use switchyard_transports::{
 use super::{
     AppState,
     body::{
-        ApiBody, body_timeout, check_json_content_type, content_length, parse_object, read_json,
-        read_limited, refuse,
+        ApiBody, ChunkRoom, body_timeout, check_json_content_type, content_length, parse_object,
+        read_json, read_limited, refuse,
     },
     error::{ApiError, ApiResult, NotFoundAs},
     headers::idempotency_key,
     router::Reply,
 };
 use crate::{
-    jobs::channel::job_channel,
+    jobs::{
+        channel::job_channel,
+        inflight::{NoRoom, Reservation, Sender},
+    },
     store::{Claimed, JobRecord, JobStatus, Report},
     time::rfc3339,
 };
@@ -93,13 +96,15 @@ pub async fn submit(state: Arc<AppState>, req: Request<ApiBody>) -> ApiResult {
         return Err(refuse(body, declared, e.into()).await);
     }
     let max = state.config.limits.max_job_bytes;
-    // Room for the payload is reserved before reading it, so concurrent large submits wait
-    // instead of holding unbounded memory.
-    let _room = state
-        .jobs
-        .reserve(declared.map_or(max, |n| n.min(max as u64) as usize))
-        .await;
-    let payload = read_limited(body, declared, max, body_timeout(&parts)).await?;
+    // Memory for the payload is taken as it arrives, within the server-wide bound and the
+    // sender's share (see `jobs::inflight`); held until the job is stored.
+    let sender = parts
+        .extensions
+        .get::<Sender>()
+        .copied()
+        .unwrap_or(Sender::Unshared);
+    let mut room = JobRoom(state.jobs.reservation(sender));
+    let payload = read_limited(body, declared, max, body_timeout(&parts), &mut room).await?;
     // JSON is UTF-8 (RFC 8259), and serde skips the strings it ignores without checking
     // them: a job that workers could not decode would be accepted otherwise.
     let text = std::str::from_utf8(&payload).map_err(|e| {
@@ -142,6 +147,23 @@ pub async fn submit(state: Arc<AppState>, req: Request<ApiBody>) -> ApiResult {
         h.insert("idempotency-replayed", HeaderValue::from_static("true"));
     }
     Ok(res)
+}
+
+/// A job body's [`Reservation`], refusing as the API answers: 429 past the sender's share,
+/// 503 when the server-wide bound stays full.
+struct JobRoom(Reservation);
+
+impl ChunkRoom for JobRoom {
+    async fn take(&mut self, n: usize) -> Result<(), ApiError> {
+        self.0.grow(n).await.map_err(|refused| {
+            let code = match refused {
+                NoRoom::Share(..) => ErrorCode::RateLimited,
+                NoRoom::Full(_) => ErrorCode::Unavailable,
+            };
+            ApiError::new(code, refused.to_string())
+                .with_header(header::RETRY_AFTER, HeaderValue::from(1))
+        })
+    }
 }
 
 /// Whether a read of a job may hold until the job changes (`?wait=`).

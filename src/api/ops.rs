@@ -56,6 +56,13 @@ pub fn metrics(state: &AppState) -> Reply {
             state.http_connections.load(Ordering::Relaxed),
         )],
     );
+    write_family(
+        &mut out,
+        "switchyard_jobs_receiving_bytes",
+        "Job body bytes received and held by submits in progress (bounded by jobs.max_inflight_bytes).",
+        "gauge",
+        [(String::new(), state.jobs.receiving_bytes())],
+    );
     let d = &state.dispatch_stats;
     write_family(
         &mut out,

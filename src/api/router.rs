@@ -91,6 +91,7 @@ async fn checked(state: Arc<AppState>, req: Request<ApiBody>) -> ApiResult {
         .map(|h| state.proxies.client_ip(h.peer.ip(), &parts.headers));
     let caller = guard::identify(&state, &parts);
     guard::rate_limit(&state, ip, &caller)?;
+    parts.extensions.insert(guard::sender(&state, ip, &caller));
     if parts.method == Method::OPTIONS
         && parts
             .headers

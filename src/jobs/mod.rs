@@ -2,6 +2,7 @@
 //! [`Store`], plus the lease sweeper and waiting for a job's next status change.
 
 pub mod channel;
+pub mod inflight;
 #[cfg(test)]
 mod testing;
 
@@ -9,7 +10,7 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use switchyard_transports::hub::{Hub, Received, StartFrom, new_pair};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -21,6 +22,10 @@ use crate::{
     time::now_ms,
 };
 use channel::job_channel;
+use inflight::{Inflight, Reservation, Sender};
+
+/// Longest a received chunk of a job body waits for room under `jobs.max_inflight_bytes`.
+const ROOM_WAIT: Duration = Duration::from_secs(10);
 
 /// How often expired leases are looked for.
 const LEASE_SWEEP_INTERVAL: Duration = Duration::from_millis(200);
@@ -34,7 +39,7 @@ pub struct Jobs {
     /// Redis engine, on another node.
     claimable: Arc<Notify>,
     /// Bounds payload bytes held in memory by submits in progress.
-    inflight: Arc<Semaphore>,
+    inflight: Arc<Inflight>,
     /// Where `now_ms` arguments to the store come from: [`now_ms`] in production.
     clock: WallClock,
 }
@@ -71,7 +76,11 @@ impl Jobs {
         claimable: Arc<Notify>,
         clock: WallClock,
     ) -> Self {
-        let inflight = Arc::new(Semaphore::new(config.max_inflight_bytes));
+        let inflight = Inflight::new(
+            config.max_inflight_bytes,
+            config.max_inflight_bytes_per_client,
+            ROOM_WAIT,
+        );
         Self {
             store,
             hub,
@@ -91,13 +100,14 @@ impl Jobs {
         &self.config
     }
 
-    /// Reserves room for `bytes` of payload; further submits wait while too much is held.
-    pub async fn reserve(&self, bytes: usize) -> OwnedSemaphorePermit {
-        let n = bytes.clamp(1, self.config.max_inflight_bytes) as u32;
-        Arc::clone(&self.inflight)
-            .acquire_many_owned(n)
-            .await
-            .expect("the semaphore is never closed")
+    /// Job body bytes held by submits in progress.
+    pub fn receiving_bytes(&self) -> usize {
+        self.inflight.held_bytes()
+    }
+
+    /// Room for one job body from `sender`, taken as its bytes arrive (see [`inflight`]).
+    pub fn reservation(&self, sender: Sender) -> Reservation {
+        self.inflight.reservation(sender)
     }
 
     /// Stores a job durably; resolves once it is fsync'd.

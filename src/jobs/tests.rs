@@ -6,7 +6,6 @@
 mod claim;
 mod get_after_change;
 mod prune;
-mod reserve;
 mod sweep_leases;
 
 use std::{future::Future, sync::Arc, time::Duration};

@@ -9,6 +9,7 @@ mod support;
 /// directory again on Redis.
 const ENGINE: support::Engine = support::Engine::Embedded;
 
+mod e2e_abuse;
 mod e2e_auth;
 mod e2e_browser;
 mod e2e_cluster;

@@ -16,6 +16,8 @@ const ENGINE: support::Engine = support::Engine::Redis;
 #[path = "../it/support/mod.rs"]
 mod support;
 
+#[path = "../it/e2e_abuse.rs"]
+mod e2e_abuse;
 #[path = "../it/e2e_auth.rs"]
 mod e2e_auth;
 #[path = "../it/e2e_cross.rs"]
