@@ -359,6 +359,10 @@ pub struct HistoryConfig {
     pub size: usize,
     /// Seconds an event is kept.
     pub ttl_secs: u64,
+    /// Bytes of history (and idempotency keys) one channel may hold (embedded engine).
+    pub max_bytes_per_channel: usize,
+    /// Bytes of history (and idempotency keys) all channels may hold (embedded engine).
+    pub max_bytes: usize,
 }
 
 /// `[limits]`
@@ -379,6 +383,12 @@ pub struct LimitsConfig {
     pub body_read_timeout_secs: u64,
     /// Open connections from one client address; 0 = no limit.
     pub max_connections_per_ip: usize,
+    /// Subscriptions one client address may hold over all its connections (consumers
+    /// without an API key); 0 = no limit.
+    pub max_subscriptions_per_ip: usize,
+    /// Subscriptions one token subject (a JWT's `sub`, a job token's job) may hold over
+    /// all its connections; 0 = no limit.
+    pub max_subscriptions_per_user: usize,
     /// Requests per second from one client address (requests without a valid API key); 0 = no limit.
     pub requests_per_sec_per_ip: f64,
     /// Burst above that rate.
@@ -532,6 +542,12 @@ impl Config {
         range("shutdown_drain_secs", self.shutdown_drain_secs, 0, 3600)?;
         range("history.size", self.history.size, 1, 1_000_000)?;
         range("history.ttl_secs", self.history.ttl_secs, 1, 365 * 86400)?;
+        range(
+            "history.max_bytes_per_channel",
+            self.history.max_bytes_per_channel,
+            self.limits.max_event_bytes.saturating_add(4096),
+            self.history.max_bytes,
+        )?;
         range(
             "limits.max_connections",
             self.limits.max_connections,

@@ -45,7 +45,7 @@ use std::{
     time::Duration,
 };
 
-use switchyard_transports::{Context, metrics::TransportMetrics};
+use switchyard_transports::{Context, allowance::SubscriptionBudgets, metrics::TransportMetrics};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -106,6 +106,10 @@ pub async fn build(config: Arc<Config>) -> anyhow::Result<Gateway> {
         } else {
             Some(Arc::clone(&auth) as _)
         },
+        subscriptions: SubscriptionBudgets::new(
+            config.limits.max_subscriptions_per_ip,
+            config.limits.max_subscriptions_per_user,
+        ),
     });
     let state = Arc::new(AppState {
         engine,

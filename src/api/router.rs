@@ -15,7 +15,9 @@ use std::{
 use http::{HeaderValue, Method, Request, Response, header, request::Parts};
 use switchyard_protocol::{ChannelName, ErrorCode};
 use switchyard_transports::{
-    context::ConnectionHandle, http::Body, longpoll, sse, stream, websocket,
+    context::{ClientAddr, ConnectionHandle},
+    http::Body,
+    longpoll, sse, stream, websocket,
 };
 
 use super::{
@@ -29,7 +31,7 @@ use super::{
     routes::{self, Op, Resolved},
     webhooks,
 };
-use crate::ids::is_job_id;
+use crate::{auth::proxies::limit_key, ids::is_job_id};
 
 /// What every handler answers.
 pub type Reply = Response<Body>;
@@ -92,6 +94,9 @@ async fn checked(state: Arc<AppState>, req: Request<ApiBody>) -> ApiResult {
     let caller = guard::identify(&state, &parts);
     guard::rate_limit(&state, ip, &caller)?;
     parts.extensions.insert(guard::sender(&state, ip, &caller));
+    if let Some(ip) = ip {
+        parts.extensions.insert(ClientAddr(limit_key(ip)));
+    }
     if parts.method == Method::OPTIONS
         && parts
             .headers

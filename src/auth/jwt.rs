@@ -252,7 +252,12 @@ impl JwtVerifier {
             .ok()
             .and_then(|d| UNIX_EPOCH.checked_add(d))
             .ok_or_else(|| refuse("token `exp` is out of range"))?;
-        Ok(Grant::channels(patterns, Some(expires_at)))
+        // Subscriptions are counted per user (`sub`), or per token when it names none.
+        let subject = match &claims.sub {
+            Some(sub) => format!("sub:{sub}"),
+            None => format!("token:{}", token.rsplit('.').next().unwrap_or(token)),
+        };
+        Ok(Grant::channels(patterns, Some(expires_at)).with_subject(&subject))
     }
 }
 
@@ -269,6 +274,7 @@ struct Claims {
     iss: Option<String>,
     aud: Option<Audience>,
     channels: Option<Vec<String>>,
+    sub: Option<String>,
 }
 
 /// `aud`: one string or a list of them (RFC 7519 §4.1.3).

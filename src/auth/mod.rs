@@ -165,7 +165,7 @@ impl Auth {
                 .ok_or_else(|| refuse("job token is not valid"))?;
             let pattern = ChannelPattern::new(crate::jobs::channel::job_channel(id).as_str())
                 .map_err(|_| refuse("job token is not valid"))?;
-            return Ok(Grant::channels(vec![pattern], None));
+            return Ok(Grant::channels(vec![pattern], None).with_subject(&format!("job:{id}")));
         }
         match &self.jwt {
             Some(jwt) => jwt.verify(token, SystemTime::now()),

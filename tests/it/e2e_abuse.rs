@@ -9,7 +9,7 @@ use std::{
 use serde_json::json;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
-use crate::support::{Config, config, http, start, within};
+use crate::support::{Config, config, http, start, tokens, within, ws::WsClient};
 
 /// A backend's key (every scope) and an attacker's (jobs only), both configured.
 const BACKEND: &str = "backend-key-0123456789";
@@ -136,5 +136,182 @@ async fn stalled_job_uploads_neither_block_other_submits_nor_exceed_the_senders_
     for upload in uploads {
         drop(upload.await.unwrap());
     }
+    server.shutdown().await;
+}
+
+/// A WebSocket from loopback address `from` (127.0.0.x: a client address of its own) with
+/// a consumer JWT for subject `sub` on every channel.
+async fn consumer_ws(addr: SocketAddr, from: [u8; 4], sub: &str) -> WsClient {
+    let claims = json!({"channels": ["**"], "exp": tokens::epoch_in(600), "sub": sub});
+    let token = tokens::hs256(JWT_SECRET, &claims);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::from((from, 0)))
+        .expect("any 127.0.0.x is loopback on Linux");
+    let stream = socket.connect(addr).await.unwrap();
+    let req = format!("ws://{addr}/v1/ws?token={token}");
+    let (ws, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    WsClient { ws }
+}
+
+/// Subscribes `names` on `ws` (pipelined); returns how many were accepted, checking that
+/// every refusal is `rate_limited`.
+async fn subscribe_all(ws: &mut WsClient, names: &[String]) -> usize {
+    for (id, name) in names.iter().enumerate() {
+        ws.send(json!({"op": "subscribe", "id": id, "channel": name}))
+            .await;
+    }
+    let mut accepted = 0;
+    for _ in names {
+        let frame = ws.next_json().await;
+        match frame["op"].as_str() {
+            Some("subscribed") => accepted += 1,
+            Some("error") => assert_eq!(frame["error"]["code"], "rate_limited", "{frame}"),
+            _ => panic!("unexpected {frame}"),
+        }
+    }
+    accepted
+}
+
+const JWT_SECRET: &str = "abuse-test-jwt-secret-0123456789abcdef";
+
+#[tokio::test]
+async fn one_address_or_one_token_cannot_take_every_channel() {
+    let mut cfg = keyed();
+    cfg.auth.jwt_secret = JWT_SECRET.to_owned();
+    cfg.limits.max_channels = 1000;
+    cfg.limits.max_subscriptions_per_ip = 600;
+    cfg.limits.max_subscriptions_per_user = 800;
+    let server = start(cfg).await;
+    let addr = server.addr;
+    let names =
+        |conn: usize| -> Vec<String> { (0..256).map(|i| format!("attack/{conn}/{i}")).collect() };
+
+    // Mallory opens 4 WebSockets from one address, 256 new channel names on each: the
+    // address holds 600 subscriptions, no more.
+    let mut held = Vec::new();
+    let mut accepted = 0;
+    for conn in 0..4 {
+        let mut ws = consumer_ws(addr, [127, 0, 0, 1], "mallory").await;
+        accepted += subscribe_all(&mut ws, &names(conn)).await;
+        held.push(ws);
+    }
+    assert_eq!(accepted, 600, "the address's budget");
+    // From a second address her token's subject reaches its own budget (800).
+    let mut ws = consumer_ws(addr, [127, 0, 0, 3], "mallory").await;
+    assert_eq!(
+        subscribe_all(&mut ws, &names(9)).await,
+        200,
+        "the user's budget"
+    );
+    held.push(ws);
+
+    // Meanwhile backends publish to new channels, and another user subscribes to new ones.
+    backend_is_served(addr, "one token holding its budgets").await;
+    let auth = format!("Bearer {BACKEND}");
+    for i in 0..50 {
+        let (status, _, body) = http::post_json(
+            addr,
+            &format!("/v1/channels/fresh/{i}/events"),
+            &[("authorization", &auth)],
+            &json!({"type": "t", "data": i}),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let mut alice = consumer_ws(addr, [127, 0, 0, 2], "alice").await;
+    let hers: Vec<String> = (0..10).map(|i| format!("alice/{i}")).collect();
+    assert_eq!(subscribe_all(&mut alice, &hers).await, 10);
+
+    // Mallory leaves: her budgets are hers again.
+    drop(held);
+    within("mallory's subscriptions to be given back", async {
+        let mut ws = consumer_ws(addr, [127, 0, 0, 1], "mallory").await;
+        loop {
+            let name = vec![format!("again/{}", rand_suffix())];
+            if subscribe_all(&mut ws, &name).await == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    server.shutdown().await;
+}
+
+/// A channel name suffix unlikely to repeat within a test.
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+#[tokio::test]
+async fn history_is_bounded_in_bytes_and_the_largest_channels_pay_first() {
+    if crate::support::embedded_only("history lives in Redis on the Redis engine") {
+        return;
+    }
+    let mut cfg = keyed();
+    cfg.history.max_bytes_per_channel = 8 * 1024 * 1024;
+    cfg.history.max_bytes = 20 * 1024 * 1024;
+    let server = start(cfg).await;
+    let addr = server.addr;
+    let auth = format!("Bearer {BACKEND}");
+    let held = "switchyard_history_bytes";
+    // A small channel's history first: it must survive what follows.
+    for n in 0..5 {
+        let (status, _, _) = http::post_json(
+            addr,
+            "/v1/channels/small/events",
+            &[("authorization", &auth)],
+            &json!({"type": "t", "data": n}),
+        )
+        .await;
+        assert_eq!(status, 201);
+    }
+    // 3 channels x 12 events x ~1 MiB: 36 MiB published, more than the 20 MiB budget and
+    // each channel past its 8 MiB.
+    let big = json!({"type": "t", "data": "x".repeat(1024 * 1024 - 200)});
+    for round in 0..12 {
+        for c in 0..3 {
+            let (status, _, body) = http::post_json(
+                addr,
+                &format!("/v1/channels/big/{c}/events"),
+                &[("authorization", &auth)],
+                &big,
+            )
+            .await;
+            assert_eq!(status, 201, "round {round}: {body}");
+            let now = metric(addr, held).await;
+            assert!(now <= 20.0 * 1024.0 * 1024.0, "{now} bytes held");
+        }
+    }
+    backend_is_served(addr, "a full history budget").await;
+    let history = |path: &'static str| {
+        let auth = auth.clone();
+        async move {
+            let (status, _, body) =
+                http::request(addr, "GET", path, &[("authorization", &auth)], Vec::new()).await;
+            assert_eq!(status, 200);
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+        }
+    };
+    let page = history("/v1/channels/small/events?after=0").await;
+    assert_eq!(page["events"].as_array().unwrap().len(), 5, "{page}");
+    let page = history("/v1/channels/big/0/events?after=0").await;
+    let kept = page["events"].as_array().unwrap();
+    assert!(
+        (4..=7).contains(&kept.len()),
+        "8 MiB per channel, less under the total: {}",
+        kept.len()
+    );
+    assert_eq!(kept.last().unwrap()["offset"], 12, "the newest are kept");
+    assert_eq!(
+        page["reset"], true,
+        "older events are gone, and the reader is told"
+    );
+    let evicted = r#"switchyard_history_evicted_events_total{reason="total_bytes"}"#;
+    assert!(metric(addr, evicted).await > 0.0);
     server.shutdown().await;
 }

@@ -20,6 +20,8 @@ pub struct Grant {
     /// `None`: every channel (open mode, or an API key with the `subscribe` scope).
     channels: Option<Arc<[ChannelPattern]>>,
     expires_at: Option<SystemTime>,
+    /// Whom the holder's subscriptions are counted against (see [`crate::allowance`]).
+    subject: Option<Arc<str>>,
 }
 
 impl Grant {
@@ -28,6 +30,7 @@ impl Grant {
         Self {
             channels: None,
             expires_at: None,
+            subject: None,
         }
     }
 
@@ -36,7 +39,27 @@ impl Grant {
         Self {
             channels: Some(patterns.into()),
             expires_at,
+            subject: None,
         }
+    }
+
+    /// The same grant, its subscriptions counted against `subject` (a JWT's `sub`, a job
+    /// token's job).
+    #[must_use]
+    pub fn with_subject(mut self, subject: &str) -> Self {
+        self.subject = Some(subject.into());
+        self
+    }
+
+    /// Whom the holder's subscriptions are counted against.
+    pub fn subject(&self) -> Option<&Arc<str>> {
+        self.subject.as_ref()
+    }
+
+    /// Whether the holder is trusted with every channel (open mode, an API key): its
+    /// subscriptions are not counted against any budget.
+    pub fn is_trusted(&self) -> bool {
+        self.channels.is_none()
     }
 
     /// Whether the holder may read `channel`.

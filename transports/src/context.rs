@@ -4,7 +4,9 @@ use std::{sync::Arc, time::Duration};
 
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{access::Verifier, hub::Hub, metrics::TransportMetrics};
+use crate::{
+    access::Verifier, allowance::SubscriptionBudgets, hub::Hub, metrics::TransportMetrics,
+};
 
 /// Limits and timings of the consumer transports (built from the server's config).
 #[derive(Clone, Debug)]
@@ -79,7 +81,15 @@ pub struct Context {
     pub tracker: TaskTracker,
     /// Checks consumer credentials; `None` is open mode (every channel, no token).
     pub verifier: Option<Arc<dyn Verifier>>,
+    /// Subscriptions per client address and per token subject.
+    pub subscriptions: Arc<SubscriptionBudgets>,
 }
+
+/// The client's address as per-address limits count it (behind a trusted proxy, the
+/// client it names; an IPv6 address by its /64), put into each request's extensions by
+/// the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::IpAddr);
 
 /// Put into each HTTP request's extensions by the server: cancelling `abort` asks the
 /// server to close that connection (a slow consumer whose body hyper no longer polls).

@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod allowance;
 pub mod chunked;
 pub mod context;
 pub mod direct;

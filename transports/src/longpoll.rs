@@ -17,6 +17,7 @@ use switchyard_protocol::ErrorCode;
 
 use crate::{
     Context, access,
+    context::ClientAddr,
     http::{Body, empty, error, json_bytes},
     hub::{Event, Received},
     metrics::Transport,
@@ -90,11 +91,15 @@ pub async fn respond(ctx: Arc<Context>, parts: &Parts) -> Response<Body> {
     };
     let _connection = ctx.metrics.connection(Transport::LongPoll);
     let mut session = Session::new(&ctx, None);
+    session.count_against(&ctx, parts.extensions.get::<ClientAddr>().copied());
     let mut events: Vec<Arc<Event>> = Vec::new();
     // Channels whose history no longer reached the cursor, with the oldest offset kept.
     let mut resets: Vec<(String, u64)> = Vec::new();
     for channel in &params.channels {
-        let opened = match session.open(&ctx, channel, params.start_for(channel)).await {
+        let opened = match session
+            .open(&ctx, channel, params.start_for(channel), &grant)
+            .await
+        {
             Ok(o) => o,
             Err(e) => return error(e.code, e.message),
         };

@@ -14,7 +14,7 @@ use tokio::time::{MissedTickBehavior, interval_at};
 
 use crate::{
     Context, access,
-    context::ConnectionHandle,
+    context::{ClientAddr, ConnectionHandle},
     direct::DirectIo,
     http::{Body, empty, error},
     hub::{Event, Received},
@@ -111,9 +111,13 @@ pub(crate) async fn respond<F: Framing>(
         .map(|h| h.abort.clone());
     let single = params.channels.len() == 1;
     let mut session = direct_session::<F>(&ctx, parts, abort, single);
+    session.count_against(&ctx, parts.extensions.get::<ClientAddr>().copied());
     let mut opened = Vec::with_capacity(params.channels.len());
     for channel in &params.channels {
-        match session.open(&ctx, channel, params.start_for(channel)).await {
+        match session
+            .open(&ctx, channel, params.start_for(channel), &grant)
+            .await
+        {
             Ok(o) => opened.push((channel.clone(), o)),
             Err(e) => return error(e.code, e.message),
         }

@@ -8,6 +8,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Context,
+    access::Grant,
+    allowance::Allowance,
+    context::ClientAddr,
     hub::{Event, HubError, Inbox, Opened, StartFrom, SubscriptionGuard},
     params::ParamError,
 };
@@ -18,6 +21,9 @@ pub(crate) struct Session {
     guard: SubscriptionGuard,
     /// Last position delivered per subscribed channel; doubles as the combined cursor.
     positions: Cursor,
+    /// The subscriptions counted against the client's address and token (unlimited until
+    /// [`Session::count_against`]).
+    allowance: Allowance,
 }
 
 impl Session {
@@ -39,7 +45,15 @@ impl Session {
             sink,
             guard,
             positions: Cursor::new(),
+            allowance: Allowance::default(),
         }
+    }
+
+    /// Counts this session's subscriptions against `client` (from the request's
+    /// extensions; absent in tests that call the transports directly) and the subject of
+    /// its grant, within `ctx`'s budgets.
+    pub(crate) fn count_against(&mut self, ctx: &Context, client: Option<ClientAddr>) {
+        self.allowance = Allowance::new(&ctx.subscriptions, client.map(|c| c.0));
     }
 
     /// Subscribes `channel`; the replay is returned for the caller to deliver through
@@ -49,12 +63,16 @@ impl Session {
         ctx: &Context,
         channel: &ChannelName,
         from: StartFrom,
+        grant: &Grant,
     ) -> Result<Opened, ParamError> {
-        let opened = ctx
-            .hub
-            .subscribe(channel, from, &self.sink)
-            .await
-            .map_err(hub_error)?;
+        self.allowance.take(grant)?;
+        let opened = match ctx.hub.subscribe(channel, from, &self.sink).await {
+            Ok(opened) => opened,
+            Err(e) => {
+                self.allowance.give_back(1);
+                return Err(hub_error(e));
+            }
+        };
         self.guard.add(channel.clone());
         self.positions.set(channel.clone(), opened.start);
         Ok(opened)
@@ -62,6 +80,9 @@ impl Session {
 
     /// Unsubscribes `channel`; events of it still queued are dropped by [`Session::accept`].
     pub(crate) fn close(&mut self, channel: &ChannelName) {
+        if self.is_subscribed(channel.as_str()) {
+            self.allowance.give_back(1);
+        }
         self.guard.remove(channel);
         self.positions.remove(channel.as_str());
     }
@@ -124,7 +145,11 @@ mod tests {
         channel: &ChannelName,
         from: StartFrom,
     ) -> Result<Opened, ParamError> {
-        within("the subscription", session.open(ctx, channel, from)).await
+        within(
+            "the subscription",
+            session.open(ctx, channel, from, &crate::access::Grant::everything()),
+        )
+        .await
     }
 
     #[tokio::test(start_paused = true)]

@@ -332,6 +332,7 @@ fn build_context(
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
         verifier,
+        subscriptions: crate::allowance::SubscriptionBudgets::new(0, 0),
     })
 }
 

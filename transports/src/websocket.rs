@@ -21,7 +21,7 @@ use tokio_tungstenite::{
 use crate::{
     Context, TransportConfig,
     access::{self, Grant},
-    context::ConnectionHandle,
+    context::{ClientAddr, ConnectionHandle},
     direct::DirectIo,
     http::{Body, empty, error},
     hub::{Received, StartFrom},
@@ -68,6 +68,7 @@ pub fn upgrade<B>(ctx: Arc<Context>, req: Request<B>) -> Response<Body> {
         .extensions()
         .get::<ConnectionHandle>()
         .map(|h| Arc::clone(&h.hold));
+    let client = req.extensions().get::<ClientAddr>().copied();
     let on_upgrade = hyper::upgrade::on(req);
     let tracker = ctx.tracker.clone();
     tracker.spawn(async move {
@@ -91,7 +92,8 @@ pub fn upgrade<B>(ctx: Arc<Context>, req: Request<B>) -> Response<Body> {
                     Transport::WebSocket,
                     Arc::clone(&ctx.metrics),
                 );
-                let session = Session::with_direct(&ctx, None, Some(io));
+                let mut session = Session::with_direct(&ctx, None, Some(io));
+                session.count_against(&ctx, client);
                 // The read-ahead (a slice of the HTTP layer's read buffer) is copied and
                 // dropped here, before the session's long await keeps its buffer alive.
                 let read_ahead = parts.read_buf;
@@ -107,7 +109,9 @@ pub fn upgrade<B>(ctx: Arc<Context>, req: Request<B>) -> Response<Body> {
                 let ws =
                     WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, config)
                         .await;
-                Either::Right(run(ctx, ws, grant))
+                let mut session = Session::new(&ctx, None);
+                session.count_against(&ctx, client);
+                Either::Right(run_with(ctx, ws, grant, session))
             }
         };
         session.await;
@@ -637,7 +641,7 @@ where
                 (None, None) => StartFrom::Now,
             };
             let opened = session
-                .open(ctx, &name, from)
+                .open(ctx, &name, from, grant)
                 .await
                 .map_err(|e| frame_error(id, e.code, e.message))?;
             let start = Cursor::encode_single(&name, opened.start);

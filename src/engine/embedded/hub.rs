@@ -37,7 +37,10 @@ use switchyard_transports::{
     hub::{Opened, Sink, StartFrom},
 };
 
-use super::idempotency::{IdempotencyKeys, Seen};
+use super::{
+    budget::{Budget, level_to_free},
+    idempotency::{IdempotencyKeys, Seen},
+};
 use crate::{
     hub::{Bus, Event, HistoryPage, Hub, HubError, Publish, PublishError, Published},
     ids,
@@ -87,14 +90,23 @@ pub struct MemoryHubConfig {
     pub history_size: usize,
     /// Age after which events leave the history.
     pub history_ttl: Duration,
-    /// Most channels held at once.
+    /// Most channels holding published state (history, idempotency keys, an offset) at
+    /// once; channels that only have subscribers cost nothing here (they are bounded by
+    /// the subscription budgets), so consumers cannot fill the table publishers need.
     pub max_channels: usize,
+    /// Bytes of history and idempotency keys one channel may hold; its oldest events go
+    /// first.
+    pub channel_bytes: usize,
+    /// Bytes of history and idempotency keys all channels may hold; past it, the largest
+    /// channels lose their oldest events first.
+    pub total_bytes: usize,
 }
 
 /// The embedded, single-node hub.
 pub struct MemoryHub {
     channels: DashMap<ChannelName, Arc<Mutex<Channel>>>,
     config: MemoryHubConfig,
+    budget: Arc<Budget>,
     published: AtomicU64,
     durable: Option<Arc<dyn DurableChannels>>,
 }
@@ -123,6 +135,13 @@ struct Channel {
     /// released or withdrawn): while any is, every publish goes through the writer.
     in_writer: usize,
     history: VecDeque<Arc<Event>>,
+    /// The history's bytes, as [`footprint`] counts them.
+    history_bytes: usize,
+    /// History and idempotency bytes as last reported to the budget.
+    bytes: usize,
+    /// Whether it counts as a channel with published state (`max_channels`).
+    counted: bool,
+    budget: Arc<Budget>,
     sinks: Vec<Sink>,
     /// Whether fan-outs write to idle connections directly (see [`fanout::Pace`]).
     pace: fanout::Pace,
@@ -137,14 +156,38 @@ struct Channel {
     last_used: Instant,
 }
 
+/// The memory an event in history holds: its envelope and strings, and the fixed parts.
+/// Encodings for live transports, made when first sent, are not counted: they are the
+/// envelope's size again per wire format used.
+fn footprint(event: &Event) -> usize {
+    event.envelope().len()
+        + event.cursor().len()
+        + event.event_type().len()
+        + event.channel().as_str().len()
+        + 256
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        self.budget.moved(self.bytes, 0);
+        if self.counted {
+            self.budget.release_channel();
+        }
+    }
+}
+
 impl Channel {
-    fn new(durable: bool) -> Self {
+    fn new(durable: bool, budget: Arc<Budget>) -> Self {
         Self {
             epoch: ids::epoch(),
             last_offset: 0,
             assigned: 0,
             in_writer: 0,
             history: VecDeque::new(),
+            history_bytes: 0,
+            bytes: 0,
+            counted: false,
+            budget,
             sinks: Vec::new(),
             pace: fanout::Pace::default(),
             idempotency: IdempotencyKeys::default(),
@@ -170,8 +213,65 @@ impl Channel {
             .into_iter()
             .map(|e| Arc::new(stored_to_event(channel, loaded.epoch, e)))
             .collect();
+        self.history_bytes = self.history.iter().map(|e| footprint(e)).sum();
+        self.settle();
         self.loaded = true;
         Ok(())
+    }
+
+    /// Reports the channel's bytes to the budget.
+    fn settle(&mut self) {
+        let bytes = self.history_bytes + self.idempotency.bytes();
+        self.budget.moved(self.bytes, bytes);
+        self.bytes = bytes;
+    }
+
+    /// Counts the channel as holding published state before it takes a publish.
+    ///
+    /// # Errors
+    /// [`HubError::TooManyChannels`] when `max_channels` channels already do.
+    fn admit(&mut self) -> Result<(), HubError> {
+        if !self.counted && !self.durable {
+            self.budget.admit_channel()?;
+            self.counted = true;
+        }
+        Ok(())
+    }
+
+    fn drop_oldest(&mut self) -> bool {
+        let Some(oldest) = self.history.pop_front() else {
+            return false;
+        };
+        self.history_bytes -= footprint(&oldest);
+        true
+    }
+
+    /// Cuts the channel down to `level` bytes: oldest events first, then (a channel's own
+    /// budget only) its oldest idempotency keys. Durable channels are never cut: their
+    /// history is their store's, and memory holds what `history.size` reads back.
+    fn trim_to(&mut self, level: usize, for_total: bool) {
+        if self.durable {
+            return;
+        }
+        let mut events = 0;
+        while self.history_bytes + self.idempotency.bytes() > level && self.drop_oldest() {
+            events += 1;
+        }
+        let mut keys = 0;
+        while !for_total
+            && self.history_bytes + self.idempotency.bytes() > level
+            && self.idempotency.forget_oldest()
+        {
+            keys += 1;
+        }
+        let counter = if for_total {
+            &self.budget.evicted_for_total
+        } else {
+            &self.budget.evicted_for_channel
+        };
+        counter.fetch_add(events, Ordering::Relaxed);
+        self.budget.keys_evicted.fetch_add(keys, Ordering::Relaxed);
+        self.settle();
     }
 
     /// The next offset, with its event; visible only once pushed.
@@ -196,9 +296,14 @@ impl Channel {
             self.pace.record(started.elapsed(), subscribers);
         }
         if self.history.len() >= size {
-            self.history.pop_front();
+            self.drop_oldest();
         }
+        self.history_bytes += footprint(&event);
         self.history.push_back(event);
+        self.settle();
+        if self.bytes > self.budget.channel_bytes {
+            self.trim_to(self.budget.channel_bytes, false);
+        }
     }
 
     fn oldest_kept(&self) -> u64 {
@@ -212,9 +317,10 @@ impl Channel {
             if now.duration_since(front.published_at()) < ttl {
                 break;
             }
-            self.history.pop_front();
+            self.drop_oldest();
         }
         self.idempotency.expire(now);
+        self.settle();
     }
 
     /// The position to start after, and `Some(oldest kept)` when `after` is out of reach.
@@ -278,6 +384,7 @@ impl Channel {
         if let (Some(key), Some(hash)) = (req.idempotency_key, hash) {
             self.idempotency
                 .remember(key, hash, published.clone(), Instant::now());
+            self.settle();
         }
     }
 }
@@ -332,6 +439,7 @@ impl Pending {
         c.push(Arc::clone(&self.event), self.history_size);
         drop(c);
         hub.published.fetch_add(1, Ordering::Relaxed);
+        hub.keep_within_budget();
     }
 
     /// Takes the offset back: the transaction failed and nobody saw the event. Withdrawn
@@ -342,6 +450,7 @@ impl Pending {
         c.assigned = self.event.offset() - 1;
         if let Some(key) = &self.key {
             c.idempotency.forget(key);
+            c.settle();
         }
     }
 }
@@ -359,6 +468,11 @@ impl MemoryHub {
     pub fn new(config: MemoryHubConfig, durable: Option<Arc<dyn DurableChannels>>) -> Self {
         Self {
             channels: DashMap::new(),
+            budget: Arc::new(Budget::new(
+                config.channel_bytes,
+                config.total_bytes,
+                config.max_channels,
+            )),
             config,
             published: AtomicU64::new(0),
             durable,
@@ -389,7 +503,49 @@ impl MemoryHub {
         c.assigned = event.offset();
         c.last_used = Instant::now();
         c.push(event, self.config.history_size);
+        drop(c);
         self.published.fetch_add(1, Ordering::Relaxed);
+        self.keep_within_budget();
+    }
+
+    /// The memory budgets and their counters.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// Past the server-wide byte budget, cuts the largest channels' oldest history down to
+    /// a common level until 90% of the budget is held (one caller at a time; the others
+    /// go on publishing). Durable channels are not cut (see [`Channel::trim_to`]).
+    fn keep_within_budget(&self) {
+        if !self.budget.begin_trim() {
+            return;
+        }
+        // The handles first, so no map shard is locked while a channel is.
+        let handles: Vec<_> = self
+            .channels
+            .iter()
+            .map(|e| Arc::clone(e.value()))
+            .collect();
+        let mut sizes: Vec<(usize, Arc<Mutex<Channel>>)> = handles
+            .into_iter()
+            .filter_map(|h| {
+                let c = lock(&h);
+                let bytes = c.bytes;
+                drop(c);
+                (bytes > 0).then_some((bytes, h))
+            })
+            .collect();
+        sizes.sort_unstable_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
+        let excess = self.budget.held().saturating_sub(self.budget.trim_target());
+        let amounts: Vec<usize> = sizes.iter().map(|(bytes, _)| *bytes).collect();
+        let level = level_to_free(&amounts, excess);
+        for (bytes, handle) in sizes {
+            if bytes <= level {
+                break;
+            }
+            lock(&handle).trim_to(level, true);
+        }
+        self.budget.trimmed();
     }
 
     /// Publishes at once, unless the channel has publishes in the store's writer (`None`:
@@ -407,6 +563,7 @@ impl MemoryHub {
             if let Some(first) = c.seen(req, hash)? {
                 return Ok(Some(first));
             }
+            c.admit()?;
             let event = c.assign(req);
             let published = Published::of(&event, false);
             c.remember(req, hash, &published);
@@ -414,6 +571,7 @@ impl MemoryHub {
             self.published.fetch_add(1, Ordering::Relaxed);
             Ok(Some(published))
         })?;
+        self.keep_within_budget();
         published.expect("created on demand")
     }
 
@@ -424,12 +582,13 @@ impl MemoryHub {
     /// When the hub holds the most channels it may.
     pub fn ticket(&self, channel: &ChannelName) -> Result<Ticket, HubError> {
         let ticket = self.with_channel_handle(channel, true, |handle, c| {
+            c.admit()?;
             c.in_writer += 1;
-            Ticket {
+            Ok(Ticket {
                 channel: Arc::clone(handle),
-            }
+            })
         })?;
-        Ok(ticket.expect("created on demand"))
+        ticket.expect("created on demand")
     }
 
     /// In the writer's transaction: gives the publish its offset without showing it (see
@@ -478,16 +637,11 @@ impl MemoryHub {
                 Some(c) => Arc::clone(&c),
                 None if !create => return Ok(None),
                 None => {
-                    if self.channels.len() >= self.config.max_channels {
-                        return Err(HubError::TooManyChannels);
-                    }
+                    // Free until something is published (see `Channel::admit`).
                     let durable = self.is_durable(name.as_str());
-                    Arc::clone(
-                        &self
-                            .channels
-                            .entry(name.clone())
-                            .or_insert_with(|| Arc::new(Mutex::new(Channel::new(durable)))),
-                    )
+                    Arc::clone(&self.channels.entry(name.clone()).or_insert_with(|| {
+                        Arc::new(Mutex::new(Channel::new(durable, Arc::clone(&self.budget))))
+                    }))
                 }
             };
             let mut guard = lock(&channel);
@@ -512,10 +666,13 @@ impl MemoryHub {
     /// An idle memory channel keeps its epoch and offsets while the table has room, since
     /// evicting it restarts its offsets under a new epoch (old positions then get `reset`);
     /// past 90% of `max_channels`, the least recently used idle ones go. Idle durable
-    /// channels go at once: they reload from their store.
+    /// channels go at once: they reload from their store; so do idle channels nothing was
+    /// ever published to (a cursor into one is at offset 0, which any epoch resumes).
     pub fn sweep(&self) -> usize {
         let now = Instant::now();
-        let mut durable_idle = Vec::new();
+        // Idle channels that go at once: durable ones (they reload from their store) and
+        // those nothing was ever published to (nothing to keep).
+        let mut idle_now = Vec::new();
         let mut memory_idle = Vec::new();
         for entry in &self.channels {
             let mut c = lock(entry.value());
@@ -523,14 +680,14 @@ impl MemoryHub {
             c.sinks.retain(|s| !s.is_closed());
             match c.idleness(now) {
                 Idle::No => {}
-                Idle::Durable => durable_idle.push(entry.key().clone()),
+                Idle::Durable | Idle::Unused => idle_now.push(entry.key().clone()),
                 Idle::Memory => memory_idle.push((c.last_used, entry.key().clone())),
             }
         }
         let room = self.config.max_channels * 9 / 10;
-        let excess = (self.channels.len() - durable_idle.len()).saturating_sub(room);
+        let excess = self.budget.published_channels().saturating_sub(room);
         memory_idle.sort_unstable_by_key(|(last_used, _)| *last_used);
-        let victims = durable_idle
+        let victims = idle_now
             .into_iter()
             .chain(memory_idle.into_iter().take(excess).map(|(_, name)| name));
         let mut evicted = 0;
@@ -551,8 +708,12 @@ impl MemoryHub {
 #[derive(Debug, PartialEq, Eq)]
 enum Idle {
     No,
+    /// Published to once; its history is gone but its epoch and offsets are kept while
+    /// the table has room.
     Memory,
     Durable,
+    /// Nothing was ever published to it (it only had subscribers).
+    Unused,
 }
 
 impl Channel {
@@ -566,7 +727,11 @@ impl Channel {
                 Idle::No
             }
         } else if self.history.is_empty() && self.idempotency.is_empty() {
-            Idle::Memory
+            if self.assigned == 0 {
+                Idle::Unused
+            } else {
+                Idle::Memory
+            }
         } else {
             Idle::No
         }
@@ -591,7 +756,10 @@ impl Hub for MemoryHub {
             let (start, reset) = match from {
                 StartFrom::Now => (c.position(c.last_offset), None),
                 StartFrom::Offset(after) => c.resolve(after),
-                StartFrom::Position(p) if p.epoch == c.epoch => c.resolve(p.offset),
+                // Offset 0 saw nothing, so it resumes in any incarnation of the channel.
+                StartFrom::Position(p) if p.epoch == c.epoch || p.offset == 0 => {
+                    c.resolve(p.offset)
+                }
                 StartFrom::Position(_) => {
                     let oldest = c.oldest_kept();
                     (c.position(oldest - 1), Some(oldest))
@@ -689,6 +857,8 @@ mod tests {
                 history_size: size,
                 history_ttl: Duration::from_secs(3600),
                 max_channels: 10,
+                channel_bytes: 1 << 30,
+                total_bytes: 1 << 30,
             },
             None,
         )
@@ -826,6 +996,8 @@ mod tests {
                 history_size: 10,
                 history_ttl: Duration::from_millis(1),
                 max_channels: 1,
+                channel_bytes: 1 << 30,
+                total_bytes: 1 << 30,
             },
             None,
         );
@@ -841,10 +1013,95 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(o.reset, Some(1));
+        // Subscribing costs nothing; publishing to a second channel is past the limit.
+        hub.subscribe(&ch("b"), StartFrom::Now, &sink)
+            .await
+            .unwrap();
+        publish(&hub, &c, 1).await;
         assert!(matches!(
-            hub.subscribe(&ch("b"), StartFrom::Now, &sink).await,
-            Err(HubError::TooManyChannels)
+            hub.publish(request(
+                &ch("b"),
+                &RawValue::from_string("1".into()).unwrap(),
+                None
+            ))
+            .await,
+            Err(PublishError::Hub(HubError::TooManyChannels))
         ));
+    }
+
+    #[tokio::test]
+    async fn subscribers_alone_never_take_a_publishers_channel_and_leave_nothing_behind() {
+        let hub = MemoryHub::new(
+            MemoryHubConfig {
+                history_size: 10,
+                history_ttl: Duration::from_secs(3600),
+                max_channels: 1,
+                channel_bytes: 1 << 30,
+                total_bytes: 1 << 30,
+            },
+            None,
+        );
+        let (sink, inbox) = new_pair(4, None);
+        for i in 0..100 {
+            hub.subscribe(&ch(&format!("s{i}")), StartFrom::Now, &sink)
+                .await
+                .unwrap();
+        }
+        let first = publish(&hub, &ch("backend"), 1).await;
+        assert_eq!(first.offset, 1);
+        // Unsubscribed, the channels nothing was published to go at the next sweep, with
+        // their cursors (offset 0) still good in the next incarnation.
+        let at_zero = hub
+            .subscribe(&ch("s0"), StartFrom::Now, &sink)
+            .await
+            .unwrap()
+            .start;
+        drop((sink, inbox));
+        assert_eq!(hub.sweep(), 100);
+        assert_eq!(hub.channel_count(), 1);
+        let (sink, _inbox) = new_pair(4, None);
+        let o = hub
+            .subscribe(&ch("s0"), StartFrom::Position(at_zero), &sink)
+            .await
+            .unwrap();
+        assert_eq!(o.reset, None);
+    }
+
+    #[tokio::test]
+    async fn byte_budgets_drop_a_channels_oldest_events_then_the_largest_channels_first() {
+        let data = RawValue::from_string(format!("\"{}\"", "x".repeat(1000))).unwrap();
+        let hub = MemoryHub::new(
+            MemoryHubConfig {
+                history_size: 1000,
+                history_ttl: Duration::from_secs(3600),
+                max_channels: 5,
+                // About 9 events of 1.5 KB per channel, 15 in all.
+                channel_bytes: 14_000,
+                total_bytes: 22_000,
+            },
+            None,
+        );
+        let (big, small) = (ch("big"), ch("small"));
+        for _ in 0..50 {
+            hub.publish(request(&big, &data, None)).await.unwrap();
+        }
+        let kept = hub.history(&big, None, 1000).await.unwrap().events;
+        assert!((9..=11).contains(&kept.len()), "{}", kept.len());
+        assert_eq!(kept.last().unwrap().offset(), 50, "the newest are kept");
+        assert!(hub.budget().held() <= 14_000);
+        for _ in 0..5 {
+            hub.publish(request(&small, &data, None)).await.unwrap();
+        }
+        for n in 0..3 {
+            hub.publish(request(&ch(&format!("c{n}")), &data, None))
+                .await
+                .unwrap();
+        }
+        assert!(hub.budget().held() <= 22_000, "{}", hub.budget().held());
+        // The largest channel paid first; the small one kept all five.
+        let small_kept = hub.history(&small, None, 1000).await.unwrap().events.len();
+        assert_eq!(small_kept, 5);
+        assert!(hub.budget().evicted_for_total.load(Ordering::Relaxed) > 0);
     }
 
     #[tokio::test]
@@ -854,6 +1111,8 @@ mod tests {
                 history_size: 10,
                 history_ttl: Duration::from_millis(1),
                 max_channels: 100,
+                channel_bytes: 1 << 30,
+                total_bytes: 1 << 30,
             },
             None,
         );
@@ -986,6 +1245,8 @@ mod tests {
                 history_size: 10,
                 history_ttl: Duration::from_millis(1),
                 max_channels: 1,
+                channel_bytes: 1 << 30,
+                total_bytes: 1 << 30,
             },
             None,
         );

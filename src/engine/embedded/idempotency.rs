@@ -16,6 +16,14 @@ pub(super) const MAX_KEYS_PER_CHANNEL: usize = 10_000;
 pub(super) struct IdempotencyKeys {
     entries: HashMap<Box<str>, (u64, Published)>,
     order: VecDeque<(Instant, Box<str>)>,
+    /// What the entries hold, as [`entry_bytes`] counts it.
+    bytes: usize,
+}
+
+/// The memory one remembered key holds: the key twice (map and order), the first result's
+/// strings, and the fixed parts of both entries.
+fn entry_bytes(key: &str, published: &Published) -> usize {
+    2 * key.len() + published.id.len() + published.cursor.len() + 128
 }
 
 /// What a lookup found.
@@ -44,11 +52,10 @@ impl IdempotencyKeys {
         published: Published,
         now: Instant,
     ) {
-        if self.order.len() >= MAX_KEYS_PER_CHANNEL
-            && let Some((_, old)) = self.order.pop_front()
-        {
-            self.entries.remove(&old);
+        if self.order.len() >= MAX_KEYS_PER_CHANNEL {
+            self.forget_oldest();
         }
+        self.bytes += entry_bytes(key, &published);
         self.entries.insert(key.into(), (request_hash, published));
         self.order.push_back((now, key.into()));
     }
@@ -57,18 +64,37 @@ impl IdempotencyKeys {
     pub(super) fn forget(&mut self, key: &str) {
         if self.order.back().is_some_and(|(_, k)| &**k == key) {
             self.order.pop_back();
-            self.entries.remove(key);
+            self.remove(key);
+        }
+    }
+
+    /// Forgets the oldest key; false when there is none.
+    pub(super) fn forget_oldest(&mut self) -> bool {
+        let Some((_, key)) = self.order.pop_front() else {
+            return false;
+        };
+        self.remove(&key);
+        true
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some((_, published)) = self.entries.remove(key) {
+            self.bytes -= entry_bytes(key, &published);
         }
     }
 
     pub(super) fn expire(&mut self, now: Instant) {
-        while let Some((at, key)) = self.order.front() {
+        while let Some((at, _)) = self.order.front() {
             if now.duration_since(*at) < KEY_TTL {
                 break;
             }
-            self.entries.remove(key);
-            self.order.pop_front();
+            self.forget_oldest();
         }
+    }
+
+    /// The memory the remembered keys hold, in bytes.
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub(super) fn is_empty(&self) -> bool {

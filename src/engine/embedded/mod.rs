@@ -12,6 +12,7 @@
 //! - `schema`: tables, indexes and the store's epoch.
 //! - `lock`: one gateway per data directory.
 
+pub mod budget;
 pub mod hub;
 mod idempotency;
 mod jobs;
@@ -68,6 +69,8 @@ impl Embedded {
                 history_size: config.history.size,
                 history_ttl: Duration::from_secs(config.history.ttl_secs),
                 max_channels: config.limits.max_channels,
+                channel_bytes: config.history.max_bytes_per_channel,
+                total_bytes: config.history.max_bytes,
             },
             Some(Arc::clone(&store) as _),
         ));
@@ -145,6 +148,44 @@ impl Embedded {
     pub(super) fn write_metrics(&self, out: &mut String) {
         use std::sync::atomic::Ordering::Relaxed;
         let one = |v: u64| [(String::new(), v)];
+        let budget = self.hub.budget();
+        write_family(
+            out,
+            "switchyard_history_bytes",
+            "Bytes of channel history and idempotency keys held in memory (history.max_bytes).",
+            "gauge",
+            one(budget.held() as u64),
+        );
+        write_family(
+            out,
+            "switchyard_history_evicted_events_total",
+            "Events dropped from history before their time to stay within a byte budget.",
+            "counter",
+            [
+                (
+                    "reason=\"channel_bytes\"".to_owned(),
+                    budget.evicted_for_channel.load(Relaxed),
+                ),
+                (
+                    "reason=\"total_bytes\"".to_owned(),
+                    budget.evicted_for_total.load(Relaxed),
+                ),
+            ],
+        );
+        write_family(
+            out,
+            "switchyard_idempotency_keys_evicted_total",
+            "Idempotency keys forgotten before their 24 h to stay within a channel's byte budget.",
+            "counter",
+            one(budget.keys_evicted.load(Relaxed)),
+        );
+        write_family(
+            out,
+            "switchyard_channels_published",
+            "Channels holding published state (limits.max_channels counts these).",
+            "gauge",
+            one(budget.published_channels() as u64),
+        );
         let stats = &self.store.stats;
         write_family(
             out,

@@ -310,6 +310,8 @@ mod tests {
                 history_size: 10,
                 history_ttl: Duration::from_secs(60),
                 max_channels: 10,
+                channel_bytes: 1 << 30,
+                total_bytes: 1 << 30,
             },
             None,
         ));

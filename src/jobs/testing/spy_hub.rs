@@ -36,6 +36,8 @@ impl SpyHub {
             history_size: 100,
             history_ttl: std::time::Duration::from_secs(3600),
             max_channels: 100,
+            channel_bytes: 1 << 30,
+            total_bytes: 1 << 30,
         };
         Self {
             hub: Arc::new(MemoryHub::new(config, None)),
