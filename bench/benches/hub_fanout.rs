@@ -21,6 +21,8 @@ fn hub_with(channel: &ChannelName, subscribers: usize) -> (MemoryHub, Vec<Inbox>
             history_size: 1000,
             history_ttl: Duration::from_secs(3600),
             max_channels: 16,
+            channel_bytes: 1 << 30,
+            total_bytes: 1 << 30,
         },
         None,
     );
