@@ -399,3 +399,32 @@ async fn a_client_close_while_live_events_wait_is_answered_at_once() {
         .await;
     server.shutdown().await;
 }
+
+/// Issue 16, item 9: a text frame that is not UTF-8 is closed with 1007 (RFC 6455 7.4.1),
+/// not dropped without a close frame.
+#[tokio::test]
+async fn a_text_frame_that_is_not_utf8_closes_with_1007() {
+    use tokio_tungstenite::tungstenite::protocol::frame::{
+        Frame,
+        coding::{Data, OpCode},
+    };
+    let server = start(config()).await;
+    let mut client = WsClient::connect(server.addr).await;
+    // tungstenite sends a hand-made frame as it is: a text frame with invalid UTF-8.
+    let bad = Frame::message(
+        b"{\"op\":\"\xff\xfe\"}".to_vec(),
+        OpCode::Data(Data::Text),
+        true,
+    );
+    client.ws.send(Message::Frame(bad)).await.unwrap();
+    let (close, _) = client.until_close().await;
+    let close = close.expect("a close frame");
+    assert_eq!(
+        (close.code, close.reason.as_str()),
+        (CloseCode::Invalid, "invalid UTF-8")
+    );
+    server
+        .wait_metric("switchyard_connections{transport=\"websocket\"}", 0.0)
+        .await;
+    server.shutdown().await;
+}

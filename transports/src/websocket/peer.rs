@@ -177,6 +177,10 @@ fn read_outcome(message: Option<Result<Message, TungsteniteError>>) -> Result<Me
             tracing::debug!(error = %e, "websocket message over the limit");
             Err(End::Close(1009, "message too big"))
         }
+        Some(Err(TungsteniteError::Utf8(e))) => {
+            tracing::debug!(error = %e, "websocket text frame not valid UTF-8");
+            Err(End::Close(1007, "invalid UTF-8"))
+        }
         Some(Err(TungsteniteError::Protocol(e))) => {
             tracing::debug!(error = %e, "websocket protocol error");
             Err(End::Close(1002, "protocol error"))

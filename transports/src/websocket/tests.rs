@@ -14,7 +14,13 @@ use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
         Message,
-        protocol::{CloseFrame, Role, frame::coding::CloseCode},
+        protocol::{
+            CloseFrame, Role,
+            frame::{
+                Frame,
+                coding::{CloseCode, Data as OpData, OpCode},
+            },
+        },
     },
 };
 
@@ -630,6 +636,25 @@ async fn a_close_in_the_middle_of_a_replay_is_answered_before_the_rest() {
         [1],
         "the replay stops at the event being written when the close came"
     );
+    within("the session to end", session).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_text_frame_that_is_not_utf8_closes_with_1007() {
+    let hub = FakeHub::new();
+    let ctx = context(&hub, TransportConfig::default());
+    let (mut client, session) = connect(&ctx).await;
+    let bad = Frame::message(
+        vec![b'{', 0xff, 0xfe, b'}'],
+        OpCode::Data(OpData::Text),
+        true,
+    );
+    within("the frame to be sent", client.send(Message::Frame(bad)))
+        .await
+        .unwrap();
+    let (close, frames) = until_close(&mut client).await;
+    assert_eq!(close, (1007, "invalid UTF-8".to_owned()));
+    assert!(frames.is_empty(), "{frames:?}");
     within("the session to end", session).await.unwrap();
 }
 
