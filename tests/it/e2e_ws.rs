@@ -1,10 +1,15 @@
 //! WebSocket `/v1/ws`: ordered delivery with the envelope, multiplexing, resume, reset,
 //! error frames, limits and dead-peer detection.
 
+use std::time::Duration;
+
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode};
+use tokio_tungstenite::tungstenite::{
+    Message,
+    protocol::{CloseFrame, frame::coding::CloseCode},
+};
 
 use crate::support::{self, channel, config, start, within, ws::WsClient};
 
@@ -292,6 +297,132 @@ async fn a_client_close_is_answered_with_a_close_frame() {
     // A clean closing handshake: the server's close frame, not a reset (1006 in browsers).
     let reply = within("the close reply", client.ws.next()).await;
     assert!(matches!(reply, Some(Ok(Message::Close(_)))), "{reply:?}");
+    server
+        .wait_metric("switchyard_connections{transport=\"websocket\"}", 0.0)
+        .await;
+    server.shutdown().await;
+}
+
+/// 256 KiB events: a few fill the kernel's buffers (the client's is 4 KiB).
+fn big(n: u64) -> Value {
+    json!({"n": n, "pad": "x".repeat(256 * 1024)})
+}
+
+/// Sends a close (1000 "bye"), reads on as a closing client does, and returns the server's
+/// close, which must come within 2 s, and how many events came before it.
+async fn close_and_count(client: &mut WsClient) -> (Option<CloseFrame>, u64) {
+    use futures_util::StreamExt;
+    let bye = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    };
+    client.ws.close(Some(bye)).await.unwrap();
+    let mut in_flight = 0;
+    let reply = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match client.ws.next().await {
+                Some(Ok(Message::Text(_))) => in_flight += 1,
+                Some(Ok(Message::Close(reply))) => return reply,
+                Some(Ok(_)) => {}
+                other => panic!("no close frame from the server: {other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no close frame within 2 s ({in_flight} events after ours)"));
+    (reply, in_flight)
+}
+
+/// Issue 16, item 16: a client leaving in the middle of a large replay gets the server's
+/// close frame at once, after at most what was already on its way, not after the rest of
+/// the replay (nor never, when it has stopped reading).
+#[tokio::test]
+async fn a_client_close_in_the_middle_of_a_replay_is_answered_at_once() {
+    const EVENTS: u64 = 100;
+    const READ: u64 = 10;
+    let server = start(config()).await;
+    let ch = channel("ws-close-mid-replay");
+    // 25 MB of replay: far more than the kernel's buffers hold.
+    for n in 1..=EVENTS {
+        server.publish(&ch, "big", big(n)).await;
+    }
+    let mut client = WsClient::connect_with(server.addr, true).await;
+    client.subscribe(1, &ch, json!({"after": 0})).await;
+    for n in 1..=READ {
+        assert_eq!(client.next_event().await["offset"], n);
+    }
+    let (reply, in_flight) = close_and_count(&mut client).await;
+    assert_eq!(
+        reply.map(|c| (c.code, c.reason.to_string())),
+        Some((CloseCode::Normal, "bye".into()))
+    );
+    assert!(
+        in_flight < (EVENTS - READ) / 2,
+        "the rest of the replay ({in_flight} events) came before the close"
+    );
+    server
+        .wait_metric("switchyard_connections{transport=\"websocket\"}", 0.0)
+        .await;
+    server.shutdown().await;
+}
+
+/// The same for live events queued behind a full socket (written directly by the fan-out
+/// until it filled, then by the session).
+#[tokio::test]
+async fn a_client_close_while_live_events_wait_is_answered_at_once() {
+    use futures_util::StreamExt;
+    const EVENTS: u64 = 60;
+    const READ: u64 = 5;
+    let server = start(config()).await;
+    let ch = channel("ws-close-mid-live");
+    let mut client = WsClient::connect_with(server.addr, true).await;
+    client.subscribe(1, &ch, json!({})).await;
+    for n in 1..=EVENTS {
+        server.publish(&ch, "big", big(n)).await;
+    }
+    for n in 1..=READ {
+        assert_eq!(client.next_event().await["offset"], n);
+    }
+    let (reply, in_flight) = close_and_count(&mut client).await;
+    assert_eq!(reply.map(|c| c.code), Some(CloseCode::Normal));
+    assert!(
+        in_flight < (EVENTS - READ) / 2,
+        "the rest of the queue ({in_flight} events) came before the close"
+    );
+    // Nothing follows the close, directly or not: the connection just ends (a frame after
+    // it would be an error here).
+    server.publish(&ch, "big", big(EVENTS + 1)).await;
+    let end = within("the connection to end", client.ws.next()).await;
+    assert!(end.is_none(), "{end:?}");
+    server
+        .wait_metric("switchyard_connections{transport=\"websocket\"}", 0.0)
+        .await;
+    server.shutdown().await;
+}
+
+/// Issue 16, item 9: a text frame that is not UTF-8 is closed with 1007 (RFC 6455 7.4.1),
+/// not dropped without a close frame.
+#[tokio::test]
+async fn a_text_frame_that_is_not_utf8_closes_with_1007() {
+    use tokio_tungstenite::tungstenite::protocol::frame::{
+        Frame,
+        coding::{Data, OpCode},
+    };
+    let server = start(config()).await;
+    let mut client = WsClient::connect(server.addr).await;
+    // tungstenite sends a hand-made frame as it is: a text frame with invalid UTF-8.
+    let bad = Frame::message(
+        b"{\"op\":\"\xff\xfe\"}".to_vec(),
+        OpCode::Data(Data::Text),
+        true,
+    );
+    client.ws.send(Message::Frame(bad)).await.unwrap();
+    let (close, _) = client.until_close().await;
+    let close = close.expect("a close frame");
+    assert_eq!(
+        (close.code, close.reason.as_str()),
+        (CloseCode::Invalid, "invalid UTF-8")
+    );
     server
         .wait_metric("switchyard_connections{transport=\"websocket\"}", 0.0)
         .await;

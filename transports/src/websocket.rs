@@ -1,10 +1,11 @@
 //! WebSocket, `GET /v1/ws`: JSON text frames; many channel subscriptions multiplexed on one
 //! connection (`subscribe` / `unsubscribe` / `ping`), protocol pings to find dead peers,
-//! close 4008 `slow_consumer` when the client cannot keep up, 1001 on shutdown.
+//! close 4008 `slow_consumer` when the client cannot keep up, 1001 on shutdown; a client's
+//! close is answered at once, even in the middle of a replay (see [`peer`]).
 
 use std::{sync::Arc, time::Duration};
 
-use futures_util::{SinkExt, StreamExt, future::Either};
+use futures_util::{SinkExt, future::Either};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use switchyard_protocol::{ChannelName, ClientFrame, Cursor, ErrorBody, ErrorCode, ServerFrame};
@@ -12,7 +13,7 @@ use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
-        Error as TungsteniteError, Message,
+        Message,
         handshake::derive_accept_key,
         protocol::{CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode},
     },
@@ -28,6 +29,10 @@ use crate::{
     metrics::Transport,
     session::Session,
 };
+
+mod peer;
+
+use peer::Peer;
 
 /// Close code sent to a client whose queue overflowed.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
@@ -209,8 +214,11 @@ fn check_handshake(headers: &HeaderMap) -> Result<String, Response<Body>> {
 
 /// Why a session ended.
 enum End {
-    /// The peer closed, vanished or broke the protocol: nothing more to say.
+    /// The peer vanished or its connection failed: nothing more to say.
     Gone,
+    /// The peer sent its close: answer it (tungstenite queued the reply) after what is
+    /// half-written, and nothing else.
+    PeerClosed,
     /// Close with this code and reason.
     Close(u16, &'static str),
 }
@@ -323,7 +331,7 @@ where
         let period = ctx.config.ws_ping_interval;
         let mut ping = interval_at(Instant::now() + period, period);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut last_heard = Instant::now();
+        let mut peer = Peer::new();
         let overflow = session.inbox.overflow_signal();
         // Made once and polled across loop turns: building them per turn (a token lock, a
         // `Notified` registered and dropped) showed up at ~5% of the server's CPU in fan-out.
@@ -341,10 +349,13 @@ where
                 () = &mut deadline, if auth.deadline.is_some() => {
                     session.inbox.claim_writes();
                     let (frame, end) = auth.expired();
-                    let _ = Box::pin(send(&ctx, &mut ws, frame, send_timeout)).await;
-                    break end;
+                    match Box::pin(send(&ctx, &mut ws, &mut peer, frame)).await {
+                        Err(End::PeerClosed) => break End::PeerClosed,
+                        _ => break end,
+                    }
                 }
-                received = session.inbox.recv() => {
+                // A frame read ahead while writing is handled before any more events.
+                received = session.inbox.recv(), if !peer.is_holding() => {
                     // Taking an event claimed the connection's writes.
                     let first = match received {
                         Received::Event(first) => first,
@@ -356,7 +367,7 @@ where
                                 tokio::select! {
                                     biased;
                                     () = &mut shutdown => Err(End::Close(1001, "server shutting down")),
-                                    r = timeout(send_timeout, ws.flush()) => flatten(r, &ctx),
+                                    r = bounded(&ctx, send_timeout, peer.flush(&mut ws)) => r,
                                 }
                             })
                             .await;
@@ -379,45 +390,31 @@ where
                         } else {
                             slow_consumer(&ctx)
                         }),
-                        r = write_events(&ctx, &mut session, &mut ws, first) => r,
+                        r = write_events(&ctx, &mut session, &mut ws, &mut peer, first) => r,
                     };
                     if let Err(end) = written {
                         break end;
                     }
                 }
-                message = ws.next() => {
+                message = peer.next(&mut ws) => {
                     // A frame may subscribe (the replay comes before live events) or answer.
                     session.inbox.claim_writes();
-                    last_heard = Instant::now();
                     let reply = match message {
-                        Some(Err(TungsteniteError::Capacity(e))) => {
-                            tracing::debug!(error = %e, "websocket message over the limit");
-                            break End::Close(1009, "message too big");
-                        }
-                        Some(Err(TungsteniteError::Protocol(e))) => {
-                            tracing::debug!(error = %e, "websocket protocol error");
-                            break End::Close(1002, "protocol error");
-                        }
-                        None | Some(Err(_)) => break End::Gone,
-                        Some(Ok(Message::Text(text))) => {
+                        Err(end) => break end,
+                        Ok(Message::Text(text)) => {
                             // Boxed: frames are rare, and inline this future would make every
                             // idle connection's task as large as its biggest state.
-                            let handled = Box::pin(handle_frame(&ctx, &mut session, &mut auth, &mut ws, text.as_str())).await;
+                            let handled = Box::pin(handle_frame(&ctx, &mut session, &mut auth, &mut ws, &mut peer, text.as_str())).await;
                             auth.arm(deadline.as_mut());
                             handled
                         }
-                        Some(Ok(Message::Binary(_))) => Err(frame_error(None, ErrorCode::InvalidRequest, "binary frames are not supported; send JSON text")),
-                        Some(Ok(Message::Close(_))) => {
-                            // tungstenite queued the close reply; send it so the client sees a clean close.
-                            let _ = Box::pin(timeout(send_timeout, ws.flush())).await;
-                            break End::Gone;
-                        }
-                        Some(Ok(_)) => Ok(()),
+                        Ok(Message::Binary(_)) => Err(frame_error(None, ErrorCode::InvalidRequest, "binary frames are not supported; send JSON text")),
+                        Ok(_) => Ok(()),
                     };
                     match reply {
                         Ok(()) => {}
                         Err(Reply::Frame(frame)) => {
-                            if let Err(end) = Box::pin(send(&ctx, &mut ws, frame, send_timeout)).await {
+                            if let Err(end) = Box::pin(send(&ctx, &mut ws, &mut peer, frame)).await {
                                 break end;
                             }
                         }
@@ -426,11 +423,12 @@ where
                 }
                 _ = ping.tick() => {
                     session.inbox.claim_writes();
-                    if last_heard.elapsed() > ctx.config.ws_idle_timeout {
+                    if peer.last_heard.elapsed() > ctx.config.ws_idle_timeout {
                         tracing::debug!("closing websocket: peer silent past the idle timeout");
                         break End::Close(1001, "idle timeout");
                     }
-                    if let Err(end) = flatten(Box::pin(timeout(send_timeout, ws.send(Message::Ping(Default::default())))).await, &ctx) {
+                    let ping = peer.send(&mut ws, Message::Ping(Default::default()));
+                    if let Err(end) = Box::pin(bounded(&ctx, send_timeout, ping)).await {
                         break end;
                     }
                 }
@@ -438,26 +436,32 @@ where
         };
 
         session.inbox.claim_writes();
-        if let End::Close(code, reason) = end {
-            let frame = CloseFrame {
-                code: CloseCode::from(code),
-                reason: reason.into(),
-            };
-            // Best effort: a peer that stopped reading gets dropped after the send timeout.
-            let _ = Box::pin(timeout(
-                send_timeout.min(Duration::from_secs(5)),
-                ws.close(Some(frame)),
-            ))
-            .await;
+        // Best effort: a peer that stopped reading gets dropped after the send timeout.
+        let grace = send_timeout.min(Duration::from_secs(5));
+        match end {
+            End::Gone => {}
+            // The reply goes out after what is half-written, then the connection closes.
+            End::PeerClosed => {
+                let _ = Box::pin(timeout(grace, ws.flush())).await;
+            }
+            End::Close(code, reason) => {
+                let frame = CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: reason.into(),
+                };
+                let _ = Box::pin(timeout(grace, ws.close(Some(frame)))).await;
+            }
         }
     }
 }
 
-/// Writes `first` and whatever else is queued (up to a batch), then flushes once.
+/// Writes `first` and whatever else is queued (up to a batch), then flushes once. The
+/// peer's frames are read while a write waits and at the flush: its close ends the batch.
 async fn write_events<S>(
     ctx: &Context,
     session: &mut Session,
     ws: &mut WebSocketStream<S>,
+    peer: &mut Peer,
     first: std::sync::Arc<crate::hub::Event>,
 ) -> Result<(), End>
 where
@@ -468,10 +472,8 @@ where
     let mut n = 0;
     while let Some(event) = next.take() {
         if session.accept(&event) {
-            flatten(
-                timeout(send_timeout, ws.feed(Message::Text(event.ws_text()))).await,
-                ctx,
-            )?;
+            let fed = peer.feed(ws, Message::Text(event.ws_text()));
+            bounded(ctx, send_timeout, fed).await?;
             ctx.metrics.observe_latency(event.published_at().elapsed());
             n += 1;
         }
@@ -480,7 +482,7 @@ where
         }
     }
     ctx.metrics.delivered(Transport::WebSocket, n as u64);
-    flatten(timeout(send_timeout, ws.flush()).await, ctx)
+    bounded(ctx, send_timeout, peer.flush(ws)).await
 }
 
 /// The hub could not keep the feed gap-free (see [`Received::Interrupted`]): 1013 "try
@@ -508,33 +510,28 @@ fn frame_error(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> 
     })
 }
 
-fn flatten<E: std::fmt::Display>(
-    r: Result<Result<(), E>, tokio::time::error::Elapsed>,
+/// `write` within `limit`: a peer that takes nothing for that long is a slow consumer.
+async fn bounded(
     ctx: &Context,
+    limit: Duration,
+    write: impl Future<Output = Result<(), End>>,
 ) -> Result<(), End> {
-    match r {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "websocket write failed");
-            Err(End::Gone)
-        }
-        Err(_) => Err(slow_consumer(ctx)),
-    }
+    timeout(limit, write)
+        .await
+        .unwrap_or_else(|_| Err(slow_consumer(ctx)))
 }
 
 async fn send<S>(
     ctx: &Context,
     ws: &mut WebSocketStream<S>,
+    peer: &mut Peer,
     frame: ServerFrame,
-    send_timeout: Duration,
 ) -> Result<(), End>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    flatten(
-        timeout(send_timeout, ws.send(Message::text(frame.to_json()))).await,
-        ctx,
-    )
+    let sent = peer.send(ws, Message::text(frame.to_json()));
+    bounded(ctx, ctx.config.send_timeout, sent).await
 }
 
 async fn handle_frame<S>(
@@ -542,6 +539,7 @@ async fn handle_frame<S>(
     session: &mut Session,
     auth: &mut Auth,
     ws: &mut WebSocketStream<S>,
+    peer: &mut Peer,
     text: &str,
 ) -> Result<(), Reply>
 where
@@ -577,12 +575,12 @@ where
                         id,
                         error: ErrorBody::new(err.code, format!("{}; unsubscribed", err.message)),
                     };
-                    ws.feed(Message::text(frame.to_json())).await?;
+                    peer.feed(ws, Message::text(frame.to_json())).await?;
                 }
                 let authed = ServerFrame::Authed { id, expires_at };
-                ws.send(Message::text(authed.to_json())).await
+                peer.send(ws, Message::text(authed.to_json())).await
             };
-            flatten(timeout(send_timeout, sent).await, ctx).map_err(Reply::End)
+            bounded(ctx, send_timeout, sent).await.map_err(Reply::End)
         }
         ClientFrame::Unsubscribe { id, channel } => {
             if !session.is_subscribed(&channel) {
@@ -652,27 +650,31 @@ where
                 cursor: start.clone(),
             };
             let sent = async {
-                ws.feed(Message::text(subscribed.to_json())).await?;
+                peer.feed(ws, Message::text(subscribed.to_json())).await?;
                 if let Some(oldest) = opened.reset {
                     let reset = ServerFrame::Reset {
                         channel,
                         offset: oldest,
                         cursor: start,
                     };
-                    ws.feed(Message::text(reset.to_json())).await?;
+                    peer.feed(ws, Message::text(reset.to_json())).await?;
                 }
                 let mut n = 0;
                 for event in &opened.replay {
                     if session.accept(event) {
-                        ws.feed(Message::Text(event.ws_text())).await?;
+                        // A replay can be long: the peer's close stops it before each event,
+                        // not only when a write waits.
+                        peer.look(ws).await?;
+                        peer.feed(ws, Message::Text(event.ws_text())).await?;
                         n += 1;
                     }
                 }
                 ctx.metrics.delivered(Transport::WebSocket, n);
-                ws.flush().await
+                peer.flush(ws).await
             };
-            let sent = timeout(send_timeout * 4, sent).await;
-            flatten(sent, ctx).map_err(Reply::End)
+            bounded(ctx, send_timeout * 4, sent)
+                .await
+                .map_err(Reply::End)
         }
     }
 }

@@ -12,7 +12,16 @@ use tokio::{
 };
 use tokio_tungstenite::{
     WebSocketStream,
-    tungstenite::{Message, protocol::Role},
+    tungstenite::{
+        Message,
+        protocol::{
+            CloseFrame, Role,
+            frame::{
+                Frame,
+                coding::{CloseCode, Data as OpData, OpCode},
+            },
+        },
+    },
 };
 
 use super::{admit_upgrade, run, ws_config};
@@ -565,6 +574,88 @@ async fn a_client_close_is_answered_and_ends_the_session() {
     within("the session to end", session).await.unwrap();
     assert_eq!(hub.sinks("a"), 0, "unsubscribed when the session ended");
     assert_eq!(ctx.metrics.connections(Transport::WebSocket), 0);
+}
+
+/// Sends a close with code 1000 and reason "bye" (the server echoes both).
+async fn close_with_bye(client: &mut Client) {
+    let bye = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    };
+    within("the close to be sent", client.close(Some(bye)))
+        .await
+        .unwrap();
+}
+
+fn offsets(frames: &[Value]) -> Vec<u64> {
+    frames
+        .iter()
+        .map(|f| f["offset"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_close_while_events_wait_on_a_full_connection_is_answered_before_the_rest() {
+    let hub = FakeHub::new();
+    let ctx = context(&hub, TransportConfig::default());
+    let (mut client, session) = connect_with(&ctx, Some(Grant::everything()), 4096).await;
+    subscribe(&mut client, 1, "a", json!({})).await;
+    // Larger than the connection's buffer: the session waits writing it, 2 to 4 queued.
+    hub.publish(&big_event("a", 1, 64 * 1024));
+    for n in 2..=4 {
+        hub.publish(&event("a", n));
+    }
+    settle().await;
+    close_with_bye(&mut client).await;
+    settle().await;
+    let (close, frames) = until_close(&mut client).await;
+    assert_eq!(close, (1000, "bye".to_owned()));
+    assert_eq!(
+        offsets(&frames),
+        [1],
+        "the half-written event is finished, nothing is sent after the close"
+    );
+    within("the session to end", session).await.unwrap();
+    assert_eq!(metric(&ctx, SLOW_CONSUMERS), "0");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_close_in_the_middle_of_a_replay_is_answered_before_the_rest() {
+    let hub = FakeHub::new();
+    let ctx = context(&hub, TransportConfig::default());
+    let (mut client, session) = connect_with(&ctx, Some(Grant::everything()), 4096).await;
+    let replay = (1..=20).map(|n| big_event("a", n, 16 * 1024)).collect();
+    hub.answer("a", pos(0), None, replay);
+    subscribe(&mut client, 1, "a", json!({"after": 0})).await;
+    close_with_bye(&mut client).await;
+    settle().await;
+    let (close, frames) = until_close(&mut client).await;
+    assert_eq!(close, (1000, "bye".to_owned()));
+    assert_eq!(
+        offsets(&frames),
+        [1],
+        "the replay stops at the event being written when the close came"
+    );
+    within("the session to end", session).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_text_frame_that_is_not_utf8_closes_with_1007() {
+    let hub = FakeHub::new();
+    let ctx = context(&hub, TransportConfig::default());
+    let (mut client, session) = connect(&ctx).await;
+    let bad = Frame::message(
+        vec![b'{', 0xff, 0xfe, b'}'],
+        OpCode::Data(OpData::Text),
+        true,
+    );
+    within("the frame to be sent", client.send(Message::Frame(bad)))
+        .await
+        .unwrap();
+    let (close, frames) = until_close(&mut client).await;
+    assert_eq!(close, (1007, "invalid UTF-8".to_owned()));
+    assert!(frames.is_empty(), "{frames:?}");
+    within("the session to end", session).await.unwrap();
 }
 
 // === slow consumers and interrupted feeds ===
