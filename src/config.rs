@@ -404,7 +404,8 @@ pub struct LimitsConfig {
     pub body_read_timeout_secs: u64,
     /// Open connections from one client address; 0 = no limit.
     pub max_connections_per_ip: usize,
-    /// Requests per second from one client address (requests without a valid API key); 0 = no limit.
+    /// Requests per second from one client address (requests without a valid API key;
+    /// in open mode, not from loopback); 0 = no limit.
     pub requests_per_sec_per_ip: f64,
     /// Burst above that rate.
     pub request_burst_per_ip: u32,
