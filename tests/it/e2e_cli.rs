@@ -1,6 +1,7 @@
 //! The binary as a user runs it: a configuration mistake is reported in one line naming
-//! the setting, where its value came from and the closest valid setting; and JSON logs,
-//! one object per line on stderr, for log shippers (the real binary, embedded engine).
+//! the setting, where its value came from and the closest valid setting; JSON logs, one
+//! object per line on stderr, for log shippers; and what the docs promise of the command
+//! line and the environment (the real binary, embedded engine).
 
 use std::process::Output;
 
@@ -224,4 +225,29 @@ fn options_apply_before_the_command_name_as_after_it() {
             "{args:?}: {shown}"
         );
     }
+}
+
+#[tokio::test]
+async fn an_all_digit_api_key_from_the_environment_works() {
+    let key = "12345678901234567890";
+    let data = tempfile::tempdir().unwrap();
+    let server = process::spawn(data.path(), &[("SWITCHYARD_AUTH__API_KEYS", key)]);
+    let publish = |headers: Vec<(&'static str, String)>| async move {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        http::post_json(
+            server.addr,
+            "/v1/channels/digits/events",
+            &headers,
+            &serde_json::json!({"data": 1}),
+        )
+        .await
+        .0
+    };
+    assert_eq!(
+        publish(vec![("authorization", format!("Bearer {key}"))]).await,
+        201
+    );
+    assert_eq!(publish(Vec::new()).await, 401, "keys are required");
+    let (exit, log) = server.stop();
+    assert!(exit.success(), "{log}");
 }
