@@ -2,8 +2,8 @@
 //! job ends, printing each status change and then the result. No streaming, no WebSocket:
 //! plain request/response, as strict proxies allow.
 //!
-//! Run with: `cargo run --example long_poll_client`
-//! or:       `cargo run --example long_poll_client -- --payload '{"query": "area"}'`
+//! Run with: `cargo run --release --example long_poll_client`
+//! or:       `cargo run --release --example long_poll_client -- --payload '{"query": "area"}'`
 //! Options:  `--url http://127.0.0.1:8080` (default), `--payload JSON`, `--api-key KEY`
 //!           (needed when the gateway has API keys: a key with the `jobs` scope).
 //!

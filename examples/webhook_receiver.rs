@@ -1,8 +1,8 @@
 //! A webhook endpoint: verifies each delivery's Standard Webhooks signature, drops
 //! duplicates by `webhook-id`, and prints the event.
 //!
-//! Run with: `cargo run --example webhook_receiver -- --secret whsec_...`
-//! or:       `WEBHOOK_SECRET=whsec_... cargo run --example webhook_receiver`
+//! Run with: `cargo run --release --example webhook_receiver -- --secret whsec_...`
+//! or:       `WEBHOOK_SECRET=whsec_... cargo run --release --example webhook_receiver`
 //! Options:  `--listen 127.0.0.1:9000` (default).
 //! Answers 204 for a new verified event, 200 for a verified duplicate, 400 with the reason for
 //! a missing header, bad signature, stale timestamp or non-envelope body, 413 past 1 MiB.

@@ -2,8 +2,8 @@
 //! payload as a "query" over four countries, reports progress after each country and
 //! completes the job with the rows; the gateway pushes every step to `jobs/{id}`.
 //!
-//! Run with: `cargo run --example worker`
-//! or:       `cargo run --example worker -- --once --delay-ms 100`
+//! Run with: `cargo run --release --example worker`
+//! or:       `cargo run --release --example worker -- --once --delay-ms 100`
 //! Options:  `--url http://127.0.0.1:8080` (default), `--once` (handle one job, then exit),
 //!           `--delay-ms 500` (simulated work per country), `--api-key KEY` (a key with the
 //!           `work` scope, when the gateway has API keys).

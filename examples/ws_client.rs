@@ -1,8 +1,8 @@
 //! A WebSocket consumer: subscribes to channels and prints every frame, resuming from a
 //! cursor when given one.
 //!
-//! Run with: `cargo run --example ws_client -- news orders/42`
-//! or:       `cargo run --example ws_client -- --cursor <cursor> news`
+//! Run with: `cargo run --release --example ws_client -- news orders/42`
+//! or:       `cargo run --release --example ws_client -- --cursor <cursor> news`
 //! Options:  `--url ws://127.0.0.1:8080/v1/ws` (default), `--token TOKEN` (a consumer JWT,
 //!           a job token or an API key with `subscribe`, sent in the first frame; needed
 //!           when the gateway has API keys). `--help` lists them.

@@ -1,12 +1,15 @@
 //! Configuration: built-in defaults, an optional TOML file, `SWITCHYARD_*` environment
 //! variables, then command-line flags; validated once, then turned into plain structs.
 
+mod errors;
+
 use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
+use errors::{InvalidSetting, Setting};
 use figment::{
     Figment,
-    providers::{Format, Serialized, Toml},
+    providers::{Format, Toml},
     value::Value,
 };
 use serde::{Deserialize, Serialize};
@@ -62,6 +65,8 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
     /// Seconds `/readyz` answers 503 before shutdown starts.
     pub shutdown_drain_secs: u64,
+    /// How log lines on stderr are written.
+    pub log_format: LogFormat,
     /// Per-channel history bounds.
     pub history: HistoryConfig,
     /// Server-wide limits.
@@ -84,6 +89,18 @@ pub struct Config {
     pub demo: DemoConfig,
     /// The Redis engine's timeouts and leases (unused by the embedded engine).
     pub redis: RedisConfig,
+}
+
+/// How log lines on stderr are written (`log_format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people: one readable line per event, coloured on a terminal.
+    #[default]
+    Text,
+    /// For log shippers: one JSON object per line (`timestamp`, `level`, `target`,
+    /// `message`, the event's fields, and the request's `span`).
+    Json,
 }
 
 /// `[redis]`
@@ -278,7 +295,10 @@ fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
         List(Vec<String>),
         Text(String),
     }
-    Ok(match Raw::deserialize(d)? {
+    let raw = Raw::deserialize(d).map_err(|_| {
+        serde::de::Error::custom("expected a list of text values, or comma-separated text")
+    })?;
+    Ok(match raw {
         Raw::List(v) => v,
         Raw::Text(t) => t
             .split(',')
@@ -322,7 +342,12 @@ fn number_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Er
         One(f64),
         Text(String),
     }
-    match Raw::deserialize(d)? {
+    let raw = Raw::deserialize(d).map_err(|_| {
+        serde::de::Error::custom(
+            "expected a list of numbers of seconds, or comma-separated numbers",
+        )
+    })?;
+    match raw {
         Raw::List(v) => Ok(v),
         Raw::One(n) => Ok(vec![n]),
         Raw::Text(t) => t
@@ -389,7 +414,8 @@ pub struct LimitsConfig {
     /// Subscriptions one token subject (a JWT's `sub`, a job token's job) may hold over
     /// all its connections; 0 = no limit.
     pub max_subscriptions_per_user: usize,
-    /// Requests per second from one client address (requests without a valid API key); 0 = no limit.
+    /// Requests per second from one client address (requests without a valid API key;
+    /// in open mode, not from loopback); 0 = no limit.
     pub requests_per_sec_per_ip: f64,
     /// Burst above that rate.
     pub request_burst_per_ip: u32,
@@ -459,6 +485,8 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     /// `--data-dir`
     pub data_dir: Option<PathBuf>,
+    /// `--log-format`
+    pub log_format: Option<LogFormat>,
 }
 
 impl Default for Config {
@@ -499,16 +527,37 @@ impl Config {
             } else {
                 Value::from_str(&value).expect("parsing a value is infallible")
             };
-            figment = figment.merge(Serialized::global(&key, value));
+            figment = figment.merge(Setting::env(&key, value, &name));
         }
         if let Some(listen) = overrides.listen {
-            figment = figment.merge(Serialized::global("listen", listen.to_string()));
+            figment = figment.merge(Setting::flag(
+                "listen",
+                listen.to_string().into(),
+                "--listen",
+            ));
         }
         if let Some(dir) = &overrides.data_dir {
-            figment = figment.merge(Serialized::global("data_dir", dir));
+            figment = figment.merge(Setting::flag(
+                "data_dir",
+                dir.display().to_string().into(),
+                "--data-dir",
+            ));
         }
-        let config: Config = figment.extract().context("invalid configuration")?;
-        config.validate().context("invalid configuration")?;
+        if let Some(format) = overrides.log_format {
+            let name = match format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            };
+            figment = figment.merge(Setting::flag("log_format", name.into(), "--log-format"));
+        }
+        let invalid = |e: anyhow::Error| e.context("invalid configuration");
+        errors::check_known(&figment, file).map_err(invalid)?;
+        let config: Config = figment
+            .extract()
+            .map_err(|e| invalid(errors::describe(e, file)))?;
+        config
+            .validate()
+            .map_err(|e| invalid(errors::with_origin(e, &figment, file)))?;
         Ok(config)
     }
 
@@ -521,13 +570,17 @@ impl Config {
             crate::auth::proxies::ClientIpHeader::parse(&self.limits.client_ip_header)?,
         )?;
         fn range<T: PartialOrd + std::fmt::Display>(
-            key: &str,
+            key: &'static str,
             v: T,
             lo: T,
             hi: T,
         ) -> anyhow::Result<()> {
             if v < lo || v > hi {
-                bail!("`{key}` must be from {lo} to {hi}, got {v}");
+                return Err(InvalidSetting {
+                    key,
+                    message: format!("`{key}` must be from {lo} to {hi}, got {v}"),
+                }
+                .into());
             }
             Ok(())
         }
@@ -892,7 +945,7 @@ mod tests {
             ]),
             &Overrides {
                 listen: Some("127.0.0.1:9100".parse().unwrap()),
-                data_dir: None,
+                ..Overrides::default()
             },
         )
         .unwrap();

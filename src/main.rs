@@ -4,7 +4,7 @@ use std::{io::IsTerminal as _, net::SocketAddr, path::PathBuf};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use switchyard::config::{Config, DEFAULT_TOML, Overrides};
+use switchyard::config::{Config, DEFAULT_TOML, LogFormat, Overrides};
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc, not the system allocator: after a burst of connections closes, glibc's malloc
@@ -49,12 +49,32 @@ struct ServeArgs {
     /// Directory for durable data [default: ./switchyard-data] [env: SWITCHYARD_DATA_DIR]
     #[arg(long, value_name = "DIR", global = true)]
     data_dir: Option<PathBuf>,
+    /// Log lines on stderr: text (readable) or json (one object per line, for log
+    /// shippers) [default: text] [env: SWITCHYARD_LOG_FORMAT]
+    #[arg(long, value_name = "FORMAT", global = true)]
+    log_format: Option<LogFormatArg>,
+}
+
+/// `--log-format`'s values (the library's [`LogFormat`] stays free of clap).
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(arg: LogFormatArg) -> Self {
+        match arg {
+            LogFormatArg::Text => Self::Text,
+            LogFormatArg::Json => Self::Json,
+        }
+    }
 }
 
 fn config_help() -> String {
     format!(
         "Configuration keys (`section.key` is also set by SWITCHYARD_SECTION__KEY; flags beat \
-         env, env beats the file). Logging: RUST_LOG (default `info`).\n\n{DEFAULT_TOML}"
+         env, env beats the file). Log level: RUST_LOG (default `info`); log format: `log_format`.\n\n{DEFAULT_TOML}"
     )
 }
 
@@ -62,46 +82,73 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
     let overrides = Overrides {
         listen: args.listen,
         data_dir: args.data_dir.clone(),
+        log_format: args.log_format.map(LogFormat::from),
     };
     Config::load(args.config.as_deref(), std::env::vars(), &overrides)
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // The configuration comes first, since the log format is one of its settings: an error
+    // in it is one plain `error:` line (the format it asks for is not known).
+    let config = match load(&cli.serve) {
+        Ok(config) => config,
+        Err(e) => return fail(&e, LogFormat::Text),
+    };
+    if let Some(Command::Config) = cli.command {
+        return match toml_string(&config) {
+            Ok(text) => {
+                print!("{text}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e, LogFormat::Text),
+        };
+    }
+    let format = config.log_format;
+    init_logging(format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
+            return fail(
+                &anyhow::Error::new(e).context("cannot start the async runtime"),
+                format,
+            );
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(serve(config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            // One readable line with its causes; no backtrace for a configuration mistake.
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => fail(&e, format),
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    // Logs on stderr (stdout is for what a command prints, such as `config`), coloured only
-    // on a terminal: escape codes in a log file or a journal are noise.
-    tracing_subscriber::fmt()
+/// Reports why the process stops, in the log's format (a log shipper reading JSON lines
+/// gets the reason as one of them), and the failure exit status.
+fn fail(error: &anyhow::Error, format: LogFormat) -> std::process::ExitCode {
+    match format {
+        // One readable line with its causes; no backtrace for a configuration mistake.
+        LogFormat::Text => eprintln!("error: {error:#}"),
+        LogFormat::Json => tracing::error!(error = format!("{error:#}"), "switchyard stopped"),
+    }
+    std::process::ExitCode::FAILURE
+}
+
+/// Logs on stderr (stdout is for what a command prints, such as `config`), at the level
+/// `RUST_LOG` sets. Text is coloured only on a terminal: escape codes in a log file or a
+/// journal are noise. JSON lines carry the request's span (its `request_id`) but not the
+/// list of enclosing spans: there is only ever the one.
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
-    match cli.command {
-        Some(Command::Config) => {
-            let config = load(&cli.serve)?;
-            print!("{}", toml_string(&config)?);
-            Ok(())
-        }
-        Some(Command::Serve) | None => serve(cli.serve).await,
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
     }
 }
 
@@ -130,8 +177,7 @@ fn raise_open_files_limit(max_connections: usize) {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = load(&args)?;
+async fn serve(config: Config) -> anyhow::Result<()> {
     raise_open_files_limit(config.limits.max_connections);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

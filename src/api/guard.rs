@@ -36,7 +36,8 @@ pub fn identify<'a>(state: &'a AppState, parts: &Parts) -> Caller<'a> {
         .map_or(Caller::Anonymous, |key| Caller::Key(key, in_header))
 }
 
-/// Spends one request from the caller's bucket: the key's, or the client address's.
+/// Spends one request from the caller's bucket: the key's, or the client address's. In
+/// open mode a client on this machine has none: see [`is_local_in_open_mode`].
 ///
 /// # Errors
 /// 429 `rate_limited` with `Retry-After`.
@@ -48,6 +49,7 @@ pub fn rate_limit(
     let now = Instant::now();
     let (checked, whom) = match (caller, ip) {
         (Caller::Key(key, _), _) => (state.key_limiter.check(&key.index, now), "API key"),
+        (Caller::Anonymous, Some(ip)) if is_local_in_open_mode(state, ip) => (Ok(()), ""),
         (Caller::Anonymous, Some(ip)) => (
             state.ip_limiter.check(&limit_key(ip), now),
             "client address",
@@ -73,6 +75,15 @@ pub fn sender(state: &AppState, ip: Option<IpAddr>, caller: &Caller<'_>) -> Send
         (Caller::Anonymous, Some(ip)) if !state.auth.is_open() => Sender::Address(limit_key(ip)),
         (Caller::Anonymous, _) => Sender::Unshared,
     }
+}
+
+/// Whether `ip` (the client, after a trusted proxy's header) is this machine talking to an
+/// open-mode gateway. Open mode listens on loopback only and trusts every caller as an API
+/// key holder is trusted, and keys have no rate limit by default: a local backend
+/// publishing in parallel must not get 429s. A client a trusted proxy forwards from
+/// elsewhere keeps its address's limit.
+fn is_local_in_open_mode(state: &AppState, ip: IpAddr) -> bool {
+    state.auth.is_open() && ip.to_canonical().is_loopback()
 }
 
 /// Whether the caller may use `route` (with path parameters `params`).

@@ -13,9 +13,14 @@ use crate::support::{
     ws::WsClient,
 };
 
+/// An API key: with one configured the gateway is not in open mode, where this machine's
+/// requests have no per-address limit.
+const KEY: &str = "limits-test-key-0123456789";
+
 #[tokio::test]
 async fn past_the_rate_a_client_gets_429_with_retry_after() {
     let mut cfg = config();
+    cfg.auth.api_keys = vec![KEY.to_owned()];
     cfg.limits.requests_per_sec_per_ip = 0.5;
     cfg.limits.request_burst_per_ip = 3;
     let server = start(cfg).await;
@@ -63,6 +68,45 @@ async fn api_keys_have_their_own_bucket() {
     assert_eq!(get(Some(auth.clone())).await, 429);
     assert_eq!(get(None).await, 401, "the address still has its token");
     assert_eq!(get(None).await, 429);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn in_open_mode_this_machine_is_not_rate_limited_but_forwarded_clients_are() {
+    let mut cfg = config();
+    cfg.limits.requests_per_sec_per_ip = 0.01;
+    cfg.limits.request_burst_per_ip = 2;
+    cfg.limits.trusted_proxies = vec!["127.0.0.0/8".to_owned()];
+    let server = start(cfg).await;
+    // A local backend publishing in parallel, far past the burst: every publish lands.
+    let mut publishes = tokio::task::JoinSet::new();
+    for n in 0..40 {
+        let addr = server.addr;
+        publishes.spawn(async move {
+            http::post_json(
+                addr,
+                "/v1/channels/open-burst/events",
+                &[],
+                &json!({"type": "tick", "data": n}),
+            )
+            .await
+            .0
+        });
+    }
+    while let Some(status) = publishes.join_next().await {
+        assert_eq!(status.unwrap(), 201);
+    }
+    // A client a trusted proxy forwards from elsewhere is still limited per address.
+    let xff = "x-forwarded-for";
+    for _ in 0..2 {
+        assert_eq!(status_with(server.addr, xff, "203.0.113.9").await, 200);
+    }
+    assert_eq!(status_with(server.addr, xff, "203.0.113.9").await, 429);
+    assert_eq!(
+        status_with(server.addr, xff, "127.0.0.1").await,
+        200,
+        "forwarded from this machine"
+    );
     server.shutdown().await;
 }
 
@@ -278,9 +322,11 @@ async fn status_with(server: std::net::SocketAddr, header: &str, value: &str) ->
         .as_u16()
 }
 
-/// One request per client address (per 100 s), behind `proxies` naming clients in `header`.
+/// One request per client address (per 100 s), behind `proxies` naming clients in `header`,
+/// on a gateway with an API key (so the proxy's own address, 127.0.0.1, is limited too).
 fn one_request_per_client(proxies: &[&str], header: &str) -> Config {
     let mut cfg = config();
+    cfg.auth.api_keys = vec![KEY.to_owned()];
     cfg.limits.requests_per_sec_per_ip = 0.01;
     cfg.limits.request_burst_per_ip = 1;
     cfg.limits.trusted_proxies = proxies.iter().map(|p| (*p).to_owned()).collect();

@@ -12,6 +12,7 @@ const ENGINE: support::Engine = support::Engine::Embedded;
 mod e2e_abuse;
 mod e2e_auth;
 mod e2e_browser;
+mod e2e_cli;
 mod e2e_cluster;
 mod e2e_crash;
 mod e2e_cross;

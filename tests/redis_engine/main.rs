@@ -51,4 +51,5 @@ mod e2e_ws;
 // - e2e_crash: SIGKILL recovery of the embedded store's files (the binary, in a data dir).
 // - e2e_browser: static files and a Chromium run of the demo page.
 // - e2e_examples: the example programs' arguments and messages.
+// - e2e_cli: the binary's configuration errors and log format (it runs embedded).
 // - e2e_redis_*, e2e_cluster: they start their own redis-servers already (in tests/it).

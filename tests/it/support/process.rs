@@ -4,10 +4,13 @@ use std::{
     io::{BufRead, BufReader, Read},
     net::SocketAddr,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{Arc, Mutex},
+    thread::JoinHandle,
     time::Duration,
 };
+
+use super::WAIT;
 
 /// A running server binary.
 pub struct ServerProcess {
@@ -15,6 +18,48 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
     /// Everything it wrote to stderr (its log) and stdout so far.
     pub log: Arc<Mutex<String>>,
+    /// The threads copying its stderr and stdout into `log`, done once it has exited.
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl ServerProcess {
+    /// Stops the server as a service manager would (SIGTERM), waits for it to exit, and
+    /// returns its exit status and its whole output.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        let terminated = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(terminated.success(), "kill -TERM failed");
+        let mut child = self.child;
+        let (exited_tx, exited_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = exited_tx.send(child.wait());
+        });
+        let status = exited_rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("the server did not exit within {WAIT:?} of SIGTERM"))
+            .unwrap();
+        // Its pipes are closed: the readers reach their end.
+        for reader in self.readers.drain(..) {
+            reader.join().unwrap();
+        }
+        let log = self.log.lock().unwrap().clone();
+        (status, log)
+    }
+}
+
+/// The address in the startup line (`switchyard listening`), in either log format:
+/// `... listen=127.0.0.1:1234 ...` or `{"listen":"127.0.0.1:1234",...}`.
+fn listen_addr(line: &str) -> Option<SocketAddr> {
+    if line.starts_with('{') {
+        let value: serde_json::Value = serde_json::from_str(line).ok()?;
+        return value.get("listen")?.as_str()?.parse().ok();
+    }
+    line.split("listen=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .map(|addr| addr.parse().unwrap())
 }
 
 /// The server binary with only the configuration a test gives: `SWITCHYARD_*` variables
@@ -45,14 +90,10 @@ pub fn spawn(data_dir: &Path, envs: &[(&str, &str)]) -> ServerProcess {
     // The log (and so the startup line with the address) is on stderr.
     let stderr = child.stderr.take().unwrap();
     let err_log = Arc::clone(&log);
-    std::thread::spawn(move || {
+    let err_reader = std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line
-                .split("listen=")
-                .nth(1)
-                .and_then(|s| s.split_whitespace().next())
-            {
-                let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+            if let Some(addr) = listen_addr(&line) {
+                let _ = tx.send(addr);
             }
             let mut log = err_log.lock().unwrap();
             log.push_str(&line);
@@ -61,7 +102,7 @@ pub fn spawn(data_dir: &Path, envs: &[(&str, &str)]) -> ServerProcess {
     });
     let mut stdout = child.stdout.take().unwrap();
     let out_log = Arc::clone(&log);
-    std::thread::spawn(move || {
+    let out_reader = std::thread::spawn(move || {
         let mut text = String::new();
         let _ = stdout.read_to_string(&mut text);
         out_log.lock().unwrap().push_str(&text);
@@ -74,18 +115,45 @@ pub fn spawn(data_dir: &Path, envs: &[(&str, &str)]) -> ServerProcess {
                 log.lock().unwrap()
             )
         });
-    ServerProcess { child, addr, log }
+    ServerProcess {
+        child,
+        addr,
+        log,
+        readers: vec![err_reader, out_reader],
+    }
 }
 
 /// Runs the binary with `args` and `envs` to completion: (exit success, stdout + stderr).
 pub fn run(args: &[&str], envs: &[(&str, &str)]) -> (bool, String) {
-    let out = command()
-        .args(args)
-        .env("NO_COLOR", "1")
-        .envs(envs.iter().copied())
-        .output()
-        .expect("the binary runs");
+    let out = output(args, envs);
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
+}
+
+/// Runs the binary with `args` and `envs` to completion: its exit status and its stdout
+/// and stderr apart. One still running after [`WAIT`] (it started serving where it should
+/// have refused) is killed and fails the test.
+pub fn output(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let child = command()
+        .args(args)
+        .env("NO_COLOR", "1")
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let pid = child.id().to_string();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(child.wait_with_output());
+    });
+    match done_rx.recv_timeout(WAIT) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            panic!("`switchyard {}` still runs after {WAIT:?}", args.join(" "))
+        }
+    }
 }
