@@ -180,3 +180,36 @@ fn a_job_token_key_that_others_can_read_stops_the_gateway_with_the_fix() {
         "{said}"
     );
 }
+
+#[tokio::test]
+async fn readyz_reports_a_store_that_cannot_commit() {
+    let server = crate::support::start(crate::support::config()).await;
+    let (status, _) = crate::support::http::get_json(server.addr, "/readyz").await;
+    assert_eq!(status, 200);
+    // Another process takes SQLite's write lock (as a stuck backup or a full disk would
+    // stop commits): reads still answer, commits cannot.
+    let db = server.data.as_ref().unwrap().path().join("switchyard.db");
+    let other = rusqlite::Connection::open(&db).unwrap();
+    other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let (status, body) = crate::support::http::get_json(server.addr, "/readyz").await;
+    crate::support::http::assert_error(status, &body, 503, "unavailable");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot commit"),
+        "{body}"
+    );
+    other.execute_batch("ROLLBACK").unwrap();
+    crate::support::within("ready again", async {
+        loop {
+            let (status, _) = crate::support::http::get_json(server.addr, "/readyz").await;
+            if status == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    server.shutdown().await;
+}

@@ -142,7 +142,8 @@ impl Embedded {
         self.store
             .ping()
             .await
-            .map_err(|e| format!("the store does not answer: {e}"))
+            .map_err(|e| format!("the store does not answer: {e}"))?;
+        self.store.can_commit().await
     }
 
     pub(super) fn write_metrics(&self, out: &mut String) {

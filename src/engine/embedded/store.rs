@@ -58,6 +58,9 @@ pub struct SqliteStore {
     pub outbox_ready: Arc<Notify>,
 }
 
+/// How long `/readyz`'s probe write may take before the store counts as unable to commit.
+const COMMIT_PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl SqliteStore {
     /// Opens (creating when missing) the store in `dir`. Call [`SqliteStore::start`] before
     /// writing.
@@ -293,6 +296,27 @@ impl SqliteStore {
 
     fn ping_now(&self) -> Result<(), StoreError> {
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
+    }
+
+    /// Whether the store can commit: a small write (one row of `meta`) must commit, fsync'd,
+    /// within [`COMMIT_PROBE_WAIT`]. A read alone answers while the disk is full or
+    /// read-only, or another process holds the database's write lock. The probe joins the
+    /// writer's group commit, so under load it costs no transaction of its own.
+    pub(super) async fn can_commit(&self) -> Result<(), String> {
+        let probe = self.write(|conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('ready_probe', ?1)",
+                [crate::time::now_ms()],
+            )?;
+            Ok(((), Vec::new()))
+        });
+        match tokio::time::timeout(COMMIT_PROBE_WAIT, probe).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("the store cannot commit: {e}")),
+            Err(_) => Err(format!(
+                "the store cannot commit: a write did not commit within {COMMIT_PROBE_WAIT:?}"
+            )),
+        }
     }
 
     pub(super) async fn close_now(&self, deadline: std::time::Duration) {
