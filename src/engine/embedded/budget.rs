@@ -23,6 +23,10 @@ pub struct Budget {
     held: AtomicUsize,
     published_channels: AtomicUsize,
     trimming: AtomicBool,
+    /// No trim before this (wall-clock ms): set when a trim could not get under the
+    /// budget (durable channels are never cut), so publishes do not each scan every
+    /// channel in vain.
+    quiet_until_ms: AtomicU64,
     /// Events dropped for the channel's budget, and for the server-wide one.
     pub evicted_for_channel: AtomicU64,
     pub evicted_for_total: AtomicU64,
@@ -41,6 +45,7 @@ impl Budget {
             held: AtomicUsize::new(0),
             published_channels: AtomicUsize::new(0),
             trimming: AtomicBool::new(false),
+            quiet_until_ms: AtomicU64::new(0),
             evicted_for_channel: AtomicU64::new(0),
             evicted_for_total: AtomicU64::new(0),
             keys_evicted: AtomicU64::new(0),
@@ -87,11 +92,19 @@ impl Budget {
     /// Whether the server-wide budget is exceeded and nobody is trimming yet; the caller
     /// then trims and calls [`Budget::trimmed`].
     pub fn begin_trim(&self) -> bool {
-        self.held() > self.total_bytes && !self.trimming.swap(true, Relaxed)
+        self.held() > self.total_bytes
+            && u64::try_from(crate::time::now_ms()).unwrap_or(0)
+                >= self.quiet_until_ms.load(Relaxed)
+            && !self.trimming.swap(true, Relaxed)
     }
 
-    /// Ends a trim begun with [`Budget::begin_trim`].
+    /// Ends a trim begun with [`Budget::begin_trim`]; one that left the total over the
+    /// budget holds the next off for a second.
     pub fn trimmed(&self) {
+        if self.held() > self.total_bytes {
+            let now = u64::try_from(crate::time::now_ms()).unwrap_or(0);
+            self.quiet_until_ms.store(now + 1000, Relaxed);
+        }
         self.trimming.store(false, Relaxed);
     }
 
