@@ -189,11 +189,21 @@ pub async fn refuse(mut body: ApiBody, remaining: Option<u64>, refusal: ApiError
 ///
 /// serde's derived structs also take a JSON array of the field values in declaration order
 /// (`[null, {"a": 1}]` would publish); the API's bodies are objects only, so anything but an
-/// object that parsed is refused as well.
+/// object that parsed is refused as well. A blank body (empty, or only whitespace) is not
+/// JSON; a route whose body is optional decides what an empty one means before calling
+/// this. The body must also keep to [`json_limits`](super::json_limits) (nesting, numbers).
 ///
 /// # Errors
-/// `bad_json` (not JSON), `invalid_request` (JSON of the wrong shape, or not an object).
+/// `bad_json` (not JSON, blank, too deep, a number out of range), `invalid_request` (JSON of
+/// the wrong shape, or not an object).
 pub fn parse_object<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> ApiResult<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(
+            ErrorCode::BadJson,
+            "body is not valid JSON: it is blank (empty or only whitespace); expected a JSON object",
+        ));
+    }
+    super::json_limits::check(body)?;
     let value = serde_json::from_slice(body)?;
     if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
         Ok(value)
@@ -227,6 +237,24 @@ mod tests {
         assert_eq!(refused.code(), ErrorCode::InvalidRequest);
         let bad = parse_object::<Pair>(b"{\"a\": ").unwrap_err();
         assert_eq!(bad.code(), ErrorCode::BadJson);
+    }
+
+    #[test]
+    fn blank_bodies_are_not_json() {
+        for blank in [&b""[..], b" ", b"\r\n\t "] {
+            let e = parse_object::<Pair>(blank).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::BadJson, "{blank:?}");
+            assert!(e.message().contains("blank"), "{e}");
+        }
+    }
+
+    #[test]
+    fn objects_keep_to_the_json_limits() {
+        let deep = format!("{{\"a\": {}1{}}}", "[".repeat(64), "]".repeat(64));
+        let e = parse_object::<Pair>(deep.as_bytes()).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BadJson);
+        let e = parse_object::<Pair>(b"{\"a\": 1e400}").unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BadJson);
     }
 
     fn request(content_type: Option<&str>, body: &'static [u8]) -> Request<ApiBody> {

@@ -116,6 +116,7 @@ pub async fn submit(state: Arc<AppState>, req: Request<ApiBody>) -> ApiResult {
             ),
         )
     })?;
+    super::json_limits::check(text.as_bytes())?;
     serde_json::from_str::<serde::de::IgnoredAny>(text)?;
     let submitted = state.jobs.submit(payload, key).await?;
     let job = &submitted.job;
@@ -292,7 +293,9 @@ impl<'de> Deserialize<'de> for Millis {
 /// A bad body, `wait_ms` or `lease_ms`; the store's refusal.
 pub async fn claim(state: Arc<AppState>, req: Request<ApiBody>) -> ApiResult {
     let (_, body) = read_json(req, 64 * 1024).await?;
-    let request: ClaimRequest = if body.iter().all(u8::is_ascii_whitespace) {
+    // The body is optional: none at all means no options. Whitespace is not "none": it is
+    // a body, and not JSON (`parse_object` refuses it).
+    let request: ClaimRequest = if body.is_empty() {
         ClaimRequest::default()
     } else {
         parse_object(&body)?

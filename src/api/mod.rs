@@ -11,6 +11,7 @@ pub mod guard;
 pub mod head;
 pub mod headers;
 pub mod jobs;
+pub mod json_limits;
 pub mod openapi;
 pub mod ops;
 pub mod request_id;

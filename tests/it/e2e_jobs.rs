@@ -592,3 +592,35 @@ async fn finished_jobs_are_pruned_after_their_retention_and_others_stay() {
     );
     server.shutdown().await;
 }
+
+/// The claim's body is optional: no body at all means no options, but a body of only
+/// whitespace is a body that is not JSON (schemathesis sent one space and got a job).
+#[tokio::test]
+async fn a_claim_body_is_json_or_nothing() {
+    let server = start(jobs_config()).await;
+    let addr = server.addr;
+    let id = submit(&server, json!("blank"))
+        .await
+        .get("id")
+        .cloned()
+        .unwrap();
+    let json_ct = [("content-type", "application/json")];
+    for blank in [&b" "[..], b"\r\n", b"\t "] {
+        let (status, _, body) =
+            request(addr, "POST", "/v1/jobs/claim", &json_ct, blank.to_vec()).await;
+        assert_error(
+            status,
+            &serde_json::from_slice(&body).unwrap(),
+            400,
+            "bad_json",
+        );
+    }
+    assert_eq!(job(&server, id.as_str().unwrap()).await["status"], "queued");
+    // No body, with or without a JSON content type: the defaults, and the job.
+    let (status, _, body) = request(addr, "POST", "/v1/jobs/claim", &json_ct, vec![]).await;
+    let claimed: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((status.as_u16(), &claimed["job"]["id"]), (200, &id));
+    let (status, _, body) = request(addr, "POST", "/v1/jobs/claim", &[], vec![]).await;
+    assert_eq!(status, 204, "{}", String::from_utf8_lossy(&body));
+    server.shutdown().await;
+}

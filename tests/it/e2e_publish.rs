@@ -259,3 +259,63 @@ async fn health_readiness_and_metrics() {
     );
     server.shutdown().await;
 }
+
+/// What is accepted is replayed byte for byte, so what every consumer's parser refuses is
+/// refused at the door: nesting deeper than 64 levels and numbers no 64-bit float holds
+/// (`1e400`), on publish, job submit and worker reports; what stays within the limits is
+/// readable by serde_json (128 levels at most) wrapped in the gateway's answers.
+#[tokio::test]
+async fn json_too_deep_or_out_of_range_is_refused_everywhere_it_enters() {
+    let server = start(config()).await;
+    let addr = server.addr;
+    let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+    let channel = channel("json-limits");
+    let publish = format!("/v1/channels/{channel}/events");
+    let ct = [("content-type", "application/json")];
+    let refused = [
+        format!(r#"{{"data": {}}}"#, nested(100_000)),
+        format!(r#"{{"data": {}}}"#, nested(64)),
+        r#"{"data": 1e400}"#.to_owned(),
+        r#"{"data": {"n": [-1E309]}}"#.to_owned(),
+        format!(r#"{{"data": {}}}"#, "9".repeat(400)),
+    ];
+    for body in &refused {
+        let (s, _, b) = request(addr, "POST", &publish, &ct, body.clone().into_bytes()).await;
+        let b: Value = serde_json::from_slice(&b).unwrap();
+        assert_error(s, &b, 400, "bad_json");
+        // The job payload is the whole body.
+        let (s, _, b) = request(addr, "POST", "/v1/jobs", &ct, body.clone().into_bytes()).await;
+        let b: Value = serde_json::from_slice(&b).unwrap();
+        assert_error(s, &b, 400, "bad_json");
+    }
+    let (status, history) = get_json(addr, &format!("{publish}?after=0")).await;
+    assert_eq!(status, 200);
+    assert_eq!(history["events"], json!([]), "a refused publish was kept");
+
+    // At the limit: published, and readable by serde_json in a history page (4 levels more).
+    let deepest = format!(r#"{{"data": {}}}"#, nested(63));
+    let (s, _, b) = request(addr, "POST", &publish, &ct, deepest.into_bytes()).await;
+    assert_eq!(s, 201, "{}", String::from_utf8_lossy(&b));
+    let (status, history) = get_json(addr, &format!("{publish}?after=0")).await;
+    assert_eq!(status, 200);
+    assert_eq!(history["events"].as_array().unwrap().len(), 1);
+
+    // A worker's report is checked too.
+    let (s, _, job) = post_json(addr, "/v1/jobs", &[], &json!({"q": 1})).await;
+    assert_eq!(s, 202, "{job}");
+    let (s, _, claimed) = post_json(addr, "/v1/jobs/claim", &[], &json!({"wait_ms": 5000})).await;
+    assert_eq!(s, 200, "{claimed}");
+    let lease = claimed["lease"].as_str().unwrap();
+    let id = job["id"].as_str().unwrap();
+    let body = format!(r#"{{"lease": "{lease}", "result": 1e400}}"#);
+    let (s, _, b) = request(
+        addr,
+        "POST",
+        &format!("/v1/jobs/{id}/complete"),
+        &ct,
+        body.into_bytes(),
+    )
+    .await;
+    assert_error(s, &serde_json::from_slice(&b).unwrap(), 400, "bad_json");
+    server.shutdown().await;
+}
