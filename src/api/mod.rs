@@ -10,6 +10,7 @@ pub mod error;
 pub mod guard;
 pub mod head;
 pub mod headers;
+pub mod index;
 pub mod jobs;
 pub mod json_limits;
 pub mod openapi;

@@ -25,7 +25,7 @@ use super::{
     body::{ApiBody, BodyTimeout},
     channels, cors,
     error::{ApiError, ApiResult},
-    guard, head,
+    guard, head, index,
     jobs::{self, Hold, ReportKind},
     openapi, ops, request_id,
     routes::{self, Op, Resolved},
@@ -141,6 +141,7 @@ async fn dispatch(
     let param = |i: usize| params.get(i).map_or("", String::as_str);
     let is_head = req.method() == Method::HEAD;
     Ok(match op {
+        Op::Index => index::serve(&state, req.headers()),
         Op::Healthz => ops::healthz(),
         Op::Readyz => ops::readyz(&state).await?,
         Op::Metrics => ops::metrics(&state),

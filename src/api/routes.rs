@@ -14,6 +14,8 @@ use crate::auth::Scope;
 /// What a route does; the router maps each to its handler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
+    /// `GET /`
+    Index,
     /// `GET /healthz`
     Healthz,
     /// `GET /readyz`
@@ -71,7 +73,8 @@ pub enum Op {
 /// Who may call a route when API keys are configured (open mode lets everyone).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
-    /// Anyone: probes, the API description, the browser client and the demo page.
+    /// Anyone: the index, probes, the API description, the browser client and the demo
+    /// page.
     Public,
     /// An API key with this scope (`admin` has every scope).
     Key(Scope),
@@ -108,6 +111,7 @@ const fn route(method: Method, path: &'static str, op: Op, access: Access) -> Ro
 /// Every route. Where two templates match one path, the earlier wins, so literal
 /// segments (`/v1/jobs/claim`) come before parameters (`/v1/jobs/{id}`).
 pub static ROUTES: &[Route] = &[
+    route(Method::GET, "/", Op::Index, Access::Public),
     route(Method::GET, "/healthz", Op::Healthz, Access::Public),
     route(Method::GET, "/readyz", Op::Readyz, Access::Public),
     route(

@@ -1,6 +1,7 @@
 //! The HTTP layer over a real socket: `HEAD` on every `GET` route (same status and headers,
 //! no body, at once on the consumer routes), the client's `ETag` revalidated to `304`, its
-//! gzip encoding, request ids, and `curl -sI` on every `GET` route when curl is installed.
+//! gzip encoding, request ids, `curl -sI` on every `GET` route when curl is installed, and
+//! the index at `/` (HTML for browsers, JSON for the rest).
 
 use std::{io::Read, net::SocketAddr, time::Instant};
 
@@ -261,6 +262,47 @@ async fn curl_head_works_on_every_get_route() {
             text.to_ascii_lowercase().contains("x-request-id:"),
             "{text}"
         );
+    }
+    server.shutdown().await;
+}
+
+/// `GET /` is an index, not a 404: HTML for a browser (its `Accept` ranks `text/html`
+/// first), JSON for everyone else, with links that work.
+#[tokio::test]
+async fn the_index_is_html_for_browsers_and_json_for_the_rest() {
+    let server = start(config()).await;
+    let addr = server.addr;
+    let firefox = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+    let (status, headers, body) =
+        http::request(addr, "GET", "/", &[("accept", firefox)], vec![]).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(headers["vary"], "accept");
+    let page = String::from_utf8(body.to_vec()).unwrap();
+    for link in ["/openapi.json", "/demo", "/v1/client.js"] {
+        assert!(page.contains(&format!("href=\"{link}\"")), "{link}: {page}");
+    }
+    assert!(page.contains(env!("CARGO_PKG_VERSION")), "{page}");
+    for accept in [Some("application/json"), Some("*/*"), None] {
+        let headers: Vec<_> = accept.map(|a| ("accept", a)).into_iter().collect();
+        let (status, answer_headers, body) =
+            http::request(addr, "GET", "/", &headers, vec![]).await;
+        assert_eq!(status, 200, "{accept:?}");
+        assert!(
+            answer_headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json"),
+            "{accept:?}"
+        );
+        let index: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(index["name"], "switchyard");
+        assert_eq!(index["version"], env!("CARGO_PKG_VERSION"));
+        for (name, link) in index["links"].as_object().unwrap() {
+            let link = link.as_str().unwrap();
+            let (status, ..) = http::request(addr, "GET", link, &[], vec![]).await;
+            assert_eq!(status, 200, "links.{name}: {link}");
+        }
     }
     server.shutdown().await;
 }
