@@ -40,6 +40,10 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// The body's content type is not accepted.
     UnsupportedMediaType,
+    /// The request target (path and query) is longer than the server reads.
+    UriTooLong,
+    /// The request's header fields are too many or too large in all.
+    HeadersTooLarge,
     /// Too many requests; retry after the `Retry-After` header.
     RateLimited,
     /// A dependency or resource is unavailable.
@@ -73,6 +77,8 @@ impl ErrorCode {
             Self::RequestTimeout => "request_timeout",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::UriTooLong => "uri_too_long",
+            Self::HeadersTooLarge => "headers_too_large",
             Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
             Self::ShuttingDown => "shutting_down",
@@ -99,7 +105,9 @@ impl ErrorCode {
             Self::Conflict => 409,
             Self::RequestTimeout => 408,
             Self::PayloadTooLarge => 413,
+            Self::UriTooLong => 414,
             Self::UnsupportedMediaType => 415,
+            Self::HeadersTooLarge => 431,
             Self::RateLimited => 429,
             Self::Internal => 500,
             Self::Unavailable | Self::ShuttingDown | Self::SlowConsumer => 503,

@@ -3,7 +3,8 @@
 //! [`api::app`] (built once, cloned per connection) through hyper-util's
 //! `TowerToHyperService`, with the connection's [`ConnectionHandle`] put into every request;
 //! a connection whose first request is a streaming `GET` is served without hyper
-//! ([`streaming_get`]).
+//! ([`streaming_get`]). hyper gets the socket wrapped in [`HyperIo`], which turns its own
+//! empty answers to heads it cannot parse (`400`, `414`, `431`) into the API's JSON error.
 
 mod streaming_get;
 
@@ -15,13 +16,14 @@ use std::{
 use dashmap::DashMap;
 use http::Request;
 use hyper::{body::Incoming, server::conn::http1};
-use hyper_util::{
-    rt::{TokioIo, TokioTimer},
-    service::TowerToHyperService,
-};
+use hyper_util::{rt::TokioTimer, service::TowerToHyperService};
 use std::net::{IpAddr, SocketAddr};
 use switchyard_protocol::{ErrorCode, ErrorResponse};
-use switchyard_transports::{context::ConnectionHandle, raw::RawConnection};
+use switchyard_transports::{
+    context::ConnectionHandle,
+    hyper_io::{HyperIo, ServerIo},
+    raw::RawConnection,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -341,7 +343,7 @@ async fn serve_with_hyper<S, B>(
         .header_read_timeout(Duration::from_secs(
             state.config.limits.header_read_timeout_secs,
         ))
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(ServerIo::new(HyperIo::new(stream)), service)
         .with_upgrades();
     tokio::pin!(conn);
     let grace = Duration::from_secs(state.config.consumers.send_timeout_secs);

@@ -306,3 +306,131 @@ async fn the_index_is_html_for_browsers_and_json_for_the_rest() {
     }
     server.shutdown().await;
 }
+
+/// The answers on a raw connection after writing `request`, read until the server closes:
+/// (status, head, body) each.
+async fn raw_exchange(addr: SocketAddr, request: Vec<u8>) -> Vec<(u16, String, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = stream.split();
+    let mut received = Vec::new();
+    // Written while reading: the server may answer before it has read everything.
+    let (written, _) = tokio::join!(write.write_all(&request), async {
+        within("the answer", read.read_to_end(&mut received))
+            .await
+            .unwrap()
+    });
+    written.unwrap();
+    let mut answers = Vec::new();
+    let mut rest = &received[..];
+    while !rest.is_empty() {
+        let end = rest
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no end of head: {}", String::from_utf8_lossy(rest)));
+        let head = String::from_utf8(rest[..end].to_vec()).unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(str::to_owned)
+            })
+            .map_or(0, |n| n.parse().unwrap());
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let body = rest[end + 4..end + 4 + length].to_vec();
+        rest = &rest[end + 4 + length..];
+        answers.push((status, head, body));
+    }
+    answers
+}
+
+/// Asserts a JSON error answer with `status` and `code`.
+fn assert_json_error((status, head, body): &(u16, String, Vec<u8>), want: u16, code: &str) {
+    assert_eq!(*status, want, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("\r\ncontent-type: application/json"),
+        "{head}"
+    );
+    let body: serde_json::Value = serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("{e}: {head}\n{}", String::from_utf8_lossy(body)));
+    assert_eq!(body["error"]["code"], code, "{head}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
+}
+
+/// What hyper refuses before any route sees a request (a malformed head, a request target
+/// over 65534 bytes, over 100 header fields or a head over its buffer) is answered with
+/// the API's JSON error like every other error, on a fresh connection or a reused one.
+#[tokio::test]
+async fn requests_hyper_cannot_parse_get_json_errors() {
+    let server = start(config()).await;
+    let addr = server.addr;
+    let many_headers: String = (0..101).map(|i| format!("x-h{i}: {i}\r\n")).collect();
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (
+            b"GET /healthz HTTP/1.1\r\nhost: a\r\nthis is not a header\r\n\r\n".to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            b"GET /healthz HTTP/9.9\r\n\r\n".to_vec(),
+            400,
+            "invalid_request",
+        ),
+        // A streaming path goes to hyper as soon as its head looks unusual.
+        (
+            b"GET /v1/sse?channel=a HTTP/1.1\r\nhost: a\r\nbad header\r\n\r\n".to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            format!("GET /{} HTTP/1.1\r\nhost: a\r\n\r\n", "a".repeat(70_000)).into_bytes(),
+            414,
+            "uri_too_long",
+        ),
+        (
+            format!("GET /healthz HTTP/1.1\r\nhost: a\r\n{many_headers}\r\n").into_bytes(),
+            431,
+            "headers_too_large",
+        ),
+        (
+            format!(
+                "GET /healthz HTTP/1.1\r\nhost: a\r\nx-big: {}\r\n\r\n",
+                "b".repeat(600_000)
+            )
+            .into_bytes(),
+            431,
+            "headers_too_large",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let answers = raw_exchange(addr, request).await;
+        assert_eq!(answers.len(), 1, "{status} {code}");
+        assert_json_error(&answers[0], status, code);
+        assert!(
+            answers[0]
+                .1
+                .to_ascii_lowercase()
+                .contains("\r\nconnection: close")
+        );
+    }
+    // The second request of a kept-alive connection.
+    let answers = raw_exchange(
+        addr,
+        b"GET /healthz HTTP/1.1\r\nhost: a\r\n\r\nGET /healthz HTTP/1.1\r\nhost: a\r\nbad\r\n\r\n"
+            .to_vec(),
+    )
+    .await;
+    assert_eq!(answers.len(), 2);
+    assert_eq!(answers[0].0, 200);
+    assert_json_error(&answers[1], 400, "invalid_request");
+    // The server is unharmed.
+    let (status, _, _) = http::request(addr, "GET", "/healthz", &[], vec![]).await;
+    assert_eq!(status, 200);
+    server.shutdown().await;
+}

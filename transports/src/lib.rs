@@ -13,6 +13,8 @@
 //! - [`access`]: consumer grants (which channels, until when) and the credential seam.
 //! - [`direct`], [`raw`], [`chunked`]: direct writes from the fan-out to idle connections,
 //!   and the streaming `GET`s the server serves on the raw connection.
+//! - [`hyper_io`]: the connection as hyper serves it, with hyper's own error answers made
+//!   JSON.
 #![warn(missing_docs)]
 
 pub mod access;
@@ -23,6 +25,7 @@ pub mod direct;
 pub mod fanout;
 pub mod http;
 pub mod hub;
+pub mod hyper_io;
 mod inbox;
 pub mod longpoll;
 pub mod metrics;

@@ -26,6 +26,7 @@ use crate::{
     direct::DirectIo,
     http::{Body, empty, error},
     hub::{Received, StartFrom},
+    hyper_io::ServerIo,
     metrics::Transport,
     session::Session,
 };
@@ -90,10 +91,10 @@ pub fn upgrade<B>(ctx: Arc<Context>, req: Request<B>) -> Response<Body> {
         // else (a future TLS stream) is the session's alone.
         // Each arm returns its session's future instead of awaiting it: what an arm builds
         // (the stream, the session) is then not kept beside that future for its life.
-        let session = match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+        let session = match upgraded.downcast::<ServerIo>() {
             Ok(parts) => {
                 let io = DirectIo::new(
-                    parts.io.into_inner(),
+                    parts.io.into_inner().into_inner(),
                     Transport::WebSocket,
                     Arc::clone(&ctx.metrics),
                 );
