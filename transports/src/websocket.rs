@@ -391,7 +391,10 @@ where
                         } else {
                             slow_consumer(&ctx)
                         }),
-                        r = write_events(&ctx, &mut session, &mut ws, &mut peer, first) => r,
+                        // Boxed: its state (writes that read the peer while they wait) would
+                        // otherwise make every idle connection's task ~0.75 KiB larger; one
+                        // allocation per batch of queued events.
+                        r = Box::pin(write_events(&ctx, &mut session, &mut ws, &mut peer, first)) => r,
                     };
                     if let Err(end) = written {
                         break end;
