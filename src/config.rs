@@ -370,7 +370,7 @@ pub struct JobsConfig {
     pub max_lease_ms: u64,
     /// Payload bytes received at once across submits.
     pub max_inflight_bytes: usize,
-    /// Of those, the most one API key (or, for keyless callers, one client address) may hold.
+    /// Of those, the most one API key may hold (open mode has no share).
     pub max_inflight_bytes_per_client: usize,
     /// Seconds a finished job is kept.
     pub retention_secs: u64,

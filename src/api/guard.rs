@@ -67,13 +67,11 @@ pub fn rate_limit(
 }
 
 /// Whom the caller's job bodies count against (`jobs.max_inflight_bytes_per_client`): its
-/// API key, or its address when it has none; in open mode nobody has a share (every caller
-/// is local and trusted alike).
-pub fn sender(state: &AppState, ip: Option<IpAddr>, caller: &Caller<'_>) -> Sender {
-    match (caller, ip) {
-        (Caller::Key(key, _), _) => Sender::Key(key.index),
-        (Caller::Anonymous, Some(ip)) if !state.auth.is_open() => Sender::Address(limit_key(ip)),
-        (Caller::Anonymous, _) => Sender::Unshared,
+/// API key. Without one it may only submit in open mode, where nobody has a share.
+pub fn sender(caller: &Caller<'_>) -> Sender {
+    match caller {
+        Caller::Key(key, _) => Sender::Key(key.index),
+        Caller::Anonymous => Sender::Unshared,
     }
 }
 

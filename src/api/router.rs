@@ -93,7 +93,7 @@ async fn checked(state: Arc<AppState>, req: Request<ApiBody>) -> ApiResult {
         .map(|h| state.proxies.client_ip(h.peer.ip(), &parts.headers));
     let caller = guard::identify(&state, &parts);
     guard::rate_limit(&state, ip, &caller)?;
-    parts.extensions.insert(guard::sender(&state, ip, &caller));
+    parts.extensions.insert(guard::sender(&caller));
     if let Some(ip) = ip {
         parts.extensions.insert(ClientAddr(limit_key(ip)));
     }

@@ -4,13 +4,12 @@
 //!
 //! Reserving a body's announced size before reading it let 26 clients that announced
 //! 10 MiB and sent one byte hold the whole bound, and every other submit waited for them.
-//! Reserved as it arrives, a stalled body holds only what it sent; a client (an API key, or
-//! a client address for keyless callers) that sends many large bodies at once is refused
-//! past its share instead of filling the bound for everyone.
+//! Reserved as it arrives, a stalled body holds only what it sent; an API key that sends many
+//! large bodies at once is refused past its share instead of filling the bound for everyone
+//! (submits need a key with `jobs`, or open mode, where every caller is this machine's).
 
 use std::{
     collections::HashMap,
-    net::IpAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -22,9 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub enum Sender {
     /// A configured API key, by its index.
     Key(usize),
-    /// A keyless caller, by its address (as per-address limits count it).
-    Address(IpAddr),
-    /// Not counted against a share: open mode's local callers, and in-process tests.
+    /// Not counted against a share: open mode's callers, and in-process tests.
     Unshared,
 }
 
@@ -33,9 +30,9 @@ pub enum Sender {
 pub enum NoRoom {
     /// The sender's bodies in flight already hold its share, in bytes.
     #[error(
-        "job bodies being received from this {0} already hold {1} bytes (jobs.max_inflight_bytes_per_client); retry once they are in"
+        "job bodies being received with this API key already hold {0} bytes (jobs.max_inflight_bytes_per_client); retry once they are in"
     )]
-    Share(&'static str, usize),
+    Share(usize),
     /// The server-wide bound stayed full for this long.
     #[error(
         "the gateway is receiving as many job bytes as it may hold (jobs.max_inflight_bytes); retry shortly"
@@ -113,7 +110,7 @@ impl Reservation {
             return Ok(());
         }
         let inflight = Arc::clone(&self.inflight);
-        if let Some(whom) = self.whom() {
+        if self.is_shared() {
             let mut held = inflight.held();
             let mine = held.entry(self.sender).or_default();
             if *mine + n > inflight.share {
@@ -121,7 +118,7 @@ impl Reservation {
                 if *mine == 0 {
                     held.remove(&self.sender);
                 }
-                return Err(NoRoom::Share(whom, share));
+                return Err(NoRoom::Share(share));
             }
             *mine += n;
         }
@@ -146,17 +143,13 @@ impl Reservation {
         }
     }
 
-    fn whom(&self) -> Option<&'static str> {
-        match self.sender {
-            Sender::Key(_) => Some("API key"),
-            Sender::Address(_) => Some("client address"),
-            Sender::Unshared => None,
-        }
+    fn is_shared(&self) -> bool {
+        self.sender != Sender::Unshared
     }
 
     fn release_share(&mut self, n: usize) {
         self.bytes -= n;
-        if self.whom().is_none() {
+        if !self.is_shared() {
             return;
         }
         let mut held = self.inflight.held();
@@ -203,7 +196,7 @@ mod tests {
         let mut second = inflight.reservation(key);
         assert_eq!(
             second.grow(11).await,
-            Err(NoRoom::Share("API key", 40)),
+            Err(NoRoom::Share(40)),
             "30 + 11 > 40"
         );
         second.grow(10).await.unwrap();
@@ -222,7 +215,7 @@ mod tests {
         let inflight = Inflight::new(100, 100, WAIT);
         let mut all = inflight.reservation(Sender::Unshared);
         all.grow(100).await.unwrap();
-        let mut waiting = inflight.reservation(Sender::Address([10, 0, 0, 1].into()));
+        let mut waiting = inflight.reservation(Sender::Key(7));
         let started = tokio::time::Instant::now();
         assert_eq!(waiting.grow(10).await, Err(NoRoom::Full(WAIT)));
         assert_eq!(started.elapsed(), WAIT);
