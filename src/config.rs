@@ -2,6 +2,9 @@
 //! variables, then command-line flags; validated once, then turned into plain structs.
 
 mod errors;
+mod namespaces;
+
+pub use namespaces::{ChannelsConfig, NamespaceConfig};
 
 use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
@@ -89,6 +92,11 @@ pub struct Config {
     pub demo: DemoConfig,
     /// The Redis engine's timeouts and leases (unused by the embedded engine).
     pub redis: RedisConfig,
+    /// The rules of channels no namespace matches.
+    pub channels: ChannelsConfig,
+    /// Channel families with their own rules, first match wins.
+    #[serde(default)]
+    pub namespaces: Vec<NamespaceConfig>,
 }
 
 /// How log lines on stderr are written (`log_format`).
@@ -585,6 +593,7 @@ impl Config {
             Ok(())
         }
         self.check_engine()?;
+        self.namespaces()?;
         range("redis.op_timeout_ms", self.redis.op_timeout_ms, 10, 60_000)?;
         range(
             "redis.delivery_lease_secs",
@@ -827,6 +836,14 @@ impl Config {
             bail!("`websocket.idle_timeout_secs` must exceed `websocket.ping_interval_secs`");
         }
         Ok(())
+    }
+
+    /// The channel namespaces, checked.
+    ///
+    /// # Errors
+    /// A bad namespace (see `config/namespaces.rs`).
+    pub fn namespaces(&self) -> anyhow::Result<switchyard_transports::namespaces::Namespaces> {
+        namespaces::build(&self.channels, &self.namespaces, &self.history)
     }
 
     /// The transports' view of the configuration.

@@ -110,6 +110,9 @@ pub async fn build(config: Arc<Config>) -> anyhow::Result<Gateway> {
             config.limits.max_subscriptions_per_ip,
             config.limits.max_subscriptions_per_user,
         ),
+        namespaces: Arc::new(config.namespaces()?),
+        presence: None,
+        publisher: None,
     });
     let state = Arc::new(AppState {
         engine,

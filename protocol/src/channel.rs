@@ -136,6 +136,58 @@ impl ChannelPattern {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether some channel matches both this pattern and `other`.
+    pub fn overlaps(&self, other: &Self) -> bool {
+        let (a, b): (Vec<&str>, Vec<&str>) =
+            (self.0.split('/').collect(), other.0.split('/').collect());
+        let tail = |segs: &[&str]| segs.last() == Some(&"**");
+        let (a_fixed, b_fixed) = (
+            if tail(&a) { &a[..a.len() - 1] } else { &a[..] },
+            if tail(&b) { &b[..b.len() - 1] } else { &b[..] },
+        );
+        let common = a_fixed.len().min(b_fixed.len());
+        let segments_agree = a_fixed[..common]
+            .iter()
+            .zip(&b_fixed[..common])
+            .all(|(x, y)| *x == "*" || *y == "*" || x == y);
+        if !segments_agree {
+            return false;
+        }
+        // Past the common prefix, the shorter side must absorb the longer one's rest
+        // (a `**` takes one or more segments).
+        match (tail(&a), tail(&b)) {
+            (false, false) => a_fixed.len() == b_fixed.len(),
+            (true, false) => b_fixed.len() > a_fixed.len(),
+            (false, true) => a_fixed.len() > b_fixed.len(),
+            (true, true) => true,
+        }
+    }
+
+    /// Whether every channel `other` matches, this pattern matches too.
+    pub fn covers(&self, other: &Self) -> bool {
+        let (a, b): (Vec<&str>, Vec<&str>) =
+            (self.0.split('/').collect(), other.0.split('/').collect());
+        let a_tail = a.last() == Some(&"**");
+        let b_tail = b.last() == Some(&"**");
+        let a_fixed = if a_tail { &a[..a.len() - 1] } else { &a[..] };
+        let b_fixed = if b_tail { &b[..b.len() - 1] } else { &b[..] };
+        let prefix_covers = |n: usize| {
+            a_fixed[..n]
+                .iter()
+                .zip(&b_fixed[..n])
+                .all(|(x, y)| *x == "*" || x == y)
+        };
+        match (a_tail, b_tail) {
+            (false, false) => a_fixed.len() == b_fixed.len() && prefix_covers(a_fixed.len()),
+            // `a/**` covers `a/b` and `a/*/**`; not `a` itself.
+            (true, _) => {
+                b_fixed.len() > a_fixed.len() && prefix_covers(a_fixed.len())
+                    || (b_tail && b_fixed.len() == a_fixed.len() && prefix_covers(a_fixed.len()))
+            }
+            (false, true) => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -169,5 +221,23 @@ mod tests {
         assert!(!p.matches("a/b/d"));
         assert!(ChannelPattern::new("a/**/c").is_err());
         assert!(ChannelPattern::new("a*").is_err());
+    }
+
+    #[test]
+    fn patterns_know_when_they_overlap_or_cover_each_other() {
+        let p = |s: &str| ChannelPattern::new(s).unwrap();
+        assert!(p("chat/*").overlaps(&p("chat/lobby")));
+        assert!(p("chat/**").overlaps(&p("*/x/y")));
+        assert!(!p("chat/*").overlaps(&p("chat/a/b")));
+        assert!(!p("chat/*").overlaps(&p("news/*")));
+        assert!(!p("chat/**").overlaps(&p("chat")));
+        assert!(p("a/*/c").overlaps(&p("a/b/*")));
+        assert!(p("chat/*").covers(&p("chat/lobby")));
+        assert!(p("chat/**").covers(&p("chat/*/x")));
+        assert!(p("chat/**").covers(&p("chat/*/**")));
+        assert!(p("**").covers(&p("anything/**")));
+        assert!(!p("chat/lobby").covers(&p("chat/*")));
+        assert!(!p("a/*/c").covers(&p("a/b/*")));
+        assert!(!p("chat/*").covers(&p("chat/**")));
     }
 }

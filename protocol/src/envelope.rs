@@ -63,6 +63,28 @@ pub fn encode(
     out
 }
 
+/// The JSON envelope of a transient event (presence joins and leaves): no offset, cursor
+/// or id, since it is not part of the channel's history and no cursor resumes from it.
+pub fn encode_transient(channel: &str, event_type: &str, time: &str, data: &RawValue) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Transient<'a> {
+        channel: &'a str,
+        #[serde(rename = "type")]
+        event_type: &'a str,
+        time: &'a str,
+        data: &'a RawValue,
+    }
+    let env = Transient {
+        channel,
+        event_type,
+        time,
+        data,
+    };
+    let mut out = Vec::with_capacity(64 + channel.len() + data.get().len());
+    serde_json::to_writer(&mut out, &env).expect("envelope serialization is infallible");
+    out
+}
+
 /// Event types are free-form but must be safe on every wire (an SSE `event:` line).
 pub const MAX_EVENT_TYPE_LEN: usize = 100;
 

@@ -27,6 +27,8 @@ use switchyard_transports::params::ParamError;
 pub const MAX_TOKEN_LEN: usize = 8192;
 /// Most channel patterns one token may carry.
 const MAX_PATTERNS: usize = 256;
+/// Largest `info` claim, in bytes of JSON (each namespace may allow less in presence).
+const MAX_INFO_BYTES: usize = 8192;
 
 /// The configured signing algorithm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -257,7 +259,32 @@ impl JwtVerifier {
             Some(sub) => format!("sub:{sub}"),
             None => format!("token:{}", token.rsplit('.').next().unwrap_or(token)),
         };
-        Ok(Grant::channels(patterns, Some(expires_at)).with_subject(&subject))
+        let publish = claims
+            .publish
+            .unwrap_or_default()
+            .iter()
+            .take(MAX_PATTERNS + 1)
+            .map(|p| ChannelPattern::new(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| refuse(&format!("token `publish`: {e}")))?;
+        if publish.len() > MAX_PATTERNS {
+            return Err(refuse(&format!(
+                "token names more than {MAX_PATTERNS} publish patterns"
+            )));
+        }
+        if claims
+            .info
+            .as_ref()
+            .is_some_and(|i| i.get().len() > MAX_INFO_BYTES)
+        {
+            return Err(refuse(&format!(
+                "token `info` is larger than {MAX_INFO_BYTES} bytes"
+            )));
+        }
+        Ok(Grant::channels(patterns, Some(expires_at))
+            .with_subject(&subject)
+            .with_user(claims.sub.as_deref(), claims.info)
+            .with_publish(publish))
     }
 }
 
@@ -275,6 +302,12 @@ struct Claims {
     aud: Option<Audience>,
     channels: Option<Vec<String>>,
     sub: Option<String>,
+    /// What presence shows of the holder (any JSON; bounded by each namespace's
+    /// `max_info_bytes` when it joins).
+    info: Option<Box<serde_json::value::RawValue>>,
+    /// Channel patterns the holder may publish to over its WebSocket, where the
+    /// namespace allows client publishes.
+    publish: Option<Vec<String>>,
 }
 
 /// `aud`: one string or a list of them (RFC 7519 §4.1.3).

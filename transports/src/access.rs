@@ -22,6 +22,16 @@ pub struct Grant {
     expires_at: Option<SystemTime>,
     /// Whom the holder's subscriptions are counted against (see [`crate::allowance`]).
     subject: Option<Arc<str>>,
+    /// The user presence shows (a JWT's `sub`).
+    user: Option<Arc<str>>,
+    /// What presence shows of the holder (a JWT's `info` claim).
+    info: Option<Arc<serde_json::value::RawValue>>,
+    /// The channels the holder may publish to over its WebSocket, where the channel's
+    /// namespace allows client publishes (`None`: every channel, for a trusted holder; a
+    /// JWT's `publish` claim otherwise).
+    publish: Option<Arc<[ChannelPattern]>>,
+    /// No credential at all: only public channels (`anonymous_subscribe`).
+    anonymous: bool,
 }
 
 impl Grant {
@@ -31,6 +41,10 @@ impl Grant {
             channels: None,
             expires_at: None,
             subject: None,
+            user: None,
+            info: None,
+            publish: None,
+            anonymous: false,
         }
     }
 
@@ -40,7 +54,62 @@ impl Grant {
             channels: Some(patterns.into()),
             expires_at,
             subject: None,
+            user: None,
+            info: None,
+            publish: Some(Arc::new([])),
+            anonymous: false,
         }
+    }
+
+    /// No credential: no channel of its own, only those whose namespace has
+    /// `anonymous_subscribe`, and no publishing.
+    pub fn anonymous() -> Self {
+        Self {
+            anonymous: true,
+            ..Self::channels(Vec::new(), None)
+        }
+    }
+
+    /// Whether the holder presented no credential.
+    pub fn is_anonymous(&self) -> bool {
+        self.anonymous
+    }
+
+    /// The same grant, showing `user` (and `info`, if any) in presence.
+    #[must_use]
+    pub fn with_user(
+        mut self,
+        user: Option<&str>,
+        info: Option<Box<serde_json::value::RawValue>>,
+    ) -> Self {
+        self.user = user.map(Arc::from);
+        self.info = info.map(Arc::from);
+        self
+    }
+
+    /// The same grant, allowed to publish to channels matching `patterns`.
+    #[must_use]
+    pub fn with_publish(mut self, patterns: Vec<ChannelPattern>) -> Self {
+        self.publish = Some(patterns.into());
+        self
+    }
+
+    /// The user presence shows.
+    pub fn user(&self) -> Option<&Arc<str>> {
+        self.user.as_ref()
+    }
+
+    /// What presence shows of the holder.
+    pub fn info(&self) -> Option<&Arc<serde_json::value::RawValue>> {
+        self.info.as_ref()
+    }
+
+    /// Whether the holder may publish to `channel` (its namespace must allow client
+    /// publishes too).
+    pub fn may_publish(&self, channel: &str) -> bool {
+        self.publish
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|p| p.matches(channel)))
     }
 
     /// The same grant, its subscriptions counted against `subject` (a JWT's `sub`, a job

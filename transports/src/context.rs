@@ -5,7 +5,8 @@ use std::{sync::Arc, time::Duration};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    access::Verifier, allowance::SubscriptionBudgets, hub::Hub, metrics::TransportMetrics,
+    access::Verifier, allowance::SubscriptionBudgets, client_publish::ClientPublisher, hub::Hub,
+    metrics::TransportMetrics, namespaces::Namespaces, presence::Presence,
 };
 
 /// Limits and timings of the consumer transports (built from the server's config).
@@ -83,6 +84,12 @@ pub struct Context {
     pub verifier: Option<Arc<dyn Verifier>>,
     /// Subscriptions per client address and per token subject.
     pub subscriptions: Arc<SubscriptionBudgets>,
+    /// Each channel family's rules.
+    pub namespaces: Arc<Namespaces>,
+    /// Who is subscribed, for namespaces that track presence.
+    pub presence: Option<Arc<dyn Presence>>,
+    /// Publishes for consumers, on namespaces that allow it (`None`: nowhere).
+    pub publisher: Option<Arc<dyn ClientPublisher>>,
 }
 
 /// The client's address as per-address limits count it (behind a trusted proxy, the

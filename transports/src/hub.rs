@@ -23,6 +23,9 @@ pub struct Event {
     cursor: String,
     event_type: String,
     published_at: Instant,
+    /// Not part of the channel's history (a presence join or leave): no offset, no cursor,
+    /// and delivering it moves no consumer's position.
+    transient: bool,
     envelope: Bytes,
     ws_text: OnceLock<Utf8Bytes>,
     ws_frame: OnceLock<Bytes>,
@@ -54,12 +57,46 @@ impl Event {
             cursor,
             event_type: event_type.to_owned(),
             published_at: Instant::now(),
+            transient: false,
             envelope: Bytes::from(envelope),
             ws_text: OnceLock::new(),
             ws_frame: OnceLock::new(),
             sse_chunk: OnceLock::new(),
             ndjson_chunk: OnceLock::new(),
         }
+    }
+
+    /// A transient event of `channel` (see [`Event::is_transient`]): pushed to the
+    /// channel's live subscribers, never kept in history.
+    pub fn transient(
+        channel: ChannelName,
+        event_type: &str,
+        time_rfc3339: &str,
+        data: &RawValue,
+    ) -> Self {
+        let envelope = envelope::encode_transient(channel.as_str(), event_type, time_rfc3339, data);
+        Self {
+            channel,
+            position: Position {
+                epoch: 0,
+                offset: 0,
+            },
+            cursor: String::new(),
+            event_type: event_type.to_owned(),
+            published_at: Instant::now(),
+            transient: true,
+            envelope: Bytes::from(envelope),
+            ws_text: OnceLock::new(),
+            ws_frame: OnceLock::new(),
+            sse_chunk: OnceLock::new(),
+            ndjson_chunk: OnceLock::new(),
+        }
+    }
+
+    /// Whether it is outside the channel's history (presence joins and leaves): it has no
+    /// offset or cursor, and delivering it moves no consumer's position.
+    pub fn is_transient(&self) -> bool {
+        self.transient
     }
 
     /// The channel it was published on.
@@ -148,12 +185,17 @@ impl Event {
         // both ways a stream is written.
         self.sse_chunk
             .get_or_init(|| {
-                let len =
-                    4 + self.cursor.len() + 8 + self.event_type.len() + 7 + self.envelope.len() + 2;
+                // A transient event has no `id:` line: the client's Last-Event-ID stays
+                // the last event of the history it has.
+                let id_len = self.id_line_len();
+                let len = id_len + 7 + self.event_type.len() + 7 + self.envelope.len() + 2;
                 chunked::encode_with(len, |b| {
-                    b.put_slice(b"id: ");
-                    b.put_slice(self.cursor.as_bytes());
-                    b.put_slice(b"\nevent: ");
+                    if id_len > 0 {
+                        b.put_slice(b"id: ");
+                        b.put_slice(self.cursor.as_bytes());
+                        b.put_u8(b'\n');
+                    }
+                    b.put_slice(b"event: ");
                     b.put_slice(self.event_type.as_bytes());
                     b.put_slice(b"\ndata: ");
                     b.put_slice(&self.envelope);
@@ -165,8 +207,16 @@ impl Event {
 
     /// The SSE frame without its `id:` line, for streams whose id is a combined cursor.
     pub fn sse_frame_without_id(&self) -> Bytes {
-        let id_line = 4 + self.cursor.len() + 1;
-        self.sse_frame().slice(id_line..)
+        self.sse_frame().slice(self.id_line_len()..)
+    }
+
+    /// The length of the SSE `id:` line (none for a transient event).
+    fn id_line_len(&self) -> usize {
+        if self.transient {
+            0
+        } else {
+            4 + self.cursor.len() + 1
+        }
     }
 
     /// The NDJSON line: the envelope and `\n`.

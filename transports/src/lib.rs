@@ -11,6 +11,8 @@
 //! - [`http`]: response helpers and the JSON error shape.
 //! - [`params`]: channels and cursors from a consumer request.
 //! - [`access`]: consumer grants (which channels, until when) and the credential seam.
+//! - [`namespaces`]: per-family channel rules; [`presence`] and [`client_publish`]: the
+//!   seams through which the engine tracks members and the server publishes for clients.
 //! - [`direct`], [`raw`], [`chunked`]: direct writes from the fan-out to idle connections,
 //!   and the streaming `GET`s the server serves on the raw connection.
 //! - [`hyper_io`]: the connection as hyper serves it, with hyper's own error answers made
@@ -20,6 +22,7 @@
 pub mod access;
 pub mod allowance;
 pub mod chunked;
+pub mod client_publish;
 pub mod context;
 pub mod direct;
 pub mod fanout;
@@ -29,7 +32,9 @@ pub mod hyper_io;
 mod inbox;
 pub mod longpoll;
 pub mod metrics;
+pub mod namespaces;
 pub mod params;
+pub mod presence;
 mod push;
 pub mod raw;
 pub mod sse;

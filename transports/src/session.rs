@@ -103,6 +103,9 @@ impl Session {
     /// Whether `event` is the next one to deliver (it advances the position) or a stale
     /// copy, e.g. one queued before an unsubscribe and re-subscribe.
     pub(crate) fn accept(&mut self, event: &Event) -> bool {
+        if event.is_transient() {
+            return self.is_subscribed(event.channel().as_str());
+        }
         match self.positions.get(event.channel().as_str()) {
             Some(p) if event.offset() > p.offset || event.position().epoch != p.epoch => {
                 self.positions

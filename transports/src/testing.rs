@@ -333,6 +333,9 @@ fn build_context(
         tracker: TaskTracker::new(),
         verifier,
         subscriptions: crate::allowance::SubscriptionBudgets::new(0, 0),
+        namespaces: Default::default(),
+        presence: None,
+        publisher: None,
     })
 }
 
