@@ -30,6 +30,8 @@ mod e2e_event_path;
 mod e2e_jobs;
 #[path = "../it/e2e_longpoll.rs"]
 mod e2e_longpoll;
+#[path = "../it/e2e_namespaces.rs"]
+mod e2e_namespaces;
 #[path = "../it/e2e_publish.rs"]
 mod e2e_publish;
 #[path = "../it/e2e_shutdown.rs"]

@@ -33,6 +33,7 @@ mod inbox;
 pub mod longpoll;
 pub mod metrics;
 pub mod namespaces;
+pub mod occupancy;
 pub mod params;
 pub mod presence;
 mod push;

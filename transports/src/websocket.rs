@@ -32,6 +32,7 @@ use crate::{
 };
 
 mod peer;
+mod publish;
 
 use peer::Peer;
 
@@ -147,6 +148,9 @@ fn admit_upgrade(
     // A bad credential is refused before the upgrade; a missing one may still come in
     // the first frame (browsers cannot set headers on a WebSocket).
     let grant = access::admit(ctx, headers, query).map_err(|e| error(e.code, e.message))?;
+    // Without a credential, a server with public channels lets the connection use them at
+    // once (and send `auth` later for more); otherwise the `auth` frame must come in time.
+    let grant = grant.or_else(|| ctx.namespaces.any_anonymous().then(Grant::anonymous));
     if ctx.shutdown.is_cancelled() {
         return Err(error(
             ErrorCode::ShuttingDown,
@@ -567,7 +571,7 @@ where
             let dropped: Vec<ChannelName> = session
                 .channels()
                 .into_iter()
-                .filter(|c| !grant.allows(c.as_str()))
+                .filter(|c| !access::may_subscribe(ctx, &grant, c.as_str()))
                 .collect();
             auth.set(grant);
             let sent = async {
@@ -586,6 +590,28 @@ where
             };
             bounded(ctx, send_timeout, sent).await.map_err(Reply::End)
         }
+        ClientFrame::Publish {
+            id,
+            channel,
+            event_type,
+            data,
+        } => Err(Reply::Frame(
+            Box::pin(publish::client_publish(
+                ctx,
+                session,
+                auth.grant.as_ref(),
+                id,
+                channel,
+                event_type,
+                data,
+            ))
+            .await
+            .unwrap_or_else(|e| ServerFrame::Error {
+                channel: None,
+                id,
+                error: ErrorBody::new(e.code, e.message),
+            }),
+        )),
         ClientFrame::Unsubscribe { id, channel } => {
             if !session.is_subscribed(&channel) {
                 return Err(frame_error(
@@ -613,10 +639,8 @@ where
             };
             let name = ChannelName::new(&channel)
                 .map_err(|e| frame_error(id, ErrorCode::InvalidChannel, e.to_string()))?;
-            if !grant.allows(&channel) {
-                let e = access::forbidden(&channel);
-                return Err(frame_error(id, e.code, e.message));
-            }
+            access::check_subscribe(ctx, grant, [&name])
+                .map_err(|e| frame_error(id, e.code, e.message))?;
             if session.is_subscribed(&channel) {
                 return Err(frame_error(
                     id,
