@@ -95,6 +95,7 @@ pub async fn build(config: Arc<Config>) -> anyhow::Result<Gateway> {
         engine.claimable(),
     ));
     let token = CancellationToken::new();
+    let namespaces = Arc::new(config.namespaces()?);
     let consumers = Arc::new(Context {
         hub: Arc::clone(&engine) as _,
         config: config.transport_config(),
@@ -110,8 +111,11 @@ pub async fn build(config: Arc<Config>) -> anyhow::Result<Gateway> {
             config.limits.max_subscriptions_per_ip,
             config.limits.max_subscriptions_per_user,
         ),
-        namespaces: Arc::new(config.namespaces()?),
-        presence: None,
+        namespaces: Arc::clone(&namespaces),
+        // Only where a namespace tracks presence: elsewhere no session ever asks.
+        presence: namespaces
+            .any_presence()
+            .then(|| Arc::clone(&engine) as Arc<dyn switchyard_transports::presence::Presence>),
         publisher: None,
     });
     let state = Arc::new(AppState {

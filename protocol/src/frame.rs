@@ -40,6 +40,14 @@ pub enum ClientFrame {
         /// The token: a JWT, a job token, or an API key with the `subscribe` scope.
         token: String,
     },
+    /// Asks who is present on a channel the caller may read; answered with `presence`.
+    Presence {
+        /// Request id, echoed in the reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// Channel name.
+        channel: String,
+    },
     /// Application-level ping; answered with `pong`.
     Ping {
         /// Request id, echoed in the reply.
@@ -80,11 +88,13 @@ impl ClientFrame {
             ));
         };
         match obj.get("op").and_then(Value::as_str) {
-            Some("subscribe" | "unsubscribe" | "ping" | "auth") => {}
+            Some("subscribe" | "unsubscribe" | "ping" | "auth" | "presence") => {}
             Some(other) => {
                 return Err(fail(
                     ErrorCode::UnknownOp,
-                    format!("unknown op {other:?}; expected subscribe, unsubscribe, ping or auth"),
+                    format!(
+                        "unknown op {other:?}; expected subscribe, unsubscribe, ping, auth or presence"
+                    ),
                 ));
             }
             None => {
@@ -144,6 +154,17 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires_at: Option<String>,
     },
+    /// Reply to `presence`: the channel's members (`client_id`, and `user` and `info` when
+    /// the member's token had them).
+    Presence {
+        /// The request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// Channel name.
+        channel: String,
+        /// The members present.
+        members: Vec<Value>,
+    },
     /// Reply to `ping`.
     Pong {
         /// The request id.
@@ -196,6 +217,13 @@ mod tests {
         assert_eq!(
             ClientFrame::parse(r#"{"op":"ping"}"#).unwrap(),
             ClientFrame::Ping { id: None }
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"op":"presence","id":2,"channel":"c"}"#).unwrap(),
+            ClientFrame::Presence {
+                id: Some(2),
+                channel: "c".into()
+            }
         );
     }
 }

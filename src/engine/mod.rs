@@ -42,6 +42,8 @@ use crate::{
 use switchyard_transports::{
     hub::{Opened, Sink, StartFrom},
     metrics::write_family,
+    namespaces::ChannelRules,
+    presence::{Member, Presence, PresenceError, PresenceStats},
 };
 
 /// The engine `engine` names in the configuration.
@@ -168,6 +170,54 @@ impl Hub for Engine {
     fn unsubscribe(&self, channel: &ChannelName, sink_id: u64) {
         on_engine!(self, e => e.hub().unsubscribe(channel, sink_id))
     }
+}
+
+/// Presence on the embedded engine; on Redis, refused until it has its own (see `redis`).
+impl Presence for Engine {
+    fn join<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        rules: &'a ChannelRules,
+        member: Member,
+    ) -> BoxFuture<'a, Result<(), PresenceError>> {
+        match self {
+            Self::Embedded(e) => e.presence().join(channel, rules, member),
+            Self::Redis(_) => async { Err(redis_presence_pending().into()) }.boxed(),
+        }
+    }
+
+    fn leave(&self, channel: &ChannelName, rules: &ChannelRules, client_id: &str) {
+        match self {
+            Self::Embedded(e) => e.presence().leave(channel, rules, client_id),
+            Self::Redis(_) => {}
+        }
+    }
+
+    fn members<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+    ) -> BoxFuture<'a, Result<Vec<Member>, HubError>> {
+        match self {
+            Self::Embedded(e) => e.presence().members(channel),
+            Self::Redis(_) => async { Err(redis_presence_pending()) }.boxed(),
+        }
+    }
+
+    fn stats<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+    ) -> BoxFuture<'a, Result<PresenceStats, HubError>> {
+        match self {
+            Self::Embedded(e) => e.presence().stats(channel),
+            Self::Redis(_) => async { Err(redis_presence_pending()) }.boxed(),
+        }
+    }
+}
+
+/// TEMPORARY placeholder until the Redis engine implements presence: every join is refused
+/// (`unavailable`), so a presence namespace on Redis refuses subscriptions clearly.
+fn redis_presence_pending() -> HubError {
+    HubError::Unavailable("presence on Redis: not yet".into())
 }
 
 impl Bus for Engine {

@@ -12,6 +12,7 @@ use crate::{
     allowance::Allowance,
     context::ClientAddr,
     hub::{Event, HubError, Inbox, Opened, StartFrom, SubscriptionGuard},
+    membership::Memberships,
     params::ParamError,
 };
 
@@ -24,6 +25,12 @@ pub(crate) struct Session {
     /// The subscriptions counted against the client's address and token (unlimited until
     /// [`Session::count_against`]).
     allowance: Allowance,
+    /// Presence memberships; after `guard` so that a connection that ends is unsubscribed
+    /// before it leaves (its own `presence.leave` is not offered to it).
+    memberships: Memberships,
+    /// Whether subscriptions join presence: a transport that holds a connection does;
+    /// a long-poll, which comes and goes, does not.
+    joins: bool,
 }
 
 impl Session {
@@ -46,7 +53,15 @@ impl Session {
             guard,
             positions: Cursor::new(),
             allowance: Allowance::default(),
+            memberships: Memberships::default(),
+            joins: true,
         }
+    }
+
+    /// A session whose subscriptions do not join presence (a long-poll request).
+    pub(crate) fn without_presence(mut self) -> Self {
+        self.joins = false;
+        self
     }
 
     /// Counts this session's subscriptions against `client` (from the request's
@@ -57,7 +72,8 @@ impl Session {
     }
 
     /// Subscribes `channel`; the replay is returned for the caller to deliver through
-    /// [`Session::accept`].
+    /// [`Session::accept`]. Where the channel's namespace tracks presence, the connection
+    /// then joins it as the member `grant` describes.
     pub(crate) async fn open(
         &mut self,
         ctx: &Context,
@@ -65,6 +81,14 @@ impl Session {
         from: StartFrom,
         grant: &Grant,
     ) -> Result<Opened, ParamError> {
+        let rules = ctx.namespaces.rules(channel.as_str());
+        let presence = ctx
+            .presence
+            .as_ref()
+            .filter(|_| self.joins && rules.presence);
+        if presence.is_some() {
+            Memberships::check(rules, channel, grant)?;
+        }
         self.allowance.take(grant)?;
         let opened = match ctx.hub.subscribe(channel, from, &self.sink).await {
             Ok(opened) => opened,
@@ -75,6 +99,17 @@ impl Session {
         };
         self.guard.add(channel.clone());
         self.positions.set(channel.clone(), opened.start);
+        // Joined once subscribed, so that the member's own join is the first thing it
+        // sees of the channel's presence.
+        if let Some(presence) = presence
+            && let Err(e) = self
+                .memberships
+                .join(ctx, presence, channel, rules, grant)
+                .await
+        {
+            self.close(channel);
+            return Err(e);
+        }
         Ok(opened)
     }
 
@@ -85,6 +120,7 @@ impl Session {
         }
         self.guard.remove(channel);
         self.positions.remove(channel.as_str());
+        self.memberships.leave(channel);
     }
 
     pub(crate) fn is_subscribed(&self, channel: &str) -> bool {
