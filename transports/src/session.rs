@@ -355,4 +355,161 @@ mod tests {
         gone.sort();
         assert_eq!(gone, ["a", "b"]);
     }
+
+    /// Presence that logs what sessions do, and holds at most one member per channel.
+    #[derive(Default)]
+    struct LoggedPresence(std::sync::Mutex<Vec<String>>);
+
+    impl crate::presence::Presence for LoggedPresence {
+        fn join<'a>(
+            &'a self,
+            channel: &'a ChannelName,
+            _: &'a crate::namespaces::ChannelRules,
+            member: crate::presence::Member,
+        ) -> futures_util::future::BoxFuture<'a, Result<(), crate::presence::PresenceError>>
+        {
+            let mut log = self.0.lock().unwrap();
+            let taken = log
+                .iter()
+                .filter(|l| l.starts_with(&format!("join {channel} ")))
+                .count()
+                > log
+                    .iter()
+                    .filter(|l| l.starts_with(&format!("leave {channel} ")))
+                    .count();
+            let result = if taken {
+                Err(crate::presence::PresenceError::Full {
+                    channel: channel.to_string(),
+                    max: 1,
+                })
+            } else {
+                log.push(format!(
+                    "join {channel} {}",
+                    member.user.unwrap_or_default()
+                ));
+                Ok(())
+            };
+            Box::pin(async move { result })
+        }
+
+        fn leave(&self, channel: &ChannelName, _: &crate::namespaces::ChannelRules, _: &str) {
+            self.0.lock().unwrap().push(format!("leave {channel} "));
+        }
+
+        fn members<'a>(
+            &'a self,
+            _: &'a ChannelName,
+        ) -> futures_util::future::BoxFuture<'a, Result<Vec<crate::presence::Member>, HubError>>
+        {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+
+        fn stats<'a>(
+            &'a self,
+            _: &'a ChannelName,
+        ) -> futures_util::future::BoxFuture<'a, Result<crate::presence::PresenceStats, HubError>>
+        {
+            Box::pin(async { Ok(Default::default()) })
+        }
+    }
+
+    /// A context whose `room/*` channels track presence through `presence`.
+    fn presence_context(hub: &Arc<FakeHub>, presence: &Arc<LoggedPresence>) -> Context {
+        use crate::namespaces::{ChannelRules, Namespaces};
+        let mut ctx = Arc::into_inner(context(hub, TransportConfig::default())).unwrap();
+        let room = ChannelRules {
+            presence: true,
+            ..ChannelRules::plain("room", 10, std::time::Duration::from_secs(60))
+        };
+        let pattern = switchyard_protocol::ChannelPattern::new("room/*").unwrap();
+        ctx.namespaces = Arc::new(Namespaces::new(
+            vec![(pattern, room)],
+            ChannelRules::default(),
+        ));
+        ctx.presence = Some(Arc::clone(presence) as _);
+        ctx
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_join_presence_channels_and_leave_on_close_and_drop() {
+        let hub = FakeHub::new();
+        let presence = Arc::new(LoggedPresence::default());
+        let ctx = presence_context(&hub, &presence);
+        let ann = crate::access::Grant::everything().with_user(Some("ann"), None);
+        let mut session = Session::new(&ctx, None);
+        for channel in ["room/a", "plain", "room/b"] {
+            within(
+                "open",
+                session.open(&ctx, &name(channel), StartFrom::Now, &ann),
+            )
+            .await
+            .unwrap();
+        }
+        session.close(&name("room/a"));
+        session.close(&name("plain"));
+        assert_eq!(
+            crate::testing::metric(&ctx, "switchyard_presence_members"),
+            "1"
+        );
+        drop(session);
+        assert_eq!(
+            *presence.0.lock().unwrap(),
+            [
+                "join room/a ann",
+                "join room/b ann",
+                "leave room/a ",
+                "leave room/b "
+            ]
+        );
+        assert_eq!(
+            crate::testing::metric(&ctx, "switchyard_presence_members"),
+            "0"
+        );
+        assert_eq!(
+            crate::testing::metric(&ctx, "switchyard_presence_leaves_total"),
+            "2"
+        );
+
+        // A long-poll is no member.
+        let mut poll = Session::new(&ctx, None).without_presence();
+        within(
+            "open",
+            poll.open(&ctx, &name("room/c"), StartFrom::Now, &ann),
+        )
+        .await
+        .unwrap();
+        drop(poll);
+        assert_eq!(presence.0.lock().unwrap().len(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_join_subscribes_nothing() {
+        let hub = FakeHub::new();
+        let presence = Arc::new(LoggedPresence::default());
+        let ctx = presence_context(&hub, &presence);
+        let grant = crate::access::Grant::everything();
+        let mut first = Session::new(&ctx, None);
+        let mut second = Session::new(&ctx, None);
+        within(
+            "open",
+            first.open(&ctx, &name("room/a"), StartFrom::Now, &grant),
+        )
+        .await
+        .unwrap();
+        let err = within(
+            "open",
+            second.open(&ctx, &name("room/a"), StartFrom::Now, &grant),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code, ErrorCode::PresenceFull);
+        assert!(!second.is_subscribed("room/a"));
+        assert_eq!(hub.sinks("room/a"), 1, "only the first");
+        drop(second);
+        assert_eq!(
+            presence.0.lock().unwrap().len(),
+            1,
+            "the refused one never left"
+        );
+    }
 }
