@@ -123,9 +123,12 @@ pub async fn build(config: Arc<Config>) -> anyhow::Result<Gateway> {
             config.limits.max_subscriptions_per_ip,
             config.limits.max_subscriptions_per_user,
         ),
-        namespaces,
+        namespaces: Arc::clone(&namespaces),
         occupancy: Default::default(),
-        presence: None,
+        // Only where a namespace tracks presence: elsewhere no session ever asks.
+        presence: namespaces
+            .any_presence()
+            .then(|| Arc::clone(&engine) as Arc<dyn switchyard_transports::presence::Presence>),
         publisher,
     });
     let state = Arc::new(AppState {

@@ -9,6 +9,9 @@
 //! - [`jobs`]: C clients submitting durable jobs; report submits/s, latency and errors.
 //! - [`webhooks`]: signed webhook deliveries to a built-in [`receiver`]; report
 //!   deliveries/s, end-to-end latency, duplicates, loss and bad signatures.
+//! - [`presence`]: N presence members on one channel: the server's memory and CPU for
+//!   them, `GET .../presence` and `/stats` times, and what joins and leaves on it do to
+//!   another channel's delivery latency.
 //! - [`floor`]: one bare `write()` per delivery to N loopback connections; the least server
 //!   CPU a delivery can cost on this machine, for the others' figures to be held against.
 //!
@@ -42,6 +45,7 @@ pub mod jobs;
 pub mod limits;
 pub mod nchan;
 pub mod pipelined;
+pub mod presence;
 pub mod procstat;
 pub mod publisher;
 pub mod receiver;

@@ -10,7 +10,9 @@ use switchyard_bench::{
     floor::{self, FloorOptions},
     idle::{self, IdleOptions},
     jobs::{self, JobsOptions},
-    limits, report,
+    limits,
+    presence::{self, PresenceOptions},
+    report,
     webhooks::{self, WebhooksOptions},
 };
 
@@ -126,6 +128,18 @@ enum Scenario {
     /// The server must allow webhook URLs on private addresses:
     /// SWITCHYARD_WEBHOOKS__ALLOW_PRIVATE_NETWORKS=true.
     Webhooks(WebhooksOptions),
+    /// N presence members on one channel A; report the server's RSS per member and its CPU
+    /// while they join, the time of `GET /v1/channels/A/presence` and `.../stats`, and the
+    /// delivery latency of another channel B (a `fanout` run) without and with members
+    /// joining and leaving A at `--churn` per second.
+    ///
+    /// The server needs a presence namespace for `--channel-prefix` (default `pbench`), in a
+    /// config file: `[[namespaces]] name = "pbench", patterns = ["pbench/**"],
+    /// presence = true, join_leave = true, max_members = 20000`; and, since every member comes
+    /// from this machine, no per-address limits (SWITCHYARD_LIMITS__MAX_CONNECTIONS_PER_IP=0,
+    /// SWITCHYARD_LIMITS__MAX_SUBSCRIPTIONS_PER_IP=0). With `join_leave`, each join and leave
+    /// is pushed to every member: the ramp to N members delivers ~N²/2 join events.
+    Presence(PresenceOptions),
 }
 
 fn main() -> ExitCode {
@@ -134,7 +148,7 @@ fn main() -> ExitCode {
     limits::raise_to_hard();
     let threads = cli.threads.unwrap_or(match cli.scenario {
         Scenario::Idle(_) | Scenario::Floor(_) | Scenario::Jobs(_) | Scenario::Webhooks(_) => 1,
-        Scenario::Fanout(_) | Scenario::Compare(_) => 2,
+        Scenario::Fanout(_) | Scenario::Compare(_) | Scenario::Presence(_) => 2,
     });
     let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -161,6 +175,7 @@ fn main() -> ExitCode {
             Scenario::Compare(opts) => report::finish(&compare::run(&opts).await?),
             Scenario::Jobs(opts) => report::finish(&jobs::run(&opts).await?),
             Scenario::Webhooks(opts) => report::finish(&webhooks::run(&opts).await?),
+            Scenario::Presence(opts) => report::finish(&presence::run(&opts).await?),
         }
     });
     // Idle connections are dropped with the runtime, not one by one.

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt::Write as _, io::Write as _};
 
 use serde::Serialize;
 
-use crate::stats::Latency;
+use crate::{presence::PresenceReport, stats::Latency};
 
 /// Result of the `idle` scenario.
 #[derive(Clone, Debug, Serialize)]
@@ -427,7 +427,8 @@ impl_report!(
     FanoutReport,
     FloorReport,
     JobsReport,
-    WebhooksReport
+    WebhooksReport,
+    PresenceReport
 );
 
 /// [`emit`]s `report` and returns its verdict.

@@ -5,6 +5,9 @@
 //   const sy = new Switchyard(location.origin, { transports: ["websocket", "sse", "poll"] });
 //   const sub = sy.subscribe("orders", { after: 0 }, (event) => console.log(event));
 //   sy.on("fallback", ({ from, to }) => console.warn(`${from} -> ${to}`));
+//   // Presence channels (a namespace with `presence = true`):
+//   sy.subscribe("room/1", { onJoin: (m) => {}, onLeave: (m) => {} }, (event) => {});
+//   const members = await sy.presence("room/1"); // [{client_id, user?, info?}]
 //
 // Every subscription shares one connection over the first transport that works. The client
 // keeps each channel's cursor and its last offset, so after a reconnect, a fallback or a
@@ -155,9 +158,12 @@ export class Switchyard {
    * Follows `channel`. Without `after` or `cursor` it starts from now: every event published
    * once `subscription.ready` has resolved is delivered.
    * @param {string} channel
-   * @param {{after?: number, cursor?: string, onReset?: Function}} [options] `after`: replay
-   *   after this offset (`0`: everything kept); `cursor`: resume after a stored cursor;
-   *   `onReset({channel, offset, cursor})`: history no longer reached the position.
+   * @param {{after?: number, cursor?: string, onReset?: Function, onJoin?: Function,
+   *   onLeave?: Function}} [options] `after`: replay after this offset (`0`: everything
+   *   kept); `cursor`: resume after a stored cursor; `onReset({channel, offset, cursor})`:
+   *   history no longer reached the position; `onJoin(member)` / `onLeave(member)`: someone
+   *   joined or left the channel's presence (`{client_id, user?, info?}`; namespaces with
+   *   `join_leave = true`; live only, never replayed).
    * @param {(event: object) => void} onEvent called with each envelope
    *   `{id, channel, offset, cursor, type, time, data}`, once, in offset order
    * @returns {{channel: string, ready: Promise<void>, cursor: string|null,
@@ -182,6 +188,8 @@ export class Switchyard {
       name: channel,
       onEvent,
       onReset: options.onReset,
+      onJoin: options.onJoin,
+      onLeave: options.onLeave,
       after: after ?? null,
       cursor: options.cursor || null,
       seq: options.cursor ? ++this.#seq : 0,
@@ -216,6 +224,29 @@ export class Switchyard {
     } else if (this.#conn) {
       this.#conn.update(ch.name);
     }
+  }
+
+  /**
+   * Who is present on `channel` (a channel whose namespace has `presence = true`, which the
+   * client's credential allows): resolves to the members `[{client_id, user?, info?}]`.
+   * Asked over the WebSocket when one is open, else with `GET /v1/channels/{channel}/presence`.
+   * @param {string} channel
+   * @returns {Promise<object[]>}
+   */
+  async presence(channel) {
+    if (typeof channel !== "string" || !CHANNEL_NAME.test(channel)) {
+      throw new TypeError(`invalid channel name ${JSON.stringify(channel)}`);
+    }
+    const conn = this.#conn;
+    if (conn instanceof WsConnection && conn.isOpen) return conn.presence(channel);
+    const token = await this.#credential(false);
+    const path = `/v1/channels/${channel.split("/").map(encodeURIComponent).join("/")}/presence`;
+    const res = await fetch(this.#base + path, {
+      headers: { ...this.#opts.headers, ...authHeaders(token) },
+      cache: "no-store",
+    });
+    if (!res.ok) throw await errorFrom(res);
+    return (await res.json()).members;
   }
 
   /**
@@ -457,6 +488,15 @@ export class Switchyard {
     if (!this._isCurrent(conn)) return false;
     const ch = this.#channels.get(envelope.channel);
     if (!ch) return false;
+    // A transient event (presence join or leave) has no offset or cursor: it is not part of
+    // the channel's history and moves no position.
+    if (envelope.offset === undefined) {
+      const handler = { "presence.join": ch.onJoin, "presence.leave": ch.onLeave }[envelope.type];
+      if (typeof handler === "function") {
+        try { handler(envelope.data, envelope); } catch (err) { report(err); }
+      }
+      return true;
+    }
     if (ch.lastOffset !== null && envelope.offset <= ch.lastOffset) return false;
     ch.lastOffset = envelope.offset;
     ch.cursor = envelope.cursor;
@@ -586,6 +626,7 @@ class WsConnection {
   #nextId = 1;
   #handshake = 0;
   #pending = new Map(); // frame id -> channel (subscribes) or "auth"
+  #asked = new Map(); // frame id -> {resolve, reject} of a `presence` request
   #subscribed = new Set();
   #timers = [];
   #lastFrameAt = 0;
@@ -657,7 +698,27 @@ class WsConnection {
     this.#done = true;
     this.#timers.forEach(clearTimeout);
     this.#timers.forEach(clearInterval);
+    this.#failAsked("connection closed");
     if (this.#ws && this.#ws.readyState <= 1) this.#ws.close(1000, "client closed");
+  }
+
+  /** Whether the socket is open and answered its first frame. */
+  get isOpen() {
+    return this.#opened && !this.#done;
+  }
+
+  /** Asks who is present on `channel` (the `presence` op). */
+  presence(channel) {
+    return new Promise((resolve, reject) => {
+      const id = this.#nextId++;
+      this.#asked.set(id, { resolve, reject });
+      this.#send({ op: "presence", id, channel });
+    });
+  }
+
+  #failAsked(reason) {
+    for (const { reject } of this.#asked.values()) reject(new SwitchyardError("unavailable", reason));
+    this.#asked.clear();
   }
 
   #send(frame) {
@@ -691,7 +752,16 @@ class WsConnection {
       case "reset":
         client._reset(this, f.channel, f.offset, f.cursor);
         break;
+      case "presence":
+        this.#asked.get(f.id)?.resolve(f.members);
+        this.#asked.delete(f.id);
+        break;
       case "error": {
+        if (this.#asked.has(f.id)) {
+          this.#asked.get(f.id).reject(new SwitchyardError(f.error?.code, f.error?.message));
+          this.#asked.delete(f.id);
+          break;
+        }
         const what = this.#pending.get(f.id);
         const error = new SwitchyardError(f.error?.code, f.error?.message);
         if (what === "auth" && error.code === "forbidden") {
@@ -753,6 +823,7 @@ class WsConnection {
     this.#done = true;
     this.#timers.forEach(clearTimeout);
     this.#timers.forEach(clearInterval);
+    this.#failAsked(info.reason);
     try { this.#ws?.close(); } catch { /* already closed */ }
     this.#client._ended(this, info);
   }
@@ -885,7 +956,9 @@ class SseConnection {
       try { data = JSON.parse(block.data.join("\n")); } catch { data = null; }
       // Control blocks have no `type`; envelopes always do (and may be of any type,
       // including "reset").
-      if (data && typeof data.type === "string" && typeof data.offset === "number") {
+      // Transient events (presence joins and leaves) have a `type` but no offset.
+      if (data && typeof data.type === "string" && typeof data.channel === "string"
+          && (typeof data.offset === "number" || data.offset === undefined)) {
         client._event(this, data);
       } else if (data && block.event === "reset") {
         client._reset(this, data.channel, data.offset, data.cursor || block.id);

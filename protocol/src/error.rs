@@ -54,6 +54,10 @@ pub enum ErrorCode {
     ShuttingDown,
     /// The consumer could not keep up and was disconnected; resume from the last cursor.
     SlowConsumer,
+    /// The channel's namespace does not track presence.
+    PresenceDisabled,
+    /// The channel has the most presence members its namespace allows.
+    PresenceFull,
     /// An unexpected server fault.
     Internal,
 }
@@ -86,6 +90,8 @@ impl ErrorCode {
             Self::Unavailable => "unavailable",
             Self::ShuttingDown => "shutting_down",
             Self::SlowConsumer => "slow_consumer",
+            Self::PresenceDisabled => "presence_disabled",
+            Self::PresenceFull => "presence_full",
             Self::Internal => "internal",
         }
     }
@@ -103,9 +109,9 @@ impl ErrorCode {
             | Self::TooManyChannels => 400,
             Self::Unauthorized | Self::TokenExpired => 401,
             Self::Forbidden => 403,
-            Self::NotFound => 404,
+            Self::NotFound | Self::PresenceDisabled => 404,
             Self::MethodNotAllowed => 405,
-            Self::Conflict => 409,
+            Self::Conflict | Self::PresenceFull => 409,
             Self::RequestTimeout => 408,
             Self::PayloadTooLarge => 413,
             Self::UriTooLong => 414,

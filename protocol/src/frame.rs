@@ -54,6 +54,14 @@ pub enum ClientFrame {
         /// The payload (any JSON).
         data: Value,
     },
+    /// Asks who is present on a channel the caller may read; answered with `presence`.
+    Presence {
+        /// Request id, echoed in the reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// Channel name.
+        channel: String,
+    },
     /// Application-level ping; answered with `pong`.
     Ping {
         /// Request id, echoed in the reply.
@@ -94,12 +102,12 @@ impl ClientFrame {
             ));
         };
         match obj.get("op").and_then(Value::as_str) {
-            Some("subscribe" | "unsubscribe" | "publish" | "ping" | "auth") => {}
+            Some("subscribe" | "unsubscribe" | "publish" | "ping" | "auth" | "presence") => {}
             Some(other) => {
                 return Err(fail(
                     ErrorCode::UnknownOp,
                     format!(
-                        "unknown op {other:?}; expected subscribe, unsubscribe, publish, ping or auth"
+                        "unknown op {other:?}; expected subscribe, unsubscribe, publish, ping, auth or presence"
                     ),
                 ));
             }
@@ -159,6 +167,17 @@ pub enum ServerFrame {
         /// When the token expires: the connection is told and closed then.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires_at: Option<String>,
+    },
+    /// Reply to `presence`: the channel's members (`client_id`, and `user` and `info` when
+    /// the member's token had them).
+    Presence {
+        /// The request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// Channel name.
+        channel: String,
+        /// The members present.
+        members: Vec<Value>,
     },
     /// Reply to `ping`.
     Pong {
@@ -224,6 +243,13 @@ mod tests {
         assert_eq!(
             ClientFrame::parse(r#"{"op":"ping"}"#).unwrap(),
             ClientFrame::Ping { id: None }
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"op":"presence","id":2,"channel":"c"}"#).unwrap(),
+            ClientFrame::Presence {
+                id: Some(2),
+                channel: "c".into()
+            }
         );
     }
 }

@@ -111,20 +111,47 @@ pub fn authorize(
             }
         }
         (Access::JobReader, Caller::Anonymous) => {
-            let token = access::credential(&parts.headers, parts.uri.query())
-                .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "this endpoint needs an API key with the `jobs` scope or the job's token (`Authorization: Bearer` or `?token=`)"))?;
-            let grant = state.auth.grant(&token)?;
             let job = params.first().copied().unwrap_or_default();
             let channel = format!("{}{job}", crate::jobs::channel::PREFIX);
-            if grant.allows(&channel) {
-                Ok(())
-            } else {
-                Err(ApiError::new(
-                    ErrorCode::Forbidden,
-                    "your token does not allow this job",
-                ))
-            }
+            token_allows(
+                state,
+                parts,
+                &channel,
+                "this endpoint needs an API key with the `jobs` scope or the job's token (`Authorization: Bearer` or `?token=`)",
+                "your token does not allow this job",
+            )
         }
+        // Reading a channel's presence is reading the channel: as its consumers may.
+        (Access::ChannelReader, _) => {
+            let raw = params.first().copied().unwrap_or_default();
+            let channel = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+            token_allows(
+                state,
+                parts,
+                &channel,
+                "this endpoint needs an API key with the `subscribe` scope or a consumer token that allows the channel (`Authorization: Bearer` or `?token=`)",
+                "your token does not allow this channel",
+            )
+        }
+    }
+}
+
+/// Whether the request's credential (a consumer token, or an API key with `subscribe`)
+/// allows reading `channel`.
+fn token_allows(
+    state: &AppState,
+    parts: &Parts,
+    channel: &str,
+    needs: &'static str,
+    refused: &'static str,
+) -> Result<(), ApiError> {
+    let token = access::credential(&parts.headers, parts.uri.query())
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, needs))?;
+    let grant = state.auth.grant(&token)?;
+    if grant.allows(channel) {
+        Ok(())
+    } else {
+        Err(ApiError::new(ErrorCode::Forbidden, refused))
     }
 }
 

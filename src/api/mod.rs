@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod json_limits;
 pub mod openapi;
 pub mod ops;
+pub mod presence;
 pub mod request_id;
 pub mod router;
 pub mod routes;

@@ -167,6 +167,11 @@ mod tests {
                     scheme("consumerToken", &[]),
                 ]
                 .into(),
+                Access::ChannelReader => [
+                    scheme("apiKey", &["subscribe"]),
+                    scheme("consumerToken", &[]),
+                ]
+                .into(),
             };
             assert_eq!(
                 alternatives, expected,

@@ -27,7 +27,7 @@ use super::{
     error::{ApiError, ApiResult},
     guard, head, index,
     jobs::{self, Hold, ReportKind},
-    openapi, ops, request_id,
+    openapi, ops, presence, request_id,
     routes::{self, Op, Resolved},
     webhooks,
 };
@@ -162,6 +162,8 @@ async fn dispatch(
         Op::History => {
             channels::history(Arc::clone(&state), channel(param(0))?, req.uri().query()).await?
         }
+        Op::Presence => presence::members(&state, &channel(param(0))?).await?,
+        Op::PresenceStats => presence::stats(&state, &channel(param(0))?).await?,
         Op::SubmitJob => jobs::submit(state, req).await?,
         Op::ClaimJob => jobs::claim(state, req).await?,
         Op::GetJob | Op::CancelJob | Op::ReportProgress | Op::ReportComplete | Op::ReportFail => {

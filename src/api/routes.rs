@@ -40,6 +40,10 @@ pub enum Op {
     Publish,
     /// `GET /v1/channels/{channel}/events`
     History,
+    /// `GET /v1/channels/{channel}/presence`
+    Presence,
+    /// `GET /v1/channels/{channel}/presence/stats`
+    PresenceStats,
     /// `POST /v1/jobs`
     SubmitJob,
     /// `POST /v1/jobs/claim`
@@ -83,6 +87,8 @@ pub enum Access {
     Consumer,
     /// An API key with `jobs`, or a token that allows the job's channel `jobs/{id}`.
     JobReader,
+    /// An API key with `subscribe`, or a consumer token that allows the `{channel}`.
+    ChannelReader,
 }
 
 /// One route: `method path` does `op` for callers allowed by `access`.
@@ -138,6 +144,18 @@ pub static ROUTES: &[Route] = &[
         "/v1/channels/{channel}/events",
         Op::Publish,
         Access::Key(Scope::Publish),
+    ),
+    route(
+        Method::GET,
+        "/v1/channels/{channel}/presence",
+        Op::Presence,
+        Access::ChannelReader,
+    ),
+    route(
+        Method::GET,
+        "/v1/channels/{channel}/presence/stats",
+        Op::PresenceStats,
+        Access::ChannelReader,
     ),
     route(
         Method::POST,

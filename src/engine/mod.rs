@@ -42,6 +42,8 @@ use crate::{
 use switchyard_transports::{
     hub::{Opened, Sink, StartFrom},
     metrics::write_family,
+    namespaces::ChannelRules,
+    presence::{Member, Presence, PresenceError, PresenceStats},
 };
 
 /// The engine `engine` names in the configuration.
@@ -167,6 +169,36 @@ impl Hub for Engine {
 
     fn unsubscribe(&self, channel: &ChannelName, sink_id: u64) {
         on_engine!(self, e => e.hub().unsubscribe(channel, sink_id))
+    }
+}
+
+/// Presence: in memory on the embedded engine, in Redis (across nodes) on the Redis one.
+impl Presence for Engine {
+    fn join<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        rules: &'a ChannelRules,
+        member: Member,
+    ) -> BoxFuture<'a, Result<(), PresenceError>> {
+        on_engine!(self, e => e.presence().join(channel, rules, member))
+    }
+
+    fn leave(&self, channel: &ChannelName, rules: &ChannelRules, client_id: &str) {
+        on_engine!(self, e => e.presence().leave(channel, rules, client_id))
+    }
+
+    fn members<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+    ) -> BoxFuture<'a, Result<Vec<Member>, HubError>> {
+        on_engine!(self, e => e.presence().members(channel))
+    }
+
+    fn stats<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+    ) -> BoxFuture<'a, Result<PresenceStats, HubError>> {
+        on_engine!(self, e => e.presence().stats(channel))
     }
 }
 

@@ -25,6 +25,7 @@ mod e2e_jobs;
 mod e2e_limits;
 mod e2e_longpoll;
 mod e2e_namespaces;
+mod e2e_presence;
 mod e2e_publish;
 mod e2e_redis_hub;
 mod e2e_redis_store;

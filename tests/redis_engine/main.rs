@@ -32,6 +32,8 @@ mod e2e_jobs;
 mod e2e_longpoll;
 #[path = "../it/e2e_namespaces.rs"]
 mod e2e_namespaces;
+#[path = "../it/e2e_presence.rs"]
+mod e2e_presence;
 #[path = "../it/e2e_publish.rs"]
 mod e2e_publish;
 #[path = "../it/e2e_shutdown.rs"]

@@ -31,6 +31,7 @@ pub mod hub;
 pub mod hyper_io;
 mod inbox;
 pub mod longpoll;
+mod membership;
 pub mod metrics;
 pub mod namespaces;
 pub mod occupancy;

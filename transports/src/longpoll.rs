@@ -90,7 +90,8 @@ pub async fn respond(ctx: Arc<Context>, parts: &Parts) -> Response<Body> {
         Err(e) => return error(e.code, e.message),
     };
     let _connection = ctx.metrics.connection(Transport::LongPoll);
-    let mut session = Session::new(&ctx, None);
+    // A long-poll comes and goes: it is not a presence member.
+    let mut session = Session::new(&ctx, None).without_presence();
     session.count_against(&ctx, parts.extensions.get::<ClientAddr>().copied());
     let mut events: Vec<Arc<Event>> = Vec::new();
     // Channels whose history no longer reached the cursor, with the oldest offset kept.

@@ -49,6 +49,9 @@ pub struct TransportMetrics {
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
+    presence_members: AtomicI64,
+    presence_joins: AtomicU64,
+    presence_leaves: AtomicU64,
 }
 
 /// Counts one open connection until dropped.
@@ -98,6 +101,23 @@ impl TransportMetrics {
         );
     }
 
+    /// Counts a presence member joined by this node's connections.
+    pub fn presence_joined(&self) {
+        self.presence_members.fetch_add(1, Relaxed);
+        self.presence_joins.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a presence member of this node's connections gone.
+    pub fn presence_left(&self) {
+        self.presence_members.fetch_sub(1, Relaxed);
+        self.presence_leaves.fetch_add(1, Relaxed);
+    }
+
+    /// Presence members held by this node's connections.
+    pub fn presence_members(&self) -> i64 {
+        self.presence_members.load(Relaxed)
+    }
+
     /// Counts a slow-consumer disconnect.
     pub fn slow_consumer(&self, transport: Transport) {
         self.slow_consumers[transport as usize].fetch_add(1, Relaxed);
@@ -135,6 +155,28 @@ impl TransportMetrics {
             "Consumers closed because they could not keep up (queue overflow or write timeout).",
             "counter",
             per_transport(&self.slow_consumers),
+        );
+        let one = |v: u64| [(String::new(), v)];
+        write_family(
+            out,
+            "switchyard_presence_members",
+            "Presence members held by this node's connections (all channels).",
+            "gauge",
+            [(String::new(), self.presence_members())],
+        );
+        write_family(
+            out,
+            "switchyard_presence_joins_total",
+            "Presence joins by this node's connections.",
+            "counter",
+            one(self.presence_joins.load(Relaxed)),
+        );
+        write_family(
+            out,
+            "switchyard_presence_leaves_total",
+            "Presence leaves by this node's connections (unsubscribes and closed connections).",
+            "counter",
+            one(self.presence_leaves.load(Relaxed)),
         );
         out.push_str("# HELP switchyard_delivery_latency_seconds Publish to deliver latency of live events.\n");
         out.push_str("# TYPE switchyard_delivery_latency_seconds histogram\n");

@@ -2,12 +2,16 @@
 //! engine implements [`Presence`]; sessions join when they subscribe (WebSocket, SSE,
 //! NDJSON: the transports that hold a connection) and leave when they unsubscribe or close.
 
+use std::sync::Arc;
+
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use switchyard_protocol::ChannelName;
 
-use crate::{hub::HubError, namespaces::ChannelRules};
+use switchyard_protocol::ErrorCode;
+
+use crate::{Context, hub::HubError, namespaces::ChannelRules, params::ParamError};
 
 /// One subscribed client as presence lists it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -73,4 +77,26 @@ pub trait Presence: Send + Sync + 'static {
         &'a self,
         channel: &'a ChannelName,
     ) -> BoxFuture<'a, Result<PresenceStats, HubError>>;
+}
+
+/// The presence of `channel`, where its namespace tracks it.
+///
+/// # Errors
+/// `presence_disabled` when the channel's namespace does not track presence.
+pub fn of<'a>(
+    ctx: &'a Context,
+    channel: &ChannelName,
+) -> Result<&'a Arc<dyn Presence>, ParamError> {
+    let rules = ctx.namespaces.rules(channel.as_str());
+    match &ctx.presence {
+        Some(presence) if rules.presence => Ok(presence),
+        _ => Err(ParamError::new(
+            ErrorCode::PresenceDisabled,
+            format!(
+                "channel {:?} is in namespace {:?}, which does not track presence",
+                channel.as_str(),
+                &*rules.name
+            ),
+        )),
+    }
 }

@@ -12,6 +12,7 @@ use crate::{
     allowance::Allowance,
     context::ClientAddr,
     hub::{Event, HubError, Inbox, Opened, StartFrom, SubscriptionGuard},
+    membership::Memberships,
     occupancy::Seats,
     params::ParamError,
 };
@@ -27,6 +28,12 @@ pub(crate) struct Session {
     allowance: Allowance,
     /// Its places in channels whose namespace limits subscribers.
     seats: Seats,
+    /// Presence memberships; after `guard` so that a connection that ends is unsubscribed
+    /// before it leaves (its own `presence.leave` is not offered to it).
+    memberships: Memberships,
+    /// Whether subscriptions join presence: a transport that holds a connection does;
+    /// a long-poll, which comes and goes, does not.
+    joins: bool,
 }
 
 impl Session {
@@ -50,7 +57,15 @@ impl Session {
             positions: Cursor::new(),
             allowance: Allowance::default(),
             seats: Seats::default(),
+            memberships: Memberships::default(),
+            joins: true,
         }
+    }
+
+    /// A session whose subscriptions do not join presence (a long-poll request).
+    pub(crate) fn without_presence(mut self) -> Self {
+        self.joins = false;
+        self
     }
 
     /// Counts this session's subscriptions against `client` (from the request's
@@ -66,7 +81,8 @@ impl Session {
     }
 
     /// Subscribes `channel`; the replay is returned for the caller to deliver through
-    /// [`Session::accept`].
+    /// [`Session::accept`]. Where the channel's namespace tracks presence, the connection
+    /// then joins it as the member `grant` describes.
     pub(crate) async fn open(
         &mut self,
         ctx: &Context,
@@ -74,8 +90,15 @@ impl Session {
         from: StartFrom,
         grant: &Grant,
     ) -> Result<Opened, ParamError> {
-        self.allowance.take(grant)?;
         let rules = ctx.namespaces.rules(channel.as_str());
+        let presence = ctx
+            .presence
+            .as_ref()
+            .filter(|_| self.joins && rules.presence);
+        if presence.is_some() {
+            Memberships::check(rules, channel, grant)?;
+        }
+        self.allowance.take(grant)?;
         if let Err(e) = self.seats.take(&ctx.occupancy, channel, rules) {
             self.allowance.give_back(1);
             return Err(e);
@@ -90,6 +113,17 @@ impl Session {
         };
         self.guard.add(channel.clone());
         self.positions.set(channel.clone(), opened.start);
+        // Joined once subscribed, so that the member's own join is the first thing it
+        // sees of the channel's presence.
+        if let Some(presence) = presence
+            && let Err(e) = self
+                .memberships
+                .join(ctx, presence, channel, rules, grant)
+                .await
+        {
+            self.close(channel);
+            return Err(e);
+        }
         Ok(opened)
     }
 
@@ -101,6 +135,7 @@ impl Session {
         }
         self.guard.remove(channel);
         self.positions.remove(channel.as_str());
+        self.memberships.leave(channel);
     }
 
     pub(crate) fn is_subscribed(&self, channel: &str) -> bool {
@@ -334,5 +369,162 @@ mod tests {
         let mut gone = hub.unsubscribed();
         gone.sort();
         assert_eq!(gone, ["a", "b"]);
+    }
+
+    /// Presence that logs what sessions do, and holds at most one member per channel.
+    #[derive(Default)]
+    struct LoggedPresence(std::sync::Mutex<Vec<String>>);
+
+    impl crate::presence::Presence for LoggedPresence {
+        fn join<'a>(
+            &'a self,
+            channel: &'a ChannelName,
+            _: &'a crate::namespaces::ChannelRules,
+            member: crate::presence::Member,
+        ) -> futures_util::future::BoxFuture<'a, Result<(), crate::presence::PresenceError>>
+        {
+            let mut log = self.0.lock().unwrap();
+            let taken = log
+                .iter()
+                .filter(|l| l.starts_with(&format!("join {channel} ")))
+                .count()
+                > log
+                    .iter()
+                    .filter(|l| l.starts_with(&format!("leave {channel} ")))
+                    .count();
+            let result = if taken {
+                Err(crate::presence::PresenceError::Full {
+                    channel: channel.to_string(),
+                    max: 1,
+                })
+            } else {
+                log.push(format!(
+                    "join {channel} {}",
+                    member.user.unwrap_or_default()
+                ));
+                Ok(())
+            };
+            Box::pin(async move { result })
+        }
+
+        fn leave(&self, channel: &ChannelName, _: &crate::namespaces::ChannelRules, _: &str) {
+            self.0.lock().unwrap().push(format!("leave {channel} "));
+        }
+
+        fn members<'a>(
+            &'a self,
+            _: &'a ChannelName,
+        ) -> futures_util::future::BoxFuture<'a, Result<Vec<crate::presence::Member>, HubError>>
+        {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+
+        fn stats<'a>(
+            &'a self,
+            _: &'a ChannelName,
+        ) -> futures_util::future::BoxFuture<'a, Result<crate::presence::PresenceStats, HubError>>
+        {
+            Box::pin(async { Ok(Default::default()) })
+        }
+    }
+
+    /// A context whose `room/*` channels track presence through `presence`.
+    fn presence_context(hub: &Arc<FakeHub>, presence: &Arc<LoggedPresence>) -> Context {
+        use crate::namespaces::{ChannelRules, Namespaces};
+        let mut ctx = Arc::into_inner(context(hub, TransportConfig::default())).unwrap();
+        let room = ChannelRules {
+            presence: true,
+            ..ChannelRules::plain("room", 10, std::time::Duration::from_secs(60))
+        };
+        let pattern = switchyard_protocol::ChannelPattern::new("room/*").unwrap();
+        ctx.namespaces = Arc::new(Namespaces::new(
+            vec![(pattern, room)],
+            ChannelRules::default(),
+        ));
+        ctx.presence = Some(Arc::clone(presence) as _);
+        ctx
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_join_presence_channels_and_leave_on_close_and_drop() {
+        let hub = FakeHub::new();
+        let presence = Arc::new(LoggedPresence::default());
+        let ctx = presence_context(&hub, &presence);
+        let ann = crate::access::Grant::everything().with_user(Some("ann"), None);
+        let mut session = Session::new(&ctx, None);
+        for channel in ["room/a", "plain", "room/b"] {
+            within(
+                "open",
+                session.open(&ctx, &name(channel), StartFrom::Now, &ann),
+            )
+            .await
+            .unwrap();
+        }
+        session.close(&name("room/a"));
+        session.close(&name("plain"));
+        assert_eq!(
+            crate::testing::metric(&ctx, "switchyard_presence_members"),
+            "1"
+        );
+        drop(session);
+        assert_eq!(
+            *presence.0.lock().unwrap(),
+            [
+                "join room/a ann",
+                "join room/b ann",
+                "leave room/a ",
+                "leave room/b "
+            ]
+        );
+        assert_eq!(
+            crate::testing::metric(&ctx, "switchyard_presence_members"),
+            "0"
+        );
+        assert_eq!(
+            crate::testing::metric(&ctx, "switchyard_presence_leaves_total"),
+            "2"
+        );
+
+        // A long-poll is no member.
+        let mut poll = Session::new(&ctx, None).without_presence();
+        within(
+            "open",
+            poll.open(&ctx, &name("room/c"), StartFrom::Now, &ann),
+        )
+        .await
+        .unwrap();
+        drop(poll);
+        assert_eq!(presence.0.lock().unwrap().len(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_join_subscribes_nothing() {
+        let hub = FakeHub::new();
+        let presence = Arc::new(LoggedPresence::default());
+        let ctx = presence_context(&hub, &presence);
+        let grant = crate::access::Grant::everything();
+        let mut first = Session::new(&ctx, None);
+        let mut second = Session::new(&ctx, None);
+        within(
+            "open",
+            first.open(&ctx, &name("room/a"), StartFrom::Now, &grant),
+        )
+        .await
+        .unwrap();
+        let err = within(
+            "open",
+            second.open(&ctx, &name("room/a"), StartFrom::Now, &grant),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code, ErrorCode::PresenceFull);
+        assert!(!second.is_subscribed("room/a"));
+        assert_eq!(hub.sinks("room/a"), 1, "only the first");
+        drop(second);
+        assert_eq!(
+            presence.0.lock().unwrap().len(),
+            1,
+            "the refused one never left"
+        );
     }
 }

@@ -76,7 +76,9 @@ impl push::Framing for Sse {
     }
 
     fn event(&self, session: &Session, event: &Event, single: bool) -> Bytes {
-        if single {
+        // A transient event (presence join or leave) moves no position: no `id:` line, on
+        // a stream of any number of channels.
+        if single || event.is_transient() {
             return event.sse_frame();
         }
         let cursor = session.cursor();
@@ -219,6 +221,16 @@ mod tests {
             let block = chunk(&mut body).await;
             assert_eq!(parse(&block), (Some(id.as_str()), "tick", data));
         }
+        // A transient event (presence) has no `id:` line, even here.
+        let data = serde_json::value::RawValue::from_string(r#"{"client_id":"c"}"#.into()).unwrap();
+        hub.publish(&std::sync::Arc::new(Event::transient(
+            crate::testing::name("a"),
+            "presence.join",
+            crate::testing::TIME,
+            &data,
+        )));
+        let block = chunk(&mut body).await;
+        assert!(block.starts_with("event: presence.join\ndata: "), "{block}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -518,6 +518,29 @@ fn frame_error(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> 
     })
 }
 
+/// The grant of an authenticated connection and `channel`'s name, when the grant allows
+/// reading it (subscribing, or asking who is present).
+#[allow(clippy::result_large_err)] // a refusal is rare; `Reply` is what `handle_frame` answers
+fn readable<'a>(
+    ctx: &Context,
+    auth: &'a Auth,
+    id: Option<u64>,
+    channel: &str,
+    before: &str,
+) -> Result<(&'a Grant, ChannelName), Reply> {
+    let Some(grant) = &auth.grant else {
+        return Err(frame_error(
+            id,
+            ErrorCode::Unauthorized,
+            format!("send {{\"op\":\"auth\",\"token\":\"...\"}} before {before}"),
+        ));
+    };
+    let name = ChannelName::new(channel)
+        .map_err(|e| frame_error(id, ErrorCode::InvalidChannel, e.to_string()))?;
+    access::check_subscribe(ctx, grant, [&name]).map_err(|e| frame_error(id, e.code, e.message))?;
+    Ok((grant, name))
+}
+
 /// `write` within `limit`: a peer that takes nothing for that long is a slow consumer.
 async fn bounded(
     ctx: &Context,
@@ -612,6 +635,26 @@ where
                 error: ErrorBody::new(e.code, e.message),
             }),
         )),
+        ClientFrame::Presence { id, channel } => {
+            let (_, name) = readable(ctx, auth, id, &channel, "asking who is present")?;
+            let members = crate::presence::of(ctx, &name)
+                .map_err(|e| frame_error(id, e.code, e.message))?
+                .members(&name)
+                .await
+                .map_err(|e| {
+                    let e = crate::session::hub_error(e);
+                    frame_error(id, e.code, e.message)
+                })?;
+            let members = members
+                .iter()
+                .map(|m| serde_json::to_value(m).expect("a member is JSON"))
+                .collect();
+            Err(Reply::Frame(ServerFrame::Presence {
+                id,
+                channel,
+                members,
+            }))
+        }
         ClientFrame::Unsubscribe { id, channel } => {
             if !session.is_subscribed(&channel) {
                 return Err(frame_error(
@@ -630,17 +673,7 @@ where
             after,
             cursor,
         } => {
-            let Some(grant) = &auth.grant else {
-                return Err(frame_error(
-                    id,
-                    ErrorCode::Unauthorized,
-                    "send {\"op\":\"auth\",\"token\":\"...\"} before subscribing",
-                ));
-            };
-            let name = ChannelName::new(&channel)
-                .map_err(|e| frame_error(id, ErrorCode::InvalidChannel, e.to_string()))?;
-            access::check_subscribe(ctx, grant, [&name])
-                .map_err(|e| frame_error(id, e.code, e.message))?;
+            let (grant, name) = readable(ctx, auth, id, &channel, "subscribing")?;
             if session.is_subscribed(&channel) {
                 return Err(frame_error(
                     id,

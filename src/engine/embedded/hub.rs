@@ -660,6 +660,17 @@ impl MemoryHub {
         }
     }
 
+    /// Offers a transient event (a presence join or leave) to its channel's live
+    /// subscribers, under the channel's lock, leaving history and offsets alone; a channel
+    /// nobody holds gets nothing. Queued, never written directly: the caller holds its
+    /// presence lock meanwhile, and a push per subscriber is the shortest hold.
+    pub fn offer_transient(&self, event: &Arc<Event>) {
+        debug_assert!(event.is_transient());
+        let _ = self.with_channel(event.channel(), false, |c| {
+            fanout::retain_offered(&mut c.sinks, |sink| sink.offer_with(event, false));
+        });
+    }
+
     /// Drops expired history and closed sinks, and evicts idle channels; returns how many
     /// channels were evicted. Call it periodically.
     ///

@@ -6,6 +6,8 @@
 //! - [`hub`]: channels with offsets, bounded history and fan-out ([`MemoryHub`]); job
 //!   channels are read from the store on first use and fed by its commits.
 //! - `idempotency`: the per-channel memory of `Idempotency-Key`s.
+//! - [`presence`]: who is subscribed to presence channels ([`MemoryPresence`]); joins and
+//!   leaves go out through the hub as transient events.
 //! - [`store`]: the SQLite store ([`SqliteStore`]): a reader connection, the writer, and
 //!   the [`crate::store`] contracts over the SQL of `jobs`, `webhooks` and `retention`.
 //! - [`writer`]: group commit: one transaction and one fsync for whatever is pending.
@@ -17,6 +19,7 @@ pub mod hub;
 mod idempotency;
 mod jobs;
 mod lock;
+pub mod presence;
 mod retention;
 mod schema;
 pub mod store;
@@ -34,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use self::lock::DataDirLock;
 pub use self::{
     hub::{MemoryHub, MemoryHubConfig},
+    presence::MemoryPresence,
     store::SqliteStore,
 };
 use crate::{
@@ -50,6 +54,8 @@ pub struct Embedded {
     /// Held while the engine lives: one gateway per data directory.
     _lock: DataDirLock,
     hub: Arc<MemoryHub>,
+    /// Boxed: its map is large, and `Engine` should not be sized by it.
+    presence: Box<MemoryPresence>,
     store: Arc<SqliteStore>,
     job_tokens: JobTokens,
     /// Claims wait on it; only this node's submits and requeues fire it.
@@ -78,6 +84,7 @@ impl Embedded {
         store.start(Arc::clone(&hub));
         Ok(Self {
             _lock: lock,
+            presence: Box::new(MemoryPresence::new(Arc::clone(&hub))),
             hub,
             store,
             job_tokens: JobTokens::open(&config.data_dir)?,
@@ -87,6 +94,10 @@ impl Embedded {
 
     pub(super) fn hub(&self) -> &MemoryHub {
         &self.hub
+    }
+
+    pub(super) fn presence(&self) -> &MemoryPresence {
+        &self.presence
     }
 
     pub(super) fn store(&self) -> &SqliteStore {

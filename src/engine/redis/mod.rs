@@ -136,7 +136,6 @@ impl Redis {
     }
 
     /// Who is subscribed to presence channels, across nodes.
-    #[allow(dead_code)] // until `Engine` serves presence (the presence branch wires it)
     pub(super) fn presence(&self) -> &presence::RedisPresence {
         &self.presence
     }

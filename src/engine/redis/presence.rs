@@ -15,10 +15,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -169,8 +166,6 @@ pub struct RedisPresence {
     /// What this node has joined (channel → client id → stored value), to write again
     /// when its liveness key had expired.
     local: Arc<Mutex<HashMap<ChannelName, HashMap<String, String>>>>,
-    /// Members this node holds, for `/metrics`.
-    pub held: Arc<AtomicU64>,
     ops_rx: Mutex<Option<mpsc::UnboundedReceiver<Op>>>,
 }
 
@@ -200,7 +195,6 @@ impl RedisPresence {
             namespaces,
             ops,
             local: Arc::default(),
-            held: Arc::default(),
             ops_rx: Mutex::new(Some(ops_rx)),
         }
     }
@@ -268,14 +262,7 @@ impl RedisPresence {
                         .map(|n| n == 1);
                     if matches!(joined, Ok(true)) {
                         let mut local = self.local.lock().expect("not poisoned");
-                        let fresh = local
-                            .entry(channel)
-                            .or_default()
-                            .insert(client_id, stored)
-                            .is_none();
-                        if fresh {
-                            self.held.fetch_add(1, Ordering::Relaxed);
-                        }
+                        local.entry(channel).or_default().insert(client_id, stored);
                     }
                     let _ = reply.send(joined);
                 }
@@ -286,10 +273,8 @@ impl RedisPresence {
                 } => {
                     {
                         let mut local = self.local.lock().expect("not poisoned");
-                        if let Some(members) = local.get_mut(&channel)
-                            && members.remove(&client_id).is_some()
-                        {
-                            self.held.fetch_sub(1, Ordering::Relaxed);
+                        if let Some(members) = local.get_mut(&channel) {
+                            members.remove(&client_id);
                             if members.is_empty() {
                                 local.remove(&channel);
                             }
