@@ -37,6 +37,21 @@ CREATE TABLE IF NOT EXISTS job_events (
     data   TEXT NOT NULL,
     PRIMARY KEY (job_id, offset)
 ) WITHOUT ROWID;
+-- Durable namespaces' channels (see channel_log.rs): their events, and the last offset of
+-- a channel whose events retention deleted, so offsets continue after a restart.
+CREATE TABLE IF NOT EXISTS channel_events (
+    channel TEXT NOT NULL,
+    offset  INTEGER NOT NULL,
+    type    TEXT NOT NULL,
+    time    TEXT NOT NULL,
+    data    TEXT NOT NULL,
+    at_ms   INTEGER NOT NULL,
+    PRIMARY KEY (channel, offset)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS channel_heads (
+    channel     TEXT PRIMARY KEY,
+    last_offset INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS webhook_endpoints (
     id                    TEXT PRIMARY KEY,
     url                   TEXT NOT NULL,
