@@ -278,7 +278,9 @@ impl Channel {
     /// # Errors
     /// [`HubError::TooManyChannels`] when `max_channels` channels already do.
     fn admit(&mut self) -> Result<(), HubError> {
-        if !self.counted && !self.durable() {
+        // Job channels are bounded by the jobs' retention; every other channel, durable
+        // or not, holds memory here while it is loaded.
+        if !self.counted && self.kind != Kind::Jobs {
             self.budget.admit_channel()?;
             self.counted = true;
         }
