@@ -1217,6 +1217,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn each_namespace_bounds_its_channels_history() {
+        let pattern = |p: &str| switchyard_protocol::ChannelPattern::new(p).unwrap();
+        let namespaces = Namespaces::new(
+            vec![(
+                pattern("short/**"),
+                ChannelRules::plain("short", 2, Duration::from_secs(3600)),
+            )],
+            ChannelRules::plain("default", 4, Duration::from_secs(3600)),
+        );
+        let hub = MemoryHub::new(
+            MemoryHubConfig {
+                namespaces: Arc::new(namespaces),
+                max_channels: 10,
+                channel_bytes: 1 << 30,
+                total_bytes: 1 << 30,
+            },
+            None,
+        );
+        for c in [ch("short/a"), ch("other")] {
+            for i in 1..=6 {
+                publish(&hub, &c, i).await;
+            }
+        }
+        let kept = |c: &'static str| {
+            let hub = &hub;
+            async move {
+                let page = hub.history(&ch(c), None, 100).await.unwrap();
+                page.events.iter().map(|e| e.offset()).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(kept("short/a").await, [5, 6]);
+        assert_eq!(kept("other").await, [3, 4, 5, 6]);
+    }
+
+    #[tokio::test]
     async fn history_pages_and_flags_reset() {
         let hub = hub(3);
         let c = ch("a");
