@@ -187,15 +187,7 @@ async fn readyz(addr: SocketAddr) -> (u16, Value) {
 
 /// One sample of `/metrics` on `addr`, with the given headers (an admin key when keyed).
 async fn metric(addr: SocketAddr, series: &str, headers: &[(&str, &str)]) -> f64 {
-    let (status, _, body) = request(addr, "GET", "/metrics", headers, Vec::new()).await;
-    assert_eq!(status, 200);
-    String::from_utf8(body.to_vec())
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("metric {series} missing"))
-        .parse()
-        .unwrap()
+    crate::support::http::metric(addr, series, headers).await
 }
 
 /// Checks one envelope of `tick` number `n` on `ch`.

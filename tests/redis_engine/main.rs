@@ -24,6 +24,8 @@ mod e2e_auth;
 mod e2e_cross;
 #[path = "../it/e2e_direct_writes.rs"]
 mod e2e_direct_writes;
+#[path = "../it/e2e_durable.rs"]
+mod e2e_durable;
 #[path = "../it/e2e_event_path.rs"]
 mod e2e_event_path;
 #[path = "../it/e2e_jobs.rs"]

@@ -90,7 +90,7 @@ impl Redis {
             client.clone(),
             RedisHubConfig {
                 op_timeout,
-                ..RedisHubConfig::from_config(config)
+                ..RedisHubConfig::from_config(config)?
             },
             Arc::clone(&stats),
         )
