@@ -56,10 +56,14 @@ impl Occupancy {
     }
 }
 
-/// The seats one session holds in limited channels; dropping it gives them back.
+/// A seat: the count it is in, and its channel.
+type Seat = (Arc<Occupancy>, ChannelName);
+
+/// The seats one session holds in limited channels; dropping it gives them back. Boxed:
+/// every idle connection's task holds one, and most never take a seat.
 #[derive(Debug, Default)]
 pub(crate) struct Seats {
-    taken: Vec<(Arc<Occupancy>, ChannelName)>,
+    taken: Option<Box<Vec<Seat>>>,
 }
 
 impl Seats {
@@ -74,14 +78,19 @@ impl Seats {
             return Ok(());
         }
         occupancy.take(channel, rules)?;
-        self.taken.push((Arc::clone(occupancy), channel.clone()));
+        self.taken
+            .get_or_insert_default()
+            .push((Arc::clone(occupancy), channel.clone()));
         Ok(())
     }
 
     /// Gives back the seat in `channel`, if one is held.
     pub(crate) fn give_back(&mut self, channel: &str) {
-        if let Some(i) = self.taken.iter().position(|(_, c)| c.as_str() == channel) {
-            let (occupancy, channel) = self.taken.swap_remove(i);
+        let Some(taken) = self.taken.as_mut() else {
+            return;
+        };
+        if let Some(i) = taken.iter().position(|(_, c)| c.as_str() == channel) {
+            let (occupancy, channel) = taken.swap_remove(i);
             occupancy.give_back(channel.as_str());
         }
     }
@@ -89,7 +98,7 @@ impl Seats {
 
 impl Drop for Seats {
     fn drop(&mut self) {
-        for (occupancy, channel) in self.taken.drain(..) {
+        for (occupancy, channel) in self.taken.take().into_iter().flat_map(|t| *t) {
             occupancy.give_back(channel.as_str());
         }
     }
