@@ -63,7 +63,7 @@ type Seat = (Arc<Occupancy>, ChannelName);
 /// every idle connection's task holds one, and most never take a seat.
 #[derive(Debug, Default)]
 pub(crate) struct Seats {
-    taken: Option<Box<Vec<Seat>>>,
+    taken: Option<Box<[Seat]>>,
 }
 
 impl Seats {
@@ -78,27 +78,32 @@ impl Seats {
             return Ok(());
         }
         occupancy.take(channel, rules)?;
-        self.taken
-            .get_or_insert_default()
-            .push((Arc::clone(occupancy), channel.clone()));
+        let mut taken = self.taken.take().map(Vec::from).unwrap_or_default();
+        taken.push((Arc::clone(occupancy), channel.clone()));
+        self.taken = Some(taken.into_boxed_slice());
         Ok(())
     }
 
     /// Gives back the seat in `channel`, if one is held.
     pub(crate) fn give_back(&mut self, channel: &str) {
-        let Some(taken) = self.taken.as_mut() else {
+        let Some(i) = self
+            .taken
+            .iter()
+            .flat_map(|t| t.iter())
+            .position(|(_, c)| c.as_str() == channel)
+        else {
             return;
         };
-        if let Some(i) = taken.iter().position(|(_, c)| c.as_str() == channel) {
-            let (occupancy, channel) = taken.swap_remove(i);
-            occupancy.give_back(channel.as_str());
-        }
+        let mut taken = Vec::from(self.taken.take().expect("a seat was found"));
+        let (occupancy, channel) = taken.swap_remove(i);
+        occupancy.give_back(channel.as_str());
+        self.taken = (!taken.is_empty()).then(|| taken.into_boxed_slice());
     }
 }
 
 impl Drop for Seats {
     fn drop(&mut self) {
-        for (occupancy, channel) in self.taken.take().into_iter().flat_map(|t| *t) {
+        for (occupancy, channel) in self.taken.take().map(Vec::from).unwrap_or_default() {
             occupancy.give_back(channel.as_str());
         }
     }
