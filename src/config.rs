@@ -119,6 +119,9 @@ pub struct RedisConfig {
     pub op_timeout_ms: u64,
     /// Seconds a webhook delivery picked up by one node's dispatcher stays leased to it.
     pub delivery_lease_secs: u64,
+    /// Seconds after which a node that stopped renewing its liveness key (killed, or cut
+    /// off from Redis) has its presence members removed.
+    pub presence_ttl_secs: u64,
     /// With `rediss://`: PEM file of the CA certificates that may sign Redis's certificate,
     /// instead of the system's roots ("" = the system's roots).
     pub tls_ca_file: String,
@@ -595,6 +598,12 @@ impl Config {
         self.check_engine()?;
         self.namespaces()?;
         range("redis.op_timeout_ms", self.redis.op_timeout_ms, 10, 60_000)?;
+        range(
+            "redis.presence_ttl_secs",
+            self.redis.presence_ttl_secs,
+            1,
+            3600,
+        )?;
         range(
             "redis.delivery_lease_secs",
             self.redis.delivery_lease_secs,

@@ -96,6 +96,18 @@ pub async fn build(config: Arc<Config>) -> anyhow::Result<Gateway> {
     ));
     let token = CancellationToken::new();
     let namespaces = Arc::new(config.namespaces()?);
+    let ip_limiter = Arc::new(RateLimiter::new(
+        config.limits.requests_per_sec_per_ip,
+        config.limits.request_burst_per_ip,
+    ));
+    let publisher = namespaces.all().any(|r| r.client_publish).then(|| {
+        Arc::new(api::client_publish::ServerPublisher::new(
+            Arc::clone(&engine),
+            config.limits.max_event_bytes,
+            Arc::clone(&ip_limiter),
+            auth.is_open(),
+        )) as _
+    });
     let consumers = Arc::new(Context {
         hub: Arc::clone(&engine) as _,
         config: config.transport_config(),
@@ -112,11 +124,12 @@ pub async fn build(config: Arc<Config>) -> anyhow::Result<Gateway> {
             config.limits.max_subscriptions_per_user,
         ),
         namespaces: Arc::clone(&namespaces),
+        occupancy: Default::default(),
         // Only where a namespace tracks presence: elsewhere no session ever asks.
         presence: namespaces
             .any_presence()
             .then(|| Arc::clone(&engine) as Arc<dyn switchyard_transports::presence::Presence>),
-        publisher: None,
+        publisher,
     });
     let state = Arc::new(AppState {
         engine,
@@ -133,10 +146,7 @@ pub async fn build(config: Arc<Config>) -> anyhow::Result<Gateway> {
             &config.limits.trusted_proxies,
             auth::proxies::ClientIpHeader::parse(&config.limits.client_ip_header)?,
         )?,
-        ip_limiter: RateLimiter::new(
-            config.limits.requests_per_sec_per_ip,
-            config.limits.request_burst_per_ip,
-        ),
+        ip_limiter,
         key_limiter: RateLimiter::new(
             config.limits.requests_per_sec_per_key,
             config.limits.request_burst_per_key,

@@ -18,8 +18,10 @@ use switchyard_transports::hub::{Inbox, StartFrom, new_pair};
 fn hub_with(channel: &ChannelName, subscribers: usize) -> (MemoryHub, Vec<Inbox>) {
     let hub = MemoryHub::new(
         MemoryHubConfig {
-            history_size: 1000,
-            history_ttl: Duration::from_secs(3600),
+            namespaces: switchyard::engine::embedded::hub::single_namespace(
+                1000,
+                Duration::from_secs(3600),
+            ),
             max_channels: 16,
             channel_bytes: 1 << 30,
             total_bytes: 1 << 30,

@@ -1,6 +1,7 @@
 //! The `jobs` scenario: C clients submitting durable jobs (`POST /v1/jobs`) back to back
 //! over keep-alive connections for a duration or a request count; reports submits/s,
-//! latency, and errors by status.
+//! latency, and errors by status. [`run_posts`] is the load itself, which the `durable`
+//! scenario ([`crate::durable`]) shares with its own paths and bodies.
 
 use std::{
     collections::BTreeMap,
@@ -116,6 +117,39 @@ impl ClientOutcome {
 /// Bad options, or a server or process that cannot be reached. Error answers are not
 /// errors: they are counted in the report (`ok: false`).
 pub async fn run(opts: &JobsOptions) -> anyhow::Result<JobsReport> {
+    // One body for every submit: a 10 MiB one is built once and shared, never copied.
+    let body = Bytes::from(publisher::payload(opts.size, unix_micros()));
+    let load = PostLoad {
+        scenario: "jobs",
+        paths: vec![JOBS_PATH.to_owned()],
+        body,
+        expect: StatusCode::ACCEPTED,
+    };
+    run_posts(opts, &load).await
+}
+
+/// What the clients of [`run_posts`] send.
+#[derive(Clone, Debug)]
+pub struct PostLoad {
+    /// The report's scenario name.
+    pub scenario: &'static str,
+    /// Client `i` posts to `paths[i % paths.len()]`.
+    pub paths: Vec<String>,
+    /// The body of every request (shared, never copied).
+    pub body: Bytes,
+    /// The answer that counts as accepted; any other is an error.
+    pub expect: StatusCode,
+}
+
+/// C clients posting `load` back to back, one request in flight each, for `opts`'
+/// duration or request count.
+///
+/// # Errors
+/// Bad options, or a server or process that cannot be reached.
+pub async fn run_posts(opts: &JobsOptions, load: &PostLoad) -> anyhow::Result<JobsReport> {
+    if load.paths.is_empty() {
+        bail!("no path to post to");
+    }
     if opts.concurrency == 0 || opts.requests == Some(0) {
         bail!("--concurrency and --requests must be at least 1");
     }
@@ -128,8 +162,7 @@ pub async fn run(opts: &JobsOptions) -> anyhow::Result<JobsReport> {
     let target = Target::parse(&opts.url)?;
     let server = Proc::pid(opts.pid);
     server.check()?;
-    // One body for every submit: a 10 MiB one is built once and shared, never copied.
-    let body = Bytes::from(publisher::payload(opts.size, unix_micros()));
+    let body = &load.body;
 
     let conns = try_join_all((0..opts.concurrency).map(|_| async {
         HttpConn::connect(&target)
@@ -148,15 +181,19 @@ pub async fn run(opts: &JobsOptions) -> anyhow::Result<JobsReport> {
     let next = Arc::new(AtomicU64::new(0));
     let timeout = Duration::from_secs_f64(opts.timeout_secs);
     let mut clients = JoinSet::new();
-    for conn in conns {
+    for (i, conn) in conns.into_iter().enumerate() {
         let (target, body, next) = (target.clone(), body.clone(), Arc::clone(&next));
         let api_key = opts.api_key.clone();
+        let path = load.paths[i % load.paths.len()].clone();
+        let expect = load.expect;
         clients.spawn(async move {
             let mut out = ClientOutcome::default();
             let client = Client {
                 target: &target,
                 api_key: api_key.as_deref(),
+                path: &path,
                 body: &body,
+                expect,
                 budget,
                 next: &next,
                 timeout,
@@ -191,7 +228,7 @@ pub async fn run(opts: &JobsOptions) -> anyhow::Result<JobsReport> {
     total.error_samples.truncate(ERROR_SAMPLES);
     let ok = errors == 0 && total.accepted > 0 && opts.requests.is_none_or(|n| total.accepted == n);
     Ok(JobsReport {
-        scenario: "jobs",
+        scenario: load.scenario,
         concurrency: opts.concurrency,
         size: body.len(),
         duration_secs: opts.requests.is_none().then_some(opts.duration_secs),
@@ -219,7 +256,9 @@ pub async fn run(opts: &JobsOptions) -> anyhow::Result<JobsReport> {
 struct Client<'a> {
     target: &'a Target,
     api_key: Option<&'a str>,
+    path: &'a str,
     body: &'a Bytes,
+    expect: StatusCode,
     budget: Budget,
     next: &'a AtomicU64,
     timeout: Duration,
@@ -239,13 +278,13 @@ impl Client<'_> {
         while self.may_send() {
             let req = conn.request(
                 Method::POST,
-                JOBS_PATH,
+                self.path,
                 Some(("application/json", self.body.clone())),
             );
             out.sent += 1;
             let sent_at = Instant::now();
             let broken = match tokio::time::timeout(self.timeout, conn.fetch(req)).await {
-                Ok(Ok((StatusCode::ACCEPTED, _))) => {
+                Ok(Ok((status, _))) if status == self.expect => {
                     let now = Instant::now();
                     let micros = now.duration_since(sent_at).as_micros();
                     out.samples.push(u32::try_from(micros).unwrap_or(u32::MAX));

@@ -7,6 +7,8 @@
 //!   several nodes of a Redis-engine cluster, subscribers spread over nodes and publishes
 //!   sent to another.
 //! - [`jobs`]: C clients submitting durable jobs; report submits/s, latency and errors.
+//! - [`durable`]: C clients publishing to a durable namespace's channels (each publish
+//!   fsync'd before its `201`); report publishes/s, latency and the server's CPU.
 //! - [`webhooks`]: signed webhook deliveries to a built-in [`receiver`]; report
 //!   deliveries/s, end-to-end latency, duplicates, loss and bad signatures.
 //! - [`presence`]: N presence members on one channel: the server's memory and CPU for
@@ -36,6 +38,7 @@
 
 pub mod clients;
 pub mod compare;
+pub mod durable;
 pub mod envelope;
 pub mod fanout;
 pub mod floor;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use switchyard_bench::{
     compare::{self, CompareOptions},
+    durable::{self, DurableOptions},
     fanout::{self, FanoutOptions},
     floor::{self, FloorOptions},
     idle::{self, IdleOptions},
@@ -112,6 +113,17 @@ enum Scenario {
     /// bench no copies. Every answer other than 202 is an error, counted by status; any
     /// error makes the run not ok. 429 means the server's per-client limits refused.
     Jobs(JobsOptions),
+    /// C clients publishing to channels of a durable namespace back to back; report
+    /// publishes/s, latency percentiles, errors by status and the server's CPU.
+    ///
+    /// The load is `jobs`' (one keep-alive connection and one publish in flight per client,
+    /// `--size` bytes of `data` per event), posted to `{prefix}/<fresh>/{i % channels}`;
+    /// every answer other than 201 is an error. A `201` from a durable namespace means
+    /// the event was fsync'd, so this measures the group commit. Start the server with a
+    /// durable namespace covering `--prefix`, e.g. a config file holding
+    /// `[[namespaces]] name = "durable" patterns = ["durable/**"] durable = true`, and
+    /// SWITCHYARD_LIMITS__REQUESTS_PER_SEC_PER_IP=0.
+    Durable(DurableOptions),
     /// Signed webhook deliveries to a built-in receiver; report deliveries/s, end-to-end
     /// latency, duplicates, loss and bad signatures.
     ///
@@ -147,7 +159,11 @@ fn main() -> ExitCode {
     // Without unsafe code, through prlimit(1); keeps the current limit when that fails.
     limits::raise_to_hard();
     let threads = cli.threads.unwrap_or(match cli.scenario {
-        Scenario::Idle(_) | Scenario::Floor(_) | Scenario::Jobs(_) | Scenario::Webhooks(_) => 1,
+        Scenario::Idle(_)
+        | Scenario::Floor(_)
+        | Scenario::Jobs(_)
+        | Scenario::Durable(_)
+        | Scenario::Webhooks(_) => 1,
         Scenario::Fanout(_) | Scenario::Compare(_) | Scenario::Presence(_) => 2,
     });
     let runtime = if threads <= 1 {
@@ -174,6 +190,7 @@ fn main() -> ExitCode {
             Scenario::Floor(opts) => report::finish(&floor::run(&opts).await?),
             Scenario::Compare(opts) => report::finish(&compare::run(&opts).await?),
             Scenario::Jobs(opts) => report::finish(&jobs::run(&opts).await?),
+            Scenario::Durable(opts) => report::finish(&durable::run(&opts).await?),
             Scenario::Webhooks(opts) => report::finish(&webhooks::run(&opts).await?),
             Scenario::Presence(opts) => report::finish(&presence::run(&opts).await?),
         }

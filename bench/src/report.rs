@@ -279,7 +279,7 @@ pub struct CompareReport {
     pub ok: bool,
 }
 
-/// Result of the `jobs` scenario.
+/// Result of the `jobs` scenario, and of `durable` (its submits are publishes).
 #[derive(Clone, Debug, Serialize)]
 pub struct JobsReport {
     /// `"jobs"`.
@@ -797,9 +797,16 @@ impl JobsReport {
     /// The human summary.
     pub fn summary(&self) -> String {
         let mut s = String::new();
+        // The same load posts durable publishes in the `durable` scenario.
+        let what = if self.scenario == "durable" {
+            "publishes"
+        } else {
+            "submits"
+        };
         let _ = writeln!(
             s,
-            "jobs: {} clients x {} B bodies, {} of {} submits accepted in {:.2}s {}",
+            "{}: {} clients x {} B bodies, {} of {} {what} accepted in {:.2}s {}",
+            self.scenario,
             self.concurrency,
             self.size,
             self.accepted,
@@ -809,7 +816,7 @@ impl JobsReport {
         );
         let _ = writeln!(
             s,
-            "  {:.0} submits/s ({:.1} MiB/s); errors {}{}",
+            "  {:.0} {what}/s ({:.1} MiB/s); errors {}{}",
             self.submits_per_sec,
             self.mib_per_sec,
             self.errors,
@@ -819,7 +826,7 @@ impl JobsReport {
         server_line(
             &mut s,
             self.server_cpu_secs,
-            (self.submits_per_server_cpu_sec, "submits"),
+            (self.submits_per_server_cpu_sec, what),
             self.server_rss_kib,
             self.server_peak_rss_kib,
         );

@@ -8,6 +8,8 @@
 //   // Presence channels (a namespace with `presence = true`):
 //   sy.subscribe("room/1", { onJoin: (m) => {}, onLeave: (m) => {} }, (event) => {});
 //   const members = await sy.presence("room/1"); // [{client_id, user?, info?}]
+//   // Client publishes (a namespace with `client_publish = true`), over the WebSocket:
+//   const { offset, cursor } = await sy.publish("chat/lobby", { text: "hi" }, { type: "said" });
 //
 // Every subscription shares one connection over the first transport that works. The client
 // keeps each channel's cursor and its last offset, so after a reconnect, a fallback or a
@@ -247,6 +249,30 @@ export class Switchyard {
     });
     if (!res.ok) throw await errorFrom(res);
     return (await res.json()).members;
+  }
+
+  /**
+   * Publishes `data` on `channel` over the WebSocket (the `publish` op): for channels whose
+   * namespace has `client_publish = true`, with a token whose `publish` claim covers them.
+   * Resolves to `{offset, cursor}` of the new event; rejects with a `SwitchyardError`
+   * (`forbidden`, `rate_limited`, ...), or `unavailable` when no WebSocket is open (the
+   * other transports only receive).
+   * @param {string} channel
+   * @param {*} data any JSON value
+   * @param {{type?: string}} [options] the event type (default `message`)
+   * @returns {Promise<{offset: number, cursor: string}>}
+   */
+  async publish(channel, data, options = {}) {
+    if (typeof channel !== "string" || !CHANNEL_NAME.test(channel)) {
+      throw new TypeError(`invalid channel name ${JSON.stringify(channel)}`);
+    }
+    const conn = this.#conn;
+    if (!(conn instanceof WsConnection && conn.isOpen)) {
+      throw new SwitchyardError("unavailable", "publishing needs an open WebSocket connection");
+    }
+    const frame = { op: "publish", channel, data };
+    if (options.type !== undefined) frame.type = options.type;
+    return conn.ask(frame);
   }
 
   /**
@@ -626,7 +652,7 @@ class WsConnection {
   #nextId = 1;
   #handshake = 0;
   #pending = new Map(); // frame id -> channel (subscribes) or "auth"
-  #asked = new Map(); // frame id -> {resolve, reject} of a `presence` request
+  #asked = new Map(); // frame id -> {resolve, reject} of a `presence` or `publish` request
   #subscribed = new Set();
   #timers = [];
   #lastFrameAt = 0;
@@ -709,10 +735,15 @@ class WsConnection {
 
   /** Asks who is present on `channel` (the `presence` op). */
   presence(channel) {
+    return this.ask({ op: "presence", channel }).then((f) => f.members);
+  }
+
+  /** Sends `frame` with a fresh id; resolves to its reply frame, rejects on its `error`. */
+  ask(frame) {
     return new Promise((resolve, reject) => {
       const id = this.#nextId++;
       this.#asked.set(id, { resolve, reject });
-      this.#send({ op: "presence", id, channel });
+      this.#send({ ...frame, id });
     });
   }
 
@@ -753,7 +784,11 @@ class WsConnection {
         client._reset(this, f.channel, f.offset, f.cursor);
         break;
       case "presence":
-        this.#asked.get(f.id)?.resolve(f.members);
+        this.#asked.get(f.id)?.resolve(f);
+        this.#asked.delete(f.id);
+        break;
+      case "published":
+        this.#asked.get(f.id)?.resolve({ offset: f.offset, cursor: f.cursor });
         this.#asked.delete(f.id);
         break;
       case "error": {

@@ -46,6 +46,8 @@ pub enum ErrorCode {
     HeadersTooLarge,
     /// Too many requests; retry after the `Retry-After` header.
     RateLimited,
+    /// The channel has the most subscribers its namespace allows (`max_subscribers`).
+    ChannelFull,
     /// A dependency or resource is unavailable.
     Unavailable,
     /// The server is shutting down.
@@ -84,6 +86,7 @@ impl ErrorCode {
             Self::UriTooLong => "uri_too_long",
             Self::HeadersTooLarge => "headers_too_large",
             Self::RateLimited => "rate_limited",
+            Self::ChannelFull => "channel_full",
             Self::Unavailable => "unavailable",
             Self::ShuttingDown => "shutting_down",
             Self::SlowConsumer => "slow_consumer",
@@ -114,7 +117,7 @@ impl ErrorCode {
             Self::UriTooLong => 414,
             Self::UnsupportedMediaType => 415,
             Self::HeadersTooLarge => 431,
-            Self::RateLimited => 429,
+            Self::RateLimited | Self::ChannelFull => 429,
             Self::Internal => 500,
             Self::Unavailable | Self::ShuttingDown | Self::SlowConsumer => 503,
         }

@@ -40,6 +40,20 @@ pub enum ClientFrame {
         /// The token: a JWT, a job token, or an API key with the `subscribe` scope.
         token: String,
     },
+    /// Publishes an event on a channel whose namespace allows client publishes, with a
+    /// token whose `publish` claim covers it; answered with `published`.
+    Publish {
+        /// Request id, echoed in the reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// Channel name.
+        channel: String,
+        /// Event type (default `message`).
+        #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+        event_type: Option<String>,
+        /// The payload (any JSON).
+        data: Value,
+    },
     /// Asks who is present on a channel the caller may read; answered with `presence`.
     Presence {
         /// Request id, echoed in the reply.
@@ -88,12 +102,12 @@ impl ClientFrame {
             ));
         };
         match obj.get("op").and_then(Value::as_str) {
-            Some("subscribe" | "unsubscribe" | "ping" | "auth" | "presence") => {}
+            Some("subscribe" | "unsubscribe" | "publish" | "ping" | "auth" | "presence") => {}
             Some(other) => {
                 return Err(fail(
                     ErrorCode::UnknownOp,
                     format!(
-                        "unknown op {other:?}; expected subscribe, unsubscribe, ping, auth or presence"
+                        "unknown op {other:?}; expected subscribe, unsubscribe, publish, ping, auth or presence"
                     ),
                 ));
             }
@@ -170,6 +184,18 @@ pub enum ServerFrame {
         /// The request id.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
+    },
+    /// Reply to `publish`: where the event landed.
+    Published {
+        /// The request id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// Channel name.
+        channel: String,
+        /// The event's offset.
+        offset: u64,
+        /// The cursor right after it.
+        cursor: String,
     },
     /// A request failed; the connection stays open.
     Error {

@@ -5,6 +5,7 @@ pub mod app;
 pub mod assets;
 pub mod body;
 pub mod channels;
+pub mod client_publish;
 pub mod cors;
 pub mod error;
 pub mod guard;
@@ -89,7 +90,7 @@ pub struct AppState {
     /// Reverse proxies whose forwarding header names the client.
     pub proxies: crate::auth::proxies::TrustedProxies,
     /// Request rate per client address (callers without an API key).
-    pub ip_limiter: crate::auth::rate::RateLimiter<std::net::IpAddr>,
+    pub ip_limiter: Arc<crate::auth::rate::RateLimiter<std::net::IpAddr>>,
     /// Request rate per API key (by its index in the configuration).
     pub key_limiter: crate::auth::rate::RateLimiter<usize>,
 }

@@ -159,6 +159,24 @@ impl ChannelsConfig {
 }
 
 impl NamespaceConfig {
+    /// A namespace of `patterns` with every rule at its default.
+    pub fn new(name: &str, patterns: &[&str]) -> Self {
+        Self {
+            name: name.into(),
+            patterns: patterns.iter().map(|p| (*p).to_owned()).collect(),
+            history_size: None,
+            history_ttl_secs: None,
+            durable: false,
+            presence: false,
+            join_leave: false,
+            anonymous_subscribe: false,
+            client_publish: false,
+            max_subscribers: 0,
+            max_members: default_max_members(),
+            max_info_bytes: default_max_info_bytes(),
+        }
+    }
+
     fn flags(&self) -> Flags {
         Flags {
             durable: self.durable,
@@ -283,20 +301,7 @@ mod tests {
     }
 
     fn ns(name: &str, patterns: &[&str]) -> NamespaceConfig {
-        NamespaceConfig {
-            name: name.into(),
-            patterns: patterns.iter().map(|p| (*p).to_owned()).collect(),
-            history_size: None,
-            history_ttl_secs: None,
-            durable: false,
-            presence: false,
-            join_leave: false,
-            anonymous_subscribe: false,
-            client_publish: false,
-            max_subscribers: 0,
-            max_members: 1000,
-            max_info_bytes: 1024,
-        }
+        NamespaceConfig::new(name, patterns)
     }
 
     fn err(list: &[NamespaceConfig]) -> String {

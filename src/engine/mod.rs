@@ -172,7 +172,7 @@ impl Hub for Engine {
     }
 }
 
-/// Presence on the embedded engine; on Redis, refused until it has its own (see `redis`).
+/// Presence: in memory on the embedded engine, in Redis (across nodes) on the Redis one.
 impl Presence for Engine {
     fn join<'a>(
         &'a self,
@@ -180,44 +180,26 @@ impl Presence for Engine {
         rules: &'a ChannelRules,
         member: Member,
     ) -> BoxFuture<'a, Result<(), PresenceError>> {
-        match self {
-            Self::Embedded(e) => e.presence().join(channel, rules, member),
-            Self::Redis(_) => async { Err(redis_presence_pending().into()) }.boxed(),
-        }
+        on_engine!(self, e => e.presence().join(channel, rules, member))
     }
 
     fn leave(&self, channel: &ChannelName, rules: &ChannelRules, client_id: &str) {
-        match self {
-            Self::Embedded(e) => e.presence().leave(channel, rules, client_id),
-            Self::Redis(_) => {}
-        }
+        on_engine!(self, e => e.presence().leave(channel, rules, client_id))
     }
 
     fn members<'a>(
         &'a self,
         channel: &'a ChannelName,
     ) -> BoxFuture<'a, Result<Vec<Member>, HubError>> {
-        match self {
-            Self::Embedded(e) => e.presence().members(channel),
-            Self::Redis(_) => async { Err(redis_presence_pending()) }.boxed(),
-        }
+        on_engine!(self, e => e.presence().members(channel))
     }
 
     fn stats<'a>(
         &'a self,
         channel: &'a ChannelName,
     ) -> BoxFuture<'a, Result<PresenceStats, HubError>> {
-        match self {
-            Self::Embedded(e) => e.presence().stats(channel),
-            Self::Redis(_) => async { Err(redis_presence_pending()) }.boxed(),
-        }
+        on_engine!(self, e => e.presence().stats(channel))
     }
-}
-
-/// TEMPORARY placeholder until the Redis engine implements presence: every join is refused
-/// (`unavailable`), so a presence namespace on Redis refuses subscriptions clearly.
-fn redis_presence_pending() -> HubError {
-    HubError::Unavailable("presence on Redis: not yet".into())
 }
 
 impl Bus for Engine {

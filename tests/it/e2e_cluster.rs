@@ -187,15 +187,7 @@ async fn readyz(addr: SocketAddr) -> (u16, Value) {
 
 /// One sample of `/metrics` on `addr`, with the given headers (an admin key when keyed).
 async fn metric(addr: SocketAddr, series: &str, headers: &[(&str, &str)]) -> f64 {
-    let (status, _, body) = request(addr, "GET", "/metrics", headers, Vec::new()).await;
-    assert_eq!(status, 200);
-    String::from_utf8(body.to_vec())
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("metric {series} missing"))
-        .parse()
-        .unwrap()
+    crate::support::http::metric(addr, series, headers).await
 }
 
 /// Checks one envelope of `tick` number `n` on `ch`.
@@ -874,6 +866,97 @@ async fn consumers_of_a_killed_node_resume_on_another_with_nothing_lost_or_repea
     publish_n(c, &ch, 16).await;
     assert_tick(&ws.next_event().await, &ch, 16, "WebSocket resumed on C");
     assert_tick(&sse.next_json().await.1, &ch, 16, "SSE resumed on C");
+}
+
+/// A presence namespace with joins and leaves pushed, and a 2 s node liveness key.
+const PRESENCE_ENV: [(&str, &str); 2] = [
+    (
+        "SWITCHYARD_NAMESPACES",
+        r#"[{name="rooms",patterns=["rooms/*"],presence=true,join_leave=true}]"#,
+    ),
+    ("SWITCHYARD_REDIS__PRESENCE_TTL_SECS", "2"),
+];
+
+/// The client ids of `GET /v1/channels/{ch}/presence` on `addr`, sorted.
+async fn present(addr: SocketAddr, ch: &str) -> Vec<String> {
+    let (status, body) = get_json(addr, &format!("/v1/channels/{ch}/presence")).await;
+    assert_eq!(status, 200, "{body}");
+    let mut ids: Vec<String> = body["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["client_id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The next presence event's type and client id (events of the channel are skipped).
+async fn next_presence(ws: &mut WsClient) -> (String, String) {
+    loop {
+        let frame = ws.next_event().await;
+        let kind = frame["type"].as_str().unwrap_or_default();
+        if kind.starts_with("presence.") {
+            assert!(frame.get("offset").is_none(), "transient: {frame}");
+            return (
+                kind.to_owned(),
+                frame["data"]["client_id"].as_str().unwrap().to_owned(),
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn presence_spans_nodes_and_a_killed_nodes_members_leave_within_the_bound() {
+    let Some(redis) = RedisServer::start("cluster presence").await else {
+        return;
+    };
+    let (mut node_a, node_b) = tokio::join!(
+        Node::spawn(&redis, &PRESENCE_ENV),
+        Node::spawn(&redis, &PRESENCE_ENV)
+    );
+    let (a, b) = (node_a.addr(), node_b.addr());
+    let ch = "rooms/cluster";
+
+    // A watcher on B, then members on A over WebSocket and SSE.
+    let mut watcher = WsClient::connect(b).await;
+    watcher.subscribe(1, ch, json!({})).await;
+    let (kind, watcher_id) = next_presence(&mut watcher).await;
+    assert_eq!(kind, "presence.join", "its own join comes first");
+    let mut on_a = WsClient::connect(a).await;
+    on_a.subscribe(1, ch, json!({})).await;
+    let (kind, ws_member) = next_presence(&mut watcher).await;
+    assert_eq!(kind, "presence.join");
+    let sse = SseClient::connect(a, &format!("channel={ch}"), None).await;
+    let (kind, sse_member) = next_presence(&mut watcher).await;
+    assert_eq!(kind, "presence.join");
+    let mut everyone = vec![watcher_id.clone(), ws_member.clone(), sse_member.clone()];
+    everyone.sort();
+    assert_eq!(
+        present(a, ch).await,
+        everyone,
+        "node A lists B's member too"
+    );
+    assert_eq!(present(b, ch).await, everyone);
+
+    // A dies without a goodbye: its members leave within presence_ttl_secs × 4/3 (the
+    // key's life, then one renewal period of a surviving node).
+    let killed = Instant::now();
+    node_a.kill();
+    let mut left = BTreeSet::new();
+    while left.len() < 2 {
+        let (kind, id) = next_presence(&mut watcher).await;
+        assert_eq!(kind, "presence.leave", "{id}");
+        left.insert(id);
+    }
+    let took = killed.elapsed();
+    assert_eq!(left, BTreeSet::from([ws_member, sse_member]));
+    assert!(
+        took <= Duration::from_millis(2000 * 4 / 3 + 1000),
+        "the killed node's members left after {took:?}"
+    );
+    assert_eq!(present(b, ch).await, vec![watcher_id]);
+    drop(sse);
 }
 
 #[tokio::test]

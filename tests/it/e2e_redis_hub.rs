@@ -16,10 +16,9 @@ use crate::support::{redis::RedisServer, within};
 
 fn config(history_size: usize, history_ttl: Duration) -> RedisHubConfig {
     RedisHubConfig {
-        history_size,
-        history_ttl,
         max_channels: 100,
         op_timeout: Duration::from_millis(500),
+        ..RedisHubConfig::with_history(history_size, history_ttl)
     }
 }
 

@@ -33,10 +33,9 @@ async fn hub(redis: &RedisServer, history_size: usize, history_ttl: Duration) ->
     RedisHub::connect(
         &redis.url(),
         RedisHubConfig {
-            history_size,
-            history_ttl,
             max_channels: 100,
             op_timeout: Duration::from_millis(1000),
+            ..RedisHubConfig::with_history(history_size, history_ttl)
         },
     )
     .await

@@ -24,12 +24,18 @@ mod e2e_auth;
 mod e2e_cross;
 #[path = "../it/e2e_direct_writes.rs"]
 mod e2e_direct_writes;
+#[path = "../it/e2e_durable.rs"]
+mod e2e_durable;
 #[path = "../it/e2e_event_path.rs"]
 mod e2e_event_path;
 #[path = "../it/e2e_jobs.rs"]
 mod e2e_jobs;
 #[path = "../it/e2e_longpoll.rs"]
 mod e2e_longpoll;
+#[path = "../it/e2e_namespaces.rs"]
+mod e2e_namespaces;
+#[path = "../it/e2e_presence.rs"]
+mod e2e_presence;
 #[path = "../it/e2e_publish.rs"]
 mod e2e_publish;
 #[path = "../it/e2e_shutdown.rs"]

@@ -235,6 +235,55 @@ pub fn require(
     admit(ctx, headers, query)?.ok_or_else(missing)
 }
 
+/// The grant of a consumer request: its credential's; without one, the anonymous grant
+/// when some namespace has public channels (`anonymous_subscribe`).
+///
+/// # Errors
+/// `unauthorized` without a credential when no channel is public; the verifier's refusal
+/// of a bad one.
+pub fn require_or_anonymous(
+    ctx: &Context,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Grant, ParamError> {
+    match admit(ctx, headers, query)? {
+        Some(grant) => Ok(grant),
+        None if ctx.namespaces.any_anonymous() => Ok(Grant::anonymous()),
+        None => Err(missing()),
+    }
+}
+
+/// Whether `grant` may subscribe `channel`: its own channels, or a public one.
+pub fn may_subscribe(ctx: &Context, grant: &Grant, channel: &str) -> bool {
+    grant.allows(channel) || ctx.namespaces.rules(channel).anonymous_subscribe
+}
+
+/// Refuses the first of `channels` that `grant` may not subscribe: `unauthorized` for a
+/// request without a credential (a token would help), `forbidden` otherwise.
+///
+/// # Errors
+/// As above, naming the channel.
+pub fn check_subscribe<'a>(
+    ctx: &Context,
+    grant: &Grant,
+    channels: impl IntoIterator<Item = &'a ChannelName>,
+) -> Result<(), ParamError> {
+    match channels
+        .into_iter()
+        .find(|c| !may_subscribe(ctx, grant, c.as_str()))
+    {
+        None => Ok(()),
+        Some(channel) if grant.is_anonymous() => Err(ParamError::new(
+            ErrorCode::Unauthorized,
+            format!(
+                "channel {:?} is not public: it needs a consumer token (`Authorization: Bearer <token>` or `?token=`)",
+                channel.as_str()
+            ),
+        )),
+        Some(channel) => Err(forbidden(channel.as_str())),
+    }
+}
+
 /// Completes when `grant` expires; never for a grant without expiry.
 pub(crate) async fn expiry(grant: &Grant) {
     match grant.remaining() {

@@ -82,6 +82,11 @@ impl Allowance {
         }
     }
 
+    /// The client address it counts against.
+    pub fn address(&self) -> Option<IpAddr> {
+        self.address
+    }
+
     /// Takes one subscription for a holder of `grant`.
     ///
     /// # Errors

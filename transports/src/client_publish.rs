@@ -7,7 +7,7 @@ use futures_util::future::BoxFuture;
 use serde_json::value::RawValue;
 use switchyard_protocol::ChannelName;
 
-use crate::params::ParamError;
+use crate::{context::ClientAddr, params::ParamError};
 
 /// Where a client's publish landed.
 #[derive(Clone, Debug)]
@@ -20,12 +20,15 @@ pub struct ClientPublished {
 
 /// Publishes on behalf of a consumer; implemented by the server.
 pub trait ClientPublisher: Send + Sync + 'static {
-    /// Publishes `data` as an event of `event_type` on `channel`.
+    /// Publishes `data` as an event of `event_type` on `channel`, for a client at
+    /// `client` (its per-address request rate applies).
     ///
     /// # Errors
-    /// The same refusals as the publish API (a bad type, a body too large, a full server).
+    /// The same refusals as the publish API (a bad type, a body too large, a full server,
+    /// a client over its request rate).
     fn publish<'a>(
         &'a self,
+        client: Option<ClientAddr>,
         channel: &'a ChannelName,
         event_type: &'a str,
         data: &'a RawValue,

@@ -6,7 +6,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     access::Verifier, allowance::SubscriptionBudgets, client_publish::ClientPublisher, hub::Hub,
-    metrics::TransportMetrics, namespaces::Namespaces, presence::Presence,
+    metrics::TransportMetrics, namespaces::Namespaces, occupancy::Occupancy, presence::Presence,
 };
 
 /// Limits and timings of the consumer transports (built from the server's config).
@@ -86,6 +86,8 @@ pub struct Context {
     pub subscriptions: Arc<SubscriptionBudgets>,
     /// Each channel family's rules.
     pub namespaces: Arc<Namespaces>,
+    /// Subscribers per channel of namespaces with `max_subscribers`.
+    pub occupancy: Arc<Occupancy>,
     /// Who is subscribed, for namespaces that track presence.
     pub presence: Option<Arc<dyn Presence>>,
     /// Publishes for consumers, on namespaces that allow it (`None`: nowhere).

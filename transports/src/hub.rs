@@ -124,6 +124,14 @@ impl Event {
         &self.event_type
     }
 
+    /// The event as if built `age` before `now`: one read back from a durable log keeps
+    /// its age, so history expires it when its log does.
+    #[must_use]
+    pub fn with_age(mut self, now: Instant, age: std::time::Duration) -> Self {
+        self.published_at = now.checked_sub(age).unwrap_or(now);
+        self
+    }
+
     /// When this process built it (for publish → deliver latency).
     pub fn published_at(&self) -> Instant {
         self.published_at

@@ -34,6 +34,7 @@ pub mod longpoll;
 mod membership;
 pub mod metrics;
 pub mod namespaces;
+pub mod occupancy;
 pub mod params;
 pub mod presence;
 mod push;

@@ -36,9 +36,9 @@ struct Admitted {
 /// The checks before anything is subscribed: credential, parameters, shutdown.
 fn admit(ctx: &Context, parts: &Parts) -> Result<Admitted, ParamError> {
     let cfg = &ctx.config;
-    let grant = access::require(ctx, &parts.headers, parts.uri.query())?;
+    let grant = access::require_or_anonymous(ctx, &parts.headers, parts.uri.query())?;
     let params = ConsumerParams::parse(parts, cfg.max_channels_per_request, false)?;
-    grant.check(&params.channels)?;
+    access::check_subscribe(ctx, &grant, &params.channels)?;
     let timeout = params.seconds("timeout", cfg.poll_default_timeout, cfg.poll_max_timeout)?;
     let limit = params.count("limit", cfg.poll_default_limit, cfg.poll_max_limit)?;
     if ctx.shutdown.is_cancelled() {

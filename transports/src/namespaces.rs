@@ -111,6 +111,11 @@ impl Namespaces {
             .chain([&self.jobs, &self.default])
     }
 
+    /// Whether any namespace has public channels.
+    pub fn any_anonymous(&self) -> bool {
+        self.all().any(|r| r.anonymous_subscribe)
+    }
+
     /// Whether any namespace tracks presence.
     pub fn any_presence(&self) -> bool {
         self.all().any(|r| r.presence)

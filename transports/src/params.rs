@@ -17,7 +17,8 @@ pub struct ParamError {
 }
 
 impl ParamError {
-    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    /// A refusal with `code` and a human sentence.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),

@@ -54,13 +54,13 @@ fn admit<F: Framing>(
     ctx: &Context,
     parts: &Parts,
 ) -> Result<(access::Grant, ConsumerParams), ParamError> {
-    let grant = access::require(ctx, &parts.headers, parts.uri.query())?;
+    let grant = access::require_or_anonymous(ctx, &parts.headers, parts.uri.query())?;
     let params = ConsumerParams::parse(
         parts,
         ctx.config.max_channels_per_request,
         F::READS_LAST_EVENT_ID,
     )?;
-    grant.check(&params.channels)?;
+    access::check_subscribe(ctx, &grant, &params.channels)?;
     if ctx.shutdown.is_cancelled() {
         return Err(ParamError::new(
             ErrorCode::ShuttingDown,

@@ -13,6 +13,7 @@ use crate::{
     context::ClientAddr,
     hub::{Event, HubError, Inbox, Opened, StartFrom, SubscriptionGuard},
     membership::Memberships,
+    occupancy::Seats,
     params::ParamError,
 };
 
@@ -25,6 +26,8 @@ pub(crate) struct Session {
     /// The subscriptions counted against the client's address and token (unlimited until
     /// [`Session::count_against`]).
     allowance: Allowance,
+    /// Its places in channels whose namespace limits subscribers.
+    seats: Seats,
     /// Presence memberships; after `guard` so that a connection that ends is unsubscribed
     /// before it leaves (its own `presence.leave` is not offered to it).
     memberships: Memberships,
@@ -53,6 +56,7 @@ impl Session {
             guard,
             positions: Cursor::new(),
             allowance: Allowance::default(),
+            seats: Seats::default(),
             memberships: Memberships::default(),
             joins: true,
         }
@@ -69,6 +73,11 @@ impl Session {
     /// its grant, within `ctx`'s budgets.
     pub(crate) fn count_against(&mut self, ctx: &Context, client: Option<ClientAddr>) {
         self.allowance = Allowance::new(&ctx.subscriptions, client.map(|c| c.0));
+    }
+
+    /// The client's address, as per-address limits count it (when known).
+    pub(crate) fn client(&self) -> Option<ClientAddr> {
+        self.allowance.address().map(ClientAddr)
     }
 
     /// Subscribes `channel`; the replay is returned for the caller to deliver through
@@ -90,10 +99,15 @@ impl Session {
             Memberships::check(rules, channel, grant)?;
         }
         self.allowance.take(grant)?;
+        if let Err(e) = self.seats.take(&ctx.occupancy, channel, rules) {
+            self.allowance.give_back(1);
+            return Err(e);
+        }
         let opened = match ctx.hub.subscribe(channel, from, &self.sink).await {
             Ok(opened) => opened,
             Err(e) => {
                 self.allowance.give_back(1);
+                self.seats.give_back(channel.as_str());
                 return Err(hub_error(e));
             }
         };
@@ -117,6 +131,7 @@ impl Session {
     pub(crate) fn close(&mut self, channel: &ChannelName) {
         if self.is_subscribed(channel.as_str()) {
             self.allowance.give_back(1);
+            self.seats.give_back(channel.as_str());
         }
         self.guard.remove(channel);
         self.positions.remove(channel.as_str());

@@ -334,6 +334,7 @@ fn build_context(
         verifier,
         subscriptions: crate::allowance::SubscriptionBudgets::new(0, 0),
         namespaces: Default::default(),
+        occupancy: Default::default(),
         presence: None,
         publisher: None,
     })

@@ -32,6 +32,7 @@ use crate::{
 };
 
 mod peer;
+mod publish;
 
 use peer::Peer;
 
@@ -147,6 +148,9 @@ fn admit_upgrade(
     // A bad credential is refused before the upgrade; a missing one may still come in
     // the first frame (browsers cannot set headers on a WebSocket).
     let grant = access::admit(ctx, headers, query).map_err(|e| error(e.code, e.message))?;
+    // Without a credential, a server with public channels lets the connection use them at
+    // once (and send `auth` later for more); otherwise the `auth` frame must come in time.
+    let grant = grant.or_else(|| ctx.namespaces.any_anonymous().then(Grant::anonymous));
     if ctx.shutdown.is_cancelled() {
         return Err(error(
             ErrorCode::ShuttingDown,
@@ -518,6 +522,7 @@ fn frame_error(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> 
 /// reading it (subscribing, or asking who is present).
 #[allow(clippy::result_large_err)] // a refusal is rare; `Reply` is what `handle_frame` answers
 fn readable<'a>(
+    ctx: &Context,
     auth: &'a Auth,
     id: Option<u64>,
     channel: &str,
@@ -532,10 +537,7 @@ fn readable<'a>(
     };
     let name = ChannelName::new(channel)
         .map_err(|e| frame_error(id, ErrorCode::InvalidChannel, e.to_string()))?;
-    if !grant.allows(channel) {
-        let e = access::forbidden(channel);
-        return Err(frame_error(id, e.code, e.message));
-    }
+    access::check_subscribe(ctx, grant, [&name]).map_err(|e| frame_error(id, e.code, e.message))?;
     Ok((grant, name))
 }
 
@@ -592,7 +594,7 @@ where
             let dropped: Vec<ChannelName> = session
                 .channels()
                 .into_iter()
-                .filter(|c| !grant.allows(c.as_str()))
+                .filter(|c| !access::may_subscribe(ctx, &grant, c.as_str()))
                 .collect();
             auth.set(grant);
             let sent = async {
@@ -611,8 +613,30 @@ where
             };
             bounded(ctx, send_timeout, sent).await.map_err(Reply::End)
         }
+        ClientFrame::Publish {
+            id,
+            channel,
+            event_type,
+            data,
+        } => Err(Reply::Frame(
+            Box::pin(publish::client_publish(
+                ctx,
+                session,
+                auth.grant.as_ref(),
+                id,
+                channel,
+                event_type,
+                data,
+            ))
+            .await
+            .unwrap_or_else(|e| ServerFrame::Error {
+                channel: None,
+                id,
+                error: ErrorBody::new(e.code, e.message),
+            }),
+        )),
         ClientFrame::Presence { id, channel } => {
-            let (_, name) = readable(auth, id, &channel, "asking who is present")?;
+            let (_, name) = readable(ctx, auth, id, &channel, "asking who is present")?;
             let members = crate::presence::of(ctx, &name)
                 .map_err(|e| frame_error(id, e.code, e.message))?
                 .members(&name)
@@ -649,7 +673,7 @@ where
             after,
             cursor,
         } => {
-            let (grant, name) = readable(auth, id, &channel, "subscribing")?;
+            let (grant, name) = readable(ctx, auth, id, &channel, "subscribing")?;
             if session.is_subscribed(&channel) {
                 return Err(frame_error(
                     id,

@@ -17,6 +17,14 @@
 //!
 //! A publish that owes no delivery, on a channel with nothing in the writer, is appended
 //! and fanned out at once ([`MemoryHub::publish_now`]).
+//!
+//! # Bounds and durability per namespace
+//! Each channel follows its namespace's rules ([`Namespaces`]): `history_size` and
+//! `history_ttl` bound its history. A channel of a `durable` namespace ([`Kind::Log`]) keeps
+//! its log in the store: every publish goes through the writer (which writes the event in
+//! the same transaction), the channel is read back from the store on first use (so cursors
+//! survive a restart), and the byte budgets never cut it. Job channels ([`Kind::Jobs`]) are
+//! written by the store's job operations only, never by a publish.
 
 use std::{
     collections::VecDeque,
@@ -35,6 +43,7 @@ use switchyard_protocol::{ChannelName, Position};
 use switchyard_transports::{
     fanout,
     hub::{Opened, Sink, StartFrom},
+    namespaces::{ChannelRules, Namespaces},
 };
 
 use super::{
@@ -58,6 +67,8 @@ pub struct StoredEvent {
     pub time: String,
     /// JSON payload.
     pub data: Box<RawValue>,
+    /// When it was written (unix ms), for logs that expire by age; `None`: never by age.
+    pub at_ms: Option<i64>,
 }
 
 /// A durable channel's state as its log holds it.
@@ -71,12 +82,15 @@ pub struct LoadedChannel {
     pub events: Vec<StoredEvent>,
 }
 
-/// Channels whose log lives in a durable store (job channels): the hub loads them on first
-/// use and learns of new events through [`MemoryHub::append_stored`], never by `publish`.
+/// Channels whose log lives in a durable store: job channels, which the store alone writes
+/// (the hub learns of their events through [`MemoryHub::append_stored`], never by
+/// `publish`), and channels of durable namespaces, whose publishes the writer stores (see
+/// [`Pending::log_record`]). The hub loads either on first use.
 pub trait DurableChannels: Send + Sync + 'static {
-    /// Whether `channel` belongs to the durable store.
+    /// Whether `channel` belongs to the store alone (job channels): publishes are refused.
     fn owns(&self, channel: &str) -> bool;
-    /// Reads the channel's epoch, last offset and latest `max_events` events.
+    /// Reads the channel's epoch, last offset and latest `max_events` events (job channels
+    /// from the jobs' logs, others from the durable channels' log).
     ///
     /// # Errors
     /// When the store cannot be read.
@@ -86,10 +100,8 @@ pub trait DurableChannels: Send + Sync + 'static {
 /// Bounds of the memory hub.
 #[derive(Clone, Debug)]
 pub struct MemoryHubConfig {
-    /// Events kept per channel.
-    pub history_size: usize,
-    /// Age after which events leave the history.
-    pub history_ttl: Duration,
+    /// Each channel's rules: history bounds (`history_size`, `history_ttl`) and durability.
+    pub namespaces: Arc<Namespaces>,
     /// Most channels holding published state (history, idempotency keys, an offset) at
     /// once; channels that only have subscribers cost nothing here (they are bounded by
     /// the subscription budgets), so consumers cannot fill the table publishers need.
@@ -100,6 +112,28 @@ pub struct MemoryHubConfig {
     /// Bytes of history and idempotency keys all channels may hold; past it, the largest
     /// channels lose their oldest events first.
     pub total_bytes: usize,
+}
+
+/// One namespace with these history bounds for every channel (tests and tools).
+pub fn single_namespace(history_size: usize, history_ttl: Duration) -> Arc<Namespaces> {
+    Arc::new(Namespaces::only(ChannelRules::plain(
+        "default",
+        history_size,
+        history_ttl,
+    )))
+}
+
+/// Where a channel's history lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// In memory only: gone at a restart.
+    Memory,
+    /// A job's log, written by the store's job operations; never trimmed by age here
+    /// (the job's retention removes it).
+    Jobs,
+    /// A durable namespace's channel: published through the writer into the store's log,
+    /// trimmed by its namespace's bounds like a memory channel (and in the store alike).
+    Log,
 }
 
 /// The embedded, single-node hub.
@@ -151,8 +185,10 @@ struct Channel {
     removed: bool,
     /// Durable channels: whether the log has been read in yet (memory channels start true).
     loaded: bool,
-    /// Durable channels: their history is the store's, not bounded by age in memory.
-    durable: bool,
+    /// Where its history lives; not [`Kind::Memory`]: the store's, never cut by bytes.
+    kind: Kind,
+    /// Its namespace's rules (history bounds).
+    rules: Arc<ChannelRules>,
     last_used: Instant,
 }
 
@@ -177,7 +213,8 @@ impl Drop for Channel {
 }
 
 impl Channel {
-    fn new(durable: bool, budget: Arc<Budget>) -> Self {
+    fn new(kind: Kind, rules: Arc<ChannelRules>, budget: Arc<Budget>) -> Self {
+        let durable = kind != Kind::Memory;
         Self {
             epoch: ids::epoch(),
             last_offset: 0,
@@ -193,25 +230,35 @@ impl Channel {
             idempotency: IdempotencyKeys::default(),
             removed: false,
             loaded: !durable,
-            durable,
+            kind,
+            rules,
             last_used: Instant::now(),
         }
     }
 
-    fn load(
-        &mut self,
-        channel: &ChannelName,
-        log: &dyn DurableChannels,
-        size: usize,
-    ) -> Result<(), HubError> {
-        let loaded = log.load(channel, size)?;
+    fn durable(&self) -> bool {
+        self.kind != Kind::Memory
+    }
+
+    fn load(&mut self, channel: &ChannelName, log: &dyn DurableChannels) -> Result<(), HubError> {
+        let loaded = log.load(channel, self.rules.history_size)?;
         self.epoch = loaded.epoch;
         self.last_offset = loaded.last_offset;
         self.assigned = loaded.last_offset;
+        let (now, now_ms) = (Instant::now(), crate::time::now_ms());
         self.history = loaded
             .events
             .into_iter()
-            .map(|e| Arc::new(stored_to_event(channel, loaded.epoch, e)))
+            .map(|e| {
+                // Aged from when it was written, so memory expires it when retention
+                // deletes it from the store.
+                let age = e.at_ms.map(|at| (now_ms - at).max(0));
+                let event = stored_to_event(channel, loaded.epoch, e);
+                Arc::new(match age {
+                    Some(ms) => event.with_age(now, Duration::from_millis(ms as u64)),
+                    None => event,
+                })
+            })
             .collect();
         self.history_bytes = self.history.iter().map(|e| footprint(e)).sum();
         self.settle();
@@ -231,7 +278,9 @@ impl Channel {
     /// # Errors
     /// [`HubError::TooManyChannels`] when `max_channels` channels already do.
     fn admit(&mut self) -> Result<(), HubError> {
-        if !self.counted && !self.durable {
+        // Job channels are bounded by the jobs' retention; every other channel, durable
+        // or not, holds memory here while it is loaded.
+        if !self.counted && self.kind != Kind::Jobs {
             self.budget.admit_channel()?;
             self.counted = true;
         }
@@ -250,7 +299,7 @@ impl Channel {
     /// budget only) its oldest idempotency keys. Durable channels are never cut: their
     /// history is their store's, and memory holds what `history.size` reads back.
     fn trim_to(&mut self, level: usize, for_total: bool) {
-        if self.durable {
+        if self.durable() {
             return;
         }
         let mut events = 0;
@@ -274,19 +323,20 @@ impl Channel {
         self.settle();
     }
 
-    /// The next offset, with its event; visible only once pushed.
-    fn assign(&mut self, req: &Publish<'_>) -> Arc<Event> {
+    /// The next offset, with its event published at `time`; visible only once pushed.
+    fn assign(&mut self, req: &Publish<'_>, time: &str) -> Arc<Event> {
         self.assigned += 1;
         Arc::new(Event::new(
             req.channel.clone(),
             self.position(self.assigned),
             req.event_type,
-            &now_rfc3339(),
+            time,
             req.data,
         ))
     }
 
-    fn push(&mut self, event: Arc<Event>, size: usize) {
+    fn push(&mut self, event: Arc<Event>) {
+        let size = self.rules.history_size;
         self.last_offset = event.offset();
         let subscribers = self.sinks.len();
         let direct = self.pace.direct(event.published_at(), subscribers);
@@ -312,8 +362,10 @@ impl Channel {
             .map_or(self.last_offset + 1, |e| e.offset())
     }
 
-    fn expire(&mut self, ttl: Duration, now: Instant) {
-        while let Some(front) = self.history.front().filter(|_| !self.durable) {
+    /// Drops events past the namespace's TTL (job channels: never by age).
+    fn expire(&mut self, now: Instant) {
+        let ttl = self.rules.history_ttl;
+        while let Some(front) = self.history.front().filter(|_| self.kind != Kind::Jobs) {
             if now.duration_since(front.published_at()) < ttl {
                 break;
             }
@@ -416,7 +468,8 @@ pub enum Assigned {
 pub struct Pending {
     event: Arc<Event>,
     key: Option<Box<str>>,
-    history_size: usize,
+    /// A durable namespace's event: what the writer stores in the channel's log.
+    log: Option<StoredEvent>,
     published: Published,
     ticket: Ticket,
 }
@@ -425,6 +478,12 @@ impl Pending {
     /// The event as consumers will receive it.
     pub fn event(&self) -> &Arc<Event> {
         &self.event
+    }
+
+    /// The record the writer must store in the channel's log in the same transaction,
+    /// when the channel is a durable namespace's.
+    pub fn log_record(&self) -> Option<&StoredEvent> {
+        self.log.as_ref()
     }
 
     /// What the publisher is answered once the event is released.
@@ -436,7 +495,7 @@ impl Pending {
     pub fn release(self, hub: &MemoryHub) {
         let mut c = lock(&self.ticket.channel);
         debug_assert_eq!(self.event.offset(), c.last_offset + 1);
-        c.push(Arc::clone(&self.event), self.history_size);
+        c.push(Arc::clone(&self.event));
         drop(c);
         hub.published.fetch_add(1, Ordering::Relaxed);
         hub.keep_within_budget();
@@ -479,8 +538,19 @@ impl MemoryHub {
         }
     }
 
-    fn is_durable(&self, name: &str) -> bool {
-        self.durable.as_ref().is_some_and(|d| d.owns(name))
+    /// Where `name`'s history lives: job channels are the store's alone; a durable
+    /// namespace's channels are logged in the store when there is one.
+    fn kind_of(&self, name: &str) -> Kind {
+        match &self.durable {
+            Some(d) if d.owns(name) => Kind::Jobs,
+            Some(_) if self.config.namespaces.rules(name).durable => Kind::Log,
+            _ => Kind::Memory,
+        }
+    }
+
+    /// The rules of `name`'s namespace.
+    pub fn rules(&self, name: &str) -> &Arc<ChannelRules> {
+        self.config.namespaces.rules(name)
     }
 
     /// Takes in an event a durable store has committed (in commit order) and fans it out.
@@ -502,7 +572,7 @@ impl MemoryHub {
         }
         c.assigned = event.offset();
         c.last_used = Instant::now();
-        c.push(event, self.config.history_size);
+        c.push(event);
         drop(c);
         self.published.fetch_add(1, Ordering::Relaxed);
         self.keep_within_budget();
@@ -548,26 +618,25 @@ impl MemoryHub {
         self.budget.trimmed();
     }
 
-    /// Publishes at once, unless the channel has publishes in the store's writer (`None`:
-    /// this one must follow them through the writer, see the module docs).
+    /// Publishes at once, unless the channel has publishes in the store's writer or is
+    /// durable (`None`: this one must go through the writer, see the module docs).
     ///
     /// # Errors
     /// An idempotency conflict, or a channel the hub cannot hold.
     pub fn publish_now(&self, req: &Publish<'_>) -> Result<Option<Published>, PublishError> {
         let hash = req.idempotency_key.map(|_| request_hash(req));
-        let size = self.config.history_size;
         let published = self.with_channel(req.channel, true, |c| {
-            if c.in_writer > 0 {
+            if c.in_writer > 0 || c.durable() {
                 return Ok(None);
             }
             if let Some(first) = c.seen(req, hash)? {
                 return Ok(Some(first));
             }
             c.admit()?;
-            let event = c.assign(req);
+            let event = c.assign(req, &now_rfc3339());
             let published = Published::of(&event, false);
             c.remember(req, hash, &published);
-            c.push(event, size);
+            c.push(event);
             self.published.fetch_add(1, Ordering::Relaxed);
             Ok(Some(published))
         })?;
@@ -596,20 +665,28 @@ impl MemoryHub {
     pub fn assign(&self, ticket: Ticket, req: &Publish<'_>) -> Assigned {
         let hash = req.idempotency_key.map(|_| request_hash(req));
         let mut c = lock(&ticket.channel);
-        c.expire(self.config.history_ttl, Instant::now());
+        c.expire(Instant::now());
         match c.seen(req, hash) {
             Err(e) => return Assigned::Refused(e),
             Ok(Some(first)) => return Assigned::Replayed(first),
             Ok(None) => {}
         }
-        let event = c.assign(req);
+        let time = now_rfc3339();
+        let event = c.assign(req, &time);
         let published = Published::of(&event, false);
         c.remember(req, hash, &published);
+        let log = (c.kind == Kind::Log).then(|| StoredEvent {
+            offset: event.offset(),
+            event_type: req.event_type.to_owned(),
+            time,
+            data: req.data.to_owned(),
+            at_ms: None,
+        });
         drop(c);
         Assigned::New(Pending {
             event,
             key: req.idempotency_key.map(Box::from),
-            history_size: self.config.history_size,
+            log,
             published,
             ticket,
         })
@@ -638,9 +715,14 @@ impl MemoryHub {
                 None if !create => return Ok(None),
                 None => {
                     // Free until something is published (see `Channel::admit`).
-                    let durable = self.is_durable(name.as_str());
+                    let kind = self.kind_of(name.as_str());
+                    let rules = Arc::clone(self.rules(name.as_str()));
                     Arc::clone(&self.channels.entry(name.clone()).or_insert_with(|| {
-                        Arc::new(Mutex::new(Channel::new(durable, Arc::clone(&self.budget))))
+                        Arc::new(Mutex::new(Channel::new(
+                            kind,
+                            rules,
+                            Arc::clone(&self.budget),
+                        )))
                     }))
                 }
             };
@@ -651,10 +733,10 @@ impl MemoryHub {
             if !guard.loaded
                 && let Some(log) = &self.durable
             {
-                guard.load(name, log.as_ref(), self.config.history_size)?;
+                guard.load(name, log.as_ref())?;
             }
             let now = Instant::now();
-            guard.expire(self.config.history_ttl, now);
+            guard.expire(now);
             guard.last_used = now;
             return Ok(Some(f(&channel, &mut guard)));
         }
@@ -687,7 +769,7 @@ impl MemoryHub {
         let mut memory_idle = Vec::new();
         for entry in &self.channels {
             let mut c = lock(entry.value());
-            c.expire(self.config.history_ttl, now);
+            c.expire(now);
             c.sinks.retain(|s| !s.is_closed());
             match c.idleness(now) {
                 Idle::No => {}
@@ -731,7 +813,7 @@ impl Channel {
     fn idleness(&self, now: Instant) -> Idle {
         if !self.sinks.is_empty() || self.in_writer > 0 {
             Idle::No
-        } else if self.durable {
+        } else if self.durable() {
             if now.duration_since(self.last_used) > DURABLE_IDLE {
                 Idle::Durable
             } else {
@@ -796,16 +878,18 @@ impl Bus for MemoryHub {
     /// Publishes at once (the hub alone knows no webhooks; the embedded engine's publish
     /// goes through the store when an event owes deliveries).
     fn publish<'a>(&'a self, req: Publish<'a>) -> BoxFuture<'a, Result<Published, PublishError>> {
-        let published = if self.is_durable(req.channel.as_str()) {
-            Err(PublishError::Reserved)
-        } else {
-            self.publish_now(&req).and_then(|p| {
+        let published = match self.kind_of(req.channel.as_str()) {
+            Kind::Jobs => Err(PublishError::Reserved),
+            Kind::Log => Err(PublishError::Hub(HubError::Unavailable(
+                "a durable channel is published through the store's writer".into(),
+            ))),
+            Kind::Memory => self.publish_now(&req).and_then(|p| {
                 p.ok_or_else(|| {
                     PublishError::Hub(HubError::Unavailable(
                         "the channel has publishes waiting for the store".into(),
                     ))
                 })
-            })
+            }),
         };
         async move { published }.boxed()
     }
@@ -818,7 +902,7 @@ impl Bus for MemoryHub {
     ) -> BoxFuture<'a, Result<HistoryPage, HubError>> {
         // A durable channel not in memory is read in from its store; a memory one that does
         // not exist has no events, and is not created by reading it.
-        let load = self.is_durable(channel.as_str());
+        let load = self.kind_of(channel.as_str()) != Kind::Memory;
         let page = self.with_channel(channel, load, |c| {
             let (start, reset) = match after {
                 None => (c.oldest_kept() - 1, false),
@@ -865,8 +949,7 @@ mod tests {
     fn hub(size: usize) -> MemoryHub {
         MemoryHub::new(
             MemoryHubConfig {
-                history_size: size,
-                history_ttl: Duration::from_secs(3600),
+                namespaces: single_namespace(size, Duration::from_secs(3600)),
                 max_channels: 10,
                 channel_bytes: 1 << 30,
                 total_bytes: 1 << 30,
@@ -1004,8 +1087,7 @@ mod tests {
     async fn sweep_drops_idle_channels_and_a_new_incarnation_resets_old_cursors() {
         let hub = MemoryHub::new(
             MemoryHubConfig {
-                history_size: 10,
-                history_ttl: Duration::from_millis(1),
+                namespaces: single_namespace(10, Duration::from_millis(1)),
                 max_channels: 1,
                 channel_bytes: 1 << 30,
                 total_bytes: 1 << 30,
@@ -1044,8 +1126,7 @@ mod tests {
     async fn subscribers_alone_never_take_a_publishers_channel_and_leave_nothing_behind() {
         let hub = MemoryHub::new(
             MemoryHubConfig {
-                history_size: 10,
-                history_ttl: Duration::from_secs(3600),
+                namespaces: single_namespace(10, Duration::from_secs(3600)),
                 max_channels: 1,
                 channel_bytes: 1 << 30,
                 total_bytes: 1 << 30,
@@ -1083,8 +1164,7 @@ mod tests {
         let data = RawValue::from_string(format!("\"{}\"", "x".repeat(1000))).unwrap();
         let hub = MemoryHub::new(
             MemoryHubConfig {
-                history_size: 1000,
-                history_ttl: Duration::from_secs(3600),
+                namespaces: single_namespace(1000, Duration::from_secs(3600)),
                 max_channels: 5,
                 // About 9 events of 1.5 KB per channel, 15 in all.
                 channel_bytes: 14_000,
@@ -1119,8 +1199,7 @@ mod tests {
     async fn idle_channels_keep_their_offsets_while_there_is_room() {
         let hub = MemoryHub::new(
             MemoryHubConfig {
-                history_size: 10,
-                history_ttl: Duration::from_millis(1),
+                namespaces: single_namespace(10, Duration::from_millis(1)),
                 max_channels: 100,
                 channel_bytes: 1 << 30,
                 total_bytes: 1 << 30,
@@ -1146,6 +1225,41 @@ mod tests {
             2,
             "offsets are never reused"
         );
+    }
+
+    #[tokio::test]
+    async fn each_namespace_bounds_its_channels_history() {
+        let pattern = |p: &str| switchyard_protocol::ChannelPattern::new(p).unwrap();
+        let namespaces = Namespaces::new(
+            vec![(
+                pattern("short/**"),
+                ChannelRules::plain("short", 2, Duration::from_secs(3600)),
+            )],
+            ChannelRules::plain("default", 4, Duration::from_secs(3600)),
+        );
+        let hub = MemoryHub::new(
+            MemoryHubConfig {
+                namespaces: Arc::new(namespaces),
+                max_channels: 10,
+                channel_bytes: 1 << 30,
+                total_bytes: 1 << 30,
+            },
+            None,
+        );
+        for c in [ch("short/a"), ch("other")] {
+            for i in 1..=6 {
+                publish(&hub, &c, i).await;
+            }
+        }
+        let kept = |c: &'static str| {
+            let hub = &hub;
+            async move {
+                let page = hub.history(&ch(c), None, 100).await.unwrap();
+                page.events.iter().map(|e| e.offset()).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(kept("short/a").await, [5, 6]);
+        assert_eq!(kept("other").await, [3, 4, 5, 6]);
     }
 
     #[tokio::test]
@@ -1253,8 +1367,7 @@ mod tests {
     async fn a_channel_with_publishes_in_the_writer_is_never_evicted() {
         let hub = MemoryHub::new(
             MemoryHubConfig {
-                history_size: 10,
-                history_ttl: Duration::from_millis(1),
+                namespaces: single_namespace(10, Duration::from_millis(1)),
                 max_channels: 1,
                 channel_bytes: 1 << 30,
                 total_bytes: 1 << 30,

@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 
 use switchyard_protocol::ChannelName;
 
-use super::hub::StoredEvent;
+use super::{channel_log::event_from_row, hub::StoredEvent};
 use crate::{
     jobs::channel::job_channel,
     store::{Claimed, JobRecord, JobStatus, NewJob, Report, StoreError, Submitted},
@@ -73,6 +73,7 @@ fn append(
             event_type: event_type.to_owned(),
             time,
             data,
+            at_ms: None,
         },
     ))
 }
@@ -332,17 +333,7 @@ pub(super) fn load_events(
     )?;
     let from = last.saturating_sub(max as u64) as i64;
     let events = stmt
-        .query_map(params![id, from], |r| {
-            let data: String = r.get(3)?;
-            let offset: i64 = r.get(0)?;
-            Ok(StoredEvent {
-                offset: offset as u64,
-                event_type: r.get(1)?,
-                time: r.get(2)?,
-                data: RawValue::from_string(data)
-                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
-            })
-        })?
+        .query_map(params![id, from], |r| event_from_row(r, None))?
         .collect::<Result<_, _>>()?;
     Ok((last, events))
 }

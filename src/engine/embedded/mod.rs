@@ -1,10 +1,14 @@
 //! The embedded engine: one node, no external service. Channels live in memory ([`hub`]);
-//! jobs, their event logs, webhook endpoints and the delivery outbox live in SQLite under
-//! `data_dir` ([`store`]), written by one group-committing thread ([`writer`]).
+//! jobs, their event logs, durable namespaces' channel logs, webhook endpoints and the
+//! delivery outbox live in SQLite under `data_dir` ([`store`]), written by one
+//! group-committing thread ([`writer`]).
 //!
 //! # Layout
 //! - [`hub`]: channels with offsets, bounded history and fan-out ([`MemoryHub`]); job
-//!   channels are read from the store on first use and fed by its commits.
+//!   channels and durable namespaces' channels are read from the store on first use and
+//!   fed by its commits.
+//! - `channel_log`: the SQL of durable namespaces' channel logs; `log_retention`: the
+//!   background task that trims them to their namespaces' bounds.
 //! - `idempotency`: the per-channel memory of `Idempotency-Key`s.
 //! - [`presence`]: who is subscribed to presence channels ([`MemoryPresence`]); joins and
 //!   leaves go out through the hub as transient events.
@@ -15,10 +19,12 @@
 //! - `lock`: one gateway per data directory.
 
 pub mod budget;
+mod channel_log;
 pub mod hub;
 mod idempotency;
 mod jobs;
 mod lock;
+mod log_retention;
 pub mod presence;
 mod retention;
 mod schema;
@@ -47,7 +53,7 @@ use crate::{
     jobs::channel::is_job_channel,
     store::Store,
 };
-use switchyard_transports::metrics::write_family;
+use switchyard_transports::{metrics::write_family, namespaces::Namespaces};
 
 /// The embedded engine's parts, wired; see the module docs.
 pub struct Embedded {
@@ -57,6 +63,8 @@ pub struct Embedded {
     /// Boxed: its map is large, and `Engine` should not be sized by it.
     presence: Box<MemoryPresence>,
     store: Arc<SqliteStore>,
+    /// Channel rules: the durable logs' retention reads their bounds.
+    namespaces: Arc<Namespaces>,
     job_tokens: JobTokens,
     /// Claims wait on it; only this node's submits and requeues fire it.
     claimable: Arc<Notify>,
@@ -70,10 +78,10 @@ impl Embedded {
     pub fn open(config: &Config) -> anyhow::Result<Self> {
         let lock = DataDirLock::take(&config.data_dir)?;
         let store = SqliteStore::open(&config.data_dir)?;
+        let namespaces = Arc::new(config.namespaces()?);
         let hub = Arc::new(MemoryHub::new(
             MemoryHubConfig {
-                history_size: config.history.size,
-                history_ttl: Duration::from_secs(config.history.ttl_secs),
+                namespaces: Arc::clone(&namespaces),
                 max_channels: config.limits.max_channels,
                 channel_bytes: config.history.max_bytes_per_channel,
                 total_bytes: config.history.max_bytes,
@@ -87,6 +95,7 @@ impl Embedded {
             presence: Box::new(MemoryPresence::new(Arc::clone(&hub))),
             hub,
             store,
+            namespaces,
             job_tokens: JobTokens::open(&config.data_dir)?,
             claimable: Arc::new(Notify::new()),
         })
@@ -104,9 +113,10 @@ impl Embedded {
         &self.store
     }
 
-    /// Publishes one event: at once when it owes no webhook delivery and its channel has
-    /// nothing in the writer; otherwise through the writer, so its deliveries are durable
-    /// before anyone sees it (see [`hub`]).
+    /// Publishes one event: at once when it owes no webhook delivery, its channel is not
+    /// durable and has nothing in the writer; otherwise through the writer, so the event
+    /// (durable channels) and its deliveries are fsync'd before anyone sees it (see
+    /// [`hub`]).
     pub(super) fn publish<'a>(
         &'a self,
         req: Publish<'a>,
@@ -213,6 +223,21 @@ impl Embedded {
             "counter",
             one(stats.ops.load(Relaxed)),
         );
+        let logs = &self.store.log_stats;
+        write_family(
+            out,
+            "switchyard_durable_events_written_total",
+            "Events of durable namespaces' channels committed to the store (fsync'd before the 2xx).",
+            "counter",
+            one(logs.written.load(Relaxed)),
+        );
+        write_family(
+            out,
+            "switchyard_durable_events_deleted_total",
+            "Events of durable channels retention deleted (beyond history_size or older than history_ttl).",
+            "counter",
+            one(logs.deleted.load(Relaxed)),
+        );
         write_family(
             out,
             "switchyard_store_max_batch",
@@ -226,11 +251,12 @@ impl Embedded {
         self.hub.sweep();
     }
 
-    pub(super) fn spawn_tasks(
-        &self,
-        _stop: &CancellationToken,
-    ) -> Vec<tokio::task::JoinHandle<()>> {
-        Vec::new()
+    pub(super) fn spawn_tasks(&self, stop: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        vec![tokio::spawn(log_retention::run(
+            Arc::clone(&self.store),
+            Arc::clone(&self.namespaces),
+            stop.clone(),
+        ))]
     }
 
     pub(super) async fn close(&self, deadline: Duration) {

@@ -191,8 +191,10 @@ mod tests {
     fn presence() -> MemoryPresence {
         let hub = MemoryHub::new(
             MemoryHubConfig {
-                history_size: 100,
-                history_ttl: Duration::from_secs(60),
+                namespaces: crate::engine::embedded::hub::single_namespace(
+                    100,
+                    Duration::from_secs(60),
+                ),
                 max_channels: 100,
                 channel_bytes: 1 << 20,
                 total_bytes: 1 << 24,

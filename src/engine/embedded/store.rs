@@ -1,18 +1,24 @@
 //! The embedded store: SQLite in `data_dir`, one group-committing writer thread, one
-//! reader connection, and the job channels' logs served to the hub.
+//! reader connection, and the durable channels' logs (jobs', and durable namespaces')
+//! served to the hub.
 
 use std::{
     path::Path,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
 };
 
 use anyhow::Context as _;
 use futures_util::future::{BoxFuture, FutureExt};
 use rusqlite::{Connection, OpenFlags};
 use switchyard_protocol::ChannelName;
+use switchyard_transports::namespaces::Namespaces;
 use tokio::sync::Notify;
 
 use super::{
+    channel_log,
     hub::{Assigned, DurableChannels, LoadedChannel, MemoryHub, stored_to_event},
     jobs::{self, JobEvent},
     retention, schema, webhooks,
@@ -31,6 +37,8 @@ use crate::{
 
 /// Rows deleted per transaction when pruning, so pruning never holds the writer long.
 const PRUNE_BATCH: usize = 1000;
+/// Durable channels one retention pass looks at, so a pass is short however many there are.
+const LOG_CHANNELS_PER_PASS: usize = 1000;
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -51,11 +59,22 @@ pub struct SqliteStore {
     write_conn: Mutex<Option<Connection>>,
     /// Commit counters, for `/metrics`.
     pub stats: Arc<WriterStats>,
+    /// Durable channels' events written and deleted, for `/metrics`.
+    pub log_stats: LogStats,
     /// The enabled endpoints' filters, matched against every event.
     pub webhook_filters: Arc<Filters>,
     /// Woken when the outbox changed: deliveries recorded or retried by hand, an endpoint
     /// created, changed or deleted.
     pub outbox_ready: Arc<Notify>,
+}
+
+/// Counters of the durable channels' log, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    /// Events committed to the log (each acknowledged after its fsync).
+    pub written: AtomicU64,
+    /// Events retention deleted (beyond their namespace's `history_size` or TTL).
+    pub deleted: AtomicU64,
 }
 
 /// How long `/readyz`'s probe write may take before the store counts as unable to commit.
@@ -91,6 +110,7 @@ impl SqliteStore {
             writer_thread: Mutex::new(None),
             write_conn: Mutex::new(Some(write_conn)),
             stats: Arc::default(),
+            log_stats: LogStats::default(),
             webhook_filters: Arc::default(),
             outbox_ready: Arc::default(),
         }))
@@ -132,8 +152,9 @@ impl SqliteStore {
     }
 
     /// Publishes through the writer (see [`super::hub`]): `assign` runs in the transaction
-    /// and gives the event its offset; the writer records the deliveries the event owes;
-    /// the answer comes once the event is committed and visible, or failed and seen by
+    /// and gives the event its offset; a durable namespace's event is written to its
+    /// channel's log there; the writer records the deliveries the event owes; the answer
+    /// comes once the event is committed (fsync'd) and visible, or failed and seen by
     /// nobody.
     ///
     /// # Errors
@@ -142,18 +163,37 @@ impl SqliteStore {
         &self,
         assign: impl FnOnce() -> Assigned + Send + 'static,
     ) -> Result<Result<Published, PublishError>, StoreError> {
-        self.writer()?
-            .write(move |_| {
+        let (answer, logged) = self
+            .writer()?
+            .write(move |conn| {
                 Ok(match assign() {
                     Assigned::New(pending) => {
+                        let logged = if let Some(record) = pending.log_record() {
+                            let channel = pending.event().channel().as_str();
+                            if let Err(e) = channel_log::append(conn, channel, record, now_ms()) {
+                                // Nobody saw it: the offset goes back before the next op.
+                                pending.withdraw();
+                                return Err(e);
+                            }
+                            true
+                        } else {
+                            false
+                        };
                         let published = pending.published().clone();
-                        (Ok(published), vec![writer::Appended::Publish(pending)])
+                        (
+                            (Ok(published), logged),
+                            vec![writer::Appended::Publish(pending)],
+                        )
                     }
-                    Assigned::Replayed(first) => (Ok(first), Vec::new()),
-                    Assigned::Refused(e) => (Err(e), Vec::new()),
+                    Assigned::Replayed(first) => ((Ok(first), false), Vec::new()),
+                    Assigned::Refused(e) => ((Err(e), false), Vec::new()),
                 })
             })
-            .await
+            .await?;
+        if logged {
+            self.log_stats.written.fetch_add(1, Relaxed);
+        }
+        Ok(answer)
     }
 
     fn writer(&self) -> Result<Writer, StoreError> {
@@ -294,6 +334,45 @@ impl SqliteStore {
         }
     }
 
+    /// One pass of the durable channels' retention, over at most [`LOG_CHANNELS_PER_PASS`]
+    /// channels from the first one after `after`: deletes each one's events beyond its
+    /// namespace's `history_size` and older than its `history_ttl`, a batch per
+    /// transaction. Returns where the next pass starts (`""`: from the first channel).
+    pub(super) async fn prune_logs(
+        &self,
+        namespaces: &Namespaces,
+        mut after: String,
+        now_ms: i64,
+    ) -> Result<String, StoreError> {
+        for _ in 0..LOG_CHANNELS_PER_PASS {
+            let Some(channel) = self.read(|conn| channel_log::channel_after(conn, &after))? else {
+                return Ok(String::new());
+            };
+            let rules = namespaces.rules(&channel);
+            let ttl_ms = i64::try_from(rules.history_ttl.as_millis()).unwrap_or(i64::MAX);
+            let before_ms = now_ms.saturating_sub(ttl_ms);
+            let beyond = self.read(|conn| {
+                channel_log::beyond_bounds(conn, &channel, rules.history_size, before_ms)
+            })?;
+            if let Some((oldest, last)) = beyond {
+                let mut from = oldest;
+                while from <= last {
+                    let to = last.min(from + PRUNE_BATCH as u64 - 1);
+                    let name = channel.clone();
+                    let deleted = self
+                        .write(move |conn| {
+                            Ok((channel_log::delete(conn, &name, from, to)?, Vec::new()))
+                        })
+                        .await?;
+                    self.log_stats.deleted.fetch_add(deleted as u64, Relaxed);
+                    from = to + 1;
+                }
+            }
+            after = channel;
+        }
+        Ok(after)
+    }
+
     fn ping_now(&self) -> Result<(), StoreError> {
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
     }
@@ -340,9 +419,12 @@ impl DurableChannels for SqliteStore {
     }
 
     fn load(&self, channel: &ChannelName, max_events: usize) -> Result<LoadedChannel, HubError> {
-        let id = job_id_of(channel.as_str()).unwrap_or("");
+        let name = channel.as_str();
         let (last_offset, events) = self
-            .read(|conn| jobs::load_events(conn, id, max_events))
+            .read(|conn| match job_id_of(name) {
+                Some(id) => jobs::load_events(conn, id, max_events),
+                None => channel_log::load(conn, name, max_events),
+            })
             .map_err(|e| HubError::Unavailable(e.to_string()))?;
         Ok(LoadedChannel {
             epoch: self.epoch,

@@ -307,8 +307,10 @@ mod tests {
     async fn a_failed_operation_is_withdrawn_before_the_next_one_runs() {
         let hub = Arc::new(MemoryHub::new(
             MemoryHubConfig {
-                history_size: 10,
-                history_ttl: Duration::from_secs(60),
+                namespaces: crate::engine::embedded::hub::single_namespace(
+                    10,
+                    Duration::from_secs(60),
+                ),
                 max_channels: 10,
                 channel_bytes: 1 << 30,
                 total_bytes: 1 << 30,

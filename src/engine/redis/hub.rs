@@ -13,7 +13,11 @@
 //! rules, the same idempotency answers, whichever node is asked. `jobs/*` channels are
 //! written by the job scripts in the same layout; the hub serves them like the embedded hub
 //! serves the SQLite store's job channels (never trimmed by age, the latest `history.size`
-//! events replayable).
+//! events replayable). Each channel's history bounds are its namespace's (`history_size`,
+//! `history_ttl`), passed to the scripts with every call. History lives in Redis, so every
+//! channel's cursors survive a restart of the gateway; a `durable` namespace is as durable
+//! as Redis's own persistence (`appendonly yes`, `appendfsync always` for a write fsync'd
+//! before it is acknowledged).
 
 use std::{
     sync::{
@@ -26,7 +30,10 @@ use std::{
 use futures_util::future::{BoxFuture, FutureExt};
 use redis::aio::ConnectionManager;
 use switchyard_protocol::{ChannelName, Cursor, Position};
-use switchyard_transports::hub::{Opened, Sink, StartFrom};
+use switchyard_transports::{
+    hub::{Opened, Sink, StartFrom},
+    namespaces::{ChannelRules, Namespaces},
+};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -56,10 +63,8 @@ const OPEN_ATTEMPTS: usize = 3;
 /// Bounds and timeouts of the Redis hub.
 #[derive(Clone, Debug)]
 pub struct RedisHubConfig {
-    /// Events kept per channel (`history.size`).
-    pub history_size: usize,
-    /// Age after which events leave the history (`history.ttl_secs`).
-    pub history_ttl: Duration,
+    /// Each channel's rules: its history bounds (`history_size`, `history_ttl`).
+    pub namespaces: Arc<Namespaces>,
     /// Most channels this node holds local subscribers for (`limits.max_channels`).
     pub max_channels: usize,
     /// Longest one Redis round trip may take before the operation fails as unavailable
@@ -69,22 +74,39 @@ pub struct RedisHubConfig {
 
 impl RedisHubConfig {
     /// The hub's settings from the gateway's configuration.
-    pub fn from_config(config: &Config) -> Self {
-        Self {
-            history_size: config.history.size,
-            history_ttl: Duration::from_secs(config.history.ttl_secs),
+    ///
+    /// # Errors
+    /// When the namespaces are invalid.
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        Ok(Self {
+            namespaces: Arc::new(config.namespaces()?),
             max_channels: config.limits.max_channels,
+            op_timeout: DEFAULT_OP_TIMEOUT,
+        })
+    }
+
+    /// Settings with one namespace of these history bounds for every channel (tests).
+    pub fn with_history(history_size: usize, history_ttl: Duration) -> Self {
+        Self {
+            namespaces: Arc::new(Namespaces::only(ChannelRules::plain(
+                "default",
+                history_size,
+                history_ttl,
+            ))),
+            max_channels: 100,
             op_timeout: DEFAULT_OP_TIMEOUT,
         }
     }
 
-    fn bounds(&self) -> Bounds {
+    /// The bounds the scripts apply to `channel`: its namespace's.
+    fn bounds(&self, channel: &ChannelName) -> Bounds {
+        let rules = self.namespaces.rules(channel.as_str());
         Bounds {
-            history_size: self.history_size.max(1),
-            history_ttl_ms: u64::try_from(self.history_ttl.as_millis()).unwrap_or(u64::MAX / 2),
+            history_size: rules.history_size.max(1),
+            history_ttl_ms: u64::try_from(rules.history_ttl.as_millis()).unwrap_or(u64::MAX / 2),
             // A channel's keys outlive its events and its idempotency keys; an idle channel
             // then expires whole, and its next use starts a new epoch (old cursors: reset).
-            key_lifetime_secs: self
+            key_lifetime_secs: rules
                 .history_ttl
                 .as_secs()
                 .saturating_add(scripts::IDEMPOTENCY_TTL_SECS)
@@ -127,7 +149,6 @@ pub(super) struct Inner {
     conn: ConnectionManager,
     scripts: Scripts,
     pub(super) config: RedisHubConfig,
-    bounds: Bounds,
     /// Whether the pub/sub connection is up (for readiness), reconnections and failed
     /// operations, shared with the node's store.
     pub(super) stats: Arc<RedisStats>,
@@ -168,14 +189,15 @@ impl Inner {
             offset: known.last,
             epoch: Some(known.epoch),
         };
+        let bounds = self.config.bounds(channel);
         let snapshot = self
             .timed(self.scripts.read(
                 &mut self.conn(),
-                self.bounds,
+                bounds,
                 channel,
                 None,
                 from,
-                self.bounds.history_size,
+                bounds.history_size,
             ))
             .await?;
         Ok(snapshot.filter(|s| !s.reset).map(|s| {
@@ -247,7 +269,6 @@ impl RedisHub {
             table: Mutex::new(Table::default()),
             conn,
             scripts: Scripts::new(Topics::for_client(&client)),
-            bounds: config.bounds(),
             config,
             stats,
             dirty: Notify::new(),
@@ -317,7 +338,7 @@ impl RedisHub {
         let appended = inner
             .timed(inner.scripts.append(
                 &mut inner.conn(),
-                inner.bounds,
+                inner.config.bounds(req.channel),
                 req.channel,
                 random_epoch(),
                 req.event_type,
@@ -390,14 +411,15 @@ impl RedisHub {
             },
         };
         let inner = &self.inner;
+        let bounds = inner.config.bounds(channel);
         let snapshot = inner
             .timed(inner.scripts.read(
                 &mut inner.conn(),
-                inner.bounds,
+                bounds,
                 channel,
                 Some(random_epoch()),
                 read_from,
-                inner.bounds.history_size,
+                bounds.history_size,
             ))
             .await?
             .ok_or_else(|| HubError::Unavailable("the channel's history vanished".into()))?;
@@ -503,7 +525,7 @@ impl Bus for RedisHub {
             let snapshot = inner
                 .timed(inner.scripts.read(
                     &mut inner.conn(),
-                    inner.bounds,
+                    inner.config.bounds(channel),
                     channel,
                     None,
                     from,

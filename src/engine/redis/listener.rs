@@ -241,9 +241,17 @@ async fn on_message(inner: &Inner, msg: &redis::Msg) {
     let Some(channel) = topics.channel_of_live(msg.get_channel_name()) else {
         return;
     };
-    let Some(event) = wire::decode_live(msg.get_payload_bytes())
-        .and_then(|(epoch, parts)| parts.into_event(&channel, epoch))
-    else {
+    let Some((epoch, parts)) = wire::decode_live(msg.get_payload_bytes()) else {
+        tracing::warn!(%channel, "ignoring a malformed live message");
+        return;
+    };
+    if parts.offset == 0 {
+        if let Some(event) = parts.into_transient(&channel) {
+            inner.table().dispatch_transient(&event);
+        }
+        return;
+    }
+    let Some(event) = parts.into_event(&channel, epoch) else {
         tracing::warn!(%channel, "ignoring a malformed live message");
         return;
     };

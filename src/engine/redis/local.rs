@@ -286,6 +286,14 @@ impl Table {
         Dispatched::Done
     }
 
+    /// Offers a transient event (a presence join or leave) to the channel's active sinks:
+    /// no offset to check, nothing to buffer for pending ones (it is not in history).
+    pub(super) fn dispatch_transient(&mut self, event: &Arc<Event>) {
+        if let Some(local) = self.channels.get_mut(event.channel()) {
+            fanout::retain_offered(&mut local.active, |a| a.sink.offer_with(event, false));
+        }
+    }
+
     /// Delivers what a catch-up read found after `from` (events in order), or, when history
     /// no longer covers the gap (`None`), disconnects the channel's sinks.
     pub(super) fn caught_up(

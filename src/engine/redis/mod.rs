@@ -17,6 +17,8 @@
 //!   event's parts as Redis carries them.
 //! - [`store`]: the node's store ([`RedisStore`]): `jobs` (the queue, leases, one script
 //!   per change) and `webhooks` (endpoints, the outbox, per-delivery leases across nodes).
+//! - [`presence`]: who is subscribed to presence channels, across nodes, with a liveness
+//!   key per node so that a dead node's members leave.
 //! - `job_token_key`: the job token signing key every node shares.
 //! - `stats`: connection health and failed operations, for `/metrics`.
 //!
@@ -32,6 +34,7 @@ mod jobs;
 pub mod keys;
 mod listener;
 mod local;
+pub mod presence;
 mod reply;
 mod routes;
 mod scripts;
@@ -66,6 +69,7 @@ pub struct Redis {
     hub: Arc<RedisHub>,
     store: Arc<RedisStore>,
     stats: Arc<RedisStats>,
+    presence: Arc<presence::RedisPresence>,
     /// The job token key every node shares, kept in Redis by a background task.
     job_key: Vec<u8>,
 }
@@ -86,7 +90,7 @@ impl Redis {
             client.clone(),
             RedisHubConfig {
                 op_timeout,
-                ..RedisHubConfig::from_config(config)
+                ..RedisHubConfig::from_config(config)?
             },
             Arc::clone(&stats),
         )
@@ -106,16 +110,34 @@ impl Redis {
             .shared_job_token_key()
             .await
             .map_err(|e| anyhow::anyhow!("engine {shown}: {e}"))?;
+        let presence = presence::RedisPresence::new(
+            client::connection_manager(&client, op_timeout)
+                .await
+                .map_err(|e| anyhow::anyhow!("engine {shown}: {e}"))?,
+            keys::Topics::for_client(&client),
+            presence::PresenceTimes {
+                ttl: Duration::from_secs(config.redis.presence_ttl_secs),
+                op_timeout,
+            },
+            Arc::clone(&stats),
+            Arc::new(config.namespaces()?),
+        );
         Ok(Self {
             hub: Arc::new(hub),
             store: Arc::new(store),
             stats,
+            presence: Arc::new(presence),
             job_key,
         })
     }
 
     pub(super) fn hub(&self) -> &RedisHub {
         &self.hub
+    }
+
+    /// Who is subscribed to presence channels, across nodes.
+    pub(super) fn presence(&self) -> &presence::RedisPresence {
+        &self.presence
     }
 
     pub(super) fn store(&self) -> &RedisStore {
@@ -204,7 +226,9 @@ impl Redis {
             self.job_key.clone(),
             stop.clone(),
         ));
-        vec![key_keeper]
+        let mut tasks = vec![key_keeper];
+        tasks.extend(self.presence.start(stop));
+        tasks
     }
 
     pub(super) async fn close(&self, deadline: Duration) {

@@ -45,11 +45,26 @@ impl Parts {
     }
 }
 
+impl Parts {
+    /// A transient event (offset 0 on the live topic: a presence join or leave), not part
+    /// of the channel's history; `None` when its data is not JSON.
+    pub(super) fn into_transient(self, channel: &ChannelName) -> Option<Arc<Event>> {
+        let data: &RawValue = serde_json::from_str(&self.data).ok()?;
+        Some(Arc::new(Event::transient(
+            channel.clone(),
+            &self.event_type,
+            &self.time,
+            data,
+        )))
+    }
+}
+
 /// Decodes a live message as the append script writes it:
 /// `{epoch} {offset} {type length} {time length}\n{type}{time}{data}`.
 ///
 /// Lengths are in bytes; the data runs to the end. A plain header line keeps the script
-/// free of JSON encoding and the data free of escaping.
+/// free of JSON encoding and the data free of escaping. Epoch and offset 0 mark a transient
+/// event (see `presence`): offsets of the history start at 1.
 pub(super) fn decode_live(payload: &[u8]) -> Option<(u64, Parts)> {
     let newline = payload.iter().position(|&b| b == b'\n')?;
     let header = std::str::from_utf8(&payload[..newline]).ok()?;

@@ -33,8 +33,10 @@ impl SpyHub {
     /// Over a new memory hub with no durable store: `jobs/*` channels take publishes.
     pub(crate) fn new() -> Self {
         let config = MemoryHubConfig {
-            history_size: 100,
-            history_ttl: std::time::Duration::from_secs(3600),
+            namespaces: crate::engine::embedded::hub::single_namespace(
+                100,
+                std::time::Duration::from_secs(3600),
+            ),
             max_channels: 100,
             channel_bytes: 1 << 30,
             total_bytes: 1 << 30,

@@ -169,3 +169,17 @@ impl LineReader {
         }
     }
 }
+
+/// One sample of `/metrics` on `addr` (`name{labels}` exactly as written), with the given
+/// headers (an admin key when keyed).
+pub async fn metric(addr: SocketAddr, series: &str, headers: &[(&str, &str)]) -> f64 {
+    let (status, _, body) = request(addr, "GET", "/metrics", headers, Vec::new()).await;
+    assert_eq!(status, 200);
+    String::from_utf8(body.to_vec())
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("metric {series} missing"))
+        .parse()
+        .unwrap()
+}
