@@ -45,7 +45,7 @@ pub struct PresenceOptions {
     #[arg(long, value_enum, default_value_t = Transport::Sse)]
     pub transport: Transport,
     /// Channel A is `{prefix}/{random}`: the prefix must be in a namespace with
-    /// `presence = true` (and `join_leave = true` for the churn phase).
+    /// `presence = true` (with `join_leave = true` or not: both are worth measuring).
     #[arg(long, default_value = "pbench")]
     pub channel_prefix: String,
     /// `GET .../presence` and `.../presence/stats` requests timed, each.
@@ -60,8 +60,9 @@ pub struct PresenceOptions {
     /// Events per second published on B.
     #[arg(long, default_value_t = 20.0)]
     pub b_rate: f64,
-    /// Members joining (and at once leaving) A per second during the churn phase; each
-    /// join and leave is pushed to every member of A. 0 skips the phase.
+    /// Members joining (and at once leaving: their connection closes once subscribed) A per
+    /// second during the churn phase; with `join_leave`, each join and leave is pushed to
+    /// every member of A. 0 skips the phase.
     #[arg(long, default_value_t = 20.0)]
     pub churn: f64,
     /// Seconds to let the server settle after the last member joined.
@@ -92,7 +93,9 @@ pub struct PresenceReport {
     pub channel: String,
     /// Seconds to open every member.
     pub open_secs: f64,
-    /// Server CPU seconds while the members joined.
+    /// Seconds until every member had joined and received every join pushed to it.
+    pub joined_secs: f64,
+    /// Server CPU seconds while the members joined (until `joined_secs`).
     pub join_cpu_secs: f64,
     /// Events the members received while joining (with `join_leave`, ~members²/2 joins).
     pub join_events_received: u64,
@@ -120,7 +123,7 @@ pub struct PresenceReport {
     pub churn_joins: u64,
     /// Achieved joins per second.
     pub churn_rate: f64,
-    /// Churn members that failed (no join seen within 10 s, or refused).
+    /// Churn members that failed (not subscribed within 10 s, or refused).
     pub churn_failures: u64,
     /// Errors, first few.
     pub errors: Vec<String>,
@@ -161,7 +164,7 @@ impl PresenceReport {
             )
         };
         let mut s = format!(
-            "presence/{}: {} members on {} opened in {:.1}s (server CPU {:.1}s, {} join events received)\n\
+            "presence/{}: {} members on {} opened in {:.1}s, all joins delivered in {:.1}s (server CPU {:.1}s, {} join events received)\n\
              server RSS {} -> {} KiB: {:.2} KiB per member (connection + presence entry)\n\
              GET presence: {} members, {} bytes, p50 {:.2} ms, p99 {:.2} ms; GET stats {}: p50 {:.3} ms, p99 {:.3} ms\n\
              channel B quiet: {}\n",
@@ -169,6 +172,7 @@ impl PresenceReport {
             self.members,
             self.channel,
             self.open_secs,
+            self.joined_secs,
             self.join_cpu_secs,
             self.join_events_received,
             self.server_rss_before_kib,
@@ -215,14 +219,19 @@ impl Handler for Member {
     }
 }
 
-/// A churning member: joins, and leaves as soon as its own join comes back.
-struct JoinOnce;
+/// A churning member: says when it is subscribed (the server joined it before answering),
+/// and is then dropped, which closes its connection: it leaves.
+struct JoinOnce(Option<tokio::sync::oneshot::Sender<()>>);
 
 impl Handler for JoinOnce {
-    fn subscribed(&mut self) {}
+    fn subscribed(&mut self) {
+        if let Some(joined) = self.0.take() {
+            let _ = joined.send(());
+        }
+    }
 
     fn event(&mut self, _: &[u8]) -> Flow {
-        Flow::Stop
+        Flow::Continue
     }
 }
 
@@ -299,13 +308,27 @@ pub async fn run(opts: &PresenceOptions) -> anyhow::Result<PresenceReport> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    // With `join_leave`, the members still have joins queued: wait until none arrives for
+    // a second, so that what follows is measured on a quiet server.
+    let mut seen = received.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = received.load(Ordering::Relaxed);
+        if now == seen || Instant::now() > deadline + Duration::from_secs(600) {
+            break;
+        }
+        seen = now;
+    }
     let join_cpu_secs = cpu.read()?.0;
+    let open_secs_all = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs_f64(opts.settle_secs)).await;
     swarm.drain_signals();
     let rss_after = server.rss_kib()?;
     let join_events_received = received.load(Ordering::Relaxed);
 
-    // 2. The presence endpoints, timed.
+    // 2. The presence endpoints, timed, on a fresh connection (the server may have closed
+    // the first one while it sat idle during the settling).
+    let mut conn = HttpConn::connect(&target).await?;
     let mut listed = 0;
     let mut presence_body_bytes = 0;
     let mut presence_samples = Vec::with_capacity(opts.requests);
@@ -392,6 +415,7 @@ pub async fn run(opts: &PresenceOptions) -> anyhow::Result<PresenceReport> {
         members: opts.members,
         channel,
         open_secs,
+        joined_secs: open_secs_all,
         join_cpu_secs,
         join_events_received,
         server_rss_before_kib: rss_before,
@@ -452,16 +476,22 @@ async fn churn(
         let source = sources.for_index(i);
         i += 1;
         tasks.spawn(async move {
+            let (joined, subscribed) = tokio::sync::oneshot::channel();
             let once = async {
                 let stream = target::connect(&target, source)
                     .await
                     .map_err(anyhow::Error::from)?;
-                clients::run(transport, stream, &target, &channel, &client, &mut JoinOnce).await
+                let mut handler = JoinOnce(Some(joined));
+                clients::run(transport, stream, &target, &channel, &client, &mut handler).await
             };
-            matches!(
-                tokio::time::timeout(Duration::from_secs(10), once).await,
-                Ok(Ok(()))
-            )
+            tokio::time::timeout(Duration::from_secs(10), async {
+                tokio::select! {
+                    _ = once => false,
+                    r = subscribed => r.is_ok(),
+                }
+            })
+            .await
+            .unwrap_or(false)
         });
     }
     let (mut joins, mut failures) = (0, 0);
