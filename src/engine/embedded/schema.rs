@@ -116,6 +116,20 @@ pub(super) fn configure(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Settings of the writer's connection: a page cache that holds the pages group commits and
+/// retention keep touching (the default 2 MiB made it read them back from the file), and
+/// the automatic checkpoint only as a backstop at `backstop_pages` (see `checkpoint`).
+pub(super) fn configure_writer(conn: &Connection, backstop_pages: i64) -> rusqlite::Result<()> {
+    // Negative: KiB, so 32 MiB whatever the page size.
+    conn.pragma_update(None, "cache_size", -32_768)?;
+    conn.query_row(
+        &format!("PRAGMA wal_autocheckpoint = {backstop_pages}"),
+        [],
+        |_| Ok(()),
+    )?;
+    Ok(())
+}
+
 /// Creates the tables when missing and returns the store's epoch (made once, at creation:
 /// cursors into job channels stay valid across restarts, and a wiped store gets a new one).
 pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<u64> {
