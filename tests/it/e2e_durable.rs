@@ -228,13 +228,13 @@ async fn acknowledged_durable_events_resume_after_sigkill_over_sse_websocket_and
 
     // A memory channel of the same run: on the embedded engine its history died with the
     // process, and its consumer is told; on Redis it lives in Redis like any channel.
-    let mut sse = SseClient::connect(addr, "", Some(&plain_cursors[0])).await;
+    let mut plain_sse = SseClient::connect(addr, "", Some(&plain_cursors[0])).await;
     if ENGINE.is_redis() {
-        let (ev, data) = sse.next_json().await;
+        let (ev, data) = plain_sse.next_json().await;
         assert_ne!(ev.event, "reset", "{data}");
         assert_eq!(data["offset"], 2);
     } else {
-        let (ev, data) = sse.next_json().await;
+        let (ev, data) = plain_sse.next_json().await;
         assert_eq!(ev.event, "reset", "{data}");
         assert_eq!(data["channel"], plain);
         assert_eq!(
@@ -243,6 +243,18 @@ async fn acknowledged_durable_events_resume_after_sigkill_over_sse_websocket_and
             "a memory channel starts over"
         );
     }
+    drop((sse, plain_sse, ws));
+
+    // A clean restart (SIGTERM) keeps them too.
+    let (status, log) = server.stop();
+    assert!(status.success(), "clean exit; log:\n{log}");
+    let server = gateway.start();
+    let mut sse = SseClient::connect(server.addr, "", Some(&cursors[2])).await;
+    for n in 4..=41 {
+        expect_sse(&mut sse, n).await;
+    }
+    assert_eq!(publish(server.addr, channel, 42).await.0, 42);
+    expect_sse(&mut sse, 42).await;
     sigkill(server);
 }
 

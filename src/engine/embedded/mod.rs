@@ -14,12 +14,14 @@
 //!   leaves go out through the hub as transient events.
 //! - [`store`]: the SQLite store ([`SqliteStore`]): a reader connection, the writer, and
 //!   the [`crate::store`] contracts over the SQL of `jobs`, `webhooks` and `retention`.
-//! - [`writer`]: group commit: one transaction and one fsync for whatever is pending.
+//! - [`writer`]: group commit: one transaction and one fsync for whatever is pending;
+//!   `checkpoint`: WAL checkpoints beside it, on a thread of their own.
 //! - `schema`: tables, indexes and the store's epoch.
 //! - `lock`: one gateway per data directory.
 
 pub mod budget;
 mod channel_log;
+mod checkpoint;
 pub mod hub;
 mod idempotency;
 mod jobs;

@@ -104,9 +104,29 @@ CREATE TABLE IF NOT EXISTS webhook_attempts (
 pub(super) fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Each operation of a group commit runs in its own savepoint, whose sub-journal holds a
+    // copy of every page the operation changes; in memory it never touches a file (by
+    // default a large one, e.g. a retention batch, spills to a temporary file, and every
+    // later page copy of the transaction is a write(2)). Measured: 9% of the writer's CPU
+    // under a durable publish load.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     // Every statement of the job operations stays prepared.
     conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+/// Settings of the writer's connection: a page cache that holds the pages group commits and
+/// retention keep touching (the default 2 MiB made it read them back from the file), and
+/// the automatic checkpoint only as a backstop at `backstop_pages` (see `checkpoint`).
+pub(super) fn configure_writer(conn: &Connection, backstop_pages: i64) -> rusqlite::Result<()> {
+    // Negative: KiB, so 32 MiB whatever the page size.
+    conn.pragma_update(None, "cache_size", -32_768)?;
+    conn.query_row(
+        &format!("PRAGMA wal_autocheckpoint = {backstop_pages}"),
+        [],
+        |_| Ok(()),
+    )?;
     Ok(())
 }
 

@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 
 use super::{
     channel_log,
+    checkpoint::{self, Checkpointer},
     hub::{Assigned, DurableChannels, LoadedChannel, MemoryHub, stored_to_event},
     jobs::{self, JobEvent},
     retention, schema, webhooks,
@@ -57,6 +58,8 @@ pub struct SqliteStore {
     writer: Mutex<Option<Writer>>,
     writer_thread: Mutex<Option<writer::WriterThread>>,
     write_conn: Mutex<Option<Connection>>,
+    /// Checkpoints the WAL beside the writer; stopped once the writer has finished.
+    checkpointer: Mutex<Option<Checkpointer>>,
     /// Commit counters, for `/metrics`.
     pub stats: Arc<WriterStats>,
     /// Durable channels' events written and deleted, for `/metrics`.
@@ -97,7 +100,9 @@ impl SqliteStore {
         let write_conn =
             Connection::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         schema::configure(&write_conn)?;
+        schema::configure_writer(&write_conn, checkpoint::WRITER_BACKSTOP_PAGES)?;
         let epoch = schema::migrate(&write_conn).context("cannot create the schema")?;
+        let checkpointer = Checkpointer::start(&path).context("cannot start checkpoints")?;
         let reader = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -109,6 +114,7 @@ impl SqliteStore {
             writer: Mutex::new(None),
             writer_thread: Mutex::new(None),
             write_conn: Mutex::new(Some(write_conn)),
+            checkpointer: Mutex::new(Some(checkpointer)),
             stats: Arc::default(),
             log_stats: LogStats::default(),
             webhook_filters: Arc::default(),
@@ -405,7 +411,15 @@ impl SqliteStore {
         let Some(thread) = self.writer_thread.lock().expect("not poisoned").take() else {
             return;
         };
-        let joined = tokio::task::spawn_blocking(move || thread.join());
+        let mut checkpointer = self.checkpointer.lock().expect("not poisoned").take();
+        let joined = tokio::task::spawn_blocking(move || {
+            let joined = thread.join();
+            // After the writer's last commit, so its checkpoints cover everything.
+            if let Some(c) = checkpointer.as_mut() {
+                c.stop();
+            }
+            joined
+        });
         match tokio::time::timeout(deadline, joined).await {
             Ok(_) => tracing::info!("store closed"),
             Err(_) => tracing::warn!(?deadline, "the store writer did not finish in time"),
