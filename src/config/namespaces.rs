@@ -28,6 +28,8 @@ pub struct ChannelsConfig {
     pub presence: bool,
     /// Push `presence.join` / `presence.leave` to subscribers.
     pub join_leave: bool,
+    /// Push them only while a channel has at most this many members.
+    pub join_leave_max_members: usize,
     /// Consumers without a token may subscribe.
     pub anonymous_subscribe: bool,
     /// Consumers whose token allows it may publish over their WebSocket.
@@ -63,6 +65,9 @@ pub struct NamespaceConfig {
     /// Push `presence.join` / `presence.leave` to subscribers (default off).
     #[serde(default)]
     pub join_leave: bool,
+    /// Push them only while a channel has at most this many members (default 1000).
+    #[serde(default = "default_join_leave_max_members")]
+    pub join_leave_max_members: usize,
     /// Consumers without a token may subscribe (default off).
     #[serde(default)]
     pub anonymous_subscribe: bool,
@@ -84,6 +89,10 @@ fn default_max_members() -> usize {
     1000
 }
 
+fn default_join_leave_max_members() -> usize {
+    1000
+}
+
 fn default_max_info_bytes() -> usize {
     1024
 }
@@ -93,6 +102,7 @@ struct Flags {
     durable: bool,
     presence: bool,
     join_leave: bool,
+    join_leave_max_members: usize,
     anonymous_subscribe: bool,
     client_publish: bool,
     max_subscribers: usize,
@@ -104,6 +114,12 @@ impl Flags {
     fn check(&self, what: &str) -> anyhow::Result<()> {
         if self.join_leave && !self.presence {
             bail!("{what}: `join_leave` needs `presence = true`");
+        }
+        if !(1..=1_000_000).contains(&self.join_leave_max_members) {
+            bail!(
+                "{what}: `join_leave_max_members` must be from 1 to 1000000, got {}",
+                self.join_leave_max_members
+            );
         }
         if self.max_subscribers > 10_000_000 {
             bail!(
@@ -134,6 +150,7 @@ impl Flags {
             durable: self.durable,
             presence: self.presence,
             join_leave: self.join_leave,
+            join_leave_max_members: self.join_leave_max_members,
             anonymous_subscribe: self.anonymous_subscribe,
             client_publish: self.client_publish,
             max_subscribers: self.max_subscribers,
@@ -149,6 +166,7 @@ impl ChannelsConfig {
             durable: self.durable,
             presence: self.presence,
             join_leave: self.join_leave,
+            join_leave_max_members: self.join_leave_max_members,
             anonymous_subscribe: self.anonymous_subscribe,
             client_publish: self.client_publish,
             max_subscribers: self.max_subscribers,
@@ -169,6 +187,7 @@ impl NamespaceConfig {
             durable: false,
             presence: false,
             join_leave: false,
+            join_leave_max_members: default_join_leave_max_members(),
             anonymous_subscribe: false,
             client_publish: false,
             max_subscribers: 0,
@@ -182,6 +201,7 @@ impl NamespaceConfig {
             durable: self.durable,
             presence: self.presence,
             join_leave: self.join_leave,
+            join_leave_max_members: self.join_leave_max_members,
             anonymous_subscribe: self.anonymous_subscribe,
             client_publish: self.client_publish,
             max_subscribers: self.max_subscribers,
@@ -292,6 +312,7 @@ mod tests {
             durable: false,
             presence: false,
             join_leave: false,
+            join_leave_max_members: 1000,
             anonymous_subscribe: false,
             client_publish: false,
             max_subscribers: 0,

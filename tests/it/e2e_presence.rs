@@ -29,18 +29,11 @@ fn presence_config(max_members: usize) -> Config {
     // Closed SSE / NDJSON connections are noticed at the next write: heartbeats write often.
     cfg.consumers.heartbeat_secs = 1;
     cfg.namespaces = vec![NamespaceConfig {
-        name: "room".into(),
-        patterns: vec!["room/**".into()],
-        history_size: None,
-        history_ttl_secs: None,
-        durable: false,
         presence: true,
         join_leave: true,
-        anonymous_subscribe: false,
-        client_publish: false,
-        max_subscribers: 0,
         max_members,
         max_info_bytes: 64,
+        ..NamespaceConfig::new("room", &["room/**"])
     }];
     cfg
 }
@@ -290,6 +283,33 @@ async fn joins_and_leaves_reach_ws_and_sse_subscribers_in_order_without_moving_c
     assert_eq!(ev.id, data["cursor"].as_str().unwrap());
     drop(a);
     server.shutdown().await;
+}
+
+#[tokio::test]
+async fn joins_and_leaves_stop_being_pushed_above_join_leave_max_members() {
+    let mut cfg = presence_config(100);
+    cfg.namespaces[0].join_leave_max_members = 2;
+    let server = start(cfg).await;
+    let ch = "room/crowd";
+    let mut watcher = ws_member(&server, ch, &token("watcher", None)).await;
+    assert_eq!(watcher.next_event().await["data"]["user"], "watcher");
+    // The second member makes two: pushed. The third makes three: not pushed, nor its leave.
+    let second = ws_member(&server, ch, &token("second", None)).await;
+    let third = ws_member(&server, ch, &token("third", None)).await;
+    wait_members(&server, ch, 3).await;
+    drop(third);
+    wait_members(&server, ch, 2).await;
+    drop(second);
+    // Joins and leaves of a channel arrive in order: had the third's been pushed, they
+    // would come before the second's leave.
+    for (kind, user) in [("presence.join", "second"), ("presence.leave", "second")] {
+        let frame = watcher.next_event().await;
+        assert_eq!(
+            (frame["type"].as_str(), frame["data"]["user"].as_str()),
+            (Some(kind), Some(user)),
+            "{frame}"
+        );
+    }
 }
 
 #[tokio::test]

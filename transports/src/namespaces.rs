@@ -23,6 +23,10 @@ pub struct ChannelRules {
     pub presence: bool,
     /// Whether joins and leaves are pushed to the channel's subscribers (with `presence`).
     pub join_leave: bool,
+    /// Joins and leaves are pushed only while the channel has at most this many members
+    /// (the one joining or leaving included): each is one delivery per subscriber, so a
+    /// crowd's churn would cost members × churn deliveries a second.
+    pub join_leave_max_members: usize,
     /// Whether consumers without a token may subscribe (public channels).
     pub anonymous_subscribe: bool,
     /// Whether a consumer whose token allows it may publish over its WebSocket.
@@ -45,12 +49,21 @@ impl ChannelRules {
             durable: false,
             presence: false,
             join_leave: false,
+            join_leave_max_members: 1000,
             anonymous_subscribe: false,
             client_publish: false,
             max_subscribers: 0,
             max_members: 1000,
             max_info_bytes: 1024,
         }
+    }
+}
+
+impl ChannelRules {
+    /// Whether a join or leave is pushed when the channel has `members` members, counting
+    /// the one joining or leaving.
+    pub fn announces(&self, members: usize) -> bool {
+        self.join_leave && members <= self.join_leave_max_members
     }
 }
 

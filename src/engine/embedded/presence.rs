@@ -97,7 +97,8 @@ impl MemoryPresence {
                 max: rules.max_members,
             });
         }
-        let event = rules.join_leave.then(|| transient(channel, JOIN, &member));
+        let announce = rules.announces(members.by_client.len() + 1);
+        let event = announce.then(|| transient(channel, JOIN, &member));
         members.insert(member);
         // Offered while this channel's members are locked: joins and leaves of one channel
         // reach every subscriber in the order they happened.
@@ -139,10 +140,11 @@ impl Presence for MemoryPresence {
         let Entry::Occupied(mut members) = self.channels.entry(channel.clone()) else {
             return;
         };
+        let before = members.get().by_client.len();
         let Some(member) = members.get_mut().remove(client_id) else {
             return;
         };
-        if rules.join_leave {
+        if rules.announces(before) {
             self.hub
                 .offer_transient(&transient(channel, LEAVE, &member));
         }

@@ -46,14 +46,15 @@ end
 ";
 
 /// KEYS: members hash, channels set. ARGV: client id, `node\nmember`, max members, live
-/// topic (empty: no join event), time, channel. Returns 1, or 0 when the channel is full.
+/// topic (empty: no join event), time, channel, most members for which a join is pushed.
+/// Returns 1, or 0 when the channel is full.
 const JOIN: &str = r"
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
   return 0
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[6])
-if ARGV[4] ~= '' then
+if ARGV[4] ~= '' and redis.call('HLEN', KEYS[1]) <= tonumber(ARGV[7]) then
   local _, member = member_of(ARGV[2])
   redis.call('PUBLISH', ARGV[4], transient('presence.join', ARGV[5], member))
 end
@@ -61,12 +62,14 @@ return 1
 ";
 
 /// KEYS: members hash, channels set. ARGV: client id, live topic (empty: no leave event),
-/// time, channel. Returns 1 when the member was there.
+/// time, channel, most members for which a leave is pushed. Returns 1 when the member was
+/// there.
 const LEAVE: &str = r"
 local stored = redis.call('HGET', KEYS[1], ARGV[1])
 if not stored then return 0 end
+local before = redis.call('HLEN', KEYS[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
-if ARGV[2] ~= '' then
+if ARGV[2] ~= '' and before <= tonumber(ARGV[5]) then
   local _, member = member_of(stored)
   redis.call('PUBLISH', ARGV[2], transient('presence.leave', ARGV[3], member))
 end
@@ -75,21 +78,23 @@ return 1
 ";
 
 /// KEYS: members hash, channels set. ARGV: live topic (empty: no leave events), time,
-/// channel, node key prefix. Removes the members of nodes whose key expired; returns how
-/// many.
+/// channel, node key prefix, most members for which a leave is pushed. Removes the members
+/// of nodes whose key expired; returns how many.
 const REAP: &str = r"
 local all = redis.call('HGETALL', KEYS[1])
 local alive = {}
 local gone = 0
+local left = #all / 2
 for i = 1, #all, 2 do
   local node, member = member_of(all[i + 1])
   if alive[node] == nil then alive[node] = redis.call('EXISTS', ARGV[4] .. node) == 1 end
   if not alive[node] then
     redis.call('HDEL', KEYS[1], all[i])
     gone = gone + 1
-    if ARGV[1] ~= '' then
+    if ARGV[1] ~= '' and left <= tonumber(ARGV[5]) then
       redis.call('PUBLISH', ARGV[1], transient('presence.leave', ARGV[2], member))
     end
+    left = left - 1
   end
 end
 if redis.call('HLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[3]) end
@@ -137,12 +142,15 @@ enum Op {
         stored: String,
         max: usize,
         announce: bool,
+        /// Most members for which a join or leave is pushed.
+        announce_up_to: usize,
         reply: oneshot::Sender<Result<bool, HubError>>,
     },
     Leave {
         channel: ChannelName,
         client_id: String,
         announce: bool,
+        announce_up_to: usize,
     },
 }
 
@@ -241,6 +249,7 @@ impl RedisPresence {
                     stored,
                     max,
                     announce,
+                    announce_up_to,
                     reply,
                 } => {
                     let mut conn = self.conn.clone();
@@ -256,6 +265,7 @@ impl RedisPresence {
                                 .arg(self.topic(&channel, announce))
                                 .arg(now_rfc3339())
                                 .arg(channel.as_str())
+                                .arg(announce_up_to)
                                 .invoke_async::<i64>(&mut conn),
                         )
                         .await
@@ -270,6 +280,7 @@ impl RedisPresence {
                     channel,
                     client_id,
                     announce,
+                    announce_up_to,
                 } => {
                     {
                         let mut local = self.local.lock().expect("not poisoned");
@@ -295,6 +306,7 @@ impl RedisPresence {
                                     .arg(self.topic(&channel, announce))
                                     .arg(now_rfc3339())
                                     .arg(channel.as_str())
+                                    .arg(announce_up_to)
                                     .invoke_async::<i64>(&mut conn),
                             )
                             .await;
@@ -387,7 +399,8 @@ impl RedisPresence {
             let Ok(channel) = ChannelName::new(&name) else {
                 continue;
             };
-            let announce = self.namespaces.rules(channel.as_str()).join_leave;
+            let rules = self.namespaces.rules(channel.as_str());
+            let announce = rules.join_leave;
             self.timed(
                 self.scripts
                     .reap
@@ -397,6 +410,7 @@ impl RedisPresence {
                     .arg(now_rfc3339())
                     .arg(channel.as_str())
                     .arg(node_prefix())
+                    .arg(rules.join_leave_max_members)
                     .invoke_async::<i64>(&mut conn),
             )
             .await?;
@@ -446,6 +460,7 @@ impl Presence for RedisPresence {
                 stored: format!("{}\n{json}", self.node),
                 max: rules.max_members,
                 announce: rules.join_leave,
+                announce_up_to: rules.join_leave_max_members,
                 reply,
             };
             let gone = || HubError::Unavailable("presence has stopped".into());
@@ -467,6 +482,7 @@ impl Presence for RedisPresence {
             channel: channel.clone(),
             client_id: client_id.to_owned(),
             announce: rules.join_leave,
+            announce_up_to: rules.join_leave_max_members,
         });
     }
 
