@@ -22,16 +22,23 @@ pub struct Grant {
     expires_at: Option<SystemTime>,
     /// Whom the holder's subscriptions are counted against (see [`crate::allowance`]).
     subject: Option<Arc<str>>,
+    /// What a token says of its holder beyond its channels (one pointer: every idle
+    /// connection's task holds its grant, and most tokens say none of it).
+    holder: Option<Arc<Holder>>,
+    /// No credential at all: only public channels (`anonymous_subscribe`).
+    anonymous: bool,
+}
+
+/// A token holder's presence identity and publish rights.
+#[derive(Debug, Default)]
+struct Holder {
     /// The user presence shows (a JWT's `sub`).
     user: Option<Arc<str>>,
     /// What presence shows of the holder (a JWT's `info` claim).
     info: Option<Arc<serde_json::value::RawValue>>,
     /// The channels the holder may publish to over its WebSocket, where the channel's
-    /// namespace allows client publishes (`None`: every channel, for a trusted holder; a
-    /// JWT's `publish` claim otherwise).
-    publish: Option<Arc<[ChannelPattern]>>,
-    /// No credential at all: only public channels (`anonymous_subscribe`).
-    anonymous: bool,
+    /// namespace allows client publishes (a JWT's `publish` claim).
+    publish: Vec<ChannelPattern>,
 }
 
 impl Grant {
@@ -41,9 +48,7 @@ impl Grant {
             channels: None,
             expires_at: None,
             subject: None,
-            user: None,
-            info: None,
-            publish: None,
+            holder: None,
             anonymous: false,
         }
     }
@@ -54,9 +59,7 @@ impl Grant {
             channels: Some(patterns.into()),
             expires_at,
             subject: None,
-            user: None,
-            info: None,
-            publish: Some(Arc::new([])),
+            holder: None,
             anonymous: false,
         }
     }
@@ -82,34 +85,55 @@ impl Grant {
         user: Option<&str>,
         info: Option<Box<serde_json::value::RawValue>>,
     ) -> Self {
-        self.user = user.map(Arc::from);
-        self.info = info.map(Arc::from);
+        let mut holder = self.take_holder();
+        holder.user = user.map(Arc::from);
+        holder.info = info.map(Arc::from);
+        self.holder = Some(Arc::new(holder));
         self
     }
 
     /// The same grant, allowed to publish to channels matching `patterns`.
     #[must_use]
     pub fn with_publish(mut self, patterns: Vec<ChannelPattern>) -> Self {
-        self.publish = Some(patterns.into());
+        let mut holder = self.take_holder();
+        holder.publish = patterns;
+        self.holder = Some(Arc::new(holder));
         self
+    }
+
+    /// The holder's details, to change while the grant is being built.
+    fn take_holder(&mut self) -> Holder {
+        self.holder
+            .take()
+            .map(|h| {
+                Arc::try_unwrap(h).unwrap_or_else(|shared| Holder {
+                    user: shared.user.clone(),
+                    info: shared.info.clone(),
+                    publish: shared.publish.clone(),
+                })
+            })
+            .unwrap_or_default()
     }
 
     /// The user presence shows.
     pub fn user(&self) -> Option<&Arc<str>> {
-        self.user.as_ref()
+        self.holder.as_ref()?.user.as_ref()
     }
 
     /// What presence shows of the holder.
     pub fn info(&self) -> Option<&Arc<serde_json::value::RawValue>> {
-        self.info.as_ref()
+        self.holder.as_ref()?.info.as_ref()
     }
 
     /// Whether the holder may publish to `channel` (its namespace must allow client
     /// publishes too).
     pub fn may_publish(&self, channel: &str) -> bool {
-        self.publish
-            .as_ref()
-            .is_none_or(|patterns| patterns.iter().any(|p| p.matches(channel)))
+        // A trusted holder (open mode, an API key) publishes wherever the namespace allows.
+        self.is_trusted()
+            || self
+                .holder
+                .as_ref()
+                .is_some_and(|h| h.publish.iter().any(|p| p.matches(channel)))
     }
 
     /// The same grant, its subscriptions counted against `subject` (a JWT's `sub`, a job

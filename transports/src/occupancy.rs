@@ -63,8 +63,12 @@ type Seat = (Arc<Occupancy>, ChannelName);
 /// every idle connection's task holds one, and most never take a seat.
 #[derive(Debug, Default)]
 pub(crate) struct Seats {
-    taken: Option<Box<[Seat]>>,
+    taken: Option<Box<Taken>>,
 }
+
+/// The seats of a session that took any.
+#[derive(Debug, Default)]
+struct Taken(Vec<Seat>);
 
 impl Seats {
     /// Takes a seat in `channel` when its namespace limits subscribers.
@@ -78,32 +82,28 @@ impl Seats {
             return Ok(());
         }
         occupancy.take(channel, rules)?;
-        let mut taken = self.taken.take().map(Vec::from).unwrap_or_default();
-        taken.push((Arc::clone(occupancy), channel.clone()));
-        self.taken = Some(taken.into_boxed_slice());
+        self.taken
+            .get_or_insert_default()
+            .0
+            .push((Arc::clone(occupancy), channel.clone()));
         Ok(())
     }
 
     /// Gives back the seat in `channel`, if one is held.
     pub(crate) fn give_back(&mut self, channel: &str) {
-        let Some(i) = self
-            .taken
-            .iter()
-            .flat_map(|t| t.iter())
-            .position(|(_, c)| c.as_str() == channel)
-        else {
+        let Some(taken) = self.taken.as_mut() else {
             return;
         };
-        let mut taken = Vec::from(self.taken.take().expect("a seat was found"));
-        let (occupancy, channel) = taken.swap_remove(i);
-        occupancy.give_back(channel.as_str());
-        self.taken = (!taken.is_empty()).then(|| taken.into_boxed_slice());
+        if let Some(i) = taken.0.iter().position(|(_, c)| c.as_str() == channel) {
+            let (occupancy, channel) = taken.0.swap_remove(i);
+            occupancy.give_back(channel.as_str());
+        }
     }
 }
 
 impl Drop for Seats {
     fn drop(&mut self) {
-        for (occupancy, channel) in self.taken.take().map(Vec::from).unwrap_or_default() {
+        for (occupancy, channel) in self.taken.take().map(|t| t.0).unwrap_or_default() {
             occupancy.give_back(channel.as_str());
         }
     }
