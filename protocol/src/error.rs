@@ -63,6 +63,38 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in the order documented (the OpenAPI description's `ErrorBody.code`
+    /// enum is checked against it); a new code is added here too.
+    pub const ALL: [Self; 27] = [
+        Self::BadJson,
+        Self::InvalidRequest,
+        Self::InvalidChannel,
+        Self::InvalidCursor,
+        Self::InvalidParameter,
+        Self::UnknownOp,
+        Self::TooManySubscriptions,
+        Self::TooManyChannels,
+        Self::Unauthorized,
+        Self::TokenExpired,
+        Self::Forbidden,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::Conflict,
+        Self::RequestTimeout,
+        Self::PayloadTooLarge,
+        Self::UnsupportedMediaType,
+        Self::UriTooLong,
+        Self::HeadersTooLarge,
+        Self::RateLimited,
+        Self::ChannelFull,
+        Self::Unavailable,
+        Self::ShuttingDown,
+        Self::SlowConsumer,
+        Self::PresenceDisabled,
+        Self::PresenceFull,
+        Self::Internal,
+    ];
+
     /// The snake_case code string.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -53,6 +53,23 @@ mod tests {
     }
 
     #[test]
+    fn every_error_code_is_in_the_error_schema() {
+        let spec = spec();
+        let listed: BTreeSet<&str> =
+            spec["components"]["schemas"]["ErrorBody"]["properties"]["code"]["enum"]
+                .as_array()
+                .expect("ErrorBody.code lists its codes")
+                .iter()
+                .map(|c| c.as_str().unwrap())
+                .collect();
+        let codes: BTreeSet<&str> = switchyard_protocol::ErrorCode::ALL
+            .iter()
+            .map(|c| c.as_str())
+            .collect();
+        assert_eq!(listed, codes, "docs/openapi.json's ErrorBody.code enum");
+    }
+
+    #[test]
     fn spec_is_openapi_3_1() {
         let spec = spec();
         assert_eq!(spec["openapi"], "3.1.0");
