@@ -97,20 +97,9 @@ fn default_max_info_bytes() -> usize {
     1024
 }
 
-/// A namespace's flags, as both forms carry them.
-struct Flags {
-    durable: bool,
-    presence: bool,
-    join_leave: bool,
-    join_leave_max_members: usize,
-    anonymous_subscribe: bool,
-    client_publish: bool,
-    max_subscribers: usize,
-    max_members: usize,
-    max_info_bytes: usize,
-}
-
-impl Flags {
+/// The rules both forms carry: `[channels]` itself, or a namespace entry's
+/// ([`NamespaceConfig::flags`]).
+impl ChannelsConfig {
     fn check(&self, what: &str) -> anyhow::Result<()> {
         if self.join_leave && !self.presence {
             bail!("{what}: `join_leave` needs `presence = true`");
@@ -160,22 +149,6 @@ impl Flags {
     }
 }
 
-impl ChannelsConfig {
-    fn flags(&self) -> Flags {
-        Flags {
-            durable: self.durable,
-            presence: self.presence,
-            join_leave: self.join_leave,
-            join_leave_max_members: self.join_leave_max_members,
-            anonymous_subscribe: self.anonymous_subscribe,
-            client_publish: self.client_publish,
-            max_subscribers: self.max_subscribers,
-            max_members: self.max_members,
-            max_info_bytes: self.max_info_bytes,
-        }
-    }
-}
-
 impl NamespaceConfig {
     /// A namespace of `patterns` with every rule at its default.
     pub fn new(name: &str, patterns: &[&str]) -> Self {
@@ -196,8 +169,9 @@ impl NamespaceConfig {
         }
     }
 
-    fn flags(&self) -> Flags {
-        Flags {
+    /// Its rules, in the form `[channels]` has them.
+    fn flags(&self) -> ChannelsConfig {
+        ChannelsConfig {
             durable: self.durable,
             presence: self.presence,
             join_leave: self.join_leave,
@@ -222,7 +196,7 @@ pub(super) fn build(
     namespaces: &[NamespaceConfig],
     history: &HistoryConfig,
 ) -> anyhow::Result<Namespaces> {
-    channels.flags().check("`channels`")?;
+    channels.check("`channels`")?;
     if namespaces.len() > MAX_NAMESPACES {
         bail!("at most {MAX_NAMESPACES} `namespaces`");
     }
@@ -288,9 +262,7 @@ pub(super) fn build(
             entries.push((pattern, ns.flags().rules(name, history_size, ttl)));
         }
     }
-    let default = channels
-        .flags()
-        .rules("default", history.size, history.ttl_secs);
+    let default = channels.rules("default", history.size, history.ttl_secs);
     Ok(Namespaces::new(entries, default))
 }
 

@@ -174,20 +174,6 @@ impl Grant {
                 .unwrap_or(Duration::ZERO)
         })
     }
-
-    /// Refuses the first of `channels` the grant does not cover.
-    ///
-    /// # Errors
-    /// `forbidden`, naming the channel.
-    pub fn check<'a>(
-        &self,
-        channels: impl IntoIterator<Item = &'a ChannelName>,
-    ) -> Result<(), ParamError> {
-        match channels.into_iter().find(|c| !self.allows(c.as_str())) {
-            Some(channel) => Err(forbidden(channel.as_str())),
-            None => Ok(()),
-        }
-    }
 }
 
 /// The refusal for a channel outside a grant.
@@ -245,18 +231,6 @@ pub fn admit(
         Some(token) => verifier.verify(&token).map(Some),
         None => Ok(None),
     }
-}
-
-/// Like [`admit`], but a missing credential is refused too.
-///
-/// # Errors
-/// `unauthorized` without a credential; the verifier's refusal of a bad one.
-pub fn require(
-    ctx: &Context,
-    headers: &HeaderMap,
-    query: Option<&str>,
-) -> Result<Grant, ParamError> {
-    admit(ctx, headers, query)?.ok_or_else(missing)
 }
 
 /// The grant of a consumer request: its credential's; without one, the anonymous grant
@@ -373,9 +347,15 @@ mod tests {
             ChannelName::new("orders/1").unwrap(),
             ChannelName::new("secret").unwrap(),
         ];
-        let err = g.check(&names).unwrap_err();
+        let hub = crate::testing::FakeHub::new();
+        let ctx = crate::testing::context(&hub, crate::TransportConfig::default());
+        let err = check_subscribe(&ctx, &g, &names).unwrap_err();
         assert_eq!(err.code, ErrorCode::Forbidden);
         assert!(err.message.contains("secret"));
+        // Without a credential, the refusal says a token is needed.
+        let err = check_subscribe(&ctx, &Grant::anonymous(), &names[..1]).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Unauthorized);
+        assert!(err.message.contains("orders/1"));
     }
 
     #[test]
